@@ -97,6 +97,8 @@ class GenRequest:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class ServerSpec:
     log_path: Path | None = None
     tokenizer_path: Path | None = None
     draft_path: Path | None = None
+    model_format: str = "hf"
 
 
 @runtime_checkable

@@ -11,7 +11,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench.models.cli",
     "bench.serve_cli",
     "bench.backends_cli",
-    "bench.run.cli",
 )
 
 

@@ -1,0 +1,293 @@
+"""The Transformers engine: one worker thread runs a continuous-batching loop over the model.
+
+Requests arrive on a thread-safe inbox. Each loop iteration admits waiting requests (prefilled together
+as one left-padded batch and merged into the running batch), then runs one decode step for every
+running sequence. Finished or aborted rows leave the batch at once, so a new request never waits for
+another to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from backends.base import (
+    Capabilities, EngineOptions, EngineStats, FinishReason, GenChunk, GenRequest, TokenLogprob,
+)
+from backends.errors import EngineDeadError
+from backends.textstream import TextStream
+from backends.transformers import batch as kv
+from backends.transformers.config import CAPABILITIES, NAME
+
+log = logging.getLogger("servebench.transformers")
+
+
+@dataclass(eq=False)
+class _Seq:
+    """A request while it is in the engine (touched by the worker thread only, except ``aborted``)."""
+
+    req: GenRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[GenChunk | BaseException]
+    text: TextStream
+    generator: torch.Generator | None
+    output: list[int] = field(default_factory=list)
+    aborted: bool = False
+
+    def send(self, item: GenChunk | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+def _top(logprobs: torch.Tensor, k: int) -> tuple[tuple[int, float], ...]:
+    if k <= 0:
+        return ()
+    values, ids = torch.topk(logprobs, k)
+    return tuple(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+class TransformersEngine:
+    """Continuous-batching engine over a transformers causal LM."""
+
+    name = NAME
+    capabilities: Capabilities = CAPABILITIES
+
+    def __init__(self, model_name: str, path: Path, fmt: str, options: EngineOptions,
+                 tokenizer_path: Path | None = None) -> None:
+        self.model_name = model_name
+        self.path = path
+        self.format = fmt
+        self.options = options
+        self.tokenizer_path = tokenizer_path
+        self.max_model_len = options.max_model_len or 0
+        self._inbox: queue.Queue[_Seq] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dead: BaseException | None = None
+        self._running: list[_Seq] = []
+        self._batch: kv.KVBatch | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model and start the worker thread."""
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._worker, name="transformers-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the worker; requests still running are aborted."""
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+
+    def _device(self) -> torch.device:
+        wanted = self.options.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(wanted)
+
+    def _dtype(self, device: torch.device) -> torch.dtype:
+        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if self.options.dtype != "auto":
+            return names[self.options.dtype]
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        device = self._device()
+        if device.type == "cpu":
+            torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) - 1))
+        kwargs: dict[str, object] = {"dtype": self._dtype(device)}
+        folder, tok_folder, tok_kwargs = str(self.path), str(self.tokenizer_path or self.path), {}
+        if self.format == "gguf":
+            folder = str(self.path.parent)
+            kwargs.update(gguf_file=self.path.name, quantization_config=GgufConfig(dequantize=True))
+            if self.tokenizer_path is None:
+                tok_folder, tok_kwargs = folder, {"gguf_file": self.path.name}
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(device).eval()
+        limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        if self.options.max_model_len and self.options.max_model_len > limit:
+            raise ValueError(f"max_model_len {self.options.max_model_len} exceeds the model's {limit}")
+        self.max_model_len = self.options.max_model_len or limit
+        self._eos = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        self._pad = int(pad if pad is not None else next(iter(self._eos), 0))
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return frozenset(int(i) for i in ids if i is not None)
+
+    # ---- tokenizer -------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``."""
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token."""
+        return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Prompt ids for a chat, with the generation prompt."""
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenize(str(text), add_special_tokens=False)
+
+    def stats(self) -> EngineStats:
+        """Scheduler counters; raises if the worker died."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+        batch = self._batch
+        used = batch.tokens() if batch is not None else 0
+        capacity = self.options.max_batch * self.max_model_len
+        return EngineStats(running=len(self._running), waiting=self._inbox.qsize(),
+                           kv_cache_usage=used / capacity if capacity else 0.0, kv_capacity_tokens=capacity)
+
+    # ---- requests --------------------------------------------------------------------------------
+    async def generate(self, request: GenRequest) -> AsyncIterator[GenChunk]:
+        """Stream chunks for ``request``; closing the iterator aborts it."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator(device=self.model.device)
+            generator.manual_seed(request.seed if request.seed is not None else int.from_bytes(os.urandom(4)))
+        seq = _Seq(req=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
+                   text=TextStream(self.detokenize, request.stop), generator=generator)
+        self._inbox.put(seq)
+        try:
+            while True:
+                item = await seq.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            seq.aborted = True
+
+    # ---- worker thread ---------------------------------------------------------------------------
+    def _worker(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                fresh = self._take(block=not self._running)
+                if fresh:
+                    self._guarded(self._admit, fresh)
+                if self._running:
+                    self._guarded(self._step)
+        except BaseException as exc:  # the worker must never die silently
+            log.exception("engine worker died")
+            self._dead = exc
+        finally:
+            self._fail_all(EngineDeadError("engine stopped"))
+
+    def _guarded(self, fn: object, *args: object) -> None:
+        """Run a scheduler step; on error fail the affected requests and keep serving the rest."""
+        try:
+            fn(*args)  # type: ignore[operator]
+        except Exception as exc:
+            log.exception("batch step failed")
+            for seq in [*self._running, *(args[0] if args else [])]:  # type: ignore[misc]
+                seq.send(exc)
+            self._running, self._batch = [], None
+
+    def _take(self, block: bool) -> list[_Seq]:
+        room = self.options.max_batch - len(self._running)
+        taken: list[_Seq] = []
+        try:
+            if block:
+                taken.append(self._inbox.get(timeout=0.05))
+            while len(taken) < room:
+                taken.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return [s for s in taken if not s.aborted]
+
+    def _admit(self, fresh: list[_Seq]) -> None:
+        full = any(s.req.prompt_logprobs is not None for s in fresh)
+        batch, logits = kv.prefill(self.model, [s.req.prompt_ids for s in fresh], self._pad, full)
+        keep: list[int] = []
+        for row, seq in enumerate(fresh):
+            prompt_lps = self._prompt_logprobs(seq, logits[row]) if seq.req.prompt_logprobs is not None else None
+            if seq.req.max_tokens == 0:
+                seq.send(GenChunk((), "", None, "length", prompt_lps, len(seq.req.prompt_ids)))
+                continue
+            if self._emit(seq, logits[row, -1], prompt_lps):
+                keep.append(row)
+        admitted = kv.select(batch, keep)
+        if admitted is not None:
+            self._batch = kv.merge(self._batch, admitted)
+            self._running.extend(fresh[i] for i in keep)
+
+    def _prompt_logprobs(self, seq: _Seq, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...]:
+        ids = list(seq.req.prompt_ids)
+        k = seq.req.prompt_logprobs or 0
+        rows = torch.log_softmax(logits[-len(ids):-1], dim=-1)
+        out: list[TokenLogprob | None] = [None]
+        for pos, tid in enumerate(ids[1:]):
+            out.append(TokenLogprob(tid, float(rows[pos, tid]), _top(rows[pos], k)))
+        return tuple(out)
+
+    def _step(self) -> None:
+        assert self._batch is not None
+        logits = kv.decode(self.model, self._batch, [s.output[-1] for s in self._running])
+        keep = [row for row, seq in enumerate(self._running) if self._emit(seq, logits[row], None)]
+        if len(keep) != len(self._running):
+            self._batch = kv.select(self._batch, keep)
+            self._running = [self._running[i] for i in keep]
+
+    def _emit(self, seq: _Seq, logits: torch.Tensor, prompt_lps: tuple[TokenLogprob | None, ...] | None,
+              ) -> bool:
+        """Sample one token for ``seq`` and send it; True while the sequence goes on."""
+        if seq.aborted:
+            return False
+        req = seq.req
+        if req.ignore_eos or len(seq.output) < req.min_tokens:
+            logits[list(self._eos)] = float("-inf")
+        token = kv.sample(logits, req.temperature, req.top_p, seq.generator)
+        seq.output.append(token)
+        lps = None
+        if req.logprobs is not None:
+            row = torch.log_softmax(logits, dim=-1)
+            lps = (TokenLogprob(token, float(row[token]), _top(row, req.logprobs)),)
+        reason = self._finish_reason(seq, token)
+        text = seq.text.push([] if token in self._eos and reason == "stop" else [token])
+        if seq.text.stopped:
+            reason = "stop"
+        if reason is not None:
+            text += seq.text.finish()
+        seq.send(GenChunk((token,), text, lps, reason, prompt_lps, len(req.prompt_ids)))
+        return reason is None
+
+    def _finish_reason(self, seq: _Seq, token: int) -> FinishReason | None:
+        req = seq.req
+        if token in self._eos and not req.ignore_eos:
+            return "stop"
+        if token in req.stop_token_ids:
+            return "stop"
+        if len(seq.output) >= req.max_tokens or len(req.prompt_ids) + len(seq.output) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for seq in self._running:
+            seq.send(exc)
+        self._running, self._batch = [], None
+        while True:
+            try:
+                self._inbox.get_nowait().send(exc)
+            except queue.Empty:
+                return

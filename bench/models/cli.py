@@ -1,0 +1,80 @@
+"""``bench models list|show|prepare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bench.models.registry import RegistryError, load_registry
+
+_REGISTRY_OPT = typer.Option(None, "--registry", help="models.yaml to use (default: ./models.yaml).")
+
+
+def _fail(console: Console, exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+def list_models(registry: Path | None = _REGISTRY_OPT) -> None:
+    """List the checkpoints in models.yaml and whether each is present."""
+    console = Console()
+    try:
+        reg = load_registry(registry)
+    except RegistryError as exc:
+        _fail(console, exc)
+    table = Table("name", "format", "derived from", "ready", "path")
+    for entry in reg.models:
+        where = reg.location_of(entry.name)
+        mark = "[green]yes[/green]" if where.exists() else "[yellow]no[/yellow]"
+        default = " (default)" if entry.name == reg.default else ""
+        table.add_row(entry.name + default, entry.format, entry.derived_from or "", mark, str(where))
+    console.print(table)
+
+
+def show_model(name: str, registry: Path | None = _REGISTRY_OPT) -> None:
+    """Print one entry, with its resolved path."""
+    console = Console()
+    try:
+        reg = load_registry(registry)
+        entry = reg.get(name)
+    except RegistryError as exc:
+        _fail(console, exc)
+    data = entry.model_dump(exclude_none=True, mode="json")
+    data["resolved_path"] = str(reg.location_of(name))
+    data["ready"] = reg.location_of(name).exists()
+    console.print(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+def prepare_models(
+    name: str = typer.Argument(None, help="Base model (default: the registry's default)."),
+    only: list[str] = typer.Option(None, "--only", help="Prepare just these derived entries (and their sources)."),
+    registry: Path | None = _REGISTRY_OPT,
+) -> None:
+    """Derive and cache the checkpoints made from a model (HF bf16, GGUF f16/Q8_0/Q4_K_M)."""
+    from bench.models.prepare import PrepareError, prepare
+
+    console = Console()
+    try:
+        reg = load_registry(registry)
+        base = name or reg.default
+
+        def report(entry: str, made: bool) -> None:
+            console.print(f"{'made' if made else 'cached'}  {entry}  {reg.location_of(entry)}")
+
+        with console.status(f"preparing checkpoints derived from {base} ..."):
+            prepare(reg, base, set(only) if only else None, on_step=report)
+    except (RegistryError, PrepareError) as exc:
+        _fail(console, exc)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``models`` command group."""
+    group = typer.Typer(help="The model registry (models.yaml).", no_args_is_help=True)
+    group.command("list")(list_models)
+    group.command("show")(show_model)
+    group.command("prepare")(prepare_models)
+    app.add_typer(group, name="models")

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (FastAPI) and the launchers of native servers."""

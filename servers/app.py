@@ -1,0 +1,98 @@
+"""``create_app(engine, settings)``: the FastAPI factory. Routes are thin; no globals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from backends.base import Engine
+from servers.chat import create_chat_completion
+from servers.completions import create_completion
+from servers.errors import OpenAIError, install_error_handlers
+from servers.metrics import ServerMetrics
+from servers.protocol import ChatCompletionRequest, CompletionRequest
+from servers.settings import ServerSettings
+from servers.state import Admission, AppState, get_state
+
+log = logging.getLogger("servebench.server")
+
+
+async def _drain(state: AppState) -> None:
+    """Wait for admitted requests to finish, up to the drain timeout."""
+    deadline = time.monotonic() + state.settings.drain_timeout_s
+    while state.admission.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if state.admission.inflight:
+        log.warning("shutting down with %d requests still running", state.admission.inflight)
+
+
+def _lifespan(engine: Engine) -> object:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await _drain(app.state.sb)
+            await engine.stop()
+
+    return lifespan
+
+
+def require_api_key(request: Request) -> None:
+    """401 unless the request carries the configured bearer key."""
+    expected = get_state(request).settings.api_key
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        shown = f"{given[:3]}***{given[-2:]}" if len(given) > 5 else "***"
+        raise OpenAIError(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
+
+
+def _add_routes(app: FastAPI) -> None:
+    v1 = [Depends(require_api_key)]
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        get_state(request).engine.stats()  # raises if the engine's worker died
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        body = get_state(request).metrics.render()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models", dependencies=v1)
+    async def models(request: Request) -> dict[str, object]:
+        state = get_state(request)
+        card = {"id": state.settings.served_model_name, "object": "model", "created": 0,
+                "owned_by": "servebench", "max_model_len": state.engine.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions", dependencies=v1, response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+        return await create_completion(get_state(request), body, request)
+
+    @app.post("/v1/chat/completions", dependencies=v1, response_model=None)
+    async def chat(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+        return await create_chat_completion(get_state(request), body, request)
+
+
+def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
+    """An OpenAI-compatible app serving ``engine``; the engine starts and stops with the app."""
+    app = FastAPI(title="servebench", lifespan=_lifespan(engine))
+    admission = Admission(limit=settings.max_concurrency + settings.max_queue)
+    metrics = ServerMetrics(settings.served_model_name, engine.stats, lambda: admission.inflight)
+    app.state.sb = AppState(engine=engine, settings=settings, metrics=metrics, admission=admission)
+    install_error_handlers(app)
+    _add_routes(app)
+    return app

@@ -1,0 +1,198 @@
+"""Start servers: in-process engines under uvicorn, native servers as subprocesses, and handles for both.
+
+``bench serve`` calls :func:`serve_forever`. ``bench run`` and the tests call :func:`start_server`, which
+starts ``bench serve`` (or a native server) as a child process, waits on health and stops it by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backends import registry as backends
+from backends.base import EngineOptions, ServerSpec
+from bench.models.registry import Registry
+from servers.settings import ServerSettings
+
+
+class LaunchError(RuntimeError):
+    """A server failed to start or died."""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_spec(registry: Registry, backend: str, model: str, options: EngineOptions, *, host: str = "127.0.0.1",
+               port: int = 8000, api_key: str | None = None, log_path: Path | None = None) -> ServerSpec:
+    """Resolve the model and check the backend can serve it with these options (fails fast)."""
+    entry = registry.get(model)
+    backends.validate(backend, options, entry.format)
+    draft = None
+    if options.speculative_method == "draft" and options.speculative_target:
+        draft = registry.path_of(options.speculative_target)
+    tokenizer = registry.path_of(entry.tokenizer) if entry.tokenizer else None
+    return ServerSpec(backend=backend, model_name=model, model_path=registry.path_of(model), options=options,
+                      host=host, port=port, api_key=api_key, log_path=log_path, tokenizer_path=tokenizer,
+                      draft_path=draft, model_format=entry.format)
+
+
+def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
+    """Serve until interrupted: uvicorn over an in-process engine, or a native server in the foreground."""
+    entry = backends.entry(spec.backend)
+    if entry.kind == "launcher":
+        _run_native(spec)
+        return
+    import uvicorn
+
+    from servers.app import create_app
+
+    engine_cls = backends.load_class(spec.backend)
+    engine = engine_cls(spec.model_name, spec.model_path, spec.model_format, spec.options, spec.tokenizer_path)
+    app = create_app(engine, settings)
+    print(f"serving {spec.model_name} on {spec.backend} at http://{settings.host}:{settings.port}/v1", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
+
+
+def _run_native(spec: ServerSpec) -> None:
+    launcher = backends.load_class(spec.backend)()
+    proc = subprocess.Popen(launcher.command(spec), env={**os.environ, **launcher.environment(spec)})
+    print(f"serving {spec.model_name} on {spec.backend} at http://{spec.host}:{spec.port}/v1 "
+          f"(pid {proc.pid})", flush=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
+    """Stop our own child by PID: SIGINT (drain), then SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        with suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+
+
+@dataclass
+class ServerHandle:
+    """A running server child process."""
+
+    spec: ServerSpec
+    process: subprocess.Popen[Any]
+    log_path: Path
+    startup_s: float = 0.0
+
+    @property
+    def url(self) -> str:
+        """Base URL without ``/v1``."""
+        return f"http://{self.spec.host}:{self.spec.port}"
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI base URL."""
+        return f"{self.url}/v1"
+
+    @property
+    def model(self) -> str:
+        """Served model id."""
+        return self.spec.model_name
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's log."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """Whether ``/health`` answers 200."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as resp:
+                return int(resp.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until healthy; raise with the log's tail if the process exits or time runs out."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if not self.alive():
+                raise LaunchError(f"{self.spec.backend} server exited with code {self.process.returncode}:\n"
+                                  f"{self.log_tail()}")
+            if self.healthy():
+                self.startup_s = time.monotonic() - start
+                return
+            time.sleep(0.25)
+        raise LaunchError(f"{self.spec.backend} server not healthy after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server (drain first)."""
+        _terminate(self.process)
+
+
+def _serve_command(spec: ServerSpec, settings: ServerSettings, registry_path: Path) -> list[str]:
+    opts = spec.options.model_dump(exclude_defaults=True)
+    cmd = [sys.executable, "-m", "bench", "serve", "--backend", spec.backend, "--model", spec.model_name,
+           "--host", spec.host, "--port", str(spec.port), "--registry", str(registry_path),
+           "--max-queue", str(settings.max_queue), "--options-json", EngineOptions(**opts).model_dump_json()]
+    if spec.api_key:
+        cmd += ["--api-key", spec.api_key]
+    return cmd
+
+
+def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_queue: int = 64,
+                 timeout_s: float = 300.0) -> ServerHandle:
+    """Start a server for ``spec`` as a child process and wait until it is healthy."""
+    entry = backends.entry(spec.backend)
+    env = dict(os.environ)
+    if entry.kind == "launcher":
+        launcher = backends.load_class(spec.backend)()
+        cmd = launcher.command(spec)
+        env.update(launcher.environment(spec))
+    else:
+        settings = ServerSettings(host=spec.host, port=spec.port, api_key=spec.api_key,
+                                  served_model_name=spec.model_name, max_queue=max_queue,
+                                  max_concurrency=spec.options.max_batch)
+        cmd = _serve_command(spec, settings, registry.source)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    handle = ServerHandle(spec=spec, process=proc, log_path=log_path)
+    try:
+        handle.wait_ready(timeout_s)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+@contextmanager
+def running_server(spec: ServerSpec, registry: Registry, log_path: Path, **kwargs: Any) -> Iterator[ServerHandle]:
+    """``start_server`` as a context manager that always stops the child."""
+    handle = start_server(spec, registry, log_path, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.stop()
