@@ -192,3 +192,6 @@ class Launcher(Protocol):
 
     def environment(self, spec: ServerSpec) -> dict[str, str]:
         """Extra environment variables for the server process."""
+
+    def prepare(self, spec: ServerSpec) -> None:
+        """Build or install what the server needs (idempotent; may take minutes the first time)."""

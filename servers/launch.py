@@ -71,6 +71,7 @@ def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
 
 def _run_native(spec: ServerSpec) -> None:
     launcher = backends.load_class(spec.backend)()
+    launcher.prepare(spec)
     proc = subprocess.Popen(launcher.command(spec), env={**os.environ, **launcher.environment(spec)})
     print(f"serving {spec.model_name} on {spec.backend} at http://{spec.host}:{spec.port}/v1 "
           f"(pid {proc.pid})", flush=True)
@@ -169,6 +170,7 @@ def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_qu
     env = dict(os.environ)
     if entry.kind == "launcher":
         launcher = backends.load_class(spec.backend)()
+        launcher.prepare(spec)
         cmd = launcher.command(spec)
         env.update(launcher.environment(spec))
     else:
