@@ -11,6 +11,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench.models.cli",
     "bench.serve_cli",
     "bench.backends_cli",
+    "bench.evals.cli",
 )
 
 

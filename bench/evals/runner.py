@@ -1,0 +1,217 @@
+"""Run one eval: load the task, send every document through the endpoint, score, summarize.
+
+``samples.jsonl`` gets one line per document as soon as it is scored (a killed run keeps what it did);
+``eval_summary.json`` holds the metrics, a bootstrap 95% CI of the primary metric, and the latencies
+of the very requests that produced the answers. Concurrency, request count (``limit``) and total time
+(``max_duration_s``) are bounded. A failed request is data (``error`` in its sample), not an exception;
+setup problems (missing data, code execution not allowed) raise :class:`EvalSetupError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from bench.evals.client import CallResult, EndpointClient
+from bench.evals.config import EvalConfig, EvalSummary, LatencyStats
+from bench.evals.sandbox import SandboxInfo, probe_sandbox
+from bench.evals.scoring import bootstrap_ci, percentiles
+from bench.evals.tasks import build_task
+from bench.evals.tasks.base import Choices, Prompt, Scored, Task
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "eval_summary.json"
+
+
+class EvalSetupError(RuntimeError):
+    """The eval cannot start; the message says what to change."""
+
+
+class SampleWriter:
+    """Appends one JSON line per finished sample and flushes it at once."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    @classmethod
+    def create(cls, out_dir: Path) -> SampleWriter:
+        """A writer on a fresh ``out_dir/samples.jsonl`` (the folder is created)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return cls((out_dir / SAMPLES_FILE).open("w", encoding="utf-8"))
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write and flush one record."""
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+
+def _prompt_record(request: Prompt | Choices, config: EvalConfig) -> Any:
+    if isinstance(request, Choices):
+        return {"context": request.context, "continuations": list(request.continuations)}
+    return request.chat_messages() if config.api == "chat" else request.completion_text()
+
+
+def _sample_record(
+    index: int, doc_id: str, prompt: Any, result: CallResult | None, scored: Scored | None, error: str | None
+) -> dict[str, Any]:
+    reply = result.reply if result else None
+    output: Any = None
+    if reply is not None:
+        output = list(reply.choice_logprobs) if reply.choice_logprobs else reply.text
+    return {
+        "index": index,
+        "doc_id": doc_id,
+        "prompt": prompt,
+        "output": output,
+        "extracted": scored.extracted if scored else None,
+        "gold": scored.gold if scored else None,
+        "score": scored.score if scored else None,
+        "fields": scored.fields if scored else {},
+        "e2e_s": result.e2e_s if result else None,
+        "ttft_s": result.ttft_s if result else None,
+        "prompt_tokens": result.prompt_tokens if result else None,
+        "completion_tokens": result.completion_tokens if result else None,
+        "error": error,
+    }
+
+
+class _Run:
+    """State of one eval run (kept off module level)."""
+
+    def __init__(self, config: EvalConfig, task: Task[Any], client: EndpointClient) -> None:
+        self.config, self.task, self.client = config, task, client
+        self.scored: list[Scored] = []
+        self.results: list[CallResult] = []
+        self.errors = 0
+
+    async def one(self, index: int, doc: Any, gate: asyncio.Semaphore) -> dict[str, Any]:
+        request = self.task.to_request(doc)
+        prompt = _prompt_record(request, self.config)
+        async with gate:
+            try:
+                if isinstance(request, Choices):
+                    result = await self.client.loglikelihood(request)
+                else:
+                    result = await self.client.generate(request, self.config.api)
+            except Exception as exc:  # any failed request is recorded, the run goes on
+                self.errors += 1
+                return _sample_record(index, doc.id, prompt, None, None, f"{type(exc).__name__}: {exc}")
+        scored = await self.task.score(doc, result.reply)
+        self.results.append(result)
+        self.scored.append(scored)
+        return _sample_record(index, doc.id, prompt, result, scored, None)
+
+    async def all(self, docs: list[Any], writer: SampleWriter) -> int:
+        gate = asyncio.Semaphore(self.config.concurrency)
+        pending = [asyncio.ensure_future(self.one(i, doc, gate)) for i, doc in enumerate(docs)]
+        done = 0
+        try:
+            async with asyncio.timeout(self.config.max_duration_s):
+                for next_done in asyncio.as_completed(pending):
+                    writer.write(await next_done)
+                    done += 1
+        except TimeoutError:
+            pass  # the summary reports how many documents finished
+        finally:
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return done
+
+
+def _latency(results: list[CallResult], errors: int) -> LatencyStats:
+    ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
+    return LatencyStats(
+        e2e_s=percentiles([r.e2e_s for r in results]),
+        ttft_s=percentiles(ttfts),
+        requests=len(results) + errors,
+        errors=errors,
+    )
+
+
+def _summarize(
+    config: EvalConfig, task: Task[Any], run: _Run, wall_s: float, sandbox: SandboxInfo | None, out_dir: Path
+) -> EvalSummary:
+    metrics = task.aggregate(run.scored) if run.scored else {}
+    primary = task.primary_metric
+
+    def statistic(sample: Any) -> float | None:
+        return task.aggregate(sample)[primary]
+
+    ci = bootstrap_ci(run.scored, statistic, resamples=config.bootstrap_resamples, seed=config.seed)
+    return EvalSummary(
+        task=config.task,
+        model=config.model,
+        url=config.url,
+        api=config.api,
+        mode=config.mode,
+        metric=primary,
+        value=metrics.get(primary),
+        higher_is_better=task.higher_is_better,
+        ci95=ci,
+        metrics=metrics,
+        n_samples=len(run.scored),
+        n_errors=run.errors,
+        latency=_latency(run.results, run.errors),
+        wall_s=wall_s,
+        sandbox=sandbox.describe() if sandbox else None,
+        samples_file=str(out_dir / SAMPLES_FILE),
+        config=config.model_dump(mode="json"),
+    )
+
+
+def _setup(config: EvalConfig) -> tuple[Task[Any], SandboxInfo | None]:
+    sandbox = None
+    if config.task == "humaneval":
+        if not config.allow_code_execution:
+            raise EvalSetupError(
+                "humaneval executes model-written code; pass --allow-code-execution to opt in "
+                "(it runs in a sandboxed subprocess: see docs/evals.md)"
+            )
+        sandbox = probe_sandbox()
+    return build_task(config, sandbox), sandbox
+
+
+async def arun_eval(config: EvalConfig, out_dir: Path) -> EvalSummary:
+    """Async form of :func:`run_eval`, for callers that already run an event loop."""
+    task, sandbox = _setup(config)
+    try:
+        docs = task.load(config.limit, config.seed)
+    except (OSError, ValueError) as exc:
+        raise EvalSetupError(f"cannot load {config.task}: {exc}") from exc
+    writer = SampleWriter.create(out_dir)
+    client = EndpointClient(
+        config.url,
+        config.model,
+        api_key=config.api_key,
+        timeout_s=config.request_timeout_s,
+        stream=config.stream,
+    )
+    run = _Run(config, task, client)
+    start = time.perf_counter()
+    try:
+        await run.all(docs, writer)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    summary = _summarize(config, task, run, time.perf_counter() - start, sandbox, out_dir)
+    _write_summary(summary, out_dir)
+    return summary
+
+
+def _write_summary(summary: EvalSummary, out_dir: Path) -> None:
+    (out_dir / SUMMARY_FILE).write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def run_eval(config: EvalConfig, out_dir: Path) -> EvalSummary:
+    """Run ``config``'s eval and write ``samples.jsonl`` and ``eval_summary.json`` under ``out_dir``."""
+    return asyncio.run(arun_eval(config, out_dir))
