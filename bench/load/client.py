@@ -1,0 +1,121 @@
+"""The request function: send one streaming request, record timestamps, compute nothing.
+
+Chunks are timestamped once per socket read (``iter_any``): events that arrived in the same read
+arrived together, and giving them one time is what lets ITL split the gap over their tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from bench.load.records import StreamObservation
+from bench.sse import SSEDecoder, parse_openai_chunk
+
+# Large enough that one read usually holds every event the server has flushed.
+READ_BUFSIZE = 1 << 18
+
+
+def make_session(
+    limit: int, timeout_s: float, headers: dict[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """An aiohttp session sized for the run: explicit connector limit and read buffer."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300, force_close=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=30),
+        read_bufsize=READ_BUFSIZE,
+        headers=headers,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+async def stream_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    now: Callable[[], float],
+    headers: dict[str, str] | None = None,
+) -> tuple[float, StreamObservation]:
+    """POST ``body`` to ``url`` and observe the SSE stream; returns ``(sent_t, observation)``.
+
+    Failures (HTTP errors, broken streams, timeouts, refused connections) end up in
+    ``observation.error``; only cancellation propagates.
+    """
+    obs = StreamObservation()
+    sent_t = now()
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            obs.http_status = resp.status
+            if resp.status != 200:
+                text = await resp.text(errors="replace")
+                obs.error = f"HTTP {resp.status}: {text[:300]}"
+            else:
+                await _read_stream(resp, obs, now)
+    except asyncio.CancelledError:
+        raise
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        obs.error = f"{type(exc).__name__}: {exc}"[:300]
+    obs.closed_t = now()
+    return sent_t, obs
+
+
+async def _read_stream(
+    resp: aiohttp.ClientResponse, obs: StreamObservation, now: Callable[[], float]
+) -> None:
+    decoder = SSEDecoder()
+    times, toks, chars = obs.chunk_times, obs.chunk_tokens, obs.chunk_chars
+    async for data in resp.content.iter_any():
+        t = now()
+        for payload in decoder.feed(data):
+            delta = parse_openai_chunk(payload)
+            if delta.text or delta.n_tokens:
+                times.append(t)
+                toks.append(delta.n_tokens)
+                chars.append(len(delta.text))
+            if delta.usage is not None:
+                obs.usage = delta.usage
+            if delta.error is not None:
+                obs.error = delta.error
+    for payload in decoder.close():
+        delta = parse_openai_chunk(payload)
+        if delta.usage is not None:
+            obs.usage = delta.usage
+
+
+def build_body(
+    api: str,
+    model: str,
+    text: str,
+    max_tokens: int,
+    *,
+    force_output_len: bool,
+    logprobs: bool,
+    extra: dict[str, Any],
+) -> bytes:
+    """The JSON request body for ``/v1/chat/completions`` or ``/v1/completions``."""
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.0,
+    }
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": text}]
+        if logprobs:
+            body["logprobs"] = True
+    else:
+        body["prompt"] = text
+        if logprobs:
+            body["logprobs"] = 0
+    if force_output_len:
+        body["ignore_eos"] = True
+        body["min_tokens"] = max_tokens
+    body.update(extra)
+    return json.dumps(body).encode()

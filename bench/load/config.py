@@ -1,0 +1,75 @@
+"""``LoadConfig``: one typed description of a load run, shared by the CLI, YAML scenarios and Python."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bench.load.arrivals import Arrival, ConcurrencyArrival
+from bench.load.workloads import RandomWorkload, Workload
+from bench.metrics import SLO
+
+
+class LoadConfig(BaseModel):
+    """What to send, how fast, for how long, and what counts as good."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="server root or its /v1 base, e.g. http://127.0.0.1:8000")
+    model: str = Field(description="model name sent in requests")
+    api: Literal["chat", "completions"] = "chat"
+    workload: Workload = Field(default_factory=RandomWorkload)
+    arrival: Arrival = Field(default_factory=lambda: ConcurrencyArrival(n=1))
+    num_requests: int | None = Field(default=100, ge=1, description="measured requests (warm-up excluded)")
+    duration_s: float | None = Field(default=None, gt=0, description="stop scheduling after this long")
+    warmup: int = Field(default=0, ge=0, description="requests sent first and left out of the summary")
+    seed: int = 0
+    slo: SLO = Field(default_factory=SLO)
+    tokenizer: str | None = Field(default=None, description="path or models.yaml name; default: <model>-hf")
+    force_output_len: bool = Field(default=True, description="send ignore_eos and min_tokens with max_tokens")
+    logprobs_token_count: bool = Field(
+        default=False, description="ask for logprobs to count tokens per chunk"
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    api_key: str | None = None
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64, description="client processes")
+    prompt_pool: int = Field(
+        default=2048, ge=1, description="prompts prepared when only duration bounds the run"
+    )
+    scrape: bool = True
+    scrape_interval_s: float = Field(default=0.5, gt=0)
+    gpu_peak_bandwidth_gbs: float | None = Field(
+        default=None, gt=0, description="for MBU; default: GPU table"
+    )
+    model_bytes: int | None = Field(default=None, gt=0, description="weights read per decode step, for MBU")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> LoadConfig:
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("give num_requests or duration_s: every run is bounded")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The ``.../v1`` base."""
+        root = self.url.rstrip("/")
+        return root if root.endswith("/v1") else root + "/v1"
+
+    @property
+    def root_url(self) -> str:
+        """Server root (where ``/metrics`` and ``/health`` live)."""
+        root = self.url.rstrip("/")
+        return root[: -len("/v1")] if root.endswith("/v1") else root
+
+    @property
+    def endpoint(self) -> str:
+        """Full URL of the completion endpoint used."""
+        return self.base_url + ("/chat/completions" if self.api == "chat" else "/completions")
+
+    def total_requests(self) -> int:
+        """How many prompts to prepare (warm-up included)."""
+        if self.num_requests is not None:
+            return self.num_requests + self.warmup
+        return self.prompt_pool + self.warmup

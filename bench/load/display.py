@@ -1,0 +1,107 @@
+"""Live progress and the final summary table (rich). Display only: nothing here measures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bench.load.records import RequestRecord
+from bench.metrics import LoadSummary, Stats, ttft
+
+
+@dataclass
+class Progress:
+    """Running counts fed by the record sink (or by tailing ``requests.jsonl``)."""
+
+    total: int | None
+    done: int = 0
+    errors: int = 0
+    output_tokens: int = 0
+    recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    def add(self, record: RequestRecord) -> None:
+        """Count one finished request."""
+        self.done += 1
+        if not record.ok:
+            self.errors += 1
+            return
+        self.output_tokens += len(record.token_times)
+        first = ttft(record)
+        if first is not None:
+            self.recent_ttft.append(first)
+
+
+def _progress_table(p: Progress, elapsed: float, label: str) -> Table:
+    table = Table(title=f"bench load  {label}", show_header=False, expand=False)
+    total = "?" if p.total is None else str(p.total)
+    recent = sorted(p.recent_ttft)
+    median = f"{recent[len(recent) // 2] * 1e3:.1f} ms" if recent else "-"
+    rate = p.done / elapsed if elapsed > 0 else 0.0
+    tok = p.output_tokens / elapsed if elapsed > 0 else 0.0
+    table.add_row("elapsed", f"{elapsed:.1f} s")
+    table.add_row("done / total", f"{p.done} / {total}")
+    table.add_row("errors", str(p.errors))
+    table.add_row("req/s (so far)", f"{rate:.1f}")
+    table.add_row("output tok/s (so far)", f"{tok:.0f}")
+    table.add_row("TTFT p50 (recent)", median)
+    return table
+
+
+async def live_progress(
+    console: Console, progress: Progress, now: Callable[[], float], label: str, stop: asyncio.Event
+) -> None:
+    """Redraw the progress table twice a second until ``stop`` is set."""
+    start = now()
+    with Live(
+        _progress_table(progress, 0.0, label), console=console, refresh_per_second=4, transient=True
+    ) as live:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            live.update(_progress_table(progress, now() - start, label))
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
+    """The end-of-run table: throughput, goodput and latency percentiles in ms."""
+    head = Table(title=title, show_header=False)
+    head.add_row("requests (ok / errors / warm-up)", f"{s.num_ok} / {s.num_errors} / {s.num_warmup}")
+    head.add_row("duration", f"{s.duration_s:.2f} s")
+    head.add_row("request throughput", f"{s.request_throughput:.2f} req/s")
+    head.add_row("output throughput", f"{s.output_throughput_tok_s:.1f} tok/s")
+    head.add_row("input throughput", f"{s.input_throughput_tok_s:.1f} tok/s")
+    if s.goodput is not None:
+        frac = "-" if s.goodput_fraction is None else f"{100 * s.goodput_fraction:.1f}%"
+        head.add_row("goodput (all SLOs met)", f"{s.goodput:.2f} req/s ({frac})")
+    for key, value in s.server.items():
+        if value is not None:
+            head.add_row(f"server: {key}", f"{value:.4g}")
+    for err, count in s.errors.items():
+        head.add_row(f"error x{count}", err)
+    lat = Table(title="latency (ms)")
+    for col in ("metric", "mean", "p50", "p90", "p95", "p99", "n"):
+        lat.add_column(col, justify="right" if col != "metric" else "left")
+    rows: list[tuple[str, Stats]] = [
+        ("TTFT", s.ttft_ms),
+        ("TPOT (excl. 1st)", s.tpot_ms),
+        ("ITL (per token)", s.itl_ms),
+        ("E2E (from send)", s.e2e_ms),
+        ("E2E (from schedule)", s.e2e_sched_ms),
+        ("client queue", s.queue_ms),
+    ]
+    for name, st in rows:
+        lat.add_row(name, _fmt(st.mean), _fmt(st.p50), _fmt(st.p90), _fmt(st.p95), _fmt(st.p99), str(st.n))
+    grid = Table.grid()
+    grid.add_row(head)
+    grid.add_row(lat)
+    return grid

@@ -1,0 +1,149 @@
+"""One asyncio executor: schedule requests, await them, hand each finished record to a sink.
+
+The executor computes no metric. A worker process runs one executor over its share of the run:
+open-loop timetables are computed identically in every worker from the seed, and worker ``p`` of
+``P`` sends the requests whose index is ``p`` modulo ``P``; closed-loop users are split the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from bench.load.client import build_body, make_session, stream_request
+from bench.load.clock import Clock
+from bench.load.config import LoadConfig
+from bench.load.records import RequestRecord, make_record
+from bench.load.workloads import Prompt
+
+Sink = Callable[[RequestRecord], None]
+DEFAULT_CONNECTION_LIMIT = 4096
+
+
+@dataclass
+class Job:
+    """A worker's share of a run (picklable, so it can cross into a worker process)."""
+
+    config: LoadConfig
+    prompts: list[Prompt]
+    run_id: str
+    worker: int = 0
+    workers: int = 1
+    bodies: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.bodies:
+            cfg = self.config
+            self.bodies = [
+                build_body(
+                    cfg.api,
+                    cfg.model,
+                    p.text,
+                    p.output_tokens,
+                    force_output_len=cfg.force_output_len,
+                    logprobs=cfg.logprobs_token_count,
+                    extra=cfg.extra_body,
+                )
+                for p in self.prompts
+            ]
+
+
+class Executor:
+    """Runs one :class:`Job` against the endpoint, on ``clock``, writing records to ``sink``."""
+
+    def __init__(self, job: Job, clock: Clock, sink: Sink) -> None:
+        self.job = job
+        self.clock = clock
+        self.sink = sink
+        cfg = job.config
+        self.limit = cfg.num_requests + cfg.warmup if cfg.num_requests is not None else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sem: asyncio.Semaphore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._deadline: float | None = None
+
+    async def run(self, t0: float) -> None:
+        """Send every request of the job, starting at ``t0``; returns when all have finished."""
+        cfg = self.job.config
+        cap = cfg.arrival.in_flight_limit
+        per_worker_cap = None if cap is None else max(1, -(-cap // self.job.workers))
+        self._deadline = None if cfg.duration_s is None else t0 + cfg.duration_s
+        headers = {"Content-Type": "application/json"}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        limit = per_worker_cap or DEFAULT_CONNECTION_LIMIT
+        async with make_session(limit, cfg.request_timeout_s, headers) as session:
+            self._session = session
+            if cfg.arrival.closed_loop:
+                await self._closed_loop(t0, per_worker_cap or 1)
+            else:
+                if per_worker_cap is not None:
+                    self._sem = asyncio.Semaphore(per_worker_cap)
+                await self._open_loop(t0)
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _mine(self) -> Iterator[int]:
+        """Global request indices of this worker, in order."""
+        return itertools.count(self.job.worker, self.job.workers)
+
+    def _in_bounds(self, index: int, scheduled: float) -> bool:
+        if self.limit is not None and index >= self.limit:
+            return False
+        return self._deadline is None or scheduled <= self._deadline
+
+    async def _open_loop(self, t0: float) -> None:
+        offsets = self.job.config.arrival.offsets(self.job.config.seed)
+        workers, me = self.job.workers, self.job.worker
+        for index, offset in enumerate(offsets):
+            if index % workers != me:
+                continue
+            scheduled = t0 + offset
+            if not self._in_bounds(index, scheduled):
+                return
+            await self.clock.sleep_until(scheduled)
+            task = asyncio.create_task(self._one(index, scheduled))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _closed_loop(self, t0: float, users: int) -> None:
+        await self.clock.sleep_until(t0)
+        indices = self._mine()
+
+        async def user() -> None:
+            while True:
+                index = next(indices)
+                scheduled = self.clock.now()
+                if not self._in_bounds(index, scheduled):
+                    return
+                await self._one(index, scheduled)
+
+        await asyncio.gather(*(user() for _ in range(users)))
+
+    async def _one(self, index: int, scheduled: float) -> None:
+        job = self.job
+        slot = index % len(job.prompts)
+        prompt = job.prompts[slot]
+        rid = f"{job.run_id}-{index}"
+        assert self._session is not None
+        ctx = self._sem if self._sem is not None else contextlib.nullcontext()
+        async with ctx:
+            sent_t, obs = await stream_request(
+                self._session, job.config.endpoint, job.bodies[slot], self.clock.now, {"X-Request-Id": rid}
+            )
+        meta = {
+            "warmup": index < job.config.warmup,
+            "worker": job.worker,
+            "workload": job.config.workload.kind,
+            "target_input_tokens": prompt.input_tokens,
+            "target_output_tokens": prompt.output_tokens,
+        }
+        record = make_record(
+            obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta
+        )
+        self.sink(record)

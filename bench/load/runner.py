@@ -1,0 +1,276 @@
+"""Run a load test end to end: prepare prompts, execute, record, summarise.
+
+Stable API (called by ``bench run`` and the CLI)::
+
+    run_load(config: LoadConfig, out_dir: Path, console: Console | None = None) -> LoadSummary
+    await run_load_async(config, out_dir, console=None, clock=None) -> LoadSummary
+    rebuild_summary(out_dir: Path, slo: SLO | None = None) -> LoadSummary
+
+``out_dir`` receives ``load_config.json``, ``requests.jsonl`` (appended as each request ends),
+``server_metrics.jsonl``/``gpu.jsonl`` (when scraping) and ``summary.json``. The summary is always
+computed from ``requests.jsonl``, so a killed run can be summarised later with ``rebuild_summary``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import resource
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench.load.clock import Clock, MonotonicClock
+from bench.load.config import LoadConfig
+from bench.load.display import Progress, live_progress, summary_table
+from bench.load.executor import Executor, Job
+from bench.load.records import JsonlAppender, RequestRecord, read_records
+from bench.load.tokenizer import load_tokenizer
+from bench.load.workloads import Prompt, TextBuilder, materialize
+from bench.metrics import SLO, LoadSummary, summarize
+from bench.scrape import (
+    Scraper,
+    mbu,
+    model_bytes_of,
+    peak_bandwidth_gbs,
+    read_rows,
+    summarize_gpu,
+    summarize_server,
+)
+
+log = logging.getLogger(__name__)
+# Time between starting the side tasks (scraper, display) and the first request, so their setup
+# does not delay the first sends.
+START_LEAD_S = 0.25
+
+
+def run_load(config: LoadConfig, out_dir: Path, console: Console | None = None) -> LoadSummary:
+    """Synchronous wrapper around :func:`run_load_async` (uses uvloop when installed)."""
+    coro = run_load_async(config, out_dir, console)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def run_load_async(
+    config: LoadConfig, out_dir: Path, console: Console | None = None, clock: Clock | None = None
+) -> LoadSummary:
+    """Run ``config`` against its endpoint, write the results to ``out_dir`` and return the summary."""
+    clock = clock or MonotonicClock()
+    records_path = await asyncio.to_thread(_fresh_records_file, out_dir)
+    prompts = await asyncio.to_thread(prepare_prompts, config, console)
+    run_id = uuid.uuid4().hex[:8]
+    _raise_nofile_limit()
+    progress = Progress(total=config.total_requests() if config.num_requests is not None else None)
+    stop = asyncio.Event()
+    side = _side_tasks(config, out_dir, console, progress, clock, stop)
+    meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None}
+    try:
+        if config.workers == 1:
+            meta["t0"] = await _run_inline(config, prompts, run_id, records_path, clock, progress)
+        else:
+            meta["t0"] = await _run_processes(config, prompts, run_id, records_path, clock, progress)
+    finally:
+        stop.set()
+        await asyncio.gather(*side, return_exceptions=True)
+    _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
+    summary = rebuild_summary(out_dir, config.slo, config)
+    if console is not None:
+        console.print(summary_table(summary, f"bench load: {config.arrival.describe()}"))
+    return summary
+
+
+def _fresh_records_file(out_dir: Path) -> Path:
+    """Create ``out_dir`` and an empty ``requests.jsonl`` (a new run replaces old records)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "requests.jsonl"
+    path.write_bytes(b"")
+    return path
+
+
+def prepare_prompts(config: LoadConfig, console: Console | None = None) -> list[Prompt]:
+    """Load the tokenizer and build every prompt before the clock starts."""
+    tokenizer, where = load_tokenizer(config.tokenizer, config.model)
+    if tokenizer is None:
+        _warn(
+            console,
+            f"no tokenizer for {config.model!r} ({where}); input lengths are approximate. "
+            "Token counts come from the server's usage.",
+        )
+    builder = TextBuilder(tokenizer, config.api)
+    prompts = materialize(config.workload, config.total_requests(), builder, config.seed)
+    inexact = sum(1 for p in prompts if not p.exact)
+    if tokenizer is not None and inexact:
+        _warn(console, f"{inexact} prompts could not be made exactly {config.workload.kind} length")
+    return prompts
+
+
+def _warn(console: Console | None, text: str) -> None:
+    log.warning(text)
+    if console is not None:
+        console.print(f"[yellow]warning:[/yellow] {text}")
+
+
+def _side_tasks(
+    config: LoadConfig,
+    out_dir: Path,
+    console: Console | None,
+    progress: Progress,
+    clock: Clock,
+    stop: asyncio.Event,
+) -> list[asyncio.Task[None]]:
+    tasks = []
+    if config.scrape:
+        scraper = Scraper(config.root_url + "/metrics", out_dir, config.scrape_interval_s, clock.now)
+        tasks.append(asyncio.create_task(scraper.run(stop)))
+    if console is not None and console.is_terminal:
+        tasks.append(
+            asyncio.create_task(live_progress(console, progress, clock.now, config.arrival.describe(), stop))
+        )
+    return tasks
+
+
+async def _run_inline(
+    config: LoadConfig, prompts: list[Prompt], run_id: str, path: Path, clock: Clock, progress: Progress
+) -> float:
+    with JsonlAppender(path) as sink:
+
+        def write(record: RequestRecord) -> None:
+            sink.write(record)
+            progress.add(record)
+
+        executor = Executor(Job(config, prompts, run_id), clock, write)
+        t0 = clock.now() + START_LEAD_S
+        await executor.run(t0)
+    return t0
+
+
+async def _run_processes(
+    config: LoadConfig, prompts: list[Prompt], run_id: str, path: Path, clock: Clock, progress: Progress
+) -> float:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Queue()
+    start = ctx.Event()
+    t0_box = ctx.Value("d", 0.0)
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(Job(config, prompts, run_id, w, config.workers), str(path), ready, start, t0_box),
+            daemon=True,
+        )
+        for w in range(config.workers)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        await asyncio.to_thread(ready.get, True, 120)
+    t0 = clock.now() + START_LEAD_S
+    t0_box.value = t0
+    start.set()
+    await _tail_until_done(path, procs, progress)
+    return t0
+
+
+async def _tail_until_done(path: Path, procs: list[Any], progress: Progress) -> None:
+    with path.open("rb") as fh:
+        pending = b""
+        while True:
+            alive = any(p.is_alive() for p in procs)
+            pending += fh.read()
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    progress.add(RequestRecord.from_dict(json.loads(line)))
+            if not alive:
+                break
+            await asyncio.sleep(0.25)
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise RuntimeError(f"load worker processes failed with exit codes {bad}")
+
+
+def _worker_main(job: Job, path: str, ready: Any, start: Any, t0_box: Any) -> None:
+    """Entry point of a worker process: wait for the common start time, run, append records."""
+    _die_with_parent()
+    _raise_nofile_limit()
+
+    async def main() -> None:
+        with JsonlAppender(Path(path)) as sink:
+            executor = Executor(job, MonotonicClock(), sink.write)
+            ready.put(job.worker)
+            await asyncio.to_thread(start.wait)
+            await executor.run(float(t0_box.value))
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the parent dies, so a killed run leaves no orphans."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _raise_nofile_limit() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _load_saved_config(out_dir: Path) -> LoadConfig | None:
+    path = out_dir / "load_config.json"
+    if not path.exists():
+        return None
+    with contextlib.suppress(Exception):
+        return LoadConfig.model_validate(json.loads(path.read_text())["config"])
+    return None
+
+
+def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | None = None) -> LoadSummary:
+    """(Re)compute ``summary.json`` from ``requests.jsonl`` and the scrape files in ``out_dir``."""
+    config = config or _load_saved_config(out_dir)
+    if slo is None:
+        slo = config.slo if config is not None else SLO()
+    path = out_dir / "requests.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {out_dir} a bench load output folder?")
+    records = read_records(path)
+    summary = summarize(records, slo)
+    summary.server = _server_figures(out_dir, summary, config)
+    _write_json(out_dir / "summary.json", summary.model_dump(mode="json"))
+    return summary
+
+
+def _server_figures(
+    out_dir: Path, summary: LoadSummary, config: LoadConfig | None
+) -> dict[str, float | None]:
+    figures = summarize_server(read_rows(out_dir / "server_metrics.jsonl"))
+    gpu_rows = read_rows(out_dir / "gpu.jsonl")
+    figures.update(summarize_gpu(gpu_rows, summary.total_output_tokens))
+    peak = config.gpu_peak_bandwidth_gbs if config else None
+    if peak is None and gpu_rows:
+        peak = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))
+    size = (config.model_bytes or model_bytes_of(config.model)) if config else None
+    tpot_mean = summary.tpot_ms.mean / 1e3 if summary.tpot_ms.mean else None
+    figures["mbu"] = mbu(size, tpot_mean, peak)
+    return {k: v for k, v in figures.items() if v is not None}

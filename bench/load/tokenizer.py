@@ -1,0 +1,88 @@
+"""Find a tokenizer for exact prompt lengths, without importing transformers until it is needed.
+
+Order: an explicit path or models.yaml name; the ``<model>-hf`` entry once prepared; the model's own
+entry (an HF folder, or a GGUF file, whose embedded tokenizer transformers can read). When none
+loads, workloads fall back to approximate lengths and say so: the server's ``usage`` stays the
+authoritative count either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Tokenizer(Protocol):
+    """The slice of a Hugging Face tokenizer the workloads use."""
+
+    vocab_size: int
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]:
+        """Token ids of ``text``."""
+        ...
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str:
+        """Text of ``ids``."""
+        ...
+
+
+def _candidates(spec: str | None, model: str) -> list[str]:
+    if spec:
+        return [spec]
+    return [f"{model}-hf", model]
+
+
+def _load_path(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _resolve(name: str) -> Path | None:
+    direct = Path(name).expanduser()
+    if direct.exists():
+        return direct
+    try:
+        from bench.models.registry import load_registry
+
+        return load_registry().path_of(name)
+    except Exception as exc:  # an unprepared or unknown model: try the next candidate
+        log.debug("tokenizer candidate %s: %s", name, exc)
+        return None
+
+
+def load_tokenizer(spec: str | None, model: str) -> tuple[Tokenizer | None, str]:
+    """Load the first tokenizer that works; returns ``(tokenizer or None, description)``."""
+    errors: list[str] = []
+    for name in _candidates(spec, model):
+        path = _resolve(name)
+        if path is None:
+            errors.append(f"{name}: not found")
+            continue
+        try:
+            return _load_path(path), str(path)
+        except Exception as exc:
+            errors.append(f"{name}: {exc}")
+    if spec:
+        raise ValueError(f"cannot load tokenizer {spec!r}: {'; '.join(errors)}")
+    return None, "; ".join(errors)
+
+
+def chat_overhead(tokenizer: Any) -> int:
+    """Tokens the chat template adds around one user message (0 when there is no template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return 0
+    try:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=True
+        )
+    except Exception:
+        return 0
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return len(ids)

