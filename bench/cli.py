@@ -12,6 +12,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench.serve_cli",
     "bench.backends_cli",
     "bench.evals.cli",
+    "bench.load.cli",
 )
 
 

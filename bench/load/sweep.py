@@ -1,0 +1,175 @@
+"""``bench sweep``: find the highest request rate (or concurrency) that meets the SLOs.
+
+Steps grow geometrically from ``start`` until a step fails the SLOs or the server is over-saturated
+(achieved request rate below ``saturation_ratio`` of the offered rate, or, for concurrency, throughput
+that stops growing), then bisects between the last passing and first failing step. Every step is a
+normal ``bench load`` run in its own folder; the curve goes to ``sweep.json`` and ``sweep.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+
+from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
+from bench.load.config import LoadConfig
+from bench.load.runner import run_load
+from bench.metrics import LoadSummary
+
+
+class SweepSpec(BaseModel):
+    """How to walk the load axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["rate", "concurrency"] = "rate"
+    start: float = Field(default=1.0, gt=0)
+    factor: float = Field(default=2.0, gt=1)
+    max_value: float = Field(default=1024.0, gt=0)
+    refine_steps: int = Field(default=2, ge=0)
+    goodput_target: float = Field(
+        default=0.9, gt=0, le=1, description="fraction of requests meeting all SLOs"
+    )
+    saturation_ratio: float = Field(default=0.8, gt=0, le=1)
+
+
+class SweepPoint(BaseModel):
+    """One step of the sweep."""
+
+    value: float
+    passed: bool
+    saturated: bool
+    summary: LoadSummary
+
+
+class SweepResult(BaseModel):
+    """The curve and the answer."""
+
+    mode: str
+    best: float | None
+    points: list[SweepPoint]
+
+
+def _config_at(base: LoadConfig, spec: SweepSpec, value: float) -> LoadConfig:
+    if spec.mode == "concurrency":
+        arrival: ConcurrencyArrival | PoissonArrival = ConcurrencyArrival(n=max(1, round(value)))
+    else:
+        arrival = PoissonArrival(rate=value)
+    return base.model_copy(update={"arrival": arrival})
+
+
+def judge(
+    summary: LoadSummary, spec: SweepSpec, value: float, previous: SweepPoint | None
+) -> tuple[bool, bool]:
+    """(meets the SLO target, over-saturated) for one step (pure)."""
+    frac = summary.goodput_fraction if summary.goodput_fraction is not None else 1.0
+    passed = summary.num_ok > 0 and frac >= spec.goodput_target
+    if spec.mode == "rate":
+        saturated = summary.request_throughput < spec.saturation_ratio * value
+    else:
+        prev = previous.summary.request_throughput if previous is not None else 0.0
+        saturated = previous is not None and summary.request_throughput < prev * 1.05
+    return passed, saturated
+
+
+def run_sweep(
+    base: LoadConfig, spec: SweepSpec, out_dir: Path, console: Console | None = None
+) -> SweepResult:
+    """Walk up the load axis, then bisect; writes ``sweep.json`` and ``sweep.png`` to ``out_dir``."""
+    points: list[SweepPoint] = []
+
+    def step(value: float) -> SweepPoint:
+        label = f"{spec.mode}-{value:g}"
+        if console is not None:
+            console.rule(f"sweep step {label}")
+        summary = run_load(_config_at(base, spec, value), out_dir / label, console)
+        previous = max((p for p in points if p.value < value), key=lambda p: p.value, default=None)
+        passed, saturated = judge(summary, spec, value, previous)
+        point = SweepPoint(value=value, passed=passed, saturated=saturated, summary=summary)
+        points.append(point)
+        return point
+
+    value = spec.start
+    last_ok: float | None = None
+    first_bad: float | None = None
+    while value <= spec.max_value:
+        point = step(value)
+        if not point.passed or point.saturated:
+            first_bad = value
+            if point.passed:
+                last_ok = value
+            break
+        last_ok = value
+        value *= spec.factor
+    lo, hi = last_ok, first_bad
+    for _ in range(spec.refine_steps if lo is not None and hi is not None else 0):
+        assert lo is not None and hi is not None
+        mid = (lo + hi) / 2 if spec.mode == "rate" else float(round((lo + hi) / 2))
+        if mid in (lo, hi):
+            break
+        point = step(mid)
+        lo, hi = (mid, hi) if point.passed and not point.saturated else (lo, mid)
+    best = max((p.value for p in points if p.passed), default=None)
+    result = SweepResult(mode=spec.mode, best=best, points=sorted(points, key=lambda p: p.value))
+    (out_dir / "sweep.json").write_text(result.model_dump_json(indent=2))
+    plot_sweep(result, out_dir / "sweep.png")
+    return result
+
+
+def plot_sweep(result: SweepResult, path: Path) -> None:
+    """Throughput and latency percentiles against the load axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p.value for p in result.points]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(xs, [p.summary.request_throughput for p in result.points], "o-", label="achieved req/s")
+    ax1.plot(xs, [p.summary.goodput or 0.0 for p in result.points], "s--", label="goodput req/s")
+    if result.mode == "rate":
+        ax1.plot(xs, xs, ":", color="grey", label="offered")
+    ax1.set_xlabel(result.mode)
+    ax1.set_ylabel("req/s")
+    ax1.legend()
+    for name in ("ttft_ms", "tpot_ms"):
+        for pct, style in (("p50", "o-"), ("p99", "x--")):
+            ys = [getattr(getattr(p.summary, name), pct) or float("nan") for p in result.points]
+            ax2.plot(xs, ys, style, label=f"{name[:-3].upper()} {pct}")
+    ax2.set_yscale("log")
+    ax2.set_xlabel(result.mode)
+    ax2.set_ylabel("ms")
+    ax2.legend()
+    if result.best is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(result.best, color="green", alpha=0.4)
+    fig.suptitle(f"bench sweep: best {result.mode} meeting SLOs = {result.best}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_rows(result: SweepResult) -> list[dict[str, object]]:
+    """The curve as flat rows (for tables)."""
+    return [
+        {
+            "value": p.value,
+            "passed": p.passed,
+            "saturated": p.saturated,
+            "req_s": p.summary.request_throughput,
+            "tok_s": p.summary.output_throughput_tok_s,
+            "goodput": p.summary.goodput,
+            "ttft_p99": p.summary.ttft_ms.p99,
+            "tpot_p99": p.summary.tpot_ms.p99,
+        }
+        for p in result.points
+    ]
+
+
+def load_sweep(path: Path) -> SweepResult:
+    """Read a ``sweep.json``."""
+    return SweepResult.model_validate(json.loads(path.read_text()))
