@@ -40,6 +40,9 @@ class Script:
     itl_s: float = 0.005
     tokens_per_chunk: int = 1
     prompt_tokens: int | None = None  # default: whitespace words of the prompt
+    # Event-loop timers fire up to a millisecond or two late on a busy machine: sleep until this long
+    # before a deadline, then yield to the loop until it is due (0 disables; costs CPU).
+    spin_s: float = 0.002
 
 
 @dataclass
@@ -112,10 +115,7 @@ async def _stream(
             )
         for size in _chunk_sizes(n, script.tokens_per_chunk):
             sent += size
-            due = recv + script.ttft_s + (sent - 1) * script.itl_s
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await _wait_until(recv + script.ttft_s + (sent - 1) * script.itl_s, script.spin_s)
             finish = "length" if sent == n else None
             writer.write(_event({**base, "choices": [_choice(chat, size, logprobs, finish)]}))
             times.append(time.perf_counter())
@@ -131,6 +131,14 @@ async def _stream(
         if st.log_fd >= 0:
             os.write(st.log_fd, (json.dumps({"id": rid, "t": times}) + "\n").encode())
             del st.log[rid]
+
+
+async def _wait_until(due: float, spin_s: float) -> None:
+    delay = due - time.perf_counter() - spin_s
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while time.perf_counter() < due:  # noqa: ASYNC110  (a yield-spin, not a wait for an event)
+        await asyncio.sleep(0)
 
 
 def _reply(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json") -> None:
@@ -228,8 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-tokens", type=int, default=None)
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--log-dir", default=None)
+    ap.add_argument("--spin-ms", type=float, default=2.0, help="yield-spin before each deadline (0: off)")
     args = ap.parse_args(argv)
-    script = Script(args.ttft_ms / 1e3, args.itl_ms / 1e3, args.tokens_per_chunk, args.prompt_tokens)
+    script = Script(
+        args.ttft_ms / 1e3, args.itl_ms / 1e3, args.tokens_per_chunk, args.prompt_tokens, args.spin_ms / 1e3
+    )
     children = []
     for _ in range(args.procs - 1):
         pid = os.fork()
@@ -239,6 +250,17 @@ def main(argv: list[str] | None = None) -> None:
         children.append(pid)
     with contextlib.suppress(KeyboardInterrupt):
         _run(args.host, args.port, script, args.log_dir)
+
+
+def read_calibration_log(log_dir: str | Path) -> dict[str, list[float]]:
+    """``{request_id: [receipt, write time of each chunk...]}`` from every process's log file."""
+    out: dict[str, list[float]] = {}
+    for path in Path(log_dir).glob("calib-*.jsonl"):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                out[row["id"]] = row["t"]
+    return out
 
 
 def free_port() -> int:
@@ -256,6 +278,7 @@ def calibration_server(
     procs: int = 1,
     port: int | None = None,
     log_dir: str | None = None,
+    spin_ms: float = 2.0,
 ) -> Iterator[str]:
     """Run the calibration server in a subprocess; yields its root URL, stops it on exit."""
     port = port or free_port()
@@ -273,6 +296,8 @@ def calibration_server(
         str(tokens_per_chunk),
         "--procs",
         str(procs),
+        "--spin-ms",
+        str(spin_ms),
     ]
     if log_dir:
         cmd += ["--log-dir", log_dir]

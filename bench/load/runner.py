@@ -72,7 +72,9 @@ async def run_load_async(
     progress = Progress(total=config.total_requests() if config.num_requests is not None else None)
     stop = asyncio.Event()
     side = _side_tasks(config, out_dir, console, progress, clock, stop)
-    meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None}
+    meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None, "finished": False}
+    # Written first so that a killed run can still be summarised with its SLOs.
+    _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
     try:
         if config.workers == 1:
             meta["t0"] = await _run_inline(config, prompts, run_id, records_path, clock, progress)
@@ -81,6 +83,7 @@ async def run_load_async(
     finally:
         stop.set()
         await asyncio.gather(*side, return_exceptions=True)
+    meta["finished"] = True
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
     summary = rebuild_summary(out_dir, config.slo, config)
     if console is not None:

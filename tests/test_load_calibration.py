@@ -1,0 +1,135 @@
+"""The generator against the calibration server (a separate process whose script is ground truth)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.load.calibration import calibration_server, read_calibration_log
+from bench.load.config import LoadConfig
+from bench.load.records import read_records
+from bench.load.runner import run_load_async
+from bench.metrics import itl, tpot, ttft
+
+TTFT_MS, ITL_MS = 20.0, 4.0
+
+
+@pytest.fixture(scope="module")
+def calib_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calib-log")
+
+
+@pytest.fixture(scope="module")
+def calib_url(calib_log: Path) -> Iterator[str]:
+    with calibration_server(
+        ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=1, log_dir=str(calib_log)
+    ) as url:
+        yield url
+
+
+def moderate_load() -> bool:
+    return os.getloadavg()[0] < (os.cpu_count() or 1)
+
+
+@pytest.fixture(scope="module")
+def chunky_url() -> Iterator[str]:
+    with calibration_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=4) as url:
+        yield url
+
+
+def config(url: str, **kw: object) -> LoadConfig:
+    base: dict[str, object] = {
+        "url": url,
+        "model": "calibration",
+        "tokenizer": None,
+        "scrape": False,
+        "seed": 1,
+        "workload": {"kind": "random", "input_tokens": 16, "output_tokens": 16},
+    }
+    return LoadConfig.model_validate({**base, **kw})
+
+
+async def test_timings_match_what_the_server_did(calib_url: str, calib_log: Path, tmp_path: Path) -> None:
+    """Per request, the client's TTFT/TPOT against the server's own receipt and write times."""
+    cfg = config(calib_url, arrival={"kind": "poisson", "rate": 20}, num_requests=60, warmup=3)
+    s = await run_load_async(cfg, tmp_path)
+    assert s.num_ok == 60 and s.num_errors == 0 and s.num_warmup == 3
+    assert s.token_count_sources == {"usage": 60}
+    assert s.total_output_tokens == 60 * 16
+    await asyncio.sleep(0.2)  # the server logs a request after its last write
+    log = read_calibration_log(calib_log)
+    records = [r for r in read_records(tmp_path / "requests.jsonl") if not r.warmup]
+    ttft_err, tpot_err = [], []
+    for r in records:
+        recv, *writes = log[r.request_id]
+        ttft_err.append((ttft(r) or 0) - (writes[0] - recv))
+        tpot_err.append((tpot(r) or 0) - (writes[-1] - writes[0]) / (len(writes) - 1))
+    assert abs(statistics.median(ttft_err)) * 1e3 < 2.0
+    assert abs(statistics.median(tpot_err)) * 1e3 < 1.0
+
+
+async def test_median_ttft_and_tpot_match_the_script(calib_url: str, tmp_path: Path) -> None:
+    if not moderate_load():
+        pytest.skip(
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: "
+            "the server cannot keep a millisecond script"
+        )
+    cfg = config(calib_url, arrival={"kind": "poisson", "rate": 20}, num_requests=60)
+    s = await run_load_async(cfg, tmp_path)
+    assert s.ttft_ms.p50 is not None and s.tpot_ms.p50 is not None
+    assert abs(s.ttft_ms.p50 - TTFT_MS) < 2.0
+    assert abs(s.tpot_ms.p50 - ITL_MS) < 1.0
+
+
+async def test_multi_token_chunks_give_per_token_itl(chunky_url: str, tmp_path: Path) -> None:
+    cfg = config(chunky_url, arrival={"kind": "concurrency", "n": 2}, num_requests=10)
+    s = await run_load_async(cfg, tmp_path)
+    records = [r for r in read_records(tmp_path / "requests.jsonl") if r.ok]
+    assert all(r.n_chunks == 1 + 4 for r in records)  # 1 + 15 tokens in chunks of 4,4,4,3
+    assert all(len(r.token_times) == 16 for r in records)
+    # chunk gaps are 16 ms; per token that is 4 ms, never the chunk gap
+    assert s.itl_ms.p50 is not None and abs(s.itl_ms.p50 - ITL_MS) < 1.0
+    assert max(x for r in records for x in itl(r)) < 4 * ITL_MS * 0.75
+    assert s.tpot_ms.p50 is not None and abs(s.tpot_ms.p50 - ITL_MS) < 1.0
+
+
+async def test_concurrency_bound_and_counts(calib_url: str, tmp_path: Path) -> None:
+    cfg = config(calib_url, arrival={"kind": "concurrency", "n": 3}, num_requests=12, warmup=2)
+    await run_load_async(cfg, tmp_path)
+    records = read_records(tmp_path / "requests.jsonl")
+    assert sorted(r.index for r in records) == list(range(14))
+    assert sum(r.warmup for r in records) == 2
+    for r in records:
+        in_flight = sum(1 for o in records if o.sent_t <= r.sent_t < (o.closed_t or o.end_t))
+        assert in_flight <= 3
+
+
+async def test_capped_open_loop_shows_client_queue(calib_url: str, tmp_path: Path) -> None:
+    cfg = config(calib_url, arrival={"kind": "constant", "rate": 200, "max_concurrency": 1}, num_requests=8)
+    s = await run_load_async(cfg, tmp_path)
+    # one slot, each request takes ~80 ms while one is due every 5 ms: the wait is client queue time
+    assert s.queue_ms.p90 is not None and s.queue_ms.p90 > 100
+    assert s.e2e_sched_ms.p50 is not None and s.e2e_ms.p50 is not None
+    assert s.e2e_sched_ms.p50 > s.e2e_ms.p50 + 100
+
+
+async def test_duration_bound(calib_url: str, tmp_path: Path) -> None:
+    cfg = config(calib_url, arrival={"kind": "constant", "rate": 40}, num_requests=None, duration_s=0.5)
+    await run_load_async(cfg, tmp_path)
+    records = read_records(tmp_path / "requests.jsonl")
+    span = max(r.scheduled_t for r in records) - min(r.scheduled_t for r in records)
+    assert 19 <= len(records) <= 21 and span <= 0.5 + 1e-6
+
+
+async def test_failed_requests_are_data(tmp_path: Path) -> None:
+    from bench.load.calibration import free_port
+
+    cfg = config(f"http://127.0.0.1:{free_port()}", arrival={"kind": "concurrency", "n": 2}, num_requests=4)
+    s = await run_load_async(cfg, tmp_path)
+    assert s.num_ok == 0 and s.num_errors == 4
+    assert all(r.error for r in read_records(tmp_path / "requests.jsonl"))
