@@ -1,0 +1,105 @@
+"""Arrival processes and workloads: statistics, determinism, the cut-off ShareGPT file, exact lengths."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+from pydantic import TypeAdapter
+
+from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival
+from bench.load.workloads import (
+    JsonlWorkload,
+    RandomWorkload,
+    ShareGPTWorkload,
+    TextBuilder,
+    iter_json_array,
+    materialize,
+    sharegpt_file,
+)
+
+
+def gaps(arrival: Arrival, n: int = 20000, seed: int = 3) -> list[float]:
+    offs = list(itertools.islice(arrival.offsets(seed), n))
+    return [b - a for a, b in itertools.pairwise(offs)]
+
+
+def test_arrivals_validate_from_plain_data() -> None:
+    adapter = TypeAdapter(Arrival)
+    assert isinstance(adapter.validate_python({"kind": "gamma", "rate": 5, "burstiness": 0.5}), GammaArrival)
+    with pytest.raises(ValueError):
+        adapter.validate_python({"kind": "poisson", "rate": 5, "bogus": 1})
+
+
+def test_constant_poisson_gamma_statistics() -> None:
+    constant = TypeAdapter(Arrival).validate_python({"kind": "constant", "rate": 4})
+    assert {round(g, 12) for g in gaps(constant, 100)} == {0.25}
+    assert constant.describe() == "constant=4/s"
+    p = gaps(PoissonArrival(rate=10))
+    assert statistics.mean(p) == pytest.approx(0.1, rel=0.05)
+    assert statistics.stdev(p) / statistics.mean(p) == pytest.approx(1.0, rel=0.05)
+    g = gaps(GammaArrival(rate=10, burstiness=0.25))
+    assert statistics.mean(g) == pytest.approx(0.1, rel=0.08)
+    assert statistics.stdev(g) / statistics.mean(g) == pytest.approx(2.0, rel=0.1)  # CV = 1/sqrt(k)
+
+
+def test_timetable_is_deterministic_per_seed() -> None:
+    a = PoissonArrival(rate=3)
+    assert list(itertools.islice(a.offsets(7), 50)) == list(itertools.islice(a.offsets(7), 50))
+    assert list(itertools.islice(a.offsets(7), 50)) != list(itertools.islice(a.offsets(8), 50))
+    with pytest.raises(TypeError):
+        ConcurrencyArrival(n=2).next_request_time(0.0, random.Random(0))
+
+
+def test_cut_off_json_array_yields_complete_records(tmp_path: Path) -> None:
+    records = [{"id": i, "text": "x, ] } {" * i} for i in range(5)]
+    text = json.dumps(records, indent=2)
+    cut = tmp_path / "cut.json"
+    cut.write_text(text[: text.index('"id": 4') + 3])
+    assert [r["id"] for r in iter_json_array(cut, chunk_chars=7)] == [0, 1, 2, 3]
+    whole = tmp_path / "whole.json"
+    whole.write_text(text)
+    assert len(list(iter_json_array(whole, chunk_chars=5))) == 5
+
+
+def test_sharegpt_package_file_without_tokenizer() -> None:
+    assert sharegpt_file().name == "ShareGPT_V3_unfiltered_cleaned_split.json"
+    prompts = materialize(ShareGPTWorkload(output_tokens=32), 20, TextBuilder(None, "chat"), seed=0)
+    assert len(prompts) == 20 and all(p.text and p.output_tokens == 32 and not p.exact for p in prompts)
+
+
+def test_jsonl_workload(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "hello there", "output_tokens": 7}\n\n{"prompt": "bye"}\n')
+    prompts = materialize(JsonlWorkload(path=path, output_tokens=3), 5, TextBuilder(None, "completions"), 0)
+    assert [(p.text, p.output_tokens) for p in prompts[:3]] == [
+        ("hello there", 7),
+        ("bye", 3),
+        ("hello there", 7),
+    ]
+
+
+def test_random_prompts_are_unique_without_tokenizer() -> None:
+    prompts = materialize(RandomWorkload(input_tokens=20, output_tokens=5), 50, TextBuilder(None, "chat"), 0)
+    assert len({p.text.split()[1] for p in prompts}) == 50  # unique "Request <seed>-<i>:" prefix
+
+
+def test_random_prompts_have_exact_token_counts() -> None:
+    from bench.load.tokenizer import load_tokenizer
+
+    tok, where = load_tokenizer(None, "smollm2-135m-instruct")
+    if tok is None:
+        pytest.skip(f"no tokenizer for the bundled model: {where}")
+    builder = TextBuilder(tok, "completions")
+    prompts = materialize(RandomWorkload(input_tokens=77, output_tokens=5), 30, builder, seed=1)
+    assert all(p.exact for p in prompts)
+    assert {len(tok.encode(p.text, add_special_tokens=False)) for p in prompts} == {77}
+    chat = TextBuilder(tok, "chat")
+    p = materialize(RandomWorkload(input_tokens=77, output_tokens=5), 1, chat, seed=1)[0]
+    ids = tok.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True, tokenize=True)  # type: ignore[attr-defined]
+    ids = ids if isinstance(ids, list) else ids["input_ids"]
+    assert len(ids) == 77
