@@ -37,6 +37,8 @@ BACKENDS: MappingProxyType[str, BackendEntry] = MappingProxyType(
             "transformers", "engine", "backends.transformers.config",
             "backends.transformers.engine:TransformersEngine", "transformers",
         ),
+        "llamacpp": BackendEntry("llamacpp", "launcher", "backends.llamacpp.config",
+                                 "backends.llamacpp.launcher:LlamaServerLauncher", "llamacpp"),
     }
 )
 

@@ -1,0 +1,103 @@
+"""``llama-server`` as a native server: servebench options translated into its flags.
+
+Context sizing: llama-server gives each of its ``--parallel`` slots ``n_ctx / parallel`` tokens when the KV
+cache is not unified (its default when the slot count is pinned). So the total ``-c`` is
+``max_model_len x max_batch``, and ``--no-kv-unified`` is passed explicitly, making each request's limit
+exactly ``max_model_len``. Without ``max_model_len`` each slot gets the model's training context.
+"""
+
+from __future__ import annotations
+
+from backends.base import Capabilities, EngineOptions, ServerSpec
+from backends.errors import UnsupportedOptionError
+from backends.llamacpp import config
+from backends.llamacpp.build import Flavor, cuda_buildable, ensure_server, server_binary
+from backends.llamacpp.gguf_meta import context_length
+
+ALL_LAYERS = "999"
+NGRAM_LOOKUP = "3"  # tokens matched in the history before a draft is proposed (prompt lookup's n-gram)
+PROMPT_CACHE_MIB = "8192"  # llama-server's default host-memory prompt cache, stated explicitly
+
+_KV_TYPES = {"q8": "q8_0", "q4": "q4_0"}
+
+
+def _context_flags(spec: ServerSpec) -> list[str]:
+    opts = spec.options
+    per_slot = opts.max_model_len or context_length(spec.model_path)
+    return ["--parallel", str(opts.max_batch), "--cont-batching", "--no-kv-unified",
+            "-c", str(per_slot * opts.max_batch)]
+
+
+def _kv_flags(opts: EngineOptions) -> list[str]:
+    if opts.kv_cache_dtype == "auto":
+        return []
+    kv = _KV_TYPES[opts.kv_cache_dtype]
+    # A quantized V cache only works with flash attention.
+    return ["-ctk", kv, "-ctv", kv, "-fa", "on"]
+
+
+def _prefix_flags(opts: EngineOptions) -> list[str]:
+    # llama-server caches prompts by default; "off" must switch off both the slot cache and the RAM cache.
+    if opts.prefix_caching:
+        return ["--cache-prompt", "--cache-ram", PROMPT_CACHE_MIB]
+    return ["--no-cache-prompt", "--cache-ram", "0"]
+
+
+def _speculative_flags(spec: ServerSpec, threads: int, gpu: bool) -> list[str]:
+    opts = spec.options
+    n = str(opts.num_speculative_tokens)
+    if opts.speculative_method == "ngram":
+        return ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", NGRAM_LOOKUP,
+                "--spec-ngram-simple-size-m", n]
+    if opts.speculative_method == "draft":
+        if spec.draft_path is None:
+            raise UnsupportedOptionError(config.NAME, "speculative", opts.speculative,
+                                         "the draft model must resolve to a GGUF path in models.yaml")
+        return ["-md", str(spec.draft_path), "--spec-draft-n-max", n, "--spec-draft-threads", str(threads),
+                "--spec-draft-ngl", ALL_LAYERS if gpu else "0"]
+    return []
+
+
+class LlamaServerLauncher:
+    """Starts ``llama-server`` (built once from llama-cpp-python's vendored llama.cpp) for a GGUF model."""
+
+    name = config.NAME
+    capabilities: Capabilities = config.CAPABILITIES
+
+    def __init__(self, cuda: bool | None = None) -> None:
+        """``cuda`` overrides detection (nvcc on PATH and a CUDA device for torch)."""
+        self._cuda = cuda
+
+    def flavor(self, options: EngineOptions) -> Flavor:
+        """Which build serves these options: ``cuda`` when asked for or available, else ``cpu``."""
+        if options.device == "cpu":
+            return "cpu"
+        if self._cuda is None:
+            self._cuda = cuda_buildable()
+        if options.device == "cuda" and not self._cuda:
+            raise UnsupportedOptionError(config.NAME, "device", "cuda", "no nvcc or no CUDA device here")
+        return "cuda" if self._cuda else "cpu"
+
+    def command(self, spec: ServerSpec) -> list[str]:
+        """The ``llama-server`` command line for ``spec`` (validates first; reads only the GGUF header)."""
+        opts = spec.options
+        config.validate(opts, spec.model_format)
+        flavor = self.flavor(opts)
+        threads = opts.threads or config.default_threads()
+        cmd = [str(server_binary(flavor)), "-m", str(spec.model_path), "--alias", spec.model_name,
+               "--host", spec.host, "--port", str(spec.port), "--metrics", "--no-ui",
+               "--threads", str(threads), "--threads-batch", str(threads),
+               "-ngl", ALL_LAYERS if flavor == "cuda" else "0"]
+        if spec.api_key:
+            cmd += ["--api-key", spec.api_key]
+        return (cmd + _context_flags(spec) + _kv_flags(opts) + _prefix_flags(opts)
+                + _speculative_flags(spec, threads, flavor == "cuda"))
+
+    def environment(self, spec: ServerSpec) -> dict[str, str]:
+        """No extra variables: every setting is on the command line, where the log shows it."""
+        return {}
+
+    def prepare(self, spec: ServerSpec) -> None:
+        """Build ``llama-server`` for this machine on first use (minutes; later calls return at once)."""
+        config.validate(spec.options, spec.model_format)
+        ensure_server(self.flavor(spec.options), progress=lambda msg: print(f"[llamacpp] {msg}", flush=True))
