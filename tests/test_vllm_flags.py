@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,16 +18,16 @@ from bench.models.registry import Registry
 MODEL = Path("/models/smol-hf")
 
 
-def spec(fmt: str = "hf", **options: object) -> ServerSpec:
-    return ServerSpec(backend="vllm", model_name="smol", model_path=MODEL, options=EngineOptions(**options),
+def spec(fmt: str = "hf", **options: Any) -> ServerSpec:
+    return ServerSpec(backend="vllm", model_name="smol", model_path=MODEL, options=EngineOptions.model_validate(options),
                       port=8123, model_format=fmt)
 
 
-def cpu(**options: object) -> ServerSpec:
+def cpu(**options: Any) -> ServerSpec:
     return spec(device="cpu", **options)
 
 
-def gpu(**options: object) -> ServerSpec:
+def gpu(**options: Any) -> ServerSpec:
     return spec(device="cuda", **options)
 
 
@@ -222,7 +223,7 @@ def test_int_kv_cache_refused(kv: str) -> None:
 @pytest.mark.parametrize("option", ["tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"])
 def test_parallelism_refused_on_cpu(option: str) -> None:
     with pytest.raises(UnsupportedOptionError, match=rf"{option}=2.*1 on CPU"):
-        backends.validate("vllm", EngineOptions(device="cpu", **{option: 2}), "hf")
+        backends.validate("vllm", EngineOptions.model_validate({"device": "cpu", option: 2}), "hf")
 
 
 def test_parallelism_accepted_on_gpu(with_vllm: None) -> None:
