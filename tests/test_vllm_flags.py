@@ -19,8 +19,8 @@ MODEL = Path("/models/smol-hf")
 
 
 def spec(fmt: str = "hf", **options: Any) -> ServerSpec:
-    return ServerSpec(backend="vllm", model_name="smol", model_path=MODEL, options=EngineOptions.model_validate(options),
-                      port=8123, model_format=fmt)
+    return ServerSpec(backend="vllm", model_name="smol", model_path=MODEL,
+                      options=EngineOptions.model_validate(options), port=8123, model_format=fmt)
 
 
 def cpu(**options: Any) -> ServerSpec:
