@@ -32,7 +32,9 @@ from bench.evals.tasks.math import read_openmath_jsonl
         ("\\boxed{-\\dfrac{2}{3}}", -2 / 3),
         ("\\boxed{\\frac12}", 0.5),
         ("\\boxed{\\left( 3, 4 \\right)} then 9", 4.0),  # a box holding a tuple: its last number
-        ("The answer is 1,000 dollars. Question: 7 more", 1000.0),  # first number after the marker
+        ("The answer is 1,000 dollars. Question: 7 more", 1000.0),  # the marker's sentence only
+        ("So the answer is 2 * 30 = 60.\nNext: 5", 60.0),  # the last number of that sentence
+        ("#### 18\n\nQuestion: 3 apples", 18.0),
         ("The answer is: $42.50", 42.5),
         ("It costs 25% more", 25.0),
         ("x = 5-3", 3.0),  # subtraction, not -3

@@ -1,7 +1,8 @@
 """Numeric answer extraction for math tasks (pure functions).
 
-The order of preference for a model's output: the last ``\\boxed{...}``, then the first number after
-the last ``####``, then the first number after the last "answer is", then the last number anywhere.
+The order of preference for a model's output: the last ``\\boxed{...}``, then the number stated after
+the last ``####`` or the last "answer is" (the last number of that sentence), then the last number
+anywhere.
 A number may carry thousands separators (``1,234``), a sign, decimals, a percent sign, a currency sign
 or a unit after it; ``\\frac{a}{b}``, ``\\dfrac{a}{b}`` and ``a/b`` are fractions.
 Gold answers are parsed strictly: the whole string must be one number (:func:`parse_gold`).
@@ -19,6 +20,7 @@ _LATEX_FRAC_SHORT = r"(-?)\\[dt]?frac(\d)(\d)"  # \frac12
 _SLASH_FRAC = rf"({_NUM})\s*/\s*({_NUM})"
 _ANY_NUMBER = re.compile(rf"{_LATEX_FRAC}|{_LATEX_FRAC_SHORT}|{_SLASH_FRAC}|({_NUM})")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.\s|\n")
 # Wrappers and units that may surround a gold answer and do not change its value.
 _GOLD_NOISE = re.compile(
     r"\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\(?:left|right|!|,|;|\s)|\^\{?\\circ\}?|\\%|%|\\\$|\$|\s+"
@@ -62,7 +64,12 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: the generation was cut off inside the box
 
 
-def _first_number(text: str) -> float | None:
+def _stated_number(text: str) -> float | None:
+    """The number a marker introduces: the last one of its sentence ("is 2 * 30 = 60."), else the next."""
+    sentence = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    value = last_number(sentence)
+    if value is not None:
+        return value
     for match in _ANY_NUMBER.finditer(text):
         value = _match_value(match)
         if value is not None:
@@ -73,15 +80,16 @@ def _first_number(text: str) -> float | None:
 def extract_number(text: str) -> float | None:
     """The numeric answer in a model's output; ``None`` when it holds no number.
 
-    After a marker (``####``, "answer is") the *first* number counts, because small models keep
-    generating past their answer; inside ``\\boxed{}`` and in unmarked text the *last* one does.
+    After a marker (``####``, "answer is") the last number of the marker's sentence counts, because
+    small models keep generating past their answer; inside ``\\boxed{}`` and in unmarked text the
+    last number does.
     """
     boxed = last_boxed(text)
     if boxed is not None and last_number(boxed) is not None:
         return last_number(boxed)
     for marker in ("####", *(m.group(0) for m in reversed(list(_ANSWER_IS.finditer(text))))):
         if marker in text:
-            value = _first_number(text.rsplit(marker, 1)[1])
+            value = _stated_number(text.rsplit(marker, 1)[1])
             if value is not None:
                 return value
     return last_number(text)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,8 @@ from bench.evals.tasks.base import Choices, Prompt, Scored, Task
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "eval_summary.json"
+BUSY_STATUS = (429, 503)
+BUSY_BACKOFF_S = 0.5
 
 
 class EvalSetupError(RuntimeError):
@@ -83,6 +86,34 @@ def _sample_record(
     }
 
 
+class WeightedGate:
+    """At most ``capacity`` sequences in flight; a request takes one slot per prompt it carries.
+
+    A loglikelihood request sends every choice as its own prompt, and servers admit per sequence, so
+    ``--concurrency`` bounds sequences, not HTTP requests. A request takes all its slots at once (no
+    partial holds, hence no deadlock); one wider than the gate takes the whole gate.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free = capacity
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, slots: int) -> AsyncIterator[None]:
+        """Wait for ``slots`` free slots, hold them for the block."""
+        slots = min(slots, self.capacity)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._free >= slots)
+            self._free -= slots
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._free += slots
+                self._changed.notify_all()
+
+
 class _Run:
     """State of one eval run (kept off module level)."""
 
@@ -92,15 +123,12 @@ class _Run:
         self.results: list[CallResult] = []
         self.errors = 0
 
-    async def one(self, index: int, doc: Any, gate: asyncio.Semaphore) -> dict[str, Any]:
+    async def one(self, index: int, doc: Any, gate: WeightedGate) -> dict[str, Any]:
         request = self.task.to_request(doc)
         prompt = _prompt_record(request, self.config)
-        async with gate:
+        async with gate.hold(len(request.continuations) if isinstance(request, Choices) else 1):
             try:
-                if isinstance(request, Choices):
-                    result = await self.client.loglikelihood(request)
-                else:
-                    result = await self.client.generate(request, self.config.api)
+                result = await self._send(request)
             except Exception as exc:  # any failed request is recorded, the run goes on
                 self.errors += 1
                 return _sample_record(index, doc.id, prompt, None, None, f"{type(exc).__name__}: {exc}")
@@ -109,8 +137,25 @@ class _Run:
         self.scored.append(scored)
         return _sample_record(index, doc.id, prompt, result, scored, None)
 
+    async def _send(self, request: Prompt | Choices) -> CallResult:
+        """One call; a busy server (429/503) is retried a few times with backoff, other errors are not.
+
+        The latency recorded is that of the attempt that produced the answer.
+        """
+        for attempt in range(self.config.busy_retries + 1):
+            try:
+                if isinstance(request, Choices):
+                    return await self.client.loglikelihood(request)
+                return await self.client.generate(request, self.config.api)
+            except Exception as exc:
+                busy = getattr(exc, "status_code", None) in BUSY_STATUS
+                if not busy or attempt == self.config.busy_retries:
+                    raise
+                await asyncio.sleep(BUSY_BACKOFF_S * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def all(self, docs: list[Any], writer: SampleWriter) -> int:
-        gate = asyncio.Semaphore(self.config.concurrency)
+        gate = WeightedGate(self.config.concurrency)
         pending = [asyncio.ensure_future(self.one(i, doc, gate)) for i, doc in enumerate(docs)]
         done = 0
         try:
