@@ -23,7 +23,8 @@ def show_backends() -> None:
         table.add_row(
             name, registry.entry(name).kind, ", ".join(caps.formats), ", ".join(caps.kv_cache_dtypes),
             ", ".join(caps.speculative), _yes(caps.prefix_caching), caps.batching,
-            ", ".join(caps.parallelism) or "-", "[green]yes[/green]" if reason is None else f"[yellow]no[/yellow]: {reason}",
+            ", ".join(caps.parallelism) or "-",
+            "[green]yes[/green]" if reason is None else f"[yellow]no[/yellow]: {reason}",
         )
     Console().print(table)
 

@@ -18,7 +18,7 @@ SPEC_HELP = "Speculative decoding: none, ngram, draft:<model>, eagle:<path>."
 
 def engine_options(**flags: object) -> EngineOptions:
     """Build the shared option model from CLI flags (None means "not given")."""
-    return EngineOptions(**{k: v for k, v in flags.items() if v is not None})
+    return EngineOptions.model_validate({k: v for k, v in flags.items() if v is not None})
 
 
 def serve(

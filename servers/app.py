@@ -6,8 +6,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -27,13 +27,13 @@ log = logging.getLogger("servebench.server")
 async def _drain(state: AppState) -> None:
     """Wait for admitted requests to finish, up to the drain timeout."""
     deadline = time.monotonic() + state.settings.drain_timeout_s
-    while state.admission.inflight and time.monotonic() < deadline:
+    while state.admission.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - polled, short
         await asyncio.sleep(0.05)
     if state.admission.inflight:
         log.warning("shutting down with %d requests still running", state.admission.inflight)
 
 
-def _lifespan(engine: Engine) -> object:
+def _lifespan(engine: Engine) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()

@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 
 from backends.base import GenRequest, TokenLogprob
 from servers.errors import OpenAIError
-from servers.generation import check_model, collect, refuse_unsupported, resolve_max_tokens, sse, stream
+from servers.generation import check_model, collect, guard_stream, refuse_unsupported, resolve_max_tokens, sse, stream
 from servers.protocol import ChatCompletionRequest, new_id, now, usage
 from servers.state import AppState, Lease
 
@@ -79,7 +79,7 @@ async def create_chat_completion(state: AppState, body: ChatCompletionRequest, r
     gen = _gen_request(body, ids, resolve_max_tokens(state, len(ids), requested, None))
     lease = state.admission.acquire()
     if body.stream:
-        return StreamingResponse(_stream_body(state, body, lease, gen), media_type="text/event-stream",
+        return StreamingResponse(guard_stream(_stream_body(state, body, lease, gen)), media_type="text/event-stream",
                                  background=BackgroundTask(lease.release))
     try:
         out = await collect(state, lease, gen, request)

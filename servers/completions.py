@@ -12,7 +12,14 @@ from starlette.background import BackgroundTask
 from backends.base import GenRequest, TokenLogprob
 from servers.errors import OpenAIError
 from servers.generation import (
-    Collected, check_model, collect_many, refuse_unsupported, resolve_max_tokens, sse, stream,
+    Collected,
+    check_model,
+    collect_many,
+    guard_stream,
+    refuse_unsupported,
+    resolve_max_tokens,
+    sse,
+    stream,
 )
 from servers.protocol import CompletionRequest, new_id, now, usage
 from servers.state import AppState, Lease
@@ -112,14 +119,16 @@ async def create_completion(state: AppState, body: CompletionRequest, request: R
             for ids in prompts]
     leases = [state.admission.acquire() for _ in gens]
     if body.stream:
-        return StreamingResponse(_stream_body(state, body, leases[0], gens[0]), media_type="text/event-stream",
+        body_iter = guard_stream(_stream_body(state, body, leases[0], gens[0]))
+        return StreamingResponse(body_iter, media_type="text/event-stream",
                                  background=BackgroundTask(leases[0].release))
     try:
         outs = await collect_many(state, list(zip(leases, gens, strict=True)), request)
     finally:
         for lease in leases:
             lease.release()
-    choices = [_choice(state, body, ids, out, i) for i, (ids, out) in enumerate(zip(prompts, outs, strict=True))]
+    pairs = enumerate(zip(prompts, outs, strict=True))
+    choices = [_choice(state, body, ids, out, i) for i, (ids, out) in pairs]
     return JSONResponse({
         "id": gens[0].request_id, "object": "text_completion", "created": now(), "model": body.model,
         "choices": choices,

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backends.errors import EngineDeadError
+
 log = logging.getLogger("servebench.server")
 
 
@@ -56,6 +58,15 @@ def context_length_exceeded(limit: int, prompt: int, requested: int) -> OpenAIEr
     )
 
 
+def as_openai_error(exc: Exception) -> OpenAIError:
+    """The OpenAI-shaped form of any exception raised while serving."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, EngineDeadError):
+        return OpenAIError(503, str(exc), type="server_error", code="engine_unavailable")
+    return OpenAIError(500, f"internal server error: {type(exc).__name__}: {exc}", type="server_error")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -89,6 +100,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        err = OpenAIError(500, f"internal server error: {type(exc).__name__}: {exc}", type="server_error")
-        return JSONResponse(err.body(), status_code=500)
+        log.exception("request failed")
+        err = as_openai_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)

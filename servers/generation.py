@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -12,8 +13,10 @@ from typing import Any
 from fastapi import Request
 
 from backends.base import GenChunk, GenRequest, TokenLogprob
-from servers.errors import OpenAIError, context_length_exceeded, model_not_found
+from servers.errors import OpenAIError, as_openai_error, context_length_exceeded, model_not_found
 from servers.state import AppState, Lease
+
+log = logging.getLogger("servebench.server")
 
 
 def check_model(state: AppState, model: str) -> None:
@@ -113,6 +116,18 @@ async def collect_many(state: AppState, gens: Sequence[tuple[Lease, GenRequest]]
                        ) -> list[Collected]:
     """Several prompts of one request, run concurrently."""
     return list(await asyncio.gather(*(collect(state, lease, gen, request) for lease, gen in gens)))
+
+
+async def guard_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Turn an error in the middle of a stream into an SSE error event, so the client sees why it ended."""
+    try:
+        async for piece in body:
+            yield piece
+    except Exception as exc:
+        log.exception("stream failed")
+        err = as_openai_error(exc)
+        yield sse(err.body())
+        yield sse("[DONE]")
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -86,7 +87,7 @@ class ServerMetrics:
         if not token_times:
             return
         self.ttft.labels(m).observe(token_times[0] - start)
-        for prev, cur in zip(token_times, token_times[1:], strict=False):
+        for prev, cur in itertools.pairwise(token_times):
             self.itl.labels(m).observe(cur - prev)
         if len(token_times) > 1:
             self.tpot.labels(m).observe((token_times[-1] - token_times[0]) / (len(token_times) - 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -38,12 +39,17 @@ def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (extra, 0))
 
 
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's per-layer key/value holders (full-attention layers expose ``keys``/``values``)."""
+    return list(cache.layers)
+
+
 def merge(a: KVBatch | None, b: KVBatch) -> KVBatch:
     """Append ``b``'s rows to ``a``, left-padding whichever is shorter."""
     if a is None:
         return b
     length = max(a.mask.shape[1], b.mask.shape[1])
-    for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+    for la, lb in zip(_layers(a.cache), _layers(b.cache), strict=True):
         la.keys = torch.cat([_pad_left(la.keys, length), _pad_left(lb.keys, length)])
         la.values = torch.cat([_pad_left(la.values, length), _pad_left(lb.values, length)])
     a.mask = torch.cat([_pad_left(a.mask, length), _pad_left(b.mask, length)])
@@ -58,7 +64,7 @@ def select(batch: KVBatch, keep: Sequence[int]) -> KVBatch | None:
     mask = batch.mask.index_select(0, index)
     start = int((mask.sum(0) > 0).nonzero()[0])
     batch.mask = mask[:, start:]
-    for layer in batch.cache.layers:
+    for layer in _layers(batch.cache):
         layer.keys = layer.keys.index_select(0, index)[:, :, start:]
         layer.values = layer.values.index_select(0, index)[:, :, start:]
     return batch
@@ -92,7 +98,8 @@ def decode(model: PreTrainedModel, batch: KVBatch, last_tokens: Sequence[int]) -
     out = model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
                 past_key_values=batch.cache, use_cache=True)
     batch.cache = out.past_key_values
-    return out.logits[:, -1, :].float()
+    logits: torch.Tensor = out.logits[:, -1, :].float()
+    return logits
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

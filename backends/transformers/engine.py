@@ -16,11 +16,18 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from backends.base import (
-    Capabilities, EngineOptions, EngineStats, FinishReason, GenChunk, GenRequest, TokenLogprob,
+    Capabilities,
+    EngineOptions,
+    EngineStats,
+    FinishReason,
+    GenChunk,
+    GenRequest,
+    TokenLogprob,
 )
 from backends.errors import EngineDeadError
 from backends.textstream import TextStream
@@ -73,6 +80,8 @@ class TransformersEngine:
         self._dead: BaseException | None = None
         self._running: list[_Seq] = []
         self._batch: kv.KVBatch | None = None
+        self.model: Any = None
+        self.tokenizer: Any = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,7 +122,8 @@ class TransformersEngine:
             if self.tokenizer_path is None:
                 tok_folder, tok_kwargs = folder, {"gguf_file": self.path.name}
         self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        self.model = model.to(device).eval()
         limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
         if self.options.max_model_len and self.options.max_model_len > limit:
             raise ValueError(f"max_model_len {self.options.max_model_len} exceeds the model's {limit}")
@@ -182,17 +192,21 @@ class TransformersEngine:
     # ---- worker thread ---------------------------------------------------------------------------
     def _worker(self) -> None:
         try:
-            while not self._stopping.is_set():
-                fresh = self._take(block=not self._running)
-                if fresh:
-                    self._guarded(self._admit, fresh)
-                if self._running:
-                    self._guarded(self._step)
+            with torch.inference_mode():
+                self._loop()
         except BaseException as exc:  # the worker must never die silently
             log.exception("engine worker died")
             self._dead = exc
         finally:
             self._fail_all(EngineDeadError("engine stopped"))
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            fresh = self._take(block=not self._running)
+            if fresh:
+                self._guarded(self._admit, fresh)
+            if self._running:
+                self._guarded(self._step)
 
     def _guarded(self, fn: object, *args: object) -> None:
         """Run a scheduler step; on error fail the affected requests and keep serving the rest."""
