@@ -12,7 +12,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench.serve_cli",
     "bench.backends_cli",
     "bench.evals.cli",
+    "bench.train.cli",
     "bench.load.cli",
+    "bench.run.cli",
 )
 
 

@@ -1,0 +1,1 @@
+"""``bench run``: a matrix of models × backends × options × scenarios, written to ``reports/<run-id>/``."""

@@ -1,0 +1,94 @@
+"""``bench run [MATRIX.yaml]`` and ``bench report RUN_DIR...``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.paths import reports_dir
+
+
+def _new_run_id(name: str) -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{name}"
+
+
+def run(
+    matrix_file: Path = typer.Argument(None, help="Matrix YAML; default: the built-in matrix on the default model."),
+    out: Path = typer.Option(None, help="Parent folder of run folders (default: ./reports)."),
+    run_id: str = typer.Option(None, help="Run folder name (default: timestamp + matrix name)."),
+    resume: Path = typer.Option(None, help="Continue this run folder, skipping finished cells."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit."),
+    seeds: int = typer.Option(None, help="Repeat each cell with seeds 0..N-1."),
+    gpu_hour_usd: float = typer.Option(None, help="Price for cost per 1M output tokens."),
+    registry: Path = typer.Option(None, help="models.yaml to use."),
+) -> None:
+    """Run models × backends × options × scenarios and write reports/<run-id>/."""
+    from bench.models.registry import RegistryError, load_registry
+    from bench.report.render import write_report
+    from bench.run.cells import default_matrix, expand
+    from bench.run.executor import run_matrix, write_run_yaml
+    from bench.run.schema import MatrixError, load_matrix
+
+    console = Console()
+    try:
+        reg = load_registry(registry)
+        matrix = load_matrix(matrix_file) if matrix_file else default_matrix(reg)
+    except (RegistryError, MatrixError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    updates: dict[str, object] = {}
+    if seeds:
+        updates["seeds"] = tuple(range(seeds))
+    if gpu_hour_usd is not None:
+        updates["gpu_hour_usd"] = gpu_hour_usd
+    matrix = matrix.model_copy(update=updates)
+    if dry_run:
+        _print_cells(console, expand(matrix, reg))
+        return
+    if resume is not None:
+        run_dir = resume
+    else:
+        run_dir = (out or reports_dir()) / (run_id or _new_run_id(matrix.name))
+        run_dir.mkdir(parents=True, exist_ok=False)
+        write_run_yaml(run_dir, matrix, run_dir.name)
+    console.print(f"run folder: {run_dir}")
+    records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None)
+    paths = write_report([run_dir], run_dir, matrix.gpu_hour_usd)
+    ok = sum(r["status"] == "ok" for r in records)
+    console.print(f"{ok}/{len(records)} cells ok; report: {paths[0]}")
+    if ok == 0:
+        raise typer.Exit(1)
+
+
+def _print_cells(console: Console, cells: list) -> None:  # type: ignore[type-arg]
+    table = Table("cell", "backend", "model", "options", "seed", "runs?")
+    for cell in cells:
+        table.add_row(cell.cell_id, cell.backend, cell.model, cell.option_set.name, str(cell.seed),
+                      "yes" if cell.skip_reason is None else f"skip: {cell.skip_reason}")
+    console.print(table)
+
+
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run folders (compared side by side)."),
+    out: Path = typer.Option(None, help="Where to write (default: the first run folder)."),
+    gpu_hour_usd: float = typer.Option(None, help="Price for cost per 1M output tokens."),
+) -> None:
+    """Write report.md, report.html and plots from run folders."""
+    from bench.report.render import write_report
+
+    missing = [d for d in run_dirs if not (d / "cells").is_dir()]
+    if missing:
+        Console().print(f"[red]error:[/red] not a run folder (no cells/): {', '.join(map(str, missing))}")
+        raise typer.Exit(2)
+    paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd)
+    Console().print("\n".join(str(p) for p in paths))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench run`` and ``bench report``."""
+    app.command("run")(run)
+    app.command("report")(report)
