@@ -170,6 +170,16 @@ def _gauge_total(server: ServerHandle, name: str) -> float:
     return _gauge(server, name)
 
 
+def test_disconnect_of_a_non_streaming_request_cancels_it(transformers_server: ServerHandle) -> None:
+    body = {"model": transformers_server.model, "prompt": "Count: 1, 2, 3,", "max_tokens": 2000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{transformers_server.base_url}/completions", json=body, timeout=httpx.Timeout(60, read=3))
+    _wait_idle(transformers_server)
+    generated = _gauge_total(transformers_server, "vllm:generation_tokens_total")
+    time.sleep(0.5)
+    assert _gauge_total(transformers_server, "vllm:generation_tokens_total") == generated
+
+
 async def _timed_stream(client: AsyncOpenAI, model: str, prompt: str) -> tuple[float, float, float]:
     start = time.perf_counter()
     first = 0.0
