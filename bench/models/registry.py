@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.paths import cache_dir, default_registry_path
+from bench.yamlfile import ConfigFileError, load_model
 
 Format = Literal[
     "hf", "gguf", "gptq", "awq", "compressed-tensors", "exl2", "exl3",
@@ -128,32 +129,13 @@ class Registry(BaseModel):
         return self.get(name).location(self.source.parent)
 
 
-def _format_errors(exc: ValidationError, path: Path) -> str:
-    lines = [f"{path} is invalid:"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  unknown key {where!r}")
-        else:
-            lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def load_registry(path: Path | None = None) -> Registry:
     """Read and validate models.yaml; errors name the offending key."""
     path = path or default_registry_path()
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RegistryError(f"model registry {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise RegistryError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RegistryError(f"{path} must be a mapping with 'default' and 'models'")
-    try:
-        return Registry.model_validate({**data, "source": path})
-    except ValidationError as exc:
-        raise RegistryError(_format_errors(exc, path)) from None
+        return load_model(path, Registry, {"source": path})
+    except ConfigFileError as exc:
+        raise RegistryError(f"model registry {exc}") from None
 
 
 def append_entry(entry: ModelEntry, path: Path | None = None) -> Registry:
