@@ -27,6 +27,11 @@ class RateArrival(StrEnum):
     gamma = "gamma"
 
 
+class Engine(StrEnum):
+    native = "native"
+    locust = "locust"
+
+
 # Typer options shared by `load` and `sweep` (module-level constants, never mutated).
 URL = typer.Option(..., "--url", help="server root or /v1 base, e.g. http://127.0.0.1:8000")
 MODEL = typer.Option(..., "--model", help="model name sent in requests")
@@ -145,6 +150,9 @@ def load_cmd(
     api_key: str | None = API_KEY,
     gpu_peak_bandwidth_gbs: float | None = PEAK_BW,
     config: Path | None = CONFIG,
+    engine: Engine = typer.Option(
+        Engine.native, "--engine", help="native (asyncio) or locust (subprocess; --workers N: master + N workers)"
+    ),
     out: Path = typer.Option(Path("results/load"), "--out", help="output folder"),
 ) -> None:
     """Drive an OpenAI-compatible endpoint; write requests.jsonl and summary.json to --out."""
@@ -182,7 +190,15 @@ def load_cmd(
     }
     cfg = LoadConfig.model_validate({**_read_yaml(config), **fields})
     console = Console()
-    run_load(cfg, out, console)
+    if engine is Engine.locust:
+        from bench.load.locust.engine import run_locust
+
+        try:
+            run_locust(cfg, out, console)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    else:
+        run_load(cfg, out, console)
     console.print(f"records: {out / 'requests.jsonl'}  summary: {out / 'summary.json'}")
 
 
