@@ -69,16 +69,29 @@ def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
                 timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
 
 
-def _run_native(spec: ServerSpec) -> None:
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_native(spec: ServerSpec, startup_timeout_s: float = 900.0) -> None:
+    """Run a native server in the foreground; Ctrl-C or SIGTERM stops it (drain first), never leaving it behind."""
     launcher = backends.load_class(spec.backend)()
     launcher.prepare(spec)
-    proc = subprocess.Popen(launcher.command(spec), env={**os.environ, **launcher.environment(spec)})
-    print(f"serving {spec.model_name} on {spec.backend} at http://{spec.host}:{spec.port}/v1 "
-          f"(pid {proc.pid})", flush=True)
+    # Its own session, so that we alone decide how it is stopped; its output goes to our terminal.
+    proc = subprocess.Popen(launcher.command(spec), env={**os.environ, **launcher.environment(spec)},
+                            start_new_session=True)
+    handle = ServerHandle(spec=spec, process=proc, log_path=Path(os.devnull))
+    print(f"serving {spec.model_name} on {spec.backend} at {handle.base_url} (pid {proc.pid})", flush=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        handle.wait_ready(startup_timeout_s)
+        print(f"ready after {handle.startup_s:.1f}s", flush=True)
         proc.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         _terminate(proc)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate(proc: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
