@@ -42,6 +42,8 @@ BACKENDS: MappingProxyType[str, BackendEntry] = MappingProxyType(
         "vllm": BackendEntry(
             "vllm", "launcher", "backends.vllm.config", "backends.vllm.launcher:VllmLauncher", "vllm",
         ),
+        "exllamav2": BackendEntry("exllamav2", "engine", "backends.exllamav2.config", "backends.exllamav2.engine:ExLlamaV2Engine", "exllamav2"),  # noqa: E501
+        "exllamav3": BackendEntry("exllamav3", "engine", "backends.exllamav3.config", "backends.exllamav3.engine:ExLlamaV3Engine", "exllamav3"),  # noqa: E501
     }
 )
 

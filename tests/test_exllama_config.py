@@ -8,6 +8,7 @@ from backends import registry
 from backends.base import EngineOptions
 from backends.errors import UnsupportedOptionError
 from backends.exllamav2 import config as v2
+from backends.exllamav2.gpu import cuda_missing_reason
 from backends.exllamav2.jobloop import cache_tokens
 from backends.exllamav3 import config as v3
 
@@ -21,7 +22,7 @@ def test_registered_as_engines_with_their_extras() -> None:
         assert registry.capabilities(name).devices == ("cuda",)
 
 
-@pytest.mark.skipif(v2.cuda_missing_reason() is None, reason="this machine has an NVIDIA GPU")
+@pytest.mark.skipif(cuda_missing_reason() is None, reason="this machine has an NVIDIA GPU")
 def test_availability_says_cuda_is_needed() -> None:
     for name in ("exllamav2", "exllamav3"):
         reason = registry.availability(name)

@@ -131,7 +131,7 @@ def test_ignore_eos_runs_to_length(served: Served) -> None:
 @pytest.mark.parametrize("backend", sorted(ENGINES))
 @pytest.mark.parametrize("kv", ["q8", "q4"])
 def test_quantized_cache_keeps_answer(backend: str, kv: str) -> None:
-    for s in _serve(backend, EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv)):
+    for s in _serve(backend, EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv)):  # type: ignore[arg-type]
         assert "paris" in _greedy(s).lower()
 
 
