@@ -1,61 +1,305 @@
-"""Write ``report.md`` and a self-contained ``report.html`` (plots embedded, no network)."""
+"""Write ``report.md`` and a self-contained ``report.html`` (plots embedded as data URIs, no network).
+
+Several run folders are compared side by side: every table has a ``run`` column and every plot labels
+its series with the run when there is more than one.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.report import plots
-from bench.report.tables import RunData, cost_per_million, load_run
+from bench.report.tables import (
+    QUALITY_COLUMNS,
+    KVRow,
+    RunData,
+    SeedStats,
+    SpeedUp,
+    cost_per_million,
+    load_run,
+    mean_std,
+    seed_table,
+    speedups,
+    stops_paying,
+)
+
+METRICS_NOTE = ("Metric definitions: docs/metrics.md (TTFT from send; TPOT excludes the first token; ITL per "
+                "token). Peak memory is the server process tree's RSS on CPU (NVML on GPU). KV capacity comes "
+                "from the engine (its /metrics gauge or its startup log).")
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
+@dataclass(frozen=True)
+class Section:
+    """One table of the report."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: list[list[str]]
+    note: str = ""
 
 
-LOAD_HEADER = ("run", "backend", "model", "options", "scenario", "load", "ok/err", "req/s", "out tok/s",
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{float(value):,.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.0%}"
+
+
+def _pm(values: list[float], digits: int = 1) -> str:
+    found = mean_std(values)
+    if found is None:
+        return "–"
+    mean, std = found
+    return _fmt(mean, digits) if std is None else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+
+
+# ---- sections ----------------------------------------------------------------------------------
+
+
+def seed_section(runs: list[RunData], headline: str | None, gpu_hour_usd: float | None) -> Section:
+    """One row per configuration: quality, latency at the headline load, max throughput at the SLO, memory,
+    MBU and cost, each mean ± std over seeds."""
+    tables = [(run, seed_table(run, headline, gpu_hour_usd)) for run in runs]
+    tasks = ["math-absdiff", "arc-challenge", "arc-easy", "squad"]
+    extra = sorted({t for _, tb in tables for s in tb.values() for t in s.quality} - set(tasks))
+    shown = [t for t in tasks if t != "arc-easy" or any("arc-easy" in s.quality for _, tb in tables
+                                                          for s in tb.values())] + extra
+    head = headline or "–"
+    header = ("run", "backend", "model", "options", "seeds", *[QUALITY_COLUMNS.get(t, t) for t in shown],
+              f"TTFT p50 ms @ {head}", f"TPOT p50 ms @ {head}", "max out tok/s at SLO", "peak mem GiB", "MBU",
+              "$/1M out tok")
+    rows = []
+    for _run, table in tables:
+        for (run_id, backend, model, options), s in sorted(table.items()):
+            rows.append([run_id, backend, model, options, str(len(s.seeds)),
+                         *[_pm(s.quality.get(t, []), 3) for t in shown], *_seed_cells(s)])
+    price = f"${gpu_hour_usd:g}/h" if gpu_hour_usd is not None else "no --gpu-hour-usd given"
+    note = (f"Mean ± sample std over seeds. Max throughput at the SLO: the best output tokens/s of any load "
+            f"point where ≥90% of requests met every SLO (every point when no SLO is set). Cost at that "
+            f"throughput, {price}.")
+    return Section("Summary across seeds", header, rows, note)
+
+
+def _seed_cells(s: SeedStats) -> list[str]:
+    return [_pm(s.ttft_ms), _pm(s.tpot_ms), _pm(s.max_tok_s), _pm(s.memory_gib, 2), _pm(s.mbu, 3), _pm(s.cost, 2)]
+
+
+LOAD_HEADER = ("run", "backend", "model", "options", "seed", "scenario", "load", "ok/err", "req/s", "out tok/s",
                "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL p50 ms", "E2E p50 ms", "E2E p99 ms",
-               "goodput req/s", "startup s", "$/1M out tok")
+               "goodput req/s", "meets SLO", "peak RSS GiB", "startup s", "$/1M out tok")
 
 
-def load_table(runs: list[RunData], gpu_hour_usd: float | None) -> list[list[str]]:
+def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
     """The latency and throughput table, one row per cell and load point."""
     rows = []
     for run in runs:
         for r in run.loads:
             s = r.summary
             rows.append([
-                run.run_id, r.backend, r.model, r.options, r.scenario, r.point,
+                run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.scenario, r.point,
                 f"{s.get('num_ok', 0)}/{s.get('num_errors', 0)}", _fmt(s.get("request_throughput"), 2),
-                _fmt(s.get("output_throughput_tok_s")), _fmt(r.stat("ttft_ms", "p50")), _fmt(r.stat("ttft_ms", "p99")),
+                _fmt(r.throughput), _fmt(r.stat("ttft_ms", "p50")), _fmt(r.stat("ttft_ms", "p99")),
                 _fmt(r.stat("tpot_ms", "p50")), _fmt(r.stat("itl_ms", "p50")), _fmt(r.stat("e2e_ms", "p50")),
-                _fmt(r.stat("e2e_ms", "p99")), _fmt(s.get("goodput"), 2), _fmt(r.startup_s),
-                _fmt(cost_per_million(s.get("output_throughput_tok_s"), gpu_hour_usd), 2),
+                _fmt(r.stat("e2e_ms", "p99")), _fmt(s.get("goodput"), 2), "yes" if r.meets_slo() else "no",
+                _fmt(s.get("rss_peak_gib"), 2), _fmt(r.startup_s),
+                _fmt(cost_per_million(r.throughput, gpu_hour_usd), 2),
             ])
-    return rows
+    return Section("Latency and throughput", LOAD_HEADER, rows)
 
 
-EVAL_HEADER = ("run", "backend", "model", "options", "task", "metric", "value", "95% CI", "n", "errors")
+KV_HEADER = ("run", "backend", "model", "options", "seed", "kv dtype", "prefix cache", "KV capacity tok", "KV MiB",
+             "tok/GiB", "gain vs auto", "context", "TTFT p50 ms", "TPOT p50 ms", "fits (KV / served)",
+             "peak RSS GiB")
 
 
-def eval_table(runs: list[RunData]) -> list[list[str]]:
+def kv_section(runs: list[RunData]) -> Section:
+    """KV capacity and latency against context length, per kv-cache cell."""
+    rows = []
+    for run in runs:
+        auto = _auto_density(run.kv)
+        for r in sorted(run.kv, key=lambda r: (r.key.backend, r.key.model, r.key.options, r.key.seed, r.length)):
+            dens = r.kv.get("tokens_per_gib")
+            ref = auto.get((r.key.backend, r.key.model, r.key.seed))
+            gain = f"{dens / ref:.2f}×" if dens and ref else "–"
+            kv_bytes = r.kv.get("kv_bytes")
+            fit = f"{_fmt(r.fit.get('kv'), 0)} / {_fmt(r.fit.get('served'), 0)}"
+            rows.append([run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.kv_dtype,
+                         "on" if r.prefix_caching else "off", _fmt(r.kv.get("capacity_tokens"), 0),
+                         _fmt(kv_bytes / 2**20 if kv_bytes else None), _fmt(dens, 0), gain, str(r.length),
+                         _fmt((r.summary.get("ttft_ms") or {}).get("p50")),
+                         _fmt((r.summary.get("tpot_ms") or {}).get("p50")), fit,
+                         _fmt(r.summary.get("rss_peak_gib"), 2)])
+    note = ("Capacity in tokens as the engine reports it; gain = tokens per GiB of KV memory against the same "
+            "engine's auto dtype. 'fits': requests of that context (+ output) the KV cache holds at once, and "
+            "that capped by max_batch. One request at a time per context length.")
+    return Section("KV cache", KV_HEADER, rows, note)
+
+
+def _auto_density(rows: list[KVRow]) -> dict[tuple[str, str, int], float]:
+    found: dict[tuple[str, str, int], float] = {}
+    for r in rows:
+        if r.kv_dtype == "auto" and r.kv.get("tokens_per_gib"):
+            found.setdefault((r.key.backend, r.key.model, r.key.seed), float(r.kv["tokens_per_gib"]))
+    return found
+
+
+PREFIX_HEADER = ("run", "backend", "model", "options", "seed", "prefix cache", "hit rate shared-prefix",
+                 "hit rate unique", "TTFT p50 ms shared", "TTFT p50 ms unique")
+
+
+def prefix_section(runs: list[RunData]) -> Section:
+    """Prefix-cache hit rate with a shared-prefix workload against unique prompts."""
+    rows = []
+    for run in runs:
+        for p in run.prefix:
+            rows.append([run.run_id, p.key.backend, p.key.model, p.key.options, str(p.key.seed),
+                         "on" if p.prefix_caching else "off",
+                         _pct((p.shared.get("server") or {}).get("prefix_cache_hit_rate")),
+                         _pct((p.unique.get("server") or {}).get("prefix_cache_hit_rate")),
+                         _fmt((p.shared.get("ttft_ms") or {}).get("p50")),
+                         _fmt((p.unique.get("ttft_ms") or {}).get("p50"))])
+    note = ("Hit rate from the server's counters (vLLM prefix_cache_hits/queries; llama-server cached / "
+            "(cached + processed) prompt tokens).")
+    return Section("Prefix cache", PREFIX_HEADER, rows, note)
+
+
+SPEC_HEADER = ("run", "backend", "model", "options", "seed", "method", "concurrency", "out tok/s", "TPOT p50 ms",
+               "speed-up", "acceptance rate", "acceptance length", "stops paying at")
+
+
+def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
+    """Every speculative point, with the speed-up against the same engine without speculation."""
+    rows, ups = [], []
+    for run in runs:
+        found = speedups(run.spec)
+        ups += found
+        index = {(s.backend, s.model, s.method, s.seed, s.concurrency): s for s in found}
+        groups: dict[tuple[str, str, str, int], list[SpeedUp]] = defaultdict(list)
+        for s in found:
+            groups[(s.backend, s.model, s.method, s.seed)].append(s)
+        for r in sorted(run.spec, key=lambda r: (r.key.backend, r.key.model, r.method != "none", r.method,
+                                                 r.key.seed, r.concurrency)):
+            up = index.get((r.key.backend, r.key.model, r.method, r.key.seed, r.concurrency))
+            server = r.summary.get("server") or {}
+            stop = stops_paying(groups.get((r.key.backend, r.key.model, r.method, r.key.seed), []))
+            rows.append([run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.method,
+                         str(r.concurrency), _fmt(r.summary.get("output_throughput_tok_s")),
+                         _fmt((r.summary.get("tpot_ms") or {}).get("p50")),
+                         f"{up.speedup:.2f}×" if up and up.speedup else ("1.00×" if r.method == "none" else "–"),
+                         _pct(server.get("spec_acceptance_rate")), _fmt(server.get("spec_acceptance_length"), 2),
+                         "–" if r.method == "none" else (f"c{stop}" if stop else "pays at every concurrency")])
+    note = ("Speed-up = output tokens/s against the same engine, model and options without speculation, at the "
+            "same concurrency and seed. Acceptance from the server's counters (accepted / drafted tokens; "
+            "length = 1 + accepted / drafts).")
+    return Section("Speculative decoding", SPEC_HEADER, rows, note), ups
+
+
+EVAL_HEADER = ("run", "backend", "model", "options", "seed", "task", "metric", "value", "95% CI", "n", "errors",
+               "latency p50 ms")
+
+
+def eval_section(runs: list[RunData]) -> Section:
     """Quality rows."""
     rows = []
     for run in runs:
         for e in run.evals:
             res = e.result
             ci = res.get("ci95")
-            rows.append([run.run_id, e.backend, e.model, e.options, str(res.get("task")), str(res.get("metric")),
-                         _fmt(res.get("value"), 3), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "–",
-                         str(res.get("n_samples")), str(res.get("n_errors"))])
-    return rows
+            p50 = ((res.get("latency") or {}).get("e2e_s") or {}).get("p50")
+            rows.append([run.run_id, e.key.backend, e.key.model, e.key.options, str(e.key.seed), str(res.get("task")),
+                         str(res.get("metric")), _fmt(res.get("value"), 3), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "–",
+                         str(res.get("n_samples")), str(res.get("n_errors")), _fmt(p50 * 1e3 if p50 else None)])
+    return Section("Quality", EVAL_HEADER, rows)
+
+
+def problems_section(runs: list[RunData]) -> Section:
+    """Cells skipped or failed, with the reason."""
+    rows = [[p.run, p.cell, p.status, p.reason] for run in runs for p in run.problems]
+    return Section("Cells skipped or failed", ("run", "cell", "status", "reason"), rows)
+
+
+def _environment_lines(runs: list[RunData]) -> list[str]:
+    lines = []
+    for run in runs:
+        env = run.meta.get("environment", {})
+        pkgs = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+        venvs = ", ".join(f"{k}: vllm {v}" for k, v in env.get("engine_venvs", {}).items())
+        gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "none"
+        lines.append(f"{run.run_id}: CPU {env.get('cpu')} ×{env.get('cpu_count')}, GPU {gpus}, "
+                     f"git {str(env.get('git_sha'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}; {pkgs}"
+                     f"{'; ' + venvs if venvs else ''}")
+    return lines
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+
+def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = None,
+                 headline: str | None = None) -> list[Path]:
+    """Write report.md, report.html and the PNG plots for one run or several side by side."""
+    runs = [load_run(d) for d in run_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    if gpu_hour_usd is None:
+        gpu_hour_usd = next((p for r in runs if (p := r.matrix_value("gpu_hour_usd")) is not None), None)
+    headline = headline or _default_headline(runs)
+    spec, ups = spec_section(runs)
+    sections = [seed_section(runs, headline, gpu_hour_usd), load_section(runs, gpu_hour_usd), kv_section(runs),
+                prefix_section(runs), spec, eval_section(runs), problems_section(runs)]
+    sections = [s for s in sections if s.rows]
+    multi = len(runs) > 1
+    loads = [r for run in runs for r in run.loads]
+    cdf_rows = [r for r in loads if f"{r.scenario}/{r.point}" == headline] or loads
+    pngs = plots.all_plots(out, [
+        lambda: plots.throughput_latency(loads, out, multi),
+        lambda: plots.latency_cdfs(cdf_rows, out, multi),
+        lambda: plots.kv_context([r for run in runs for r in run.kv], out, multi),
+        lambda: plots.spec_speedup(ups, out, multi),
+        lambda: plots.quality_latency([e for run in runs for e in run.evals], out, multi),
+    ])
+    title = "servebench report: " + ", ".join(r.run_id for r in runs)
+    env = _environment_lines(runs)
+    paths = [out / "report.md", out / "report.html"]
+    paths[0].write_text(_markdown(title, sections, pngs, env))
+    paths[1].write_text(_html(title, sections, pngs, env))
+    return paths + pngs
+
+
+def _default_headline(runs: list[RunData]) -> str | None:
+    for run in runs:
+        if (value := run.matrix_value("headline_load")):
+            return str(value)
+        for scenario in run.matrix_value("scenarios") or []:
+            if scenario.get("kind") == "load" and scenario.get("points") and not scenario.get("sweep"):
+                point = scenario["points"][-1]
+                label = f"c{point['concurrency']}" if point.get("concurrency") else f"r{point['rate']:g}"
+                return f"{scenario.get('name', 'load')}/{label}"
+    return None
 
 
 def _md_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _markdown(title: str, sections: list[Section], pngs: list[Path], env: list[str]) -> str:
+    md = [f"# {title}", ""]
+    for s in sections:
+        md += [f"## {s.title}", "", _md_table(s.header, s.rows), ""]
+        if s.note:
+            md += [s.note, ""]
+    if pngs:
+        md += ["## Plots", "", *[f"![{p.stem}]({p.name})\n" for p in pngs]]
+    md += ["## Environment", "", *[f"- {line}" for line in env], "", METRICS_NOTE, ""]
+    return "\n".join(md)
 
 
 def _html_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -64,55 +308,21 @@ def _html_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _environment_lines(runs: list[RunData]) -> list[str]:
-    lines = []
-    for run in runs:
-        env = run.meta.get("environment", {})
-        pkgs = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
-        gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "none"
-        lines.append(f"{run.run_id}: CPU {env.get('cpu')} ×{env.get('cpu_count')}, GPU {gpus}, "
-                     f"git {str(env.get('git_sha'))[:10]}; {pkgs}")
-    return lines
-
-
-def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = None) -> list[Path]:
-    """Write report.md, report.html and plots for one run or several side by side."""
-    runs = [load_run(d) for d in run_dirs]
-    out.mkdir(parents=True, exist_ok=True)
-    loads = load_table(runs, gpu_hour_usd)
-    evals = eval_table(runs)
-    problems = [[p.run, p.cell, p.status, p.reason] for run in runs for p in run.problems]
-    pngs = [p for p in [plots.throughput_latency([r for run in runs for r in run.loads], out)] if p]
-    title = "servebench report: " + ", ".join(r.run_id for r in runs)
-    md = [f"# {title}", "", "## Latency and throughput", "", _md_table(LOAD_HEADER, loads), ""]
-    if evals:
-        md += ["## Quality", "", _md_table(EVAL_HEADER, evals), ""]
-    if problems:
-        md += ["## Cells not run", "", _md_table(("run", "cell", "status", "reason"), problems), ""]
-    md += [f"![{p.stem}]({p.name})" for p in pngs]
-    md += ["", "## Environment", "", *[f"- {line}" for line in _environment_lines(runs)], "",
-           "Metric definitions: docs/metrics.md (TTFT from send; TPOT excludes the first token; ITL per token)."]
-    paths = [out / "report.md", out / "report.html"]
-    paths[0].write_text("\n".join(md) + "\n")
-    paths[1].write_text(_html(title, loads, evals, problems, pngs, _environment_lines(runs)))
-    return paths + pngs
-
-
-def _html(title: str, loads: list[list[str]], evals: list[list[str]], problems: list[list[str]],
-          pngs: list[Path], env: list[str]) -> str:
-    images = "".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        f"<figcaption>{p.stem}</figcaption></figure>" for p in pngs
-    )
-    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Latency and throughput</h2>", _html_table(LOAD_HEADER, loads)]
-    if evals:
-        parts += ["<h2>Quality</h2>", _html_table(EVAL_HEADER, evals)]
-    if problems:
-        parts += ["<h2>Cells not run</h2>", _html_table(("run", "cell", "status", "reason"), problems)]
-    parts += ["<h2>Plots</h2>", images, "<h2>Environment</h2>",
-              "<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in env) + "</ul>"]
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+def _html(title: str, sections: list[Section], pngs: list[Path], env: list[str]) -> str:
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        parts += [f"<h2>{html.escape(s.title)}</h2>", _html_table(s.header, s.rows)]
+        if s.note:
+            parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
+    if pngs:
+        parts.append("<h2>Plots</h2>")
+        parts += [f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+                  f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
+                  for p in pngs]
+    parts += ["<h2>Environment</h2>", "<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in env) + "</ul>",
+              f"<p class='note'>{html.escape(METRICS_NOTE)}</p>"]
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px;margin-bottom:.5em}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}"
-             "img{max-width:100%}")
+             "img{max-width:100%}.note{color:#555;font-size:12px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -1,51 +1,130 @@
-"""Rows for the report, read from a run folder's ``cells/*/cell.json`` (pure apart from reading files)."""
+"""Rows for the report, read from a run folder's ``cells/*/cell.json`` (pure apart from reading files).
+
+The seed table aggregates one row per (run, backend, model, option set) over seeds: mean ± std.
+"""
 
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# Quality columns of the seed table: task -> column heading (the task's primary metric is shown).
+QUALITY_COLUMNS: dict[str, str] = {"math-absdiff": "math AbsDiff ↓", "arc-challenge": "ARC-C acc",
+                                   "arc-easy": "ARC-E acc", "squad": "SQuAD F1", "humaneval": "HumanEval pass@1"}
+GOODPUT_TARGET = 0.9  # a point meets the SLO when this fraction of its requests meets every objective
+
 
 @dataclass(frozen=True)
-class LoadRow:
-    """One load point of one cell."""
+class CellKey:
+    """Which server configuration a row belongs to."""
 
     run: str
     cell: str
     backend: str
     model: str
     options: str
+    seed: int
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        """The same configuration across seeds."""
+        return (self.run, self.backend, self.model, self.options)
+
+    @property
+    def label(self) -> str:
+        """Legend text."""
+        return f"{self.backend} · {self.model} · {self.options}"
+
+
+@dataclass(frozen=True)
+class LoadRow:
+    """One load point of one cell (a fixed point or a sweep step)."""
+
+    key: CellKey
     scenario: str
     point: str
     summary: dict[str, Any]
     startup_s: float | None
+    records: Path | None = None
+    passed: bool | None = None
 
     def stat(self, metric: str, key: str) -> float | None:
         """``summary[metric][key]``, e.g. ``("ttft_ms", "p50")``."""
         value = (self.summary.get(metric) or {}).get(key)
         return None if value is None else float(value)
 
+    @property
+    def throughput(self) -> float | None:
+        """Output tokens/s."""
+        value = self.summary.get("output_throughput_tok_s")
+        return None if value is None else float(value)
+
+    def meets_slo(self) -> bool:
+        """Passed the sweep, or enough requests met the SLO (every point passes when no SLO is set)."""
+        if self.passed is not None:
+            return self.passed
+        if not self.summary.get("num_ok"):
+            return False
+        frac = self.summary.get("goodput_fraction")
+        return frac is None or frac >= GOODPUT_TARGET
+
+
+@dataclass(frozen=True)
+class KVRow:
+    """One context length of one kv-cache cell."""
+
+    key: CellKey
+    scenario: str
+    kv: dict[str, Any]
+    length: int
+    summary: dict[str, Any]
+    fit: dict[str, Any]
+    kv_dtype: str
+    prefix_caching: bool
+
+
+@dataclass(frozen=True)
+class PrefixRow:
+    """The prefix-cache probe of one kv-cache cell: shared-prefix against unique prompts."""
+
+    key: CellKey
+    scenario: str
+    prefix_caching: bool
+    shared: dict[str, Any]
+    unique: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SpecRow:
+    """One concurrency of one speculative cell."""
+
+    key: CellKey
+    scenario: str
+    method: str
+    baseline: str  # the option set name of the same configuration without speculation
+    concurrency: int
+    summary: dict[str, Any]
+
 
 @dataclass(frozen=True)
 class EvalRow:
     """One eval of one cell."""
 
-    run: str
-    cell: str
-    backend: str
-    model: str
-    options: str
+    key: CellKey
+    scenario: str
     result: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class CellStatus:
-    """A cell that did not produce results, and why."""
+    """A cell (or a scenario in it) that did not produce results, and why."""
 
     run: str
     cell: str
@@ -60,15 +139,23 @@ class RunData:
     run_dir: Path
     run_id: str
     meta: dict[str, Any]
-    loads: list[LoadRow]
-    evals: list[EvalRow]
-    problems: list[CellStatus]
+    loads: list[LoadRow] = field(default_factory=list)
+    kv: list[KVRow] = field(default_factory=list)
+    prefix: list[PrefixRow] = field(default_factory=list)
+    spec: list[SpecRow] = field(default_factory=list)
+    evals: list[EvalRow] = field(default_factory=list)
+    problems: list[CellStatus] = field(default_factory=list)
+    cell_memory: dict[CellKey, float] = field(default_factory=dict)
+
+    def matrix_value(self, name: str) -> Any:
+        """A field of the run's resolved matrix (from run.yaml), or None."""
+        return (self.meta.get("matrix") or {}).get(name)
 
 
-def _cells(run_dir: Path) -> Iterator[dict[str, Any]]:
+def _cells(run_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     for path in sorted((run_dir / "cells").glob("*/cell.json")):
         try:
-            yield json.loads(path.read_text())
+            yield path.parent, json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
 
@@ -78,25 +165,71 @@ def load_run(run_dir: Path) -> RunData:
     meta: dict[str, Any] = {}
     if (run_dir / "run.yaml").exists():
         meta = yaml.safe_load((run_dir / "run.yaml").read_text()) or {}
-    run_id = str(meta.get("run_id") or run_dir.name)
-    data = RunData(run_dir, run_id, meta, [], [], [])
-    for cell in _cells(run_dir):
-        _add_cell(data, cell)
+    data = RunData(run_dir, str(meta.get("run_id") or run_dir.name), meta)
+    for cell_dir, cell in _cells(run_dir):
+        _add_cell(data, cell_dir, cell)
     return data
 
 
-def _add_cell(data: RunData, cell: dict[str, Any]) -> None:
-    key = (data.run_id, cell["cell_id"], cell["backend"], cell["model"], cell["option_set"])
+def _first_line(text: Any) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _add_cell(data: RunData, cell_dir: Path, cell: dict[str, Any]) -> None:
+    key = CellKey(data.run_id, cell["cell_id"], cell["backend"], cell["model"], cell["option_set"],
+                  int(cell.get("seed", 0)))
     if cell["status"] != "ok":
         reason = cell.get("reason") or cell.get("error") or ""
-        data.problems.append(CellStatus(data.run_id, cell["cell_id"], cell["status"], str(reason).splitlines()[0]))
-        return
-    for name, scenario in cell.get("scenarios", {}).items():
-        if scenario["kind"] == "load":
-            for point, summary in scenario["points"].items():
-                data.loads.append(LoadRow(*key, name, point, summary, cell.get("startup_s")))
-        elif scenario["kind"] == "eval":
-            data.evals.append(EvalRow(*key, scenario["result"]))
+        data.problems.append(CellStatus(data.run_id, cell["cell_id"], cell["status"], _first_line(reason)))
+    if cell.get("rss_peak_gib") is not None:
+        data.cell_memory[key] = float(cell["rss_peak_gib"])
+    for name, scenario in (cell.get("scenarios") or {}).items():
+        if scenario.get("status") == "failed":
+            continue
+        adder = _ADDERS.get(scenario.get("kind", ""))
+        if adder is not None:
+            adder(data, key, cell_dir, cell, name, scenario)
+
+
+def _records(cell_dir: Path, point: dict[str, Any]) -> Path | None:
+    rel = point.get("dir")
+    return cell_dir / rel / "requests.jsonl" if rel else None
+
+
+def _add_load(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
+              scenario: dict[str, Any]) -> None:
+    for point, summary in scenario["points"].items():
+        data.loads.append(LoadRow(key, name, point, summary, cell.get("startup_s"), _records(cell_dir, summary),
+                                  summary.get("passed")))
+
+
+def _add_kv(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
+            scenario: dict[str, Any]) -> None:
+    opts = cell.get("options") or {}
+    dtype, prefix = str(opts.get("kv_cache_dtype", "auto")), bool(opts.get("prefix_caching", False))
+    for length, summary in scenario.get("lengths", {}).items():
+        data.kv.append(KVRow(key, name, scenario.get("kv") or {}, int(length), summary,
+                             summary.get("max_concurrency_fit") or {}, dtype, prefix))
+    probe = scenario.get("prefix")
+    if probe:
+        data.prefix.append(PrefixRow(key, name, prefix, probe.get("shared") or {}, probe.get("unique") or {}))
+
+
+def _add_spec(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
+              scenario: dict[str, Any]) -> None:
+    baseline = cell.get("base_option_set") or cell["option_set"]
+    for summary in scenario["points"].values():
+        data.spec.append(SpecRow(key, name, scenario.get("method", "none"), baseline,
+                                 int(summary.get("concurrency", 0)), summary))
+
+
+def _add_eval(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
+              scenario: dict[str, Any]) -> None:
+    data.evals.append(EvalRow(key, name, scenario["result"]))
+
+
+_ADDERS = {"load": _add_load, "kv-cache": _add_kv, "speculative": _add_spec, "eval": _add_eval}
 
 
 def cost_per_million(output_tok_s: float | None, gpu_hour_usd: float | None) -> float | None:
@@ -104,3 +237,123 @@ def cost_per_million(output_tok_s: float | None, gpu_hour_usd: float | None) -> 
     if not output_tok_s or gpu_hour_usd is None:
         return None
     return gpu_hour_usd / 3600.0 / output_tok_s * 1e6
+
+
+# ---- speculative speed-up ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """A speculative method against the same engine and options without speculation, at one concurrency."""
+
+    run: str
+    backend: str
+    model: str
+    baseline: str
+    method: str
+    concurrency: int
+    speedup: float | None  # output tokens/s with the method / without
+    tpot_ratio: float | None  # TPOT p50 without / with (above 1: faster per token)
+    acceptance_rate: float | None
+    acceptance_length: float | None
+    seed: int
+
+
+def speedups(rows: list[SpecRow]) -> list[SpeedUp]:
+    """Speed-up of each speculative row over the ``none`` row of the same baseline, seed and concurrency."""
+    base: dict[tuple[str, str, str, str, int, int], SpecRow] = {}
+    for r in rows:
+        if r.method == "none":
+            base[(r.key.run, r.key.backend, r.key.model, r.baseline, r.key.seed, r.concurrency)] = r
+    out = []
+    for r in rows:
+        ref = base.get((r.key.run, r.key.backend, r.key.model, r.baseline, r.key.seed, r.concurrency))
+        if r.method == "none" or ref is None:
+            continue
+        server = r.summary.get("server") or {}
+        out.append(SpeedUp(r.key.run, r.key.backend, r.key.model, r.baseline, r.method, r.concurrency,
+                           _ratio(r.summary.get("output_throughput_tok_s"), ref.summary.get("output_throughput_tok_s")),
+                           _ratio(_p50(ref.summary, "tpot_ms"), _p50(r.summary, "tpot_ms")),
+                           server.get("spec_acceptance_rate"), server.get("spec_acceptance_length"), r.key.seed))
+    return sorted(out, key=lambda s: (s.run, s.backend, s.model, s.method, s.seed, s.concurrency))
+
+
+def stops_paying(points: list[SpeedUp]) -> int | None:
+    """The lowest concurrency at which the method's speed-up drops below 1 (None: it pays everywhere)."""
+    for s in sorted(points, key=lambda s: s.concurrency):
+        if s.speedup is not None and s.speedup < 1.0:
+            return s.concurrency
+    return None
+
+
+def _p50(summary: dict[str, Any], metric: str) -> float | None:
+    value = (summary.get(metric) or {}).get("p50")
+    return None if value is None else float(value)
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    return float(num) / float(den) if num is not None and den else None
+
+
+# ---- the seed table ----------------------------------------------------------------------------
+
+
+@dataclass
+class SeedStats:
+    """Per-seed values of one configuration (each list has one entry per seed that produced it)."""
+
+    quality: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    ttft_ms: list[float] = field(default_factory=list)
+    tpot_ms: list[float] = field(default_factory=list)
+    max_tok_s: list[float] = field(default_factory=list)
+    memory_gib: list[float] = field(default_factory=list)
+    mbu: list[float] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)
+    seeds: set[int] = field(default_factory=set)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None] | None:
+    """Mean and sample standard deviation (None with one value)."""
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -> dict[tuple[str, ...], SeedStats]:
+    """Per configuration of ``run``: the seed table's values for each seed."""
+    table: dict[tuple[str, ...], SeedStats] = defaultdict(SeedStats)
+    for e in run.evals:
+        value = e.result.get("value")
+        if value is not None:
+            table[e.key.group].quality[str(e.result.get("task"))].append(float(value))
+            table[e.key.group].seeds.add(e.key.seed)
+    by_cell: dict[CellKey, list[LoadRow]] = defaultdict(list)
+    for row in run.loads:
+        by_cell[row.key].append(row)
+    for key, rows in by_cell.items():
+        _add_load_stats(table[key.group], rows, headline, gpu_hour_usd)
+        table[key.group].seeds.add(key.seed)
+    for key, gib in run.cell_memory.items():
+        if key.group in table and not any(r.summary.get("server", {}).get("gpu_mem_peak_gib") for r in by_cell[key]):
+            table[key.group].memory_gib.append(gib)
+    return dict(table)
+
+
+def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None, gpu_hour_usd: float | None) -> None:
+    head = [r for r in rows if f"{r.scenario}/{r.point}" == headline]
+    if head:
+        if (v := head[0].stat("ttft_ms", "p50")) is not None:
+            stats.ttft_ms.append(v)
+        if (v := head[0].stat("tpot_ms", "p50")) is not None:
+            stats.tpot_ms.append(v)
+        if (mbu := (head[0].summary.get("server") or {}).get("mbu")) is not None:
+            stats.mbu.append(float(mbu))
+    passing = [r.throughput for r in rows if r.meets_slo() and r.throughput]
+    if passing:
+        best = max(t for t in passing if t is not None)
+        stats.max_tok_s.append(best)
+        if (cost := cost_per_million(best, gpu_hour_usd)) is not None:
+            stats.cost.append(cost)
+    gpu = [g for r in rows if (g := (r.summary.get("server") or {}).get("gpu_mem_peak_gib"))]
+    if gpu:
+        stats.memory_gib.append(max(gpu))

@@ -1,11 +1,18 @@
-"""Expand a matrix into cells, and pick the built-in default matrix for the engines installed here."""
+"""Expand a matrix into cells, and pick the built-in default matrix for the engines installed here.
+
+A cell is one server configuration (model, backend, resolved options, seed) plus the scenarios that run
+on it. Scenario variants (see :meth:`bench.run.schema.KVCacheScenario.variants`) that resolve to the same
+options share a cell, so the server starts once for all of them.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from backends import registry as backends
+from backends.base import EngineOptions
 from backends.errors import BackendError
 from bench.models.registry import Registry
 from bench.run.schema import LoadScenario, Matrix, OptionSet
@@ -20,12 +27,48 @@ class Cell:
     option_set: OptionSet
     seed: int
     skip_reason: str | None = None
+    scenarios: tuple[str, ...] = ()
+    base_option_set: str = ""
 
     @property
     def cell_id(self) -> str:
         """A stable, filesystem-safe id."""
         raw = f"{self.backend}__{self.model}__{self.option_set.name}__s{self.seed}"
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", raw)
+        return re.sub(r"[^A-Za-z0-9._+-]+", "-", raw)
+
+
+def variant_label(base: EngineOptions, resolved: EngineOptions) -> str:
+    """A short name for how ``resolved`` differs from ``base`` (``""`` when it does not)."""
+    parts = []
+    if resolved.kv_cache_dtype != base.kv_cache_dtype:
+        parts.append(f"kv-{resolved.kv_cache_dtype}")
+    if resolved.prefix_caching != base.prefix_caching:
+        parts.append("prefix" if resolved.prefix_caching else "no-prefix")
+    if resolved.speculative != base.speculative:
+        parts.append("no-spec" if resolved.speculative == "none" else "spec-" + resolved.speculative)
+    if resolved.num_speculative_tokens != base.num_speculative_tokens and resolved.speculative != "none":
+        parts.append(f"k{resolved.num_speculative_tokens}")
+    return "+".join(parts)
+
+
+def resolve(option_set: OptionSet, overrides: dict[str, Any]) -> OptionSet:
+    """The option set with a scenario variant's overrides applied (validated like any option set)."""
+    options = EngineOptions.model_validate({**option_set.options.model_dump(), **overrides})
+    label = variant_label(option_set.options, options)
+    return OptionSet(name=f"{option_set.name}+{label}" if label else option_set.name, options=options)
+
+
+def server_configs(matrix: Matrix) -> list[tuple[OptionSet, OptionSet, tuple[str, ...]]]:
+    """(base option set, resolved option set, scenario names) for every distinct server configuration."""
+    found: dict[str, tuple[OptionSet, OptionSet, list[str]]] = {}
+    for base in matrix.option_sets:
+        for scenario in matrix.scenarios:
+            for overrides in scenario.variants():
+                resolved = resolve(base, overrides)
+                entry = found.setdefault(resolved.name, (base, resolved, []))
+                if scenario.name not in entry[2]:
+                    entry[2].append(scenario.name)
+    return [(base, resolved, tuple(names)) for base, resolved, names in found.values()]
 
 
 def _skip_reason(registry: Registry, backend: str, model: str, option_set: OptionSet) -> str | None:
@@ -44,14 +87,15 @@ def _skip_reason(registry: Registry, backend: str, model: str, option_set: Optio
 
 def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
     """Every cell of the matrix, each marked with why it is skipped if it cannot run."""
+    configs = server_configs(matrix)
     cells = []
     for seed in matrix.seeds:
-        for base in matrix.models:
+        for base_model in matrix.models:
             for backend in matrix.backends:
-                model = native_variant(registry, backend, base) if matrix.native_variants else base
-                for option_set in matrix.option_sets:
+                model = native_variant(registry, backend, base_model) if matrix.native_variants else base_model
+                for base, option_set, names in configs:
                     reason = _skip_reason(registry, backend, model, option_set)
-                    cells.append(Cell(model, backend, option_set, seed, reason))
+                    cells.append(Cell(model, backend, option_set, seed, reason, names, base.name))
     return cells
 
 
@@ -81,4 +125,3 @@ def default_matrix(registry: Registry) -> Matrix:
         scenarios=(LoadScenario(),),
         native_variants=True,
     )
-

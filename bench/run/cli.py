@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from bench.paths import reports_dir
+
+if TYPE_CHECKING:
+    from bench.run.cells import Cell
 
 
 def _new_run_id(name: str) -> str:
@@ -30,14 +33,19 @@ def run(
     from bench.models.registry import RegistryError, load_registry
     from bench.report.render import write_report
     from bench.run.cells import default_matrix, expand
-    from bench.run.executor import run_matrix, write_run_yaml
+    from bench.run.executor import read_run_matrix, run_matrix, write_run_yaml
     from bench.run.schema import MatrixError, load_matrix
 
     console = Console()
     try:
         reg = load_registry(registry)
-        matrix = load_matrix(matrix_file) if matrix_file else default_matrix(reg)
-    except (RegistryError, MatrixError, ValueError) as exc:
+        if matrix_file:
+            matrix = load_matrix(matrix_file)
+        elif resume is not None:  # the matrix the stopped run was started with
+            matrix = read_run_matrix(resume)
+        else:
+            matrix = default_matrix(reg)
+    except (RegistryError, MatrixError, ValueError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     updates: dict[str, object] = {}
@@ -57,25 +65,30 @@ def run(
         write_run_yaml(run_dir, matrix, run_dir.name)
     console.print(f"run folder: {run_dir}")
     records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None)
-    paths = write_report([run_dir], run_dir, matrix.gpu_hour_usd)
+    paths = write_report([run_dir], run_dir, matrix.gpu_hour_usd, matrix.headline())
     ok = sum(r["status"] == "ok" for r in records)
     console.print(f"{ok}/{len(records)} cells ok; report: {paths[0]}")
     if ok == 0:
         raise typer.Exit(1)
 
 
-def _print_cells(console: Console, cells: list) -> None:  # type: ignore[type-arg]
-    table = Table("cell", "backend", "model", "options", "seed", "runs?")
+def _print_cells(console: Console, cells: list[Cell]) -> None:
+    """One line per cell: what runs on it, or why it is skipped (plain lines stay readable when narrow)."""
     for cell in cells:
-        table.add_row(cell.cell_id, cell.backend, cell.model, cell.option_set.name, str(cell.seed),
-                      "yes" if cell.skip_reason is None else f"skip: {cell.skip_reason}")
-    console.print(table)
+        if cell.skip_reason is None:
+            console.print(f"[green]run [/green] {cell.cell_id}  scenarios: {', '.join(cell.scenarios)}", soft_wrap=True)
+        else:
+            console.print(f"[yellow]skip[/yellow] {cell.cell_id}  ({', '.join(cell.scenarios)}): {cell.skip_reason}",
+                          soft_wrap=True)
+    runnable = sum(c.skip_reason is None for c in cells)
+    console.print(f"{len(cells)} cells: {runnable} to run, {len(cells) - runnable} skipped")
 
 
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run folders (compared side by side)."),
     out: Path = typer.Option(None, help="Where to write (default: the first run folder)."),
     gpu_hour_usd: float = typer.Option(None, help="Price for cost per 1M output tokens."),
+    headline: str = typer.Option(None, help="Load point the seed table quotes, 'scenario/point' (e.g. load/c8)."),
 ) -> None:
     """Write report.md, report.html and plots from run folders."""
     from bench.report.render import write_report
@@ -84,7 +97,7 @@ def report(
     if missing:
         Console().print(f"[red]error:[/red] not a run folder (no cells/): {', '.join(map(str, missing))}")
         raise typer.Exit(2)
-    paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd)
+    paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd, headline)
     Console().print("\n".join(str(p) for p in paths))
 
 

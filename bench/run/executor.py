@@ -17,14 +17,26 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
-from bench.load.config import LoadConfig
-from bench.load.runner import run_load
 from bench.models.registry import Registry
 from bench.run import environment
 from bench.run.cells import Cell, expand
-from bench.run.schema import EvalScenario, LoadPoint, LoadScenario, Matrix
-from servers.launch import LaunchError, ServerHandle, build_spec, free_port, running_server
+from bench.run.probes import GIB, MemorySampler
+from bench.run.scenarios import (
+    CellRun,
+    run_eval_scenario,
+    run_kv_scenario,
+    run_load_scenario,
+    run_speculative_scenario,
+)
+from bench.run.schema import (
+    KVCacheScenario,
+    LoadScenario,
+    Matrix,
+    Scenario,
+    SpeculativeScenario,
+    validate_matrix,
+)
+from servers.launch import build_spec, free_port, running_server
 
 FINAL = ("ok", "failed", "skipped")
 
@@ -38,6 +50,12 @@ class RunPaths:
     def cell(self, cell: Cell) -> Path:
         """The folder of one cell."""
         return self.root / "cells" / cell.cell_id
+
+
+def read_run_matrix(run_dir: Path) -> Matrix:
+    """The resolved matrix a run folder was started with (for ``--resume``)."""
+    data = yaml.safe_load((run_dir / "run.yaml").read_text())
+    return validate_matrix(data["matrix"], str(run_dir / "run.yaml"))
 
 
 def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str) -> None:
@@ -58,8 +76,9 @@ def read_cell(path: Path) -> dict[str, Any] | None:
 
 def _write_cell(path: Path, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
     record = {"cell_id": cell.cell_id, "model": cell.model, "backend": cell.backend,
-              "option_set": cell.option_set.name, "options": cell.option_set.options.model_dump(mode="json"),
-              "seed": cell.seed, "status": status, **extra}
+              "option_set": cell.option_set.name, "base_option_set": cell.base_option_set,
+              "options": cell.option_set.options.model_dump(mode="json"), "seed": cell.seed,
+              "scenario_names": list(cell.scenarios), "status": status, **extra}
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "cell.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
@@ -67,53 +86,36 @@ def _write_cell(path: Path, cell: Cell, status: str, **extra: Any) -> dict[str, 
     return record
 
 
-def _arrival(point: LoadPoint) -> ConcurrencyArrival | PoissonArrival:
-    if point.concurrency is not None:
-        return ConcurrencyArrival(n=point.concurrency)
-    assert point.rate is not None
-    return PoissonArrival(rate=point.rate)
-
-
-def _run_load_scenario(scenario: LoadScenario, handle: ServerHandle, cell: Cell, out: Path,
-                       progress: Progress) -> dict[str, Any]:
-    results = {}
-    for point in scenario.points:
-        if not handle.alive():
-            raise LaunchError(f"{cell.backend} server died during the run:\n{handle.log_tail()}")
-        progress.console.print(f"  {cell.cell_id} · {scenario.name} · {point.label}")
-        config = LoadConfig(url=handle.url, model=handle.model, api=scenario.api, workload=scenario.workload,
-                            arrival=_arrival(point), num_requests=scenario.requests_per_point,
-                            warmup=scenario.warmup, duration_s=scenario.duration_s, seed=cell.seed,
-                            slo=scenario.slo)
-        summary = run_load(config, out / point.label)
-        results[point.label] = summary.model_dump(mode="json")
-    return results
-
-
-def _run_eval_scenario(scenario: EvalScenario, handle: ServerHandle, cell: Cell, out: Path) -> dict[str, Any]:
-    from bench.evals.config import EvalConfig
-    from bench.evals.runner import run_eval
-
-    config = EvalConfig(url=handle.url, model=handle.model, task=scenario.task, limit=scenario.limit,
-                        seed=cell.seed, shots=scenario.shots, api=scenario.api, mode=scenario.mode,
-                        concurrency=scenario.concurrency)
-    return run_eval(config, out).model_dump(mode="json")
+def _run_scenario(scenario: Scenario, run: CellRun, cell: Cell) -> dict[str, Any]:
+    if isinstance(scenario, LoadScenario):
+        return run_load_scenario(scenario, run)
+    if isinstance(scenario, KVCacheScenario):
+        return run_kv_scenario(scenario, run)
+    if isinstance(scenario, SpeculativeScenario):
+        return run_speculative_scenario(scenario, run, cell.option_set.options.speculative)
+    return run_eval_scenario(scenario, run)
 
 
 def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, progress: Progress) -> dict[str, Any]:
+    """Start the cell's server once and run its scenarios; a failed scenario is recorded and the rest go on."""
     spec = build_spec(registry, cell.backend, cell.model, cell.option_set.options, port=free_port())
     started = time.monotonic()
-    with running_server(spec, registry, cell_dir / "server.log", timeout_s=matrix.server_timeout_s) as handle:
+    with running_server(spec, registry, cell_dir / "server.log", timeout_s=matrix.server_timeout_s) as handle, \
+            MemorySampler(handle.process.pid) as memory:
+        run = CellRun(handle, cell.cell_id, cell_dir, cell.seed, cell.option_set.options.max_batch, progress, memory)
         scenarios: dict[str, Any] = {}
         for scenario in matrix.scenarios:
-            out = cell_dir / scenario.name
-            if isinstance(scenario, LoadScenario):
-                scenarios[scenario.name] = {"kind": "load", "points": _run_load_scenario(
-                    scenario, handle, cell, out, progress)}
-            else:
-                scenarios[scenario.name] = {"kind": "eval", "result": _run_eval_scenario(scenario, handle, cell, out)}
+            if scenario.name not in cell.scenarios:
+                continue
+            try:
+                scenarios[scenario.name] = _run_scenario(scenario, run, cell)
+            except Exception as exc:  # a failed scenario is data; the cell goes on with the next one
+                progress.console.print(f"[red]failed[/red] {cell.cell_id} · {scenario.name}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                scenarios[scenario.name] = {"kind": scenario.kind, "status": "failed",
+                                            "error": f"{type(exc).__name__}: {exc}"}
         return {"startup_s": handle.startup_s, "wall_s": time.monotonic() - started, "scenarios": scenarios,
-                "model_format": spec.model_format}
+                "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB}
 
 
 def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Console, resume: bool = False,
@@ -143,6 +145,9 @@ def _execute(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pro
     try:
         result = _run_cell(matrix, registry, cell, cell_dir, progress)
     except Exception as exc:  # a failed cell is data; the matrix goes on
-        progress.console.print(f"[red]failed[/red] {cell.cell_id}: {str(exc).splitlines()[0]}")
+        progress.console.print(f"[red]failed[/red] {cell.cell_id}: {(str(exc) or type(exc).__name__).splitlines()[0]}")
         return _write_cell(cell_dir, cell, "failed", error=f"{type(exc).__name__}: {exc}")
+    failed = [f"{name}: {s['error']}" for name, s in result["scenarios"].items() if s.get("status") == "failed"]
+    if failed:  # the scenarios that worked stay in the record and in the report
+        return _write_cell(cell_dir, cell, "failed", error="; ".join(failed), **result)
     return _write_cell(cell_dir, cell, "ok", **result)

@@ -1,4 +1,10 @@
-"""The matrix file: one pydantic schema validates ``bench run MATRIX.yaml`` and the built-in default."""
+"""The matrix file: one pydantic schema validates ``bench run MATRIX.yaml`` and the built-in default.
+
+A *cell* is one server configuration: a model on a backend with one resolved option set, under one seed.
+Scenarios that need other server options (a KV-cache dtype, prefix caching, a speculative method) say so
+with :meth:`variants`: each variant is the matrix's option set with a few options overridden, and becomes
+its own cell. Scenarios that need no override share the option set's own cell (one server start).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backends.base import EngineOptions
+from backends.base import EngineOptions, KVCacheDtype
 from bench.evals.config import TaskName
+from bench.load.sweep import SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import SLO
+
+# One variant of a scenario: the engine options it overrides (``{}``: the option set as it is).
+Variant = dict[str, Any]
 
 
 class LoadPoint(BaseModel):
@@ -34,26 +44,106 @@ class LoadPoint(BaseModel):
         return f"c{self.concurrency}" if self.concurrency is not None else f"r{self.rate:g}"
 
 
-class LoadScenario(BaseModel):
-    """Fixed load points with one workload."""
-
+class _Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+    def variants(self) -> list[Variant]:
+        """Option overrides this scenario runs under; ``{}`` is the option set itself."""
+        return [{}]
+
+
+class LoadScenario(_Scenario):
+    """Fixed load points, or a sweep (``bench sweep``) up to the highest load that meets the SLO."""
 
     kind: Literal["load"] = "load"
     name: str = "load"
     api: Literal["chat", "completions"] = "completions"
     workload: Workload = Field(default_factory=lambda: RandomWorkload(input_tokens=64, output_tokens=32))
     points: tuple[LoadPoint, ...] = (LoadPoint(concurrency=1), LoadPoint(concurrency=8))
+    sweep: SweepSpec | None = Field(default=None, description="walk the load axis instead of fixed points")
     requests_per_point: int = Field(default=16, ge=1)
     warmup: int = Field(default=1, ge=0)
     duration_s: float | None = Field(default=300.0, gt=0, description="upper bound per point")
     slo: SLO = Field(default_factory=SLO)
 
 
-class EvalScenario(BaseModel):
-    """A quality task through the same endpoint."""
+class PrefixProbe(BaseModel):
+    """Shared-prefix prompts against unique prompts of the same length, for the prefix-cache hit rate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix_tokens: int = Field(default=256, ge=1)
+    suffix_tokens: int = Field(default=32, ge=1)
+    output_tokens: int = Field(default=8, ge=1)
+    requests: int = Field(default=8, ge=2)
+    concurrency: int = Field(default=2, ge=1)
+
+
+class KVCacheScenario(_Scenario):
+    """Context length × KV-cache dtype × prefix caching.
+
+    Each (dtype, prefix caching) pair is a server configuration (a cell). In each cell: the KV capacity in
+    tokens and bytes as the engine reports it, TTFT/TPOT at each context length (one request at a time),
+    the largest concurrency that fits at each length, peak memory, and with ``prefix`` the hit rate of a
+    shared-prefix workload against unique prompts.
+    """
+
+    kind: Literal["kv-cache"] = "kv-cache"
+    name: str = "kv-cache"
+    api: Literal["chat", "completions"] = "completions"
+    context_lengths: tuple[int, ...] = Field(default=(128, 512), min_length=1)
+    output_tokens: int = Field(default=16, ge=2)
+    requests_per_length: int = Field(default=4, ge=1)
+    kv_cache_dtypes: tuple[KVCacheDtype, ...] = Field(default=("auto",), min_length=1)
+    prefix_caching: tuple[bool, ...] = Field(default=(False,), min_length=1)
+    prefix: PrefixProbe | None = Field(default_factory=PrefixProbe)
+
+    def variants(self) -> list[Variant]:
+        """One variant per (dtype, prefix caching) pair."""
+        return [{"kv_cache_dtype": dtype, "prefix_caching": prefix}
+                for dtype in self.kv_cache_dtypes for prefix in self.prefix_caching]
+
+
+class SpeculativeScenario(_Scenario):
+    """Speculative method × concurrency, against the same engine without speculation.
+
+    ``workload`` defaults to repetitive text (a line repeated several times, continued by the model), the
+    case where prompt lookup (ngram) can match; the ``none`` method is the baseline for the speed-up.
+    """
+
+    kind: Literal["speculative"] = "speculative"
+    name: str = "speculative"
+    api: Literal["chat", "completions"] = "completions"
+    methods: tuple[str, ...] = Field(default=("none", "ngram"), min_length=1)
+    num_speculative_tokens: int = Field(default=4, ge=1, le=16)
+    concurrencies: tuple[int, ...] = Field(default=(1, 4), min_length=1)
+    workload: Workload | None = Field(default=None, description="None: built-in repetitive prompts")
+    repeat_line_tokens: int = Field(default=24, ge=4, description="repetitive prompts: tokens per line")
+    repeats: int = Field(default=4, ge=2, description="repetitive prompts: times the line appears")
+    output_tokens: int = Field(default=48, ge=2)
+    requests_per_point: int = Field(default=8, ge=1)
+    warmup: int = Field(default=1, ge=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        for method in methods:
+            EngineOptions(speculative=method)  # same vocabulary and error as the engines' options
+        if "none" not in methods:
+            raise ValueError("methods must include 'none' (the baseline for the speed-up)")
+        return methods
+
+    def variants(self) -> list[Variant]:
+        """One variant per method (``none`` is the baseline)."""
+        return [{"speculative": "none"} if method == "none"
+                else {"speculative": method, "num_speculative_tokens": self.num_speculative_tokens}
+                for method in self.methods]
+
+
+class EvalScenario(_Scenario):
+    """A quality task through the same endpoint."""
 
     kind: Literal["eval"] = "eval"
     name: str = "eval"
@@ -63,9 +153,11 @@ class EvalScenario(BaseModel):
     api: Literal["chat", "completion"] = "completion"
     mode: Literal["generate", "loglikelihood"] = "generate"
     concurrency: int = Field(default=4, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default budget")
 
 
-Scenario = Annotated[LoadScenario | EvalScenario, Field(discriminator="kind")]
+Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | EvalScenario,
+                     Field(discriminator="kind")]
 
 
 class OptionSet(BaseModel):
@@ -88,6 +180,9 @@ class Matrix(BaseModel):
     option_sets: tuple[OptionSet, ...] = (OptionSet(),)
     scenarios: tuple[Scenario, ...] = Field(min_length=1)
     seeds: tuple[int, ...] = (0,)
+    headline_load: str | None = Field(
+        default=None, description="the load point the seed table quotes, as 'scenario/point' (e.g. "
+        "'load/c8'); default: the last point of the first load scenario")
     gpu_hour_usd: float | None = Field(default=None, ge=0, description="price for cost per 1M output tokens")
     server_timeout_s: float = Field(default=600.0, gt=0, description="how long a server may take to start")
     native_variants: bool = Field(
@@ -95,6 +190,24 @@ class Matrix(BaseModel):
         description="serve each backend the variant of each model (itself or an entry derived from it) "
         "in the format that backend prefers, e.g. HF for transformers and GGUF for llama.cpp",
     )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Matrix:
+        for what, names in (("scenario", [s.name for s in self.scenarios]),
+                            ("option set", [o.name for o in self.option_sets])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+    def headline(self) -> str | None:
+        """``scenario/point`` of the load the seed table quotes."""
+        if self.headline_load:
+            return self.headline_load
+        for scenario in self.scenarios:
+            if isinstance(scenario, LoadScenario) and scenario.points and scenario.sweep is None:
+                return f"{scenario.name}/{scenario.points[-1].label}"
+        return None
 
 
 class MatrixError(ValueError):
@@ -109,11 +222,16 @@ def load_matrix(path: Path) -> Matrix:
         raise MatrixError(f"matrix file {path} not found") from None
     except yaml.YAMLError as exc:
         raise MatrixError(f"{path} is not valid YAML: {exc}") from exc
+    return validate_matrix(data, str(path))
+
+
+def validate_matrix(data: Any, where: str = "matrix") -> Matrix:
+    """Validate a parsed matrix; each error line names the key path (``unknown key 'scenarios.0.foo'``)."""
     try:
         return Matrix.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{path} is invalid:"]
+        lines = [f"{where} is invalid:"]
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  unknown key {where!r}" if err["type"] == "extra_forbidden" else f"  {where}: {err['msg']}")
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  unknown key {loc!r}" if err["type"] == "extra_forbidden" else f"  {loc}: {err['msg']}")
         raise MatrixError("\n".join(lines)) from None
