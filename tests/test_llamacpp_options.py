@@ -89,7 +89,7 @@ def test_basic_command(model_path: Path) -> None:
     assert _after(cmd, "-c") == str(512 * 4) and "--no-kv-unified" in cmd
     assert _after(cmd, "--threads") == "3" and _after(cmd, "--threads-batch") == "3"
     assert "--metrics" in cmd
-    assert _after(cmd, "-ngl") == "0"
+    assert "-ngl" not in cmd  # a CPU build warns about any -ngl
     assert "--no-cache-prompt" in cmd and _after(cmd, "--cache-ram") == "0"
     assert "-ctk" not in cmd and "--spec-type" not in cmd and "-md" not in cmd
 
@@ -130,7 +130,8 @@ def test_draft_model(model_path: Path, tmp_path: Path) -> None:
     spec = _spec(model_path, draft=draft, speculative="draft:tiny", num_speculative_tokens=5, threads=1)
     cmd = LlamaServerLauncher(cuda=False).command(spec)
     assert _after(cmd, "-md") == str(draft) and _after(cmd, "--spec-draft-n-max") == "5"
-    assert _after(cmd, "--spec-draft-threads") == "1" and _after(cmd, "--spec-draft-ngl") == "0"
+    assert _after(cmd, "--spec-type") == "draft-simple" and _after(cmd, "--spec-draft-threads") == "1"
+    assert "--spec-draft-ngl" not in cmd
     with pytest.raises(UnsupportedOptionError, match="must resolve to a GGUF path"):
         LlamaServerLauncher(cuda=False).command(_spec(model_path, speculative="draft:tiny"))
 
@@ -139,7 +140,10 @@ def test_cuda_build_offloads_every_layer(model_path: Path) -> None:
     launcher = LlamaServerLauncher(cuda=True)
     cmd = launcher.command(_spec(model_path))
     assert cmd[0].endswith("llama.cpp-0.3.36-cuda/llama-server") and _after(cmd, "-ngl") == "999"
-    assert _after(launcher.command(_spec(model_path, device="cpu")), "-ngl") == "0"
+    draft = launcher.command(_spec(model_path, draft=model_path, speculative="draft:x"))
+    assert _after(draft, "--spec-draft-ngl") == "999"
+    on_cpu = launcher.command(_spec(model_path, device="cpu"))
+    assert on_cpu[0].endswith("llama.cpp-0.3.36-cpu/llama-server") and "-ngl" not in on_cpu
     with pytest.raises(UnsupportedOptionError, match="device='cuda'"):
         LlamaServerLauncher(cuda=False).command(_spec(model_path, device="cuda"))
 

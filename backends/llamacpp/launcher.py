@@ -16,9 +16,17 @@ from backends.llamacpp.gguf_meta import context_length
 
 ALL_LAYERS = "999"
 NGRAM_LOOKUP = "3"  # tokens matched in the history before a draft is proposed (prompt lookup's n-gram)
-PROMPT_CACHE_MIB = "8192"  # llama-server's default host-memory prompt cache, stated explicitly
+PROMPT_CACHE_MIB = "8192"
+# Verbosity 4 records the resolved context (KV size and dtype, flash attention, n_ctx per slot) in the run's
+# log and one timing summary per request (about 25 lines a request; nothing per token).
+LOG_VERBOSITY = "4"  # llama-server's default host-memory prompt cache, stated explicitly
 
 _KV_TYPES = {"q8": "q8_0", "q4": "q4_0"}
+
+
+def _layers(flag: str, flavor: Flavor) -> list[str]:
+    # A CPU build warns about any -ngl; the CUDA build (never used for device=cpu) offloads every layer.
+    return [flag, ALL_LAYERS] if flavor == "cuda" else []
 
 
 def _context_flags(spec: ServerSpec) -> list[str]:
@@ -43,7 +51,7 @@ def _prefix_flags(opts: EngineOptions) -> list[str]:
     return ["--no-cache-prompt", "--cache-ram", "0"]
 
 
-def _speculative_flags(spec: ServerSpec, threads: int, gpu: bool) -> list[str]:
+def _speculative_flags(spec: ServerSpec, threads: int, flavor: Flavor) -> list[str]:
     opts = spec.options
     n = str(opts.num_speculative_tokens)
     if opts.speculative_method == "ngram":
@@ -53,8 +61,8 @@ def _speculative_flags(spec: ServerSpec, threads: int, gpu: bool) -> list[str]:
         if spec.draft_path is None:
             raise UnsupportedOptionError(config.NAME, "speculative", opts.speculative,
                                          "the draft model must resolve to a GGUF path in models.yaml")
-        return ["-md", str(spec.draft_path), "--spec-draft-n-max", n, "--spec-draft-threads", str(threads),
-                "--spec-draft-ngl", ALL_LAYERS if gpu else "0"]
+        return ["--spec-type", "draft-simple", "-md", str(spec.draft_path), "--spec-draft-n-max", n,
+                "--spec-draft-threads", str(threads), *_layers("--spec-draft-ngl", flavor)]
     return []
 
 
@@ -85,13 +93,12 @@ class LlamaServerLauncher:
         flavor = self.flavor(opts)
         threads = opts.threads or config.default_threads()
         cmd = [str(server_binary(flavor)), "-m", str(spec.model_path), "--alias", spec.model_name,
-               "--host", spec.host, "--port", str(spec.port), "--metrics", "--no-ui",
-               "--threads", str(threads), "--threads-batch", str(threads),
-               "-ngl", ALL_LAYERS if flavor == "cuda" else "0"]
+               "--host", spec.host, "--port", str(spec.port), "--metrics", "--no-ui", "-lv", LOG_VERBOSITY,
+               "--threads", str(threads), "--threads-batch", str(threads), *_layers("-ngl", flavor)]
         if spec.api_key:
             cmd += ["--api-key", spec.api_key]
         return (cmd + _context_flags(spec) + _kv_flags(opts) + _prefix_flags(opts)
-                + _speculative_flags(spec, threads, flavor == "cuda"))
+                + _speculative_flags(spec, threads, flavor))
 
     def environment(self, spec: ServerSpec) -> dict[str, str]:
         """No extra variables: every setting is on the command line, where the log shows it."""
