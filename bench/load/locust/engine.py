@@ -9,7 +9,9 @@ lets the locustfile append one :class:`~bench.load.records.RequestRecord` per re
 (:func:`bench.load.runner.rebuild_summary`), so the two engines compare one to one.
 
 Locust users are closed-loop: ``arrival`` must be ``concurrency N`` (N users, no think time).
-Locust's own CSV statistics (with the ``METRIC`` rows) go to ``<out>/locust/``.
+Locust's own statistics (with the ``METRIC`` rows) go to ``<out>/locust/``: ``stats.json``, written at
+exit, and the ``locust_*.csv`` files, which locust refreshes every second (their last second may be
+missing).
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def common_args(plan: LocustPlan) -> list[str]:
         "--warmup", str(cfg.warmup),
         "--run-id", plan.run_id,
         "--request-timeout", str(cfg.request_timeout_s),
-        "--csv", str(ldir / "locust"),
+        "--csv", str(ldir / "locust"),  # refreshed every second: the UI's charts, as files
+        "--json-file", str(ldir / "stats"),  # written once at the end: the final figures
         "--exit-code-on-error", "0",  # failed requests are data in the records, not a failed run
         "--only-summary",
         "--loglevel", "WARNING",
