@@ -182,3 +182,18 @@ def test_help_knows_every_flag_we_pass(server: ServerHandle) -> None:
     help_text = subprocess.run([cmd[0], "--help"], capture_output=True, text=True, timeout=60).stdout
     for flag in (a for a in cmd[1:] if a.startswith("-")):
         assert f"{flag}," in help_text or f"{flag} " in help_text or f"{flag}\n" in help_text, flag
+
+
+def test_draft_model_past_512_prompt_tokens(registry: Registry, log_dir: Path) -> None:
+    """The bug class the in-process server had: a draft model crashed past 512 tokens without logits_all."""
+    options = EngineOptions(max_batch=1, max_model_len=1024, device="cpu", speculative=f"draft:{MODEL}",
+                            num_speculative_tokens=4)
+    spec = build_spec(registry, "llamacpp", MODEL, options, port=free_port())
+    with running_server(spec, registry, log_dir / "draft.log", timeout_s=120) as handle:
+        prompt = "The quick brown fox jumps over the lazy dog. " * 52 + "Repeat the sentence once:"
+        resp = _client(handle).completions.create(model=handle.model, prompt=prompt, max_tokens=12, temperature=0)
+        with urllib.request.urlopen(f"{handle.url}/metrics", timeout=10) as metrics:
+            lines = metrics.read().decode().splitlines()
+    assert resp.usage is not None and resp.usage.prompt_tokens > 512 and resp.choices[0].text.strip()
+    drafts = next(float(line.split()[-1]) for line in lines if line.startswith("llamacpp:spec_decode_num_drafts_total"))
+    assert drafts > 0
