@@ -45,7 +45,7 @@ def serve(
     registry: Path = typer.Option(None, help="models.yaml to use."),
 ) -> None:
     """Serve a model until Ctrl-C, then drain running requests and exit."""
-    from servers.launch import build_spec, serve_forever
+    from servers.launch import LaunchError, build_spec, serve_forever
     from servers.settings import ServerSettings
 
     console = Console(stderr=True)
@@ -69,6 +69,9 @@ def serve(
         serve_forever(spec, settings)
     except KeyboardInterrupt:
         console.print("stopped")
+    except (BackendError, LaunchError, RuntimeError) as exc:  # build, venv or start-up failures
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:
