@@ -123,3 +123,13 @@ def ensure_server(flavor: Flavor, progress: Callable[[str], None] = print) -> Pa
         if binary.is_file():
             return binary
         return _build(flavor, progress)
+
+
+def main() -> None:
+    """``python -m backends.llamacpp.build``: build the flavour this machine can run (used by the bootstrap)."""
+    flavor: Flavor = "cuda" if cuda_buildable() else "cpu"
+    print(ensure_server(flavor))
+
+
+if __name__ == "__main__":
+    main()
