@@ -1,0 +1,207 @@
+"""bench report on hand-made run folders: tables, seed statistics, speed-ups, plots, and the HTML in Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bench.load.records import RequestRecord
+from bench.report.render import write_report
+from bench.report.tables import load_run, speedups, stops_paying
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PLOTS = {"throughput_latency", "latency_cdf", "kv_context", "spec_speedup", "quality_latency"}
+
+
+def _summary(tok_s: float, ttft: float, tpot: float, **server: Any) -> dict[str, Any]:
+    return {"num_ok": 4, "num_errors": 0, "request_throughput": tok_s / 16, "output_throughput_tok_s": tok_s,
+            "ttft_ms": {"p50": ttft, "p99": ttft * 2}, "tpot_ms": {"p50": tpot}, "itl_ms": {"p50": tpot},
+            "e2e_ms": {"p50": ttft + 15 * tpot, "p99": 2 * (ttft + 15 * tpot)}, "goodput_fraction": None,
+            "rss_peak_gib": 1.25, "server": server}
+
+
+def _records(folder: Path, ttft_s: float, tpot_s: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(6):
+        sent = i * 1.0
+        first = sent + ttft_s * (1 + 0.1 * i)
+        times = tuple(first + k * tpot_s for k in range(16))
+        rec = RequestRecord(request_id=f"r{i}", index=i, scheduled_t=sent, sent_t=sent, end_t=times[-1],
+                            first_token_t=first, token_times=times, prompt_tokens=32, output_tokens=16)
+        lines.append(rec.to_json())
+    (folder / "requests.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _eval(task: str, metric: str, value: float) -> dict[str, Any]:
+    result = {"task": task, "metric": metric, "value": value, "ci95": [value - 0.1, value + 0.1], "n_samples": 8,
+              "n_errors": 0, "latency": {"e2e_s": {"p50": 0.5}}}
+    return {"kind": "eval", "result": result}
+
+
+def _cell(run: Path, backend: str, options: str, seed: int, scenarios: dict[str, Any], status: str = "ok",
+          **opts: Any) -> None:
+    cell_id = f"{backend}__m__{options}__s{seed}"
+    folder = run / "cells" / cell_id
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"cell_id": cell_id, "backend": backend, "model": "m", "option_set": options,
+              "base_option_set": options.split("+")[0], "seed": seed, "status": status,
+              "options": {"kv_cache_dtype": "auto", "prefix_caching": False, **opts}, "startup_s": 2.0,
+              "rss_peak_gib": 1.5, "scenarios": scenarios}
+    if status == "skipped":
+        record["reason"] = "backend 'vllm' does not support kv_cache_dtype='q8'"
+    if status == "failed":
+        record["error"] = "; ".join(f"{k}: {v['error']}" for k, v in scenarios.items() if "error" in v)
+    (folder / "cell.json").write_text(json.dumps(record))
+
+
+def _kv(tokens: int, kv_bytes: float | None, prefix: dict[str, Any] | None = None) -> dict[str, Any]:
+    per_gib = tokens / (kv_bytes / 2**30) if kv_bytes else None
+    kv = {"capacity_tokens": tokens, "kv_bytes": kv_bytes, "source": "test", "tokens_per_gib": per_gib}
+    lengths = {str(n): {**_summary(10, 100 + n, 50 + n / 10), "max_concurrency_fit": {"kv": tokens // (n + 8),
+                                                                                      "served": 4}}
+               for n in (64, 256)}
+    return {"kind": "kv-cache", "kv": kv, "lengths": lengths, **({"prefix": prefix} if prefix else {})}
+
+
+def _spec(method: str, c1: float, c4: float, accept: float | None = None) -> dict[str, Any]:
+    server = {"spec_acceptance_rate": accept, "spec_acceptance_length": 1 + 3 * accept} if accept else {}
+    return {"kind": "speculative", "method": method, "points": {
+        "c1": {**_summary(c1, 100, 1000 / c1, **server), "concurrency": 1},
+        "c4": {**_summary(c4, 200, 4000 / c4, **server), "concurrency": 4}}}
+
+
+def make_run(root: Path, run_id: str, scale: float = 1.0) -> Path:
+    """A run folder with every scenario kind, two seeds of one configuration and a skipped cell."""
+    run = root / run_id
+    matrix = {"name": "t", "models": ["m"], "backends": ["transformers", "llamacpp"],
+              "scenarios": [{"kind": "load", "points": [{"concurrency": 1}, {"concurrency": 4}]}]}
+    run.mkdir(parents=True)
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": run_id, "matrix": matrix, "environment": {
+        "cpu": "test cpu", "cpu_count": 2, "gpus": [], "packages": {"servebench": "0"}, "git_sha": "abc"}}))
+    for seed, jitter in ((0, 0.0), (1, 2.0)):
+        c4 = run / "cells" / f"transformers__m__default__s{seed}" / "load" / "c4"
+        _records(c4, 0.2 + jitter / 100, 0.05)
+        load = {"kind": "load", "mode": "points", "best": None, "points": {
+            "c1": _summary(10 * scale + jitter, 100 + jitter, 60),
+            "c4": {**_summary(30 * scale + jitter, 200 + jitter, 80 + jitter), "dir": "load/c4"}}}
+        _cell(run, "transformers", "default", seed, {
+            "load": load, "kv-cache": _kv(2048, None), "speculative": _spec("none", 10, 30),
+            "arc": _eval("arc-easy", "accuracy", 0.5 + jitter / 10), "squad": _eval("squad", "f1", 0.3),
+            "math": _eval("math-absdiff", "absdiff_mean", 12.0)})
+    _cell(run, "llamacpp", "default", 0, {"kv-cache": _kv(2048, 24 * 2**20), "speculative": _spec("none", 20, 60)})
+    _cell(run, "llamacpp", "default+kv-q8", 0, {"kv-cache": _kv(2048, 12.75 * 2**20)}, kv_cache_dtype="q8")
+    prefix = {"shared": _summary(5, 50, 40, prefix_cache_hit_rate=0.8),
+              "unique": _summary(5, 150, 40, prefix_cache_hit_rate=0.0)}
+    _cell(run, "llamacpp", "default+prefix", 0, {"kv-prefix": _kv(2048, 24 * 2**20, prefix)}, prefix_caching=True)
+    _cell(run, "llamacpp", "default+spec-ngram", 0, {"speculative": _spec("ngram", 30, 48, accept=0.6),
+                                                      "broken": {"kind": "load", "status": "failed", "error": "x"}},
+          status="failed", speculative="ngram")
+    _cell(run, "vllm", "default+kv-q8", 0, {}, status="skipped", kv_cache_dtype="q8")
+    return run
+
+
+def test_tables_and_statistics(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r1")
+    data = load_run(run)
+    ups = speedups(data.spec)
+    assert [(u.concurrency, round(u.speedup or 0, 2)) for u in ups] == [(1, 1.5), (4, 0.8)]
+    assert stops_paying(ups) == 4
+    paths = write_report([run], run)
+    md = (run / "report.md").read_text()
+    assert {p.stem for p in paths if p.suffix == ".png"} == PLOTS
+    for text in ("Summary across seeds", "math AbsDiff", "ARC-E acc", "SQuAD F1", "TTFT p50 ms @ load/c4",
+                 "max out tok/s at SLO", "peak mem GiB", "MBU", "$/1M out tok"):
+        assert text in md
+    row = next(line for line in md.splitlines() if line.startswith("| r1 | transformers | m | default | 2 |"))
+    assert "0.600 ± 0.141" in row  # ARC over seeds 0.5 and 0.7
+    assert "31.0 ± 1.4" in row  # max throughput at the SLO: c4 at 30 and 32 tok/s
+    assert "201.0 ± 1.4" in row  # TTFT p50 at load/c4
+    assert "1.50×" in md and "0.80×" in md and "| c4 |" in md  # speed-up, and where it stops paying
+    assert "1.88×" in md  # q8 KV: 24 MiB -> 12.75 MiB for the same 2048 tokens
+    assert "80%" in md and "0%" in md  # prefix hit rate shared / unique
+    assert "does not support kv_cache_dtype='q8'" in md and "broken: x" in md
+
+
+def test_cost_needs_a_price(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r1")
+    write_report([run], run, gpu_hour_usd=3.6)
+    md = (run / "report.md").read_text()
+    # $3.6/h at 30 tok/s = 1e-3 $/s / 30 tok/s * 1e6 = 33.33 $/1M; at 32 tok/s 31.25
+    assert "32.29 ± 1.47" in md and "$3.6/h" in md
+
+
+def test_runs_side_by_side(tmp_path: Path) -> None:
+    a, b = make_run(tmp_path, "before"), make_run(tmp_path, "after", scale=2.0)
+    out = tmp_path / "cmp"
+    write_report([a, b], out)
+    md = (out / "report.md").read_text()
+    assert "servebench report: before, after" in md
+    assert "| before | transformers | m | default | 2 |" in md and "| after | transformers | m | default | 2 |" in md
+
+
+def test_bench_report_command(tmp_path: Path) -> None:
+    from bench.cli import build_app
+
+    app = build_app()
+    run = make_run(tmp_path, "r1")
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "o"), "--headline", "load/c1"])
+    assert result.exit_code == 0, result.output
+    assert "TTFT p50 ms @ load/c1" in (tmp_path / "o" / "report.md").read_text()
+    bad = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "not a run folder" in bad.output
+
+
+_CHECK = """<script>
+window.addEventListener('load', () => {
+  const out = document.createElement('pre');
+  out.id = 'servebench-check';
+  out.textContent = JSON.stringify({
+    images: [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight,
+                                           data: i.src.startsWith('data:image/png;base64,')})),
+    headers: [...document.querySelectorAll('th')].map(t => t.textContent),
+    tables: document.querySelectorAll('table').length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def render_in_chromium(report: Path, work: Path) -> dict[str, Any]:
+    """Load the report (plus a checking script) in headless Chromium with no network; what the DOM holds."""
+    assert CHROMIUM is not None
+    page = work / "check.html"
+    page.write_text(report.read_text().replace("</body>", _CHECK + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", f"--user-data-dir={work / 'profile'}",
+           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    match = re.search(r'<pre id="servebench-check">(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"no check output; chromium rc={proc.returncode}\n{proc.stderr[-2000:]}"
+    found: dict[str, Any] = json.loads(html.unescape(match.group(1)))
+    return found
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r1")
+    write_report([run], run)
+    report = run / "report.html"
+    text = report.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), "report.html must not load anything"
+    dom = render_in_chromium(report, tmp_path)
+    assert {i["alt"] for i in dom["images"]} == PLOTS
+    assert all(i["data"] and i["w"] > 100 and i["h"] > 100 for i in dom["images"]), dom["images"]
+    for header in ("math AbsDiff ↓", "SQuAD F1", "max out tok/s at SLO", "speed-up", "KV capacity tok",
+                   "hit rate shared-prefix", "$/1M out tok"):
+        assert header in dom["headers"]
+    assert dom["tables"] >= 6
