@@ -32,7 +32,7 @@ from backends.base import (
 from backends.errors import EngineDeadError
 from backends.textstream import TextStream
 from backends.transformers import batch as kv
-from backends.transformers.config import CAPABILITIES, NAME
+from backends.transformers.config import CAPABILITIES, NAME, load_time_quantization
 
 log = logging.getLogger("servebench.transformers")
 
@@ -121,9 +121,12 @@ class TransformersEngine:
             kwargs.update(gguf_file=self.path.name, quantization_config=GgufConfig(dequantize=True))
             if self.tokenizer_path is None:
                 tok_folder, tok_kwargs = folder, {"gguf_file": self.path.name}
+        quantization = load_time_quantization(self.format, kwargs["dtype"])
+        if quantization is not None:  # bnb/torchao quantize while loading, straight onto the device
+            kwargs.update(quantization_config=quantization, device_map=str(device))
         self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        self.model = model.to(device).eval()
+        self.model = (model if quantization is not None else model.to(device)).eval()
         limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
         if self.options.max_model_len and self.options.max_model_len > limit:
             raise ValueError(f"max_model_len {self.options.max_model_len} exceeds the model's {limit}")
