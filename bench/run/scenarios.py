@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +66,9 @@ class CellRun:
         self.memory.take_peak()
         config = self.config(api=api, workload=workload, arrival=arrival, requests=requests, warmup=warmup,
                              slo=slo, duration_s=duration_s)
+        # Each folder draws its own prompts: the same seed everywhere would repeat the first prompts of an
+        # earlier point, and a prefix cache would then hit where the workload promises unique prompts.
+        config = config.model_copy(update={"seed": self.seed * 1_000_003 + zlib.crc32(folder.name.encode())})
         summary = run_load(config, folder)
         return self.point(summary, folder)
 

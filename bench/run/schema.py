@@ -78,7 +78,7 @@ class PrefixProbe(BaseModel):
     suffix_tokens: int = Field(default=32, ge=1)
     output_tokens: int = Field(default=8, ge=1)
     requests: int = Field(default=8, ge=2)
-    concurrency: int = Field(default=2, ge=1)
+    concurrency: int = Field(default=1, ge=1, description="1: every request after the first can hit")
 
 
 class KVCacheScenario(_Scenario):
