@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from bench.quantize.calibration import calibration_texts
+from bench.quantize.groups import group_size_for
 
 
 def _workers() -> str:
     return os.environ.get("GPTQMODEL_CPU_WORKERS") or str(max(1, min(2, os.cpu_count() or 1)))
 
 
-def quantize_gptqmodel(src: Path, out: Path, method: str, *, bits: int = 4, group_size: int = 128,
-                       samples: int = 32) -> dict[str, Any]:
-    """Quantize the HF checkpoint ``src`` with ``method`` ("gptq" or "awq") into ``out``; returns the recipe."""
+def quantize_gptqmodel(src: Path, out: Path, method: str, *, bits: int = 4, samples: int = 32) -> dict[str, Any]:
+    """Quantize the HF checkpoint ``src`` with ``method`` ("gptq" or "awq") into ``out``; returns the recipe.
+
+    The group size is 128 where it divides every layer width, else 64 or 32: the CPU int4 kernels
+    (``_weight_int4pack_mm_for_cpu``) refuse widths that are not a multiple of the group.
+    """
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", _workers())
     import torch
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
@@ -28,6 +32,7 @@ def quantize_gptqmodel(src: Path, out: Path, method: str, *, bits: int = 4, grou
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     fmt = "gemm" if method == "awq" else "gptq"
+    group_size = group_size_for(src)
     config = QuantizeConfig(bits=bits, group_size=group_size, method=method, format=fmt)
     model = GPTQModel.load(str(src), config, device="cuda" if on_gpu else "cpu")
     backend = BACKEND.AWQ_TORCH if method == "awq" and not on_gpu else BACKEND.AUTO

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quantize.calibration import calibration_texts
+from bench.quantize.groups import group_size_for
 from bench.quantize.llmcompressor_venv import ensure_venv
 
 SCRIPT = Path(__file__).resolve().parent / "llmc_script.py"
@@ -16,19 +17,6 @@ SCRIPT = Path(__file__).resolve().parent / "llmc_script.py"
 
 class LlmcError(RuntimeError):
     """llm-compressor failed; the message carries the end of its log."""
-
-
-def group_size_for(src: Path, preferred: int = 128) -> int:
-    """The largest group size (128, 64, 32) dividing every linear input width (SmolLM2's 576 needs 64)."""
-    config = json.loads((src / "config.json").read_text())
-    widths = [int(config[k]) for k in ("hidden_size", "intermediate_size") if k in config]
-    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
-    if heads and head_dim:
-        widths.append(int(heads) * int(head_dim))
-    for size in (preferred, 64, 32):
-        if all(w % size == 0 for w in widths):
-            return size
-    raise LlmcError(f"no group size in (128, 64, 32) divides the layer widths {widths} of {src}")
 
 
 def _log_tail(stderr: str, chars: int = 3000) -> str:

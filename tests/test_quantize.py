@@ -1,0 +1,91 @@
+"""bench quantize: CLI errors (fast), and real GGUF Q8_0 / GPTQ / W4A16 checkpoints served and asked 2+3 (slow)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from backends.base import EngineOptions
+from bench.cli import build_app
+from bench.models.registry import Registry, load_registry
+from bench.quantize.cli import To
+from bench.quantize.targets import TARGETS
+from servers.launch import build_spec, free_port, running_server
+
+HF_MODEL = "smollm2-135m-instruct-hf"
+
+
+def tmp_registry(tmp_path: Path) -> Path:
+    """A private copy of the repository's models.yaml (its {cache} paths still reach the prepared models)."""
+    copy = tmp_path / "models.yaml"
+    shutil.copy(load_registry().source, copy)
+    return copy
+
+
+def ask_two_plus_three(registry_file: Path, model: str, log_dir: Path) -> str:
+    """Serve ``model`` with the Transformers engine on loopback and ask it 2+3 through the openai client."""
+    registry = load_registry(registry_file)
+    options = EngineOptions(max_batch=1, max_model_len=512, threads=1)
+    spec = build_spec(registry, "transformers", model, options, port=free_port())
+    with running_server(spec, registry, log_dir / f"{model}.log", max_queue=2, timeout_s=400) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none", timeout=180, max_retries=0)
+        reply = client.chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=32,
+            temperature=0.0)
+    return reply.choices[0].message.content or ""
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """Exit code and output (rich's line wrapping undone) of ``bench ARGS``."""
+    result = CliRunner().invoke(build_app(), list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_cli_targets_match_the_target_table() -> None:
+    assert [t.value for t in To] == list(TARGETS)
+
+
+def test_bad_target_is_refused_with_the_valid_names(tmp_path: Path) -> None:
+    code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "int3", "--registry", str(tmp_registry(tmp_path)))
+    assert code == 2
+    assert "int3" in output and "gptq-4bit" in output
+
+
+def test_exl2_is_refused_on_cpu_naming_the_gpu(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    registry = tmp_registry(tmp_path)
+    code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "exl2", "--registry", str(registry))
+    assert code == 2
+    assert "GPU" in output and "CUDA" in output
+    assert registry.read_text() == load_registry().source.read_text()
+
+
+def test_non_hf_source_and_unknown_model_are_refused(tmp_path: Path) -> None:
+    registry = str(tmp_registry(tmp_path))
+    code, output = run_cli("quantize", "--model", "smollm2-135m-instruct", "--to", "gptq-4bit", "--registry", registry)
+    assert code == 2 and "HF checkpoint" in output and HF_MODEL in output
+    code, output = run_cli("quantize", "--model", "no-such-model", "--to", "gptq-4bit", "--registry", registry)
+    assert code == 2 and "unknown model" in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["gguf-q8_0", "gptq-4bit", "w4a16"])
+def test_quantized_checkpoint_is_registered_and_answers(target: str, prepared: Registry, tmp_path: Path) -> None:
+    registry = tmp_registry(tmp_path)
+    name = f"test-{target}"
+    code, output = run_cli("quantize", "--model", HF_MODEL, "--to", target, "--name", name, "--calibration-samples",
+                           "8", "--output-dir", str(tmp_path / "out"), "--registry", str(registry))
+    assert code == 0, output
+    entry = load_registry(registry).get(name)
+    assert entry.format == TARGETS[target].format
+    assert entry.derived_from == HF_MODEL and entry.recipe and entry.recipe["to"] == target
+    assert Path(entry.path or "").exists()
+    answer = ask_two_plus_three(registry, name, tmp_path)
+    assert "5" in answer, answer
