@@ -6,6 +6,7 @@ time; the engine then refuses ``max_batch > 1`` at start and reports ``batching=
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ def sampler_settings(temperature: float, top_p: float) -> Any:
         return ExLlamaV2Sampler.Settings.greedy()
     return ExLlamaV2Sampler.Settings(temperature=temperature, top_p=top_p if top_p < 1 else 0.0, top_k=0,
                                      min_p=0.0, token_repetition_penalty=1.0)
+
+
+def apply_rope_parameters(config: Any, path: Path) -> None:
+    """Read RoPE theta from transformers 5's ``rope_parameters``, which exllamav2 0.3.2 does not know.
+
+    Without this a checkpoint saved by transformers 5 silently runs with exllamav2's default theta (10000;
+    SmolLM2 needs 100000), which degrades output without any error. Scaled RoPE written only there is refused.
+    """
+    raw = json.loads((path / "config.json").read_text())
+    params = raw.get("rope_parameters")
+    if "rope_theta" in raw or not isinstance(params, dict):
+        return
+    if params.get("rope_type", "default") != "default" and "rope_scaling" not in raw:
+        raise ValueError(f"{path}: rope_parameters {params} (scaled RoPE) is not readable by exllamav2 0.3.2; "
+                         "add the matching rope_scaling to config.json")
+    if "rope_theta" in params:
+        config.rotary_embedding_base = float(params["rope_theta"])
 
 
 class ExLlamaV2Engine(JobLoopEngine):
@@ -76,6 +94,7 @@ class ExLlamaV2Engine(JobLoopEngine):
             if wanted > config.max_seq_len and max_len is None:
                 raise ValueError(f"max_model_len {wanted} exceeds the model's {config.max_seq_len}")
             config.max_seq_len = wanted
+        apply_rope_parameters(config, path)
         config.arch_compat_overrides()
         model = ExLlamaV2(config)
         sequences = self.options.max_batch if exl_attn.has_flash_attn_with_paged else 1

@@ -42,6 +42,13 @@ def hf_checkpoint() -> Path:
         from bench.models.prepare import dequantize_gguf_to_hf
 
         dequantize_gguf_to_hf(ROOT / "stash" / "SmolLM2-135M-Instruct.Q4_1.gguf", out)
+    # transformers 5 writes theta only under rope_parameters; exllamav2 0.3.2's converter reads the top-level
+    # key and would otherwise calibrate with theta 10000 (measured: degenerate "a a a" output).
+    config = json.loads((out / "config.json").read_text())
+    theta = config.get("rope_parameters", {}).get("rope_theta")
+    if theta is not None and "rope_theta" not in config:
+        config["rope_theta"] = theta
+        (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
 

@@ -18,6 +18,7 @@ wheels=(
   fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
   typing-inspection==0.4.5 typing-extensions==4.16.0 uvicorn==0.54.0 openai==3.57.0 jiter==0.19.0
   distro==1.9.0 sniffio==1.3.1 pytest-asyncio==1.5.0 gguf==0.19.0
+  httpx2==2.16.2 httpcore2==2.16.2 truststore opentelemetry-api==1.45.2 importlib-metadata
 )
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
