@@ -62,7 +62,8 @@ def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
     from servers.app import create_app
 
     engine_cls = backends.load_class(spec.backend)
-    engine = engine_cls(spec.model_name, spec.model_path, spec.model_format, spec.options, spec.tokenizer_path)
+    engine = engine_cls(spec.model_name, spec.model_path, spec.model_format, spec.options,
+                        tokenizer_path=spec.tokenizer_path, draft_path=spec.draft_path)
     app = create_app(engine, settings)
     print(f"serving {spec.model_name} on {spec.backend} at http://{settings.host}:{settings.port}/v1", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",

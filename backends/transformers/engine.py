@@ -67,7 +67,9 @@ class TransformersEngine:
     capabilities: Capabilities = CAPABILITIES
 
     def __init__(self, model_name: str, path: Path, fmt: str, options: EngineOptions,
-                 tokenizer_path: Path | None = None) -> None:
+                 tokenizer_path: Path | None = None, draft_path: Path | None = None) -> None:
+        if draft_path is not None:  # config.validate refuses speculative decoding before we get here
+            raise ValueError("the transformers engine does not do speculative decoding")
         self.model_name = model_name
         self.path = path
         self.format = fmt
