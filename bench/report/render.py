@@ -172,7 +172,7 @@ def prefix_section(runs: list[RunData]) -> Section:
 
 
 SPEC_HEADER = ("run", "backend", "model", "options", "seed", "method", "concurrency", "out tok/s", "TPOT p50 ms",
-               "speed-up", "acceptance rate", "acceptance length", "stops paying at")
+               "speed-up", "TPOT speed-up", "acceptance rate", "acceptance length", "stops paying at")
 
 
 def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
@@ -194,11 +194,12 @@ def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
                          str(r.concurrency), _fmt(r.summary.get("output_throughput_tok_s")),
                          _fmt((r.summary.get("tpot_ms") or {}).get("p50")),
                          f"{up.speedup:.2f}×" if up and up.speedup else ("1.00×" if r.method == "none" else "–"),
+                         f"{up.tpot_ratio:.2f}×" if up and up.tpot_ratio else ("1.00×" if r.method == "none" else "–"),
                          _pct(server.get("spec_acceptance_rate")), _fmt(server.get("spec_acceptance_length"), 2),
                          "–" if r.method == "none" else (f"c{stop}" if stop else "pays at every concurrency")])
     note = ("Speed-up = output tokens/s against the same engine, model and options without speculation, at the "
-            "same concurrency and seed. Acceptance from the server's counters (accepted / drafted tokens; "
-            "length = 1 + accepted / drafts).")
+            "same concurrency and seed; TPOT speed-up = TPOT p50 without / with. Acceptance from the server's "
+            "counters (accepted / drafted tokens; length = 1 + accepted / drafts).")
     return Section("Speculative decoding", SPEC_HEADER, rows, note), ups
 
 
