@@ -12,13 +12,10 @@ A subclass supplies the library calls: load, make and cancel a job, iterate, pro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import queue
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,6 @@ from typing import Any
 import torch
 
 from backends.base import (
-    Capabilities,
     EngineOptions,
     EngineStats,
     FinishReason,
@@ -34,8 +30,7 @@ from backends.base import (
     GenRequest,
     TokenLogprob,
 )
-from backends.errors import EngineDeadError
-from backends.textstream import TextStream
+from backends.inprocess import Pending, WorkerEngine, top_logprobs
 
 log = logging.getLogger("servebench.exllama")
 
@@ -45,36 +40,20 @@ _REASONS: dict[str, FinishReason] = {"stop_token": "stop", "stop_string": "stop"
 
 
 @dataclass(eq=False)
-class Live:
-    """A request while it is in the engine (the worker thread owns it, except ``aborted``)."""
+class Live(Pending):
+    """A request with its generator job (the worker thread owns it, except ``aborted``)."""
 
-    req: GenRequest
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[GenChunk | BaseException]
-    text: TextStream
     job: Any = None
     prompt_lps: tuple[TokenLogprob | None, ...] | None = None
     n_out: int = 0
     capped: bool = False  # max_new_tokens was cut to fit max_model_len
-    aborted: bool = False
     done: bool = False
-
-    def send(self, item: GenChunk | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
 def cache_tokens(max_len: int, sequences: int) -> int:
     """KV-cache size in tokens for ``sequences`` full-length sequences, rounded up to whole pages."""
     tokens = max_len * sequences
     return -(-tokens // PAGE) * PAGE
-
-
-def top_logprobs(row: torch.Tensor, k: int) -> tuple[tuple[int, float], ...]:
-    """The ``k`` most likely tokens of a log-probability row."""
-    if k <= 0:
-        return ()
-    values, ids = torch.topk(row, k)
-    return tuple(zip(ids.tolist(), values.tolist(), strict=True))
 
 
 def token_logprobs(logits: torch.Tensor, ids: Sequence[int], k: int) -> tuple[TokenLogprob, ...]:
@@ -95,30 +74,15 @@ def eos_ids(model_dir: Path, tokenizer: Any) -> frozenset[int]:
     return frozenset(int(i) for i in ids if i is not None)
 
 
-class JobLoopEngine(ABC):
+class JobLoopEngine(WorkerEngine[Live]):
     """An :class:`backends.base.Engine` over an ExLlama-style job generator (see module docstring)."""
-
-    name: str
-    capabilities: Capabilities
 
     def __init__(self, model_name: str, path: Path, fmt: str, options: EngineOptions,
                  tokenizer_path: Path | None = None, draft_path: Path | None = None) -> None:
-        self.model_name = model_name
-        self.path = path
-        self.format = fmt
-        self.options = options
-        self.tokenizer_path = tokenizer_path
-        self.draft_path = draft_path
-        self.max_model_len = options.max_model_len or 0
+        super().__init__(model_name, path, fmt, options, tokenizer_path, draft_path)
         self.kv_capacity = 0
-        self.tokenizer: Any = None
         self._eos: frozenset[int] = frozenset()
         self._vocab = 0
-        self._inbox: queue.Queue[Live] = queue.Queue()
-        self._active: list[Live] = []
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._dead: BaseException | None = None
         self._spec = {"accepted": 0.0, "rejected": 0.0}
 
     # ---- what each library supplies -------------------------------------------------------------
@@ -151,18 +115,6 @@ class JobLoopEngine(ABC):
         """Run after a job ends (both engines drop reusable pages there when prefix caching is off)."""
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load the model and start the worker thread."""
-        await asyncio.to_thread(self._load)
-        self._thread = threading.Thread(target=self._worker, name=f"{self.name}-engine", daemon=True)
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Stop the worker; requests still running are aborted."""
-        self._stopping.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30)
-
     def _load(self) -> None:
         from transformers import AutoTokenizer
 
@@ -174,28 +126,9 @@ class JobLoopEngine(ABC):
         """Record the batching the loaded library actually gives (e.g. none without flash-attn)."""
         self.capabilities = replace(self.capabilities, batching=batching)  # type: ignore[arg-type]
 
-    # ---- tokenizer -------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``."""
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``."""
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
-
-    def token_text(self, token_id: int) -> str:
-        """The text of one token."""
-        return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
-
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Prompt ids for a chat, with the generation prompt."""
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return self.tokenize(str(text), add_special_tokens=False)
-
     def stats(self) -> EngineStats:
         """Scheduler counters; KV usage is estimated from the live sequences' lengths. Raises if dead."""
-        if self._dead is not None:
-            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+        self.check_alive()
         active = list(self._active)
         used = sum(len(s.req.prompt_ids) + s.n_out for s in active)
         extra = {f"spec_{k}_tokens": v for k, v in self._spec.items()}
@@ -203,35 +136,9 @@ class JobLoopEngine(ABC):
                            kv_cache_usage=min(1.0, used / self.kv_capacity) if self.kv_capacity else 0.0,
                            kv_capacity_tokens=self.kv_capacity, extra=extra)
 
-    # ---- requests --------------------------------------------------------------------------------
-    async def generate(self, request: GenRequest) -> AsyncIterator[GenChunk]:
-        """Stream chunks for ``request``; closing the iterator aborts it."""
-        if self._dead is not None:
-            raise EngineDeadError(f"engine worker died: {self._dead!r}")
-        live = Live(req=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
-                    text=TextStream(self.detokenize, request.stop))
-        self._inbox.put(live)
-        try:
-            while True:
-                item = await live.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            live.aborted = True
-
     # ---- worker thread ---------------------------------------------------------------------------
-    def _worker(self) -> None:
-        try:
-            with torch.inference_mode():
-                self._loop()
-        except BaseException as exc:  # the worker must never die silently
-            log.exception("engine worker died")
-            self._dead = exc
-        finally:
-            self._fail_all(EngineDeadError("engine stopped"))
+    def _pending(self, request: GenRequest, fields: dict[str, Any]) -> Live:
+        return Live(**fields)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -244,17 +151,6 @@ class JobLoopEngine(ABC):
             self._reap_aborted()
             if self._active:
                 self._step_guarded()
-
-    def _take(self, block: bool) -> list[Live]:
-        taken: list[Live] = []
-        try:
-            if block:
-                taken.append(self._inbox.get(timeout=0.05))
-            while True:
-                taken.append(self._inbox.get_nowait())
-        except queue.Empty:
-            pass
-        return [s for s in taken if not s.aborted]
 
     def _submit(self, live: Live) -> None:
         req = live.req
@@ -335,16 +231,6 @@ class JobLoopEngine(ABC):
             self._cancel(live.job)
         except Exception:
             log.exception("cancel failed")
-
-    def _fail_all(self, exc: BaseException) -> None:
-        for live in self._active:
-            live.send(exc)
-        self._active = []
-        while True:
-            try:
-                self._inbox.get_nowait().send(exc)
-            except queue.Empty:
-                return
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,8 @@ another to finish.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import queue
-import threading
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +25,7 @@ from backends.base import (
     GenRequest,
     TokenLogprob,
 )
-from backends.errors import EngineDeadError
-from backends.textstream import TextStream
+from backends.inprocess import Pending, WorkerEngine, top_logprobs
 from backends.transformers import batch as kv
 from backends.transformers.config import CAPABILITIES, NAME, load_time_quantization
 
@@ -38,29 +33,14 @@ log = logging.getLogger("servebench.transformers")
 
 
 @dataclass(eq=False)
-class _Seq:
-    """A request while it is in the engine (touched by the worker thread only, except ``aborted``)."""
+class _Seq(Pending):
+    """A request in the running batch, with its sampler and the tokens generated so far."""
 
-    req: GenRequest
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[GenChunk | BaseException]
-    text: TextStream
-    generator: torch.Generator | None
+    generator: torch.Generator | None = None
     output: list[int] = field(default_factory=list)
-    aborted: bool = False
-
-    def send(self, item: GenChunk | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
-def _top(logprobs: torch.Tensor, k: int) -> tuple[tuple[int, float], ...]:
-    if k <= 0:
-        return ()
-    values, ids = torch.topk(logprobs, k)
-    return tuple(zip(ids.tolist(), values.tolist(), strict=True))
-
-
-class TransformersEngine:
+class TransformersEngine(WorkerEngine[_Seq]):
     """Continuous-batching engine over a transformers causal LM."""
 
     name = NAME
@@ -70,33 +50,9 @@ class TransformersEngine:
                  tokenizer_path: Path | None = None, draft_path: Path | None = None) -> None:
         if draft_path is not None:  # config.validate refuses speculative decoding before we get here
             raise ValueError("the transformers engine does not do speculative decoding")
-        self.model_name = model_name
-        self.path = path
-        self.format = fmt
-        self.options = options
-        self.tokenizer_path = tokenizer_path
-        self.max_model_len = options.max_model_len or 0
-        self._inbox: queue.Queue[_Seq] = queue.Queue()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._dead: BaseException | None = None
-        self._running: list[_Seq] = []
+        super().__init__(model_name, path, fmt, options, tokenizer_path)
         self._batch: kv.KVBatch | None = None
         self.model: Any = None
-        self.tokenizer: Any = None
-
-    # ---- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load the model and start the worker thread."""
-        await asyncio.to_thread(self._load)
-        self._thread = threading.Thread(target=self._worker, name="transformers-engine", daemon=True)
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Stop the worker; requests still running are aborted."""
-        self._stopping.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30)
 
     def _device(self) -> torch.device:
         wanted = self.options.device
@@ -143,74 +99,32 @@ class TransformersEngine:
         ids.update(configured if isinstance(configured, list) else [configured])
         return frozenset(int(i) for i in ids if i is not None)
 
-    # ---- tokenizer -------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``."""
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``."""
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
-
-    def token_text(self, token_id: int) -> str:
-        """The text of one token."""
-        return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
-
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Prompt ids for a chat, with the generation prompt."""
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return self.tokenize(str(text), add_special_tokens=False)
-
     def stats(self) -> EngineStats:
         """Scheduler counters; raises if the worker died."""
-        if self._dead is not None:
-            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+        self.check_alive()
         batch = self._batch
         used = batch.tokens() if batch is not None else 0
         capacity = self.options.max_batch * self.max_model_len
-        return EngineStats(running=len(self._running), waiting=self._inbox.qsize(),
+        return EngineStats(running=len(self._active), waiting=self._inbox.qsize(),
                            kv_cache_usage=used / capacity if capacity else 0.0, kv_capacity_tokens=capacity)
 
-    # ---- requests --------------------------------------------------------------------------------
-    async def generate(self, request: GenRequest) -> AsyncIterator[GenChunk]:
-        """Stream chunks for ``request``; closing the iterator aborts it."""
-        if self._dead is not None:
-            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+    # ---- worker thread ---------------------------------------------------------------------------
+    def _pending(self, request: GenRequest, fields: dict[str, Any]) -> _Seq:
         generator = None
         if request.temperature > 0:
             generator = torch.Generator(device=self.model.device)
             generator.manual_seed(request.seed if request.seed is not None else int.from_bytes(os.urandom(4)))
-        seq = _Seq(req=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
-                   text=TextStream(self.detokenize, request.stop), generator=generator)
-        self._inbox.put(seq)
-        try:
-            while True:
-                item = await seq.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            seq.aborted = True
+        return _Seq(**fields, generator=generator)
 
-    # ---- worker thread ---------------------------------------------------------------------------
-    def _worker(self) -> None:
-        try:
-            with torch.inference_mode():
-                self._loop()
-        except BaseException as exc:  # the worker must never die silently
-            log.exception("engine worker died")
-            self._dead = exc
-        finally:
-            self._fail_all(EngineDeadError("engine stopped"))
+    def _reset(self) -> None:
+        self._batch = None
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            fresh = self._take(block=not self._running)
+            fresh = self._take(block=not self._active, room=self.options.max_batch - len(self._active))
             if fresh:
                 self._guarded(self._admit, fresh)
-            if self._running:
+            if self._active:
                 self._guarded(self._step)
 
     def _guarded(self, fn: object, *args: object) -> None:
@@ -219,21 +133,9 @@ class TransformersEngine:
             fn(*args)  # type: ignore[operator]
         except Exception as exc:
             log.exception("batch step failed")
-            for seq in [*self._running, *(args[0] if args else [])]:  # type: ignore[misc]
+            for seq in [*self._active, *(args[0] if args else [])]:  # type: ignore[misc]
                 seq.send(exc)
-            self._running, self._batch = [], None
-
-    def _take(self, block: bool) -> list[_Seq]:
-        room = self.options.max_batch - len(self._running)
-        taken: list[_Seq] = []
-        try:
-            if block:
-                taken.append(self._inbox.get(timeout=0.05))
-            while len(taken) < room:
-                taken.append(self._inbox.get_nowait())
-        except queue.Empty:
-            pass
-        return [s for s in taken if not s.aborted]
+            self._active, self._batch = [], None
 
     def _admit(self, fresh: list[_Seq]) -> None:
         full = any(s.req.prompt_logprobs is not None for s in fresh)
@@ -249,7 +151,7 @@ class TransformersEngine:
         admitted = kv.select(batch, keep)
         if admitted is not None:
             self._batch = kv.merge(self._batch, admitted)
-            self._running.extend(fresh[i] for i in keep)
+            self._active.extend(fresh[i] for i in keep)
 
     def _prompt_logprobs(self, seq: _Seq, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...]:
         ids = list(seq.req.prompt_ids)
@@ -257,16 +159,16 @@ class TransformersEngine:
         rows = torch.log_softmax(logits[-len(ids):-1], dim=-1)
         out: list[TokenLogprob | None] = [None]
         for pos, tid in enumerate(ids[1:]):
-            out.append(TokenLogprob(tid, float(rows[pos, tid]), _top(rows[pos], k)))
+            out.append(TokenLogprob(tid, float(rows[pos, tid]), top_logprobs(rows[pos], k)))
         return tuple(out)
 
     def _step(self) -> None:
         assert self._batch is not None
-        logits = kv.decode(self.model, self._batch, [s.output[-1] for s in self._running])
-        keep = [row for row, seq in enumerate(self._running) if self._emit(seq, logits[row], None)]
-        if len(keep) != len(self._running):
+        logits = kv.decode(self.model, self._batch, [s.output[-1] for s in self._active])
+        keep = [row for row, seq in enumerate(self._active) if self._emit(seq, logits[row], None)]
+        if len(keep) != len(self._active):
             self._batch = kv.select(self._batch, keep)
-            self._running = [self._running[i] for i in keep]
+            self._active = [self._active[i] for i in keep]
 
     def _emit(self, seq: _Seq, logits: torch.Tensor, prompt_lps: tuple[TokenLogprob | None, ...] | None,
               ) -> bool:
@@ -281,7 +183,7 @@ class TransformersEngine:
         lps = None
         if req.logprobs is not None:
             row = torch.log_softmax(logits, dim=-1)
-            lps = (TokenLogprob(token, float(row[token]), _top(row, req.logprobs)),)
+            lps = (TokenLogprob(token, float(row[token]), top_logprobs(row, req.logprobs)),)
         reason = self._finish_reason(seq, token)
         text = seq.text.push([] if token in self._eos and reason == "stop" else [token])
         if seq.text.stopped:
@@ -300,13 +202,3 @@ class TransformersEngine:
         if len(seq.output) >= req.max_tokens or len(req.prompt_ids) + len(seq.output) >= self.max_model_len:
             return "length"
         return None
-
-    def _fail_all(self, exc: BaseException) -> None:
-        for seq in self._running:
-            seq.send(exc)
-        self._running, self._batch = [], None
-        while True:
-            try:
-                self._inbox.get_nowait().send(exc)
-            except queue.Empty:
-                return

@@ -1,0 +1,181 @@
+"""What every in-process engine shares: one worker thread owns the model; requests arrive on a
+thread-safe inbox and stream back through asyncio queues; tokenizer helpers; failure handling.
+
+A subclass loads its model (``_load``), turns a request into its own :class:`Pending` (``_pending``) and
+runs the scheduling loop (``_loop``) over ``self._active`` until ``self._stopping`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from backends.base import Capabilities, EngineOptions, GenChunk, GenRequest
+from backends.errors import EngineDeadError
+from backends.textstream import TextStream
+
+log = logging.getLogger("servebench.engine")
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request while it is in the engine; the worker thread owns it, except ``aborted``."""
+
+    req: GenRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[GenChunk | BaseException]
+    text: TextStream
+    aborted: bool = False
+
+    def send(self, item: GenChunk | BaseException) -> None:
+        """Hand a chunk (or the error that ends the stream) to the request's event loop."""
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+PendingT = TypeVar("PendingT", bound=Pending)
+
+
+def top_logprobs(row: torch.Tensor, k: int) -> tuple[tuple[int, float], ...]:
+    """The ``k`` most likely tokens of a log-probability row."""
+    if k <= 0:
+        return ()
+    values, ids = torch.topk(row, k)
+    return tuple(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+class WorkerEngine(ABC, Generic[PendingT]):
+    """Base of the in-process engines (see the module docstring)."""
+
+    name: str
+    capabilities: Capabilities
+
+    def __init__(self, model_name: str, path: Path, fmt: str, options: EngineOptions,
+                 tokenizer_path: Path | None = None, draft_path: Path | None = None) -> None:
+        self.model_name = model_name
+        self.path = path
+        self.format = fmt
+        self.options = options
+        self.tokenizer_path = tokenizer_path
+        self.draft_path = draft_path
+        self.max_model_len = options.max_model_len or 0
+        self.tokenizer: Any = None
+        self._inbox: queue.Queue[PendingT] = queue.Queue()
+        self._active: list[PendingT] = []
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dead: BaseException | None = None
+
+    # ---- what each engine supplies -----------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None:
+        """Load tokenizer and model; set ``max_model_len``."""
+
+    @abstractmethod
+    def _pending(self, request: GenRequest, fields: dict[str, Any]) -> PendingT:
+        """This engine's :class:`Pending` for ``request`` (``fields`` holds the base fields)."""
+
+    @abstractmethod
+    def _loop(self) -> None:
+        """Admit and advance requests until ``self._stopping`` is set (runs on the worker thread)."""
+
+    def _reset(self) -> None:
+        """Drop engine state tied to the running requests after they were failed."""
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model and start the worker thread."""
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._worker, name=f"{self.name}-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the worker; requests still running are aborted."""
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+
+    def check_alive(self) -> None:
+        """Raise :class:`EngineDeadError` if the worker thread died."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+
+    # ---- requests --------------------------------------------------------------------------------
+    async def generate(self, request: GenRequest) -> AsyncIterator[GenChunk]:
+        """Stream chunks for ``request``; closing the iterator aborts it."""
+        self.check_alive()
+        fields = {"req": request, "loop": asyncio.get_running_loop(), "out": asyncio.Queue(),
+                  "text": TextStream(self.detokenize, request.stop)}
+        pending = self._pending(request, fields)
+        self._inbox.put(pending)
+        try:
+            while True:
+                item = await pending.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            pending.aborted = True
+
+    # ---- worker thread ---------------------------------------------------------------------------
+    def _worker(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._loop()
+        except BaseException as exc:  # the worker must never die silently
+            log.exception("%s engine worker died", self.name)
+            self._dead = exc
+        finally:
+            self._fail_all(EngineDeadError("engine stopped"))
+
+    def _take(self, block: bool, room: int | None = None) -> list[PendingT]:
+        """New requests from the inbox (at most ``room``), waiting briefly when ``block``."""
+        taken: list[PendingT] = []
+        try:
+            if block:
+                taken.append(self._inbox.get(timeout=0.05))
+            while room is None or len(taken) < room:
+                taken.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return [p for p in taken if not p.aborted]
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """End every running and waiting request with ``exc``."""
+        for pending in self._active:
+            pending.send(exc)
+        self._active = []
+        self._reset()
+        while True:
+            try:
+                self._inbox.get_nowait().send(exc)
+            except queue.Empty:
+                return
+
+    # ---- tokenizer -------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``."""
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token, as OpenAI's ``logprobs.tokens`` shows it."""
+        return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Prompt ids for a chat, with the generation prompt."""
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenize(str(text), add_special_tokens=False)
