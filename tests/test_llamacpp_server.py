@@ -197,3 +197,19 @@ def test_draft_model_past_512_prompt_tokens(registry: Registry, log_dir: Path) -
     assert resp.usage is not None and resp.usage.prompt_tokens > 512 and resp.choices[0].text.strip()
     drafts = next(float(line.split()[-1]) for line in lines if line.startswith("llamacpp:spec_decode_num_drafts_total"))
     assert drafts > 0
+
+
+def test_bench_load_survives_connections_llama_server_closes(server: ServerHandle, tmp_path: Path) -> None:
+    # llama-server drops a keep-alive connection after a stream without saying so; the load client must
+    # retry such a request on a fresh connection instead of recording a spurious error.
+    from bench.load.arrivals import ConcurrencyArrival
+    from bench.load.config import LoadConfig
+    from bench.load.runner import run_load
+    from bench.load.workloads import RandomWorkload
+
+    config = LoadConfig(url=server.url, model=server.model, api="completions",
+                        workload=RandomWorkload(input_tokens=16, output_tokens=8),
+                        arrival=ConcurrencyArrival(n=2), num_requests=12, scrape=False)
+    summary = run_load(config, tmp_path)
+    assert summary.num_errors == 0, summary.errors
+    assert summary.num_ok == 12 and summary.total_output_tokens == 12 * 8

@@ -16,6 +16,10 @@ import aiohttp
 from bench.load.records import StreamObservation
 from bench.sse import SSEDecoder, parse_openai_chunk
 
+# Servers may close a keep-alive connection after a streamed response without saying so (llama-server
+# does); the next request on it fails before the server sees it and is retried once on a fresh connection.
+_STALE_CONNECTION = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+
 # Large enough that one read usually holds every event the server has flushed.
 READ_BUFSIZE = 1 << 18
 
@@ -48,19 +52,23 @@ async def stream_request(
     ``observation.error``; only cancellation propagates.
     """
     obs = StreamObservation()
-    sent_t = now()
-    try:
-        async with session.post(url, data=body, headers=headers) as resp:
-            obs.http_status = resp.status
-            if resp.status != 200:
-                text = await resp.text(errors="replace")
-                obs.error = f"HTTP {resp.status}: {text[:300]}"
-            else:
-                await _read_stream(resp, obs, now)
-    except asyncio.CancelledError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        obs.error = f"{type(exc).__name__}: {exc}"[:300]
+    for attempt in range(2):
+        sent_t = now()
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                obs.http_status = resp.status
+                if resp.status != 200:
+                    text = await resp.text(errors="replace")
+                    obs.error = f"HTTP {resp.status}: {text[:300]}"
+                else:
+                    await _read_stream(resp, obs, now)
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            if attempt == 0 and obs.http_status is None and isinstance(exc, _STALE_CONNECTION):
+                continue  # a pooled keep-alive connection the server had closed: it never saw the request
+            obs.error = f"{type(exc).__name__}: {exc}"[:300]
+        break
     obs.closed_t = now()
     return sent_t, obs
 
