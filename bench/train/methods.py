@@ -13,7 +13,7 @@ import torch
 from bench.train.config import TrainSpec
 
 # QAT trains against the scheme that the ``torchao-int8`` format applies at load time:
-# torchao's Int8DynamicActivationInt8WeightConfig (symmetric per-token activations, per-channel weights).
+# torchao's Int8DynamicActivationInt8WeightConfig (per-token int8 activations, per-channel int8 weights).
 QAT_SCHEME = "Int8DynamicActivationInt8WeightConfig"
 
 
@@ -60,7 +60,10 @@ def peft_config(spec: TrainSpec) -> Any:
 def _qat_config(step: str) -> Any:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
-    activations = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=True)
+    if step == "convert":  # without a base config, convert only swaps the fake-quantized modules back
+        return QATConfig(step="convert")
+    # torchao's QAT has no symmetric per-token fake quantizer; asymmetric int8 is at least as fine-grained.
+    activations = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
     weights = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
     return QATConfig(activation_config=activations, weight_config=weights, step=step)
 

@@ -109,7 +109,7 @@ def _recipe(spec: TrainSpec, losses: list[float], steps: int, seconds: float, ad
         if spec.method != "vera":
             recipe["alpha"] = spec.lora_alpha()
     if spec.method == "qat":
-        recipe.update(fake_quant="int8 per-token activations, int8 per-channel weights",
+        recipe.update(fake_quant="int8 asymmetric per-token activations, int8 symmetric per-channel weights",
                       serve_as=methods.QAT_SCHEME)
     return recipe
 
