@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench.backends_cli",
     "bench.evals.cli",
     "bench.train.cli",
+    "bench.quantize.cli",
     "bench.load.cli",
     "bench.run.cli",
 )
