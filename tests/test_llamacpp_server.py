@@ -209,7 +209,7 @@ def test_bench_load_survives_connections_llama_server_closes(server: ServerHandl
 
     config = LoadConfig(url=server.url, model=server.model, api="completions",
                         workload=RandomWorkload(input_tokens=16, output_tokens=8),
-                        arrival=ConcurrencyArrival(n=2), num_requests=12, scrape=False)
+                        arrival=ConcurrencyArrival(n=4), num_requests=24, scrape=False)
     summary = run_load(config, tmp_path)
     assert summary.num_errors == 0, summary.errors
-    assert summary.num_ok == 12 and summary.total_output_tokens == 12 * 8
+    assert summary.num_ok == 24 and summary.total_output_tokens == 24 * 8

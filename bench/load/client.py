@@ -17,7 +17,7 @@ from bench.load.records import StreamObservation
 from bench.sse import SSEDecoder, parse_openai_chunk
 
 # Servers may close a keep-alive connection after a streamed response without saying so (llama-server
-# does); the next request on it fails before the server sees it and is retried once on a fresh connection.
+# does); the next request on it fails before the server sees it and is retried on another connection.
 _STALE_CONNECTION = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
 
 # Large enough that one read usually holds every event the server has flushed.
@@ -52,7 +52,9 @@ async def stream_request(
     ``observation.error``; only cancellation propagates.
     """
     obs = StreamObservation()
-    for attempt in range(2):
+    # Every idle pooled connection may be one the server closed, and each fails once before it is dropped.
+    attempts = 1 + (session.connector.limit if session.connector is not None and session.connector.limit else 64)
+    for attempt in range(attempts):
         sent_t = now()
         try:
             async with session.post(url, data=body, headers=headers) as resp:
@@ -65,7 +67,7 @@ async def stream_request(
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            if attempt == 0 and obs.http_status is None and isinstance(exc, _STALE_CONNECTION):
+            if attempt + 1 < attempts and obs.http_status is None and isinstance(exc, _STALE_CONNECTION):
                 continue  # a pooled keep-alive connection the server had closed: it never saw the request
             obs.error = f"{type(exc).__name__}: {exc}"[:300]
         break
