@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
@@ -19,6 +18,7 @@ from bench.evals.config import TaskName
 from bench.load.sweep import SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import SLO
+from bench.yamlfile import ConfigFileError, describe, read_yaml
 
 # One variant of a scenario: the engine options it overrides (``{}``: the option set as it is).
 Variant = dict[str, Any]
@@ -217,11 +217,9 @@ class MatrixError(ValueError):
 def load_matrix(path: Path) -> Matrix:
     """Read and validate a matrix YAML file; errors name the offending key."""
     try:
-        data: Any = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise MatrixError(f"matrix file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise MatrixError(f"{path} is not valid YAML: {exc}") from exc
+        data = read_yaml(path)
+    except ConfigFileError as exc:
+        raise MatrixError(f"matrix file {exc}") from None
     return validate_matrix(data, str(path))
 
 
@@ -230,8 +228,4 @@ def validate_matrix(data: Any, where: str = "matrix") -> Matrix:
     try:
         return Matrix.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{where} is invalid:"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  unknown key {loc!r}" if err["type"] == "extra_forbidden" else f"  {loc}: {err['msg']}")
-        raise MatrixError("\n".join(lines)) from None
+        raise MatrixError(describe(exc, where)) from None
