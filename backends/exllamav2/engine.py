@@ -61,7 +61,6 @@ class ExLlamaV2Engine(JobLoopEngine):
 
     name = NAME
     capabilities: Capabilities = CAPABILITIES
-    _gen: Any = None
 
     def _load_backend(self) -> None:
         paged = bool(exl_attn.has_flash_attn_with_paged)
@@ -111,14 +110,6 @@ class ExLlamaV2Engine(JobLoopEngine):
             seed=req.seed, stop_conditions=stop_ids, return_logits=want_logits, identifier=live)
         self._gen.enqueue(job)
         return job
-
-    def _cancel(self, job: Any) -> None:
-        if job is not None:
-            self._gen.cancel(job)
-
-    def _iterate(self) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = self._gen.iterate()
-        return results
 
     def _pending_jobs(self) -> int:
         return len(self._gen.pending_jobs) if self._gen is not None else 0

@@ -84,6 +84,7 @@ class JobLoopEngine(WorkerEngine[Live]):
         self._eos: frozenset[int] = frozenset()
         self._vocab = 0
         self._spec = {"accepted": 0.0, "rejected": 0.0}
+        self._gen: Any = None  # the library's generator, set by _load_backend
 
     # ---- what each library supplies -------------------------------------------------------------
     @abstractmethod
@@ -94,13 +95,15 @@ class JobLoopEngine(WorkerEngine[Live]):
     def _make_job(self, live: Live, max_new: int, stop_ids: list[int], want_logits: bool) -> Any:
         """Create and enqueue a job for ``live`` (``identifier=live``)."""
 
-    @abstractmethod
     def _cancel(self, job: Any) -> None:
-        """Remove a job from the generator."""
+        """Remove a job from the generator (both libraries: ``generator.cancel``)."""
+        if job is not None:
+            self._gen.cancel(job)
 
-    @abstractmethod
     def _iterate(self) -> list[dict[str, Any]]:
-        """One generator step."""
+        """One generator step (both libraries: ``generator.iterate``)."""
+        results: list[dict[str, Any]] = self._gen.iterate()
+        return results
 
     @abstractmethod
     def _prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:

@@ -29,7 +29,6 @@ class ExLlamaV3Engine(JobLoopEngine):
 
     name = NAME
     capabilities: Capabilities = CAPABILITIES
-    _gen: Any = None
 
     def _load_backend(self) -> None:
         model, cache, config = self._load_model(self.path, None)
@@ -73,14 +72,6 @@ class ExLlamaV3Engine(JobLoopEngine):
                   stop_conditions=stop_ids, return_logits=want_logits, identifier=live)
         self._gen.enqueue(job)
         return job
-
-    def _cancel(self, job: Any) -> None:
-        if job is not None:
-            self._gen.cancel(job)
-
-    def _iterate(self) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = self._gen.iterate()
-        return results
 
     def _pending_jobs(self) -> int:
         return int(self._gen.num_pending_jobs()) if self._gen is not None else 0
