@@ -1,16 +1,23 @@
-"""Our load client against vLLM's (``vllm bench serve``) on the same calibration server, same rates.
+"""Our load client against vLLM's (``vllm bench serve``) and guidellm's on the same calibration server.
 
 The calibration server's scripted TTFT and inter-token delay are the ground truth; each client's error is
 its measured median minus the script. Both clients send Poisson arrivals of random prompts, 16 tokens in
 and ``--output-tokens`` out. Prints a table and writes JSON.
 
     python benchmarks/compare_clients.py --rates 50 100 200 400 --num-prompts 400
+
+guidellm 0.4.0 runs in its own venv (``venvs_dir()/guidellm``, made on first use; it needs transformers 4,
+whose tokenizer loader does not know transformers 5's ``TokenizersBackend`` class, so it gets a copy of
+the tokenizer that names the fast tokenizer class). guidellm's own "TPOT" includes the first token; its
+ITL is what our TPOT means, so that is the figure compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +30,7 @@ from bench.load.config import LoadConfig
 from bench.load.runner import run_load
 from bench.load.workloads import RandomWorkload
 from bench.models.registry import load_registry
+from bench.venvs import EngineVenv
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +61,42 @@ def vllm_client(url: str, rate: float, args: argparse.Namespace, out: Path) -> d
             if "num_prompts" in r else None}
 
 
+def guidellm_venv() -> EngineVenv:
+    """guidellm 0.4.0 with transformers 4 and this machine's torch build."""
+    torch = f"torch=={importlib.metadata.version('torch')}"
+    return EngineVenv("guidellm", ("guidellm==0.4.0", "transformers<5", torch), check="import guidellm")
+
+
+def transformers4_tokenizer(src: Path, dest: Path) -> Path:
+    """A copy of ``src``'s tokenizer that transformers 4 can load."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy2(src / name, dest / name)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    return dest
+
+
+def guidellm_client(url: str, rate: float, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run ``guidellm benchmark`` at ``rate`` (Poisson) in its venv."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = transformers4_tokenizer(args.tokenizer, out / "tokenizer")
+    report = out / "guidellm.json"
+    cmd = [str(guidellm_venv().ensure().parent / "guidellm"), "benchmark", "run", "--target", url,
+           "--model", "calibration", "--request-type", "text_completions", "--profile", "poisson",
+           "--rate", str(rate), "--max-requests", str(args.num_prompts), "--random-seed", "0",
+           "--data", f"prompt_tokens=16,output_tokens={args.output_tokens}", "--processor", str(tokenizer),
+           "--output-path", str(report), "--disable-console-interactive"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    bench = json.loads(report.read_text())["benchmarks"][0]
+    metrics, totals = bench["metrics"], bench["metrics"]["request_totals"]
+    ttft = metrics["time_to_first_token_ms"]["successful"]
+    itl = metrics["inter_token_latency_ms"]["successful"]
+    return {"req_s": totals["successful"] / bench["duration"], "ttft_p50": ttft["median"],
+            "ttft_p99": ttft["percentiles"]["p99"], "tpot_p50": itl["median"], "errors": totals["errored"]}
+
+
 def main() -> None:
     """Measure both clients at every rate and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -67,7 +111,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, calibration_server(args.ttft_ms, args.itl_ms) as url:
         for rate in args.rates:
-            for name, fn in (("servebench", ours), ("vllm bench serve", vllm_client)):
+            clients = (("servebench", ours), ("vllm bench serve", vllm_client), ("guidellm", guidellm_client))
+            for name, fn in clients:
                 result = fn(url, rate, args, Path(tmp) / f"{name.replace(' ', '_')}-{rate:g}")
                 result.update(client=name, offered=rate, ttft_err_p50=result["ttft_p50"] - args.ttft_ms,
                               tpot_err_p50=result["tpot_p50"] - args.itl_ms)
