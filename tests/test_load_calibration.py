@@ -15,6 +15,7 @@ from bench.load.config import LoadConfig
 from bench.load.records import read_records
 from bench.load.runner import run_load_async
 from bench.metrics import itl, tpot
+from tests.helpers import calibration_config
 
 TTFT_MS, ITL_MS = 20.0, 4.0
 
@@ -43,15 +44,7 @@ def chunky_url() -> Iterator[str]:
 
 
 def config(url: str, **kw: object) -> LoadConfig:
-    base: dict[str, object] = {
-        "url": url,
-        "model": "calibration",
-        "tokenizer": None,
-        "scrape": False,
-        "seed": 1,
-        "workload": {"kind": "random", "input_tokens": 16, "output_tokens": 16},
-    }
-    return LoadConfig.model_validate({**base, **kw})
+    return calibration_config(url, **kw)
 
 
 async def test_timings_match_what_the_server_did(calib_url: str, calib_log: Path, tmp_path: Path) -> None:

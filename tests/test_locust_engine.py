@@ -22,6 +22,7 @@ from bench.load.records import RequestRecord, read_records
 from bench.load.runner import run_load_async
 from bench.load.workloads import Prompt
 from bench.metrics import LoadSummary, tpot
+from tests.helpers import calibration_config
 
 TTFT_MS, ITL_MS = 20.0, 4.0
 
@@ -38,16 +39,7 @@ def calib_url(calib_log: Path) -> Iterator[str]:
 
 
 def config(url: str, **kw: object) -> LoadConfig:
-    base: dict[str, object] = {
-        "url": url,
-        "model": "calibration",
-        "tokenizer": None,
-        "scrape": False,
-        "seed": 1,
-        "workload": {"kind": "random", "input_tokens": 16, "output_tokens": 16},
-        "arrival": {"kind": "concurrency", "n": 2},
-    }
-    return LoadConfig.model_validate({**base, **kw})
+    return calibration_config(url, **{"arrival": {"kind": "concurrency", "n": 2}, **kw})
 
 
 def moderate_load() -> bool:
