@@ -117,8 +117,9 @@ async def _stream(
             sent += size
             await _wait_until(recv + script.ttft_s + (sent - 1) * script.itl_s, script.spin_s)
             finish = "length" if sent == n else None
-            writer.write(_event({**base, "choices": [_choice(chat, size, logprobs, finish)]}))
-            times.append(time.perf_counter())
+            event = _event({**base, "choices": [_choice(chat, size, logprobs, finish)]})
+            times.append(time.perf_counter())  # before the write: the client may read it before write() returns
+            writer.write(event)
             st.tokens_total += size
             await writer.drain()
         if usage_on:
