@@ -243,6 +243,10 @@ def main() -> None:
     engine, out = args.engine, args.out
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"engine": engine}
+
+    def save() -> None:  # after each step, so a call cut off by its time limit still returns what ran
+        (out / f"{engine}.json").write_text(json.dumps(result, indent=2))
+
     hf = hf_checkpoint()
     log(f"hf checkpoint at {hf}; waiting for the {engine} build")
     result["build"] = wait_for(ROOT / "logs" / ("v2.done" if engine == "exllamav2" else "v3.done"), 560)
@@ -251,6 +255,7 @@ def main() -> None:
     result["convert_s"] = convert(engine, hf, quant)
     log(f"converted in {result['convert_s']:.0f}s; running tests")
     result["tests_rc"] = run_tests(engine, out, {"EXL2_DIR" if fmt == "exl2" else "EXL3_DIR": str(quant)})
+    save()
     log(f"tests rc={result['tests_rc']}; timing")
     from transformers import AutoTokenizer
 
@@ -263,10 +268,11 @@ def main() -> None:
             for kv in ("auto", "q4"):
                 key = f"{name}/kv={kv}"
                 result[key] = {"library": library(path, ids, kv), "server": server_rate(engine, path, name, kv)}
+                save()
                 log(f"{key}: {json.dumps(result[key])}")
     finally:
         paused_builds(stop=False)
-    (out / f"{engine}.json").write_text(json.dumps(result, indent=2))
+    save()
     print_table(result)
 
 

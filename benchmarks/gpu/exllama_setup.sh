@@ -2,7 +2,9 @@
 # Device call 1 of the ExLlama run (see benchmarks/gpu/README.md): install the staged wheels into
 # /tmp/exl/site, stash the first GGUF part, and start the two JIT kernel builds detached (setsid), so they
 # go on between calls while the machine stays warm: exllamav2 first at full priority, exllamav3 niced.
+# Usage: bash benchmarks/gpu/exllama_setup.sh [v2|v3|both]   (default both; one build gets all the cores)
 set -euo pipefail
+builds=${1:-both}
 stage=.stage/exllama
 mkdir -p /tmp/exl/stash /tmp/exl/site /tmp/exl/logs
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/exl/site \
@@ -11,10 +13,10 @@ cp "$stage"/gguf/part00 /tmp/exl/stash/
 cat > /tmp/exl/build.sh <<'EOS'
 export PYTHONPATH=/tmp/exl/site MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
 cd /tmp/exl
-( s=$(date +%s); python3 -c "import exllamav2.ext" > logs/build_v2.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v2.done ) &
-( s=$(date +%s); nice -n 19 python3 -c "from exllamav3.ext import exllamav3_ext" > logs/build_v3.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v3.done ) &
+[ "$BUILDS" = v3 ] || ( s=$(date +%s); python3 -c "import exllamav2.ext" > logs/build_v2.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v2.done ) &
+[ "$BUILDS" = v2 ] || ( s=$(date +%s); nice -n 19 python3 -c "from exllamav3.ext import exllamav3_ext" > logs/build_v3.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v3.done ) &
 wait
 EOS
-setsid nohup bash /tmp/exl/build.sh > /tmp/exl/logs/build.out 2>&1 < /dev/null &
+BUILDS=$builds setsid nohup bash /tmp/exl/build.sh > /tmp/exl/logs/build.out 2>&1 < /dev/null &
 echo $! > /tmp/exl/build.pid; echo "builds started (pid $!)"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
