@@ -39,6 +39,18 @@ def sampler_settings(temperature: float, top_p: float) -> Any:
                                      min_p=0.0, token_repetition_penalty=1.0)
 
 
+def sdpa_drops_causal_mask() -> bool:
+    """Whether exllamav2 0.3.2 would run prompts through its SDPA path, which is not causal.
+
+    Without flash-attn and xformers, ``ExLlamaV2Attention._attn_torch`` takes the torch SDPA branch, where
+    ``if layer in block_diag_layers or causal`` picks ``get_block_diag_mask()``; that is ``None`` for an
+    ordinary prompt, so every prompt token attends to the tokens after it (measured on an H100: a coherent
+    but wrong "Hugging Face" for the capital of France). The matmul branch builds the causal mask, so we
+    force it (``config.no_sdpa``, the library's own switch; ``EXLLAMA_NO_SDPA`` in the environment).
+    """
+    return not (exl_attn.has_flash_attn or exl_attn.has_xformers)
+
+
 def apply_rope_parameters(config: Any, path: Path) -> None:
     """Read RoPE theta from transformers 5's ``rope_parameters``, which exllamav2 0.3.2 does not know.
 
@@ -94,6 +106,7 @@ class ExLlamaV2Engine(JobLoopEngine):
                 raise ValueError(f"max_model_len {wanted} exceeds the model's {config.max_seq_len}")
             config.max_seq_len = wanted
         apply_rope_parameters(config, path)
+        config.no_sdpa = config.no_sdpa or sdpa_drops_causal_mask()
         config.arch_compat_overrides()
         model = ExLlamaV2(config)
         sequences = self.options.max_batch if exl_attn.has_flash_attn_with_paged else 1

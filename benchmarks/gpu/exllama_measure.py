@@ -239,6 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("engine", choices=["exllamav2", "exllamav3"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/exl/out")))
+    parser.add_argument("--quick", action="store_true", help="tests on the fp16 HF checkpoint only")
     args = parser.parse_args()
     engine, out = args.engine, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +252,11 @@ def main() -> None:
     log(f"hf checkpoint at {hf}; waiting for the {engine} build")
     result["build"] = wait_for(ROOT / "logs" / ("v2.done" if engine == "exllamav2" else "v3.done"), 560)
     fmt = "exl2" if engine == "exllamav2" else "exl3"
+    if args.quick:  # the library loads unquantized HF safetensors too
+        result["convert_s"], result["checkpoint"] = 0.0, "hf fp16"
+        result["tests_rc"] = run_tests(engine, out, {"EXL2_DIR" if fmt == "exl2" else "EXL3_DIR": str(hf)})
+        save()
+        return
     quant = ROOT / "models" / f"smollm2-{fmt}"
     result["convert_s"] = convert(engine, hf, quant)
     log(f"converted in {result['convert_s']:.0f}s; running tests")
