@@ -41,13 +41,8 @@ def availability() -> str | None:
 
 def validate(options: EngineOptions, fmt: str, *, flash_attn: bool | None = None) -> None:
     """Refuse what the engine cannot honour (``flash_attn`` overrides detection, for tests)."""
-    caps = CAPABILITIES
-    if fmt not in caps.formats:
-        raise UnsupportedOptionError(NAME, "format", fmt, caps.formats)
-    if options.kv_cache_dtype == "fp8":
-        raise UnsupportedOptionError(NAME, "kv_cache_dtype", "fp8",
-                                     "q8 or q4 (exllamav2's FP8 cache does not work with its dynamic generator)")
-    refuse_common(NAME, caps, options)
+    refuse_common(NAME, CAPABILITIES, options, fmt,
+                  kv_cache_dtype="q8 or q4 (exllamav2's FP8 cache does not work with its dynamic generator)")
     has_fa = HAS_FLASH_ATTN if flash_attn is None else flash_attn
     if options.max_batch > 1 and not has_fa:
         raise UnsupportedOptionError(NAME, "max_batch", options.max_batch,

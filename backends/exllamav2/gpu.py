@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from backends.base import Capabilities, EngineOptions
+from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
 
 
@@ -18,22 +19,16 @@ def cuda_missing_reason() -> str | None:
     return None
 
 
-def refuse_common(name: str, caps: Capabilities, options: EngineOptions) -> None:
-    """Refusals the ExLlama engines share: speculative method, device, dtype, parallelism, sizing knobs."""
-    if options.speculative_method not in caps.speculative:
-        raise UnsupportedOptionError(name, "speculative", options.speculative, caps.speculative)
+def refuse_common(name: str, caps: Capabilities, options: EngineOptions, fmt: str, kv_cache_dtype: str) -> None:
+    """Refusals the ExLlama engines share; ``kv_cache_dtype`` says why a KV-cache dtype is refused."""
+    refuse_unsupported(name, caps, options, fmt, {
+        "kv_cache_dtype": kv_cache_dtype,
+        "parallelism": "one GPU only in this adapter",
+        "kv_cache_memory_bytes": "the cache holds max_batch x max_model_len tokens; size it with those",
+        "threads": "none (a GPU engine)",
+        "quantization": "the checkpoint's own format from models.yaml",
+    })
     if options.device == "cpu":
         raise UnsupportedOptionError(name, "device", "cpu", "cuda (the kernels are CUDA-only)")
     if options.dtype not in ("auto", "float16"):
         raise UnsupportedOptionError(name, "dtype", options.dtype, "auto or float16 (fp16 compute only)")
-    parallel = (options.tensor_parallel_size, options.pipeline_parallel_size, options.data_parallel_size)
-    if parallel != (1, 1, 1):
-        raise UnsupportedOptionError(name, "parallelism", parallel, "one GPU only in this adapter")
-    if options.kv_cache_memory_bytes is not None:
-        raise UnsupportedOptionError(name, "kv_cache_memory_bytes", options.kv_cache_memory_bytes,
-                                     "the cache holds max_batch x max_model_len tokens; size it with those")
-    if options.threads is not None:
-        raise UnsupportedOptionError(name, "threads", options.threads, "none (a GPU engine)")
-    if options.quantization not in (None, "none"):
-        raise UnsupportedOptionError(name, "quantization", options.quantization,
-                                     "the checkpoint's own format from models.yaml")

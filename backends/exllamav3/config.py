@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from backends.base import Capabilities, EngineOptions
-from backends.errors import UnsupportedOptionError
 from backends.exllamav2.gpu import cuda_missing_reason, refuse_common
 from backends.registry import module_available
 
@@ -40,10 +39,5 @@ def availability() -> str | None:
 
 def validate(options: EngineOptions, fmt: str) -> None:
     """Refuse what the engine cannot honour."""
-    caps = CAPABILITIES
-    if fmt not in caps.formats:
-        raise UnsupportedOptionError(NAME, "format", fmt, caps.formats)
-    if options.kv_cache_dtype not in caps.kv_cache_dtypes:
-        raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype,
-                                     f"{caps.kv_cache_dtypes} (k/v bits {KV_BITS})")
-    refuse_common(NAME, caps, options)
+    refuse_common(NAME, CAPABILITIES, options, fmt,
+                  kv_cache_dtype=f"{CAPABILITIES.kv_cache_dtypes} (k/v bits {KV_BITS})")

@@ -6,7 +6,7 @@ import os
 import shutil
 
 from backends.base import Capabilities, EngineOptions
-from backends.errors import UnsupportedOptionError
+from backends.checks import refuse_unsupported
 
 NAME = "llamacpp"
 
@@ -48,27 +48,11 @@ def availability() -> str | None:
     return None
 
 
-def _refuse(option: str, value: object) -> UnsupportedOptionError:
-    return UnsupportedOptionError(NAME, option, value, REFUSALS[option])
-
-
 def validate(options: EngineOptions, fmt: str) -> None:
     """Refuse what ``llama-server`` cannot honour (every option is either mapped or refused)."""
-    if fmt not in CAPABILITIES.formats:
-        raise _refuse("format", fmt)
-    if options.kv_cache_dtype not in CAPABILITIES.kv_cache_dtypes:
-        raise _refuse("kv_cache_dtype", options.kv_cache_dtype)
-    if options.speculative_method not in CAPABILITIES.speculative:
-        raise _refuse("speculative", options.speculative)
-    parallel = (options.tensor_parallel_size, options.pipeline_parallel_size, options.data_parallel_size)
-    if parallel != (1, 1, 1):
-        raise _refuse("parallelism", parallel)
-    if options.dtype != "auto":
-        raise _refuse("dtype", options.dtype)
-    if options.kv_cache_memory_bytes is not None:
-        raise _refuse("kv_cache_memory_bytes", options.kv_cache_memory_bytes)
-    if options.quantization not in (None, "none", "gguf"):
-        raise _refuse("quantization", options.quantization)
+    if options.quantization == "gguf":  # names the GGUF file's own quantization: nothing to refuse
+        options = options.model_copy(update={"quantization": None})
+    refuse_unsupported(NAME, CAPABILITIES, options, fmt, REFUSALS)
 
 
 def default_threads() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backends.base import Capabilities, EngineOptions
+from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
 from backends.registry import module_available
 
@@ -23,6 +24,14 @@ FORMAT_MODULES = {"gptq": ("gptqmodel", "quantize"), "awq": ("gptqmodel", "quant
                   "compressed-tensors": ("compressed_tensors", "quantize"),
                   "bnb-4bit": ("bitsandbytes", "train"), "bnb-8bit": ("bitsandbytes", "train"),
                   "torchao-int8": ("torchao", "train")}
+
+# Why each option is refused (the hint of the error; formats, KV dtypes and speculation list CAPABILITIES').
+REFUSALS = {
+    "prefix_caching": "no prefix cache in this engine",
+    "parallelism": "single device only",
+    "kv_cache_memory_bytes": "the cache grows with the batch; bound it with max_batch",
+    "quantization": "formats from models.yaml",
+}
 
 
 def load_time_quantization(fmt: str, compute_dtype: object) -> object | None:
@@ -52,23 +61,7 @@ def availability() -> str | None:
 
 def validate(options: EngineOptions, fmt: str) -> None:
     """Refuse what the engine cannot honour."""
-    caps = CAPABILITIES
-    if fmt not in caps.formats:
-        raise UnsupportedOptionError(NAME, "format", fmt, caps.formats)
     if fmt in FORMAT_MODULES and not module_available(FORMAT_MODULES[fmt][0]):
         module, extra = FORMAT_MODULES[fmt]
         raise UnsupportedOptionError(NAME, "format", fmt, f"needs {module}: pip install 'servebench[{extra}]'")
-    if options.kv_cache_dtype not in caps.kv_cache_dtypes:
-        raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype, caps.kv_cache_dtypes)
-    if options.speculative_method not in caps.speculative:
-        raise UnsupportedOptionError(NAME, "speculative", options.speculative, caps.speculative)
-    if options.prefix_caching:
-        raise UnsupportedOptionError(NAME, "prefix_caching", True, "no prefix cache in this engine")
-    parallel = (options.tensor_parallel_size, options.pipeline_parallel_size, options.data_parallel_size)
-    if parallel != (1, 1, 1):
-        raise UnsupportedOptionError(NAME, "parallelism", parallel, "single device only")
-    if options.kv_cache_memory_bytes is not None:
-        raise UnsupportedOptionError(NAME, "kv_cache_memory_bytes", options.kv_cache_memory_bytes,
-                                     "the cache grows with the batch; bound it with max_batch")
-    if options.quantization not in (None, "none"):
-        raise UnsupportedOptionError(NAME, "quantization", options.quantization, "formats from models.yaml")
+    refuse_unsupported(NAME, CAPABILITIES, options, fmt, REFUSALS)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from backends.base import Capabilities, EngineOptions
+from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
 from backends.registry import module_available
 
@@ -87,11 +88,8 @@ def validate(options: EngineOptions, fmt: str) -> None:
     package = FORMAT_PACKAGE.get(fmt)
     if package and not module_available(package):
         raise UnsupportedOptionError(NAME, "format", fmt, f"needs the {package!r} package beside vLLM")
-    if options.kv_cache_dtype not in CAPABILITIES.kv_cache_dtypes:
-        raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype,
-                                     "auto, fp8 (vLLM has no int8/int4 KV cache)")
-    if options.speculative_method not in CAPABILITIES.speculative:
-        raise UnsupportedOptionError(NAME, "speculative", options.speculative, CAPABILITIES.speculative)
+    refuse_unsupported(NAME, CAPABILITIES, options, fmt,
+                       {"kv_cache_dtype": "auto, fp8 (vLLM has no int8/int4 KV cache)"})
     _validate_quantization(options, fmt, target)
     _validate_parallelism(options, target)
 
