@@ -57,14 +57,12 @@ class LoadRow:
 
     def stat(self, metric: str, key: str) -> float | None:
         """``summary[metric][key]``, e.g. ``("ttft_ms", "p50")``."""
-        value = (self.summary.get(metric) or {}).get(key)
-        return None if value is None else float(value)
+        return summary_stat(self.summary, metric, key)
 
     @property
     def throughput(self) -> float | None:
         """Output tokens/s."""
-        value = self.summary.get("output_throughput_tok_s")
-        return None if value is None else float(value)
+        return _float(self.summary.get("output_throughput_tok_s"))
 
     def meets_slo(self) -> bool:
         """Passed the sweep, or enough requests met the SLO (every point passes when no SLO is set)."""
@@ -111,6 +109,11 @@ class SpecRow:
     baseline: str  # the option set name of the same configuration without speculation
     concurrency: int
     summary: dict[str, Any]
+
+    @property
+    def comparison_key(self) -> tuple[str, str, str, str, int, int]:
+        """Where a method is compared with no speculation: run, engine, model, baseline, seed, concurrency."""
+        return (self.key.run, self.key.backend, self.key.model, self.baseline, self.key.seed, self.concurrency)
 
 
 @dataclass(frozen=True)
@@ -261,19 +264,17 @@ class SpeedUp:
 
 def speedups(rows: list[SpecRow]) -> list[SpeedUp]:
     """Speed-up of each speculative row over the ``none`` row of the same baseline, seed and concurrency."""
-    base: dict[tuple[str, str, str, str, int, int], SpecRow] = {}
-    for r in rows:
-        if r.method == "none":
-            base[(r.key.run, r.key.backend, r.key.model, r.baseline, r.key.seed, r.concurrency)] = r
+    base = {r.comparison_key: r for r in rows if r.method == "none"}
     out = []
     for r in rows:
-        ref = base.get((r.key.run, r.key.backend, r.key.model, r.baseline, r.key.seed, r.concurrency))
+        ref = base.get(r.comparison_key)
         if r.method == "none" or ref is None:
             continue
         server = r.summary.get("server") or {}
         out.append(SpeedUp(r.key.run, r.key.backend, r.key.model, r.baseline, r.method, r.concurrency,
                            _ratio(r.summary.get("output_throughput_tok_s"), ref.summary.get("output_throughput_tok_s")),
-                           _ratio(_p50(ref.summary, "tpot_ms"), _p50(r.summary, "tpot_ms")),
+                           _ratio(summary_stat(ref.summary, "tpot_ms", "p50"),
+                                  summary_stat(r.summary, "tpot_ms", "p50")),
                            server.get("spec_acceptance_rate"), server.get("spec_acceptance_length"), r.key.seed))
     return sorted(out, key=lambda s: (s.run, s.backend, s.model, s.method, s.seed, s.concurrency))
 
@@ -286,8 +287,12 @@ def stops_paying(points: list[SpeedUp]) -> int | None:
     return None
 
 
-def _p50(summary: dict[str, Any], metric: str) -> float | None:
-    value = (summary.get(metric) or {}).get("p50")
+def summary_stat(summary: dict[str, Any], metric: str, key: str) -> float | None:
+    """``summary[metric][key]`` as a float, or None where the summary lacks it."""
+    return _float((summary.get(metric) or {}).get(key))
+
+
+def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
