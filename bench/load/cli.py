@@ -60,27 +60,36 @@ CONFIG = typer.Option(None, "--config", help="LoadConfig YAML; flags given overr
 PEAK_BW = typer.Option(None, "--gpu-peak-bandwidth-gbs", help="for MBU (default: table by GPU name)")
 
 
-def workload_dict(kind: WorkloadKind, **o: Any) -> dict[str, Any]:
-    """The workload part of a LoadConfig from flags."""
+def workload_dict(
+    kind: WorkloadKind,
+    *,
+    input_tokens: int,
+    output_tokens: int | None,
+    dataset_path: Path | None,
+    prefix_tokens: int = 512,
+    suffix_tokens: int = 64,
+    num_prefixes: int = 1,
+) -> dict[str, Any]:
+    """The workload part of a LoadConfig from flags (the shared-prefix ones default as ``bench load``'s do)."""
     if kind is WorkloadKind.random:
         return {
             "kind": "random",
-            "input_tokens": o["input_tokens"],
-            "output_tokens": o["output_tokens"] or 128,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens or 128,
         }
     if kind is WorkloadKind.shared_prefix:
         return {
             "kind": "shared-prefix",
-            "prefix_tokens": o["prefix_tokens"],
-            "suffix_tokens": o["suffix_tokens"],
-            "output_tokens": o["output_tokens"] or 128,
-            "num_prefixes": o["num_prefixes"],
+            "prefix_tokens": prefix_tokens,
+            "suffix_tokens": suffix_tokens,
+            "output_tokens": output_tokens or 128,
+            "num_prefixes": num_prefixes,
         }
     if kind is WorkloadKind.sharegpt:
-        return {"kind": "sharegpt", "path": o["dataset_path"], "output_tokens": o["output_tokens"]}
-    if o["dataset_path"] is None:
+        return {"kind": "sharegpt", "path": dataset_path, "output_tokens": output_tokens}
+    if dataset_path is None:
         raise typer.BadParameter("--workload jsonl needs --dataset-path")
-    return {"kind": "jsonl", "path": o["dataset_path"], "output_tokens": o["output_tokens"] or 128}
+    return {"kind": "jsonl", "path": dataset_path, "output_tokens": output_tokens or 128}
 
 
 def arrival_dict(
@@ -268,13 +277,7 @@ def sweep_cmd(
             "workers": workers,
             "api_key": api_key,
             "workload": workload_dict(
-                workload,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                prefix_tokens=512,
-                suffix_tokens=64,
-                num_prefixes=1,
-                dataset_path=dataset_path,
+                workload, input_tokens=input_tokens, output_tokens=output_tokens, dataset_path=dataset_path
             ),
         }
     )
