@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
+
+TTFT_MS, ITL_MS = 20.0, 4.0  # what the calibration server scripts in the load-generator tests
 
 
 def calibration_config(url: str, **overrides: object) -> LoadConfig:
@@ -16,3 +23,18 @@ def calibration_config(url: str, **overrides: object) -> LoadConfig:
         "workload": {"kind": "random", "input_tokens": 16, "output_tokens": 16},
     }
     return LoadConfig.model_validate({**base, **overrides})
+
+
+def scripted_server(log_dir: Path | None = None, tokens_per_chunk: int = 1) -> Iterator[str]:
+    """Yield the URL of a calibration server scripted with ``TTFT_MS`` and ``ITL_MS`` (for a fixture's ``yield from``).
+
+    With ``log_dir`` the server logs when it received and wrote each request there.
+    """
+    log = None if log_dir is None else str(log_dir)
+    with calibration_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=tokens_per_chunk, log_dir=log) as url:
+        yield url
+
+
+def moderate_load() -> bool:
+    """Whether the 1-minute load average is below the core count (tight timing checks hold only then)."""
+    return os.getloadavg()[0] < (os.cpu_count() or 1)

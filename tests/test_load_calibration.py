@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.load.calibration import calibration_server, read_calibration_log
+from bench.load.calibration import read_calibration_log
 from bench.load.config import LoadConfig
 from bench.load.records import read_records
 from bench.load.runner import run_load_async
 from bench.metrics import itl, tpot
-from tests.helpers import calibration_config
-
-TTFT_MS, ITL_MS = 20.0, 4.0
+from tests.helpers import ITL_MS, TTFT_MS, calibration_config, moderate_load, scripted_server
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +25,12 @@ def calib_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def calib_url(calib_log: Path) -> Iterator[str]:
-    with calibration_server(
-        ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=1, log_dir=str(calib_log)
-    ) as url:
-        yield url
-
-
-def moderate_load() -> bool:
-    return os.getloadavg()[0] < (os.cpu_count() or 1)
+    yield from scripted_server(calib_log)
 
 
 @pytest.fixture(scope="module")
 def chunky_url() -> Iterator[str]:
-    with calibration_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=4) as url:
-        yield url
+    yield from scripted_server(tokens_per_chunk=4)
 
 
 def config(url: str, **kw: object) -> LoadConfig:

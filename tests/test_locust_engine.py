@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.load.calibration import calibration_server, read_calibration_log
+from bench.load.calibration import read_calibration_log
 from bench.load.config import LoadConfig
 from bench.load.locust.engine import LocustPlan, check_config, commands, run_locust_async
 from bench.load.locust.settings import read_prompts, settings_from_options, write_prompts
@@ -22,9 +21,7 @@ from bench.load.records import RequestRecord, read_records
 from bench.load.runner import run_load_async
 from bench.load.workloads import Prompt
 from bench.metrics import LoadSummary, tpot
-from tests.helpers import calibration_config
-
-TTFT_MS, ITL_MS = 20.0, 4.0
+from tests.helpers import ITL_MS, TTFT_MS, calibration_config, moderate_load, scripted_server
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +31,11 @@ def calib_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def calib_url(calib_log: Path) -> Iterator[str]:
-    with calibration_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, log_dir=str(calib_log)) as url:
-        yield url
+    yield from scripted_server(calib_log)
 
 
 def config(url: str, **kw: object) -> LoadConfig:
     return calibration_config(url, **{"arrival": {"kind": "concurrency", "n": 2}, **kw})
-
-
-def moderate_load() -> bool:
-    return os.getloadavg()[0] < (os.cpu_count() or 1)
 
 
 def locust_stats(out: Path) -> dict[tuple[str, str], tuple[int, float]]:
