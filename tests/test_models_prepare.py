@@ -41,3 +41,34 @@ def test_ggufs_have_the_recipe_quantization(prepared: Registry) -> None:
         sizes[name] = path.stat().st_size
     assert sizes["smollm2-135m-instruct-f16"] > sizes["smollm2-135m-instruct-q8_0"] > sizes[
         "smollm2-135m-instruct-q4_k_m"]
+
+
+TEXTS = ["What is 2+3?", "The year 12345 had 3.14159 apples.", "  leading spaces\nand\ttabs",
+         "<|im_start|>user\nHello<|im_end|>\n", "naïve café 東京 🙂", "x=y**2; print(f'{x:>10}')"]
+
+
+def _llama_tokens(path: str) -> list[list[int]]:
+    from llama_cpp import Llama
+
+    vocab = Llama(path, vocab_only=True, verbose=False)
+    return [vocab.tokenize(text.encode(), add_bos=False, special=True) for text in TEXTS]
+
+
+def test_derived_tokenizers_match_the_bundled_gguf(prepared: Registry) -> None:
+    """The HF tokenizer and every derived GGUF tokenize, decode and stop exactly like the bundled GGUF."""
+    from transformers import AutoTokenizer
+
+    from bench.models.prepare import _gguf_tokenizer_fields
+
+    bundled = prepared.path_of("smollm2-135m-instruct")
+    expected = _llama_tokens(str(bundled))
+    hf = AutoTokenizer.from_pretrained(str(prepared.path_of("smollm2-135m-instruct-hf")))
+    assert [hf.encode(text, add_special_tokens=False) for text in TEXTS] == expected
+    assert [hf.decode(ids) for ids in expected] == TEXTS
+    assert (hf.eos_token, hf.bos_token) == ("<|im_end|>", "<|im_start|>")
+    fields = _gguf_tokenizer_fields(bundled)
+    for name in FILE_TYPES:
+        path = str(prepared.path_of(name))
+        derived = _gguf_tokenizer_fields(prepared.path_of(name))
+        assert {k: derived.get(k) for k in fields} == fields, name  # gpt2/smollm, not a SentencePiece vocabulary
+        assert _llama_tokens(path) == expected, name

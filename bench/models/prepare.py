@@ -13,8 +13,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.models.registry import ModelEntry, Registry, RegistryError
+
+# llama.cpp ``tokenizer.ggml.pre`` values whose pre-tokenizer splits digits one by one before GPT-2's
+# byte-level regex (llama.cpp's llm_tokenizer_bpe: LLAMA_VOCAB_PRE_TYPE_SMOLLM, _STARCODER).
+BYTE_LEVEL_DIGITS_PRE = ("smollm", "starcoder")
 
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* values.
 FTYPES = {"Q8_0": 7, "Q4_K_M": 15, "Q4_K_S": 14, "Q5_K_M": 17, "Q6_K": 18, "Q4_0": 2}
@@ -31,6 +36,7 @@ def dequantize_gguf_to_hf(gguf: Path, out_dir: Path) -> None:
 
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    repair_bpe_tokenizer(tokenizer, gguf)
     loaded = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16
     )
@@ -42,6 +48,46 @@ def dequantize_gguf_to_hf(gguf: Path, out_dir: Path) -> None:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _gguf_tokenizer_fields(gguf: Path) -> dict[str, Any]:
+    """The ``tokenizer.ggml.*`` scalars of a GGUF (model, pre, special token ids), without the vocabulary."""
+    from gguf import GGUFReader
+
+    fields: dict[str, Any] = {}
+    for key, field in GGUFReader(str(gguf)).fields.items():
+        short = key.removeprefix("tokenizer.ggml.")
+        if short == key or len(field.data) != 1 or short in ("tokens", "merges", "scores", "token_type"):
+            continue
+        value = field.parts[field.data[0]]
+        fields[short] = bytes(value).decode() if field.types[0].name == "STRING" else value.tolist()[0]
+    return fields
+
+
+def repair_bpe_tokenizer(tokenizer: Any, gguf: Path) -> None:
+    """Make the tokenizer transformers builds from a byte-level BPE GGUF tokenize and stop like llama.cpp.
+
+    transformers 5.17 turns a ``gpt2`` GGUF vocabulary into a BPE with ``byte_fallback``, a SentencePiece
+    decoder and EOS = BOS. ``convert_hf_to_gguf.py`` then reads the saved tokenizer as a SentencePiece
+    ("llama") vocabulary, so every GGUF derived from it tokenized unlike the bundled one. Here the model,
+    pre-tokenizer (llama.cpp's ``tokenizer.ggml.pre``), decoder and special tokens are set from the GGUF.
+    """
+    from tokenizers import decoders, pre_tokenizers
+
+    fields = _gguf_tokenizer_fields(gguf)
+    if fields.get("model") != "gpt2":
+        return
+    backend = tokenizer.backend_tokenizer
+    backend.model.byte_fallback = False
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if fields.get("pre") in BYTE_LEVEL_DIGITS_PRE:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    backend.decoder = decoders.ByteLevel()
+    tokenizer.clean_up_tokenization_spaces = False  # a BPE decode must give back the text it encoded
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
+        token_id = fields.get(f"{key}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
 def convert_hf_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16") -> None:
