@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 
 import typer
 from rich.console import Console
+
+# The engine built for a format, named in the "serve it" hint; every other format is served by transformers
+# (the engine that loads them all; `bench backends` lists the rest).
+NATIVE_BACKEND = MappingProxyType({"gguf": "llamacpp", "exl2": "exllamav2", "exl3": "exllamav3"})
 
 
 class To(StrEnum):
@@ -45,7 +50,8 @@ def quantize_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"made {result.entry.name} ({result.entry.format}) in {result.seconds:.1f}s: {result.path}")
-    console.print(f"serve it: bench serve --backend transformers --model {result.entry.name}")
+    backend = NATIVE_BACKEND.get(result.entry.format, "transformers")
+    console.print(f"serve it: bench serve --backend {backend} --model {result.entry.name}")
 
 
 def register(app: typer.Typer) -> None:
