@@ -1,4 +1,4 @@
-"""bench quantize: CLI errors (fast), and real GGUF Q8_0 / GPTQ / W4A16 checkpoints served and asked 2+3 (slow)."""
+"""bench quantize: CLI errors (fast); real GGUF, FP8, GPTQ, AWQ and W4A16 checkpoints served and asked 2+3 (slow)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def tmp_registry(tmp_path: Path) -> Path:
     return copy
 
 
-def ask_two_plus_three(registry_file: Path, model: str, log_dir: Path) -> str:
-    """Serve ``model`` with the Transformers engine on loopback and ask it 2+3 through the openai client."""
+def ask_two_plus_three(registry_file: Path, model: str, log_dir: Path, backend: str = "transformers") -> str:
+    """Serve ``model`` with ``backend`` on loopback and ask it 2+3 through the openai client."""
     registry = load_registry(registry_file)
     options = EngineOptions(max_batch=1, max_model_len=512, threads=1)
-    spec = build_spec(registry, "transformers", model, options, port=free_port())
+    spec = build_spec(registry, backend, model, options, port=free_port())
     with running_server(spec, registry, log_dir / f"{model}.log", max_queue=2, timeout_s=400) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="none", timeout=180, max_retries=0)
         reply = client.chat.completions.create(
@@ -77,8 +77,12 @@ def test_non_hf_source_and_unknown_model_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["gguf-q8_0", "gptq-4bit", "w4a16"])
-def test_quantized_checkpoint_is_registered_and_answers(target: str, prepared: Registry, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("target", "backend"), [
+    ("gguf-q8_0", "transformers"), ("gguf-q4_k_m", "llamacpp"), ("fp8", "transformers"),
+    ("gptq-4bit", "transformers"), ("awq-4bit", "transformers"), ("w4a16", "transformers"),
+])
+def test_quantized_checkpoint_is_registered_and_answers(target: str, backend: str, prepared: Registry,
+                                                        tmp_path: Path) -> None:
     registry = tmp_registry(tmp_path)
     name = f"test-{target}"
     code, output = run_cli("quantize", "--model", HF_MODEL, "--to", target, "--name", name, "--calibration-samples",
@@ -88,8 +92,8 @@ def test_quantized_checkpoint_is_registered_and_answers(target: str, prepared: R
     assert entry.format == TARGETS[target].format
     assert entry.derived_from == HF_MODEL and entry.recipe and entry.recipe["to"] == target
     assert Path(entry.path or "").exists()
-    answer = ask_two_plus_three(registry, name, tmp_path)
-    if target == "gguf-q8_0":
+    answer = ask_two_plus_three(registry, name, tmp_path, backend)
+    if target in ("gguf-q8_0", "gguf-q4_k_m", "fp8"):
         assert "5" in answer, answer
     else:
         # 4-bit weights cost a 135M model its arithmetic, and CPU quantization is not bit-reproducible
