@@ -7,9 +7,12 @@ set -uo pipefail
 engine=$1; shift
 stash=/tmp/exl/stash gguf=/tmp/exl/stash/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$gguf" ]; then
-  cp .stage/exllama/gguf/part01 .stage/exllama/gguf/part02 "$stash"/ || exit 1
-  cat "$stash"/part00 "$stash"/part01 "$stash"/part02 > "$gguf"
-  echo "$(cat .stage/exllama/gguf/sha256)  $gguf" | sha256sum -c - || exit 1
+  cp .stage/exllama/gguf/* "$stash"/ 2>/dev/null  # the parts this call carries; earlier calls left theirs
+  cat "$stash"/part* > "$gguf.tmp"
+  if ! echo "$(cat "$stash"/sha256)  $gguf.tmp" | sha256sum -c --status; then
+    echo "GGUF incomplete: the stash has $(cd "$stash" && echo part*); carry the other parts"; exit 1
+  fi
+  mv "$gguf.tmp" "$gguf"
 fi
 export PYTHONPATH=/tmp/exl/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 # exllamav2 0.3.2's SDPA path drops the causal mask (see backends/exllamav2/engine.py); the converter's

@@ -8,8 +8,8 @@ builds=${1:-both}
 stage=.stage/exllama
 mkdir -p /tmp/exl/stash /tmp/exl/site /tmp/exl/logs
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/exl/site \
-  "$stage"/whl/*.whl
-cp "$stage"/gguf/part00 /tmp/exl/stash/
+  "$stage"/whl/*.whl $(ls "$stage"/whl-v3/*.whl 2>/dev/null)  # whl-v3: carried only when V3 runs
+cp "$stage"/gguf/* /tmp/exl/stash/ 2>/dev/null || true  # whichever GGUF parts this call carries
 cat > /tmp/exl/build.sh <<'EOS'
 export PYTHONPATH=/tmp/exl/site MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
 cd /tmp/exl
