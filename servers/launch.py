@@ -96,14 +96,25 @@ def _run_native(spec: ServerSpec, startup_timeout_s: float = 900.0) -> None:
 
 
 def _terminate(proc: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
-    """Stop our own child by PID: SIGINT (drain), then SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    """Stop our own child: SIGINT to it (drain), then SIGTERM and SIGKILL to the process group it leads.
+
+    Every server we launch gets its own session (``start_new_session``), so its group holds only it and what
+    it forked (vLLM's EngineCore, for one). Escalating to the group, and clearing the group once the server
+    is gone, leaves no worker of ours running.
+    """
+    steps = ((signal.SIGINT, grace_s, False), (signal.SIGTERM, 5.0, True), (signal.SIGKILL, 5.0, True))
+    for sig, wait, whole_group in steps:
         if proc.poll() is not None:
-            return
+            break
         with suppress(ProcessLookupError):
-            proc.send_signal(sig)
+            if whole_group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
         with suppress(subprocess.TimeoutExpired):
             proc.wait(wait)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what the server forked and left behind, if anything
 
 
 @dataclass
