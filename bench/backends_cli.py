@@ -26,7 +26,10 @@ def show_backends() -> None:
             ", ".join(caps.parallelism) or "-",
             "[green]yes[/green]" if reason is None else f"[yellow]no[/yellow]: {reason}",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for name in registry.names():  # what a cell of the table cannot say: limits, mappings, platform differences
+        console.print(f"[bold]{name}[/bold]: {registry.capabilities(name).notes}")
 
 
 def register(app: typer.Typer) -> None:

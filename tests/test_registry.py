@@ -137,3 +137,19 @@ def test_cli_models_list_and_show() -> None:
     assert shown.exit_code == 0 and "llama_model_quantize" in shown.output and "resolved_path" in shown.output
     bad = runner.invoke(build_app(), ["models", "show", "nope"])
     assert bad.exit_code == 2 and "unknown model 'nope'" in bad.output
+
+
+def test_bench_backends_prints_every_engine_with_availability_and_notes() -> None:
+    from typer.testing import CliRunner
+
+    from bench.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["backends"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 5}
+    for name in backends.names():
+        caps = backends.capabilities(name)
+        reason = backends.availability(name)
+        assert all(fmt in rows[name] for fmt in caps.formats), rows[name]
+        assert ("yes" if reason is None else reason[:30]) in rows[name]
+        assert f"{name}: {caps.notes[:40]}" in " ".join(result.output.split())
