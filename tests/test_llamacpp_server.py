@@ -138,10 +138,15 @@ def test_ngram_speculation_keeps_greedy_output_sensible(ngram_server: ServerHand
     assert "ngram-simple" in " ".join(ngram_server.process.args)  # type: ignore[arg-type]
     assert "5" in _answer(ngram_server)
     # A prompt that repeats itself gives prompt lookup something to draft from.
-    text = "alpha beta gamma delta epsilon zeta eta theta " * 4
+    text = "The cat sat on the mat. The cat sat on the mat. The cat sat on the mat. The cat"
     resp = _client(ngram_server).completions.create(model=ngram_server.model, prompt=text, max_tokens=24,
                                                     temperature=0)
     assert resp.choices[0].text.strip()
+    with urllib.request.urlopen(f"{ngram_server.url}/metrics", timeout=10) as metrics:
+        counters = dict(line.rsplit(" ", 1) for line in metrics.read().decode().splitlines()
+                        if line.startswith("llamacpp:spec_decode"))
+    assert float(counters["llamacpp:spec_decode_num_draft_tokens_total"]) > 0, counters  # it did draft
+    assert float(counters["llamacpp:spec_decode_num_accepted_tokens_total"]) > 0, counters
 
 
 def test_a_dead_server_fails_health_and_requests_fast(registry: Registry, log_dir: Path) -> None:
