@@ -36,11 +36,7 @@ class ModelEntry(BaseModel):
     format: Format
     path: str | None = None
     package: str | None = None
-    base: str | None = None
-    adapter: str | None = None
     tokenizer: str | None = None
-    chat_template: str | None = None
-    draft: str | None = None
     derived_from: str | None = None
     recipe: dict[str, Any] | None = None
     description: str | None = None
@@ -106,7 +102,7 @@ class Registry(BaseModel):
                 raise ValueError(f"duplicate model name {item.name!r}")
             seen.add(item.name)
         for item in self.models:
-            for ref in (item.derived_from, item.draft, item.base):
+            for ref in (item.derived_from, item.tokenizer):
                 if ref is not None and ref not in seen:
                     raise ValueError(f"model {item.name!r} refers to unknown model {ref!r}")
         if self.default not in seen:
