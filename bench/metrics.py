@@ -8,6 +8,8 @@ functions and milliseconds in :class:`LoadSummary`.
 - ITL  = per token: a chunk's gap to the previous chunk split evenly over the tokens it carries
 - E2E  = last token − sent; E2E (sched) = last token − scheduled (corrects coordinated omission)
 - queue = sent − scheduled (client-side waiting)
+- offered rate = requests scheduled after the first instant / scheduling window
+- sustained rate = offered rate / slope of completion time against scheduled time
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class LoadSummary(BaseModel):
     num_warmup: int = 0
     duration_s: float
     request_throughput: float = Field(description="successful requests / duration (req/s)")
+    offered_rate: float | None = Field(
+        default=None, description="requests scheduled after the first instant / scheduling window (req/s)"
+    )
+    sustained_rate: float | None = Field(
+        default=None, description="offered rate / slope of end_t against scheduled_t (req/s)"
+    )
     output_throughput_tok_s: float
     input_throughput_tok_s: float
     total_prompt_tokens: int
@@ -184,6 +192,53 @@ def measured_window(records: Sequence[RequestRecord]) -> float:
     return max(end - start, 0.0)
 
 
+def offered_rate(records: Sequence[RequestRecord]) -> float | None:
+    """The rate requests were scheduled at: those after the first instant / the scheduling window.
+
+    Open loop: the realised timetable, (n − 1) / (last − first scheduled). Closed loop: the ``c``
+    users' first requests share one instant and every later one follows a completion, so this is
+    the completion rate. ``None`` with fewer than two distinct scheduled times.
+    """
+    if not records:
+        return None
+    times = [r.scheduled_t for r in records]
+    first, span = min(times), max(times) - min(times)
+    if span <= 0:
+        return None
+    return sum(1 for t in times if t > first) / span
+
+
+def completion_slope(records: Sequence[RequestRecord]) -> float | None:
+    """Least-squares slope of ``end_t`` against ``scheduled_t`` over successful requests.
+
+    1 when latency from the schedule is stationary; above 1 when a queue (in the client or in the
+    server) grows during the run. ``None`` with fewer than three successful requests.
+    """
+    ok = [r for r in records if r.ok]
+    if len(ok) < 3:
+        return None
+    x = np.array([r.scheduled_t for r in ok])
+    y = np.array([r.end_t for r in ok])
+    var = float(((x - x.mean()) ** 2).sum())
+    if var <= 0:
+        return None
+    return float(((x - x.mean()) * (y - y.mean())).sum()) / var
+
+
+def sustained_rate(records: Sequence[RequestRecord]) -> float | None:
+    """The request rate the system kept up with: offered rate / completion slope (req/s).
+
+    Unlike ``request_throughput``, it does not divide by a window that includes the last
+    requests' latency, so a short unsaturated run is not biased low. When requests complete at
+    capacity ``C`` below the offered rate ``λ``, request ``i`` ends near ``i / C`` while it was
+    scheduled at ``i / λ``: the slope is ``λ / C`` and the sustained rate is ``C``.
+    """
+    offered, slope = offered_rate(records), completion_slope(records)
+    if offered is None or slope is None or slope <= 0:
+        return None
+    return offered / max(slope, 1.0)
+
+
 def summarize(records: Sequence[RequestRecord], slo: SLO | None = None) -> LoadSummary:
     """Aggregate a run's records into a :class:`LoadSummary` (warm-up records are excluded)."""
     slo = slo or SLO()
@@ -200,6 +255,8 @@ def summarize(records: Sequence[RequestRecord], slo: SLO | None = None) -> LoadS
         num_warmup=len(records) - len(measured),
         duration_s=duration,
         request_throughput=_rate(len(ok), duration),
+        offered_rate=offered_rate(measured),
+        sustained_rate=sustained_rate(measured),
         output_throughput_tok_s=_rate(out_tokens, duration),
         input_throughput_tok_s=_rate(in_tokens, duration),
         total_prompt_tokens=in_tokens,

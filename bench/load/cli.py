@@ -27,6 +27,12 @@ class RateArrival(StrEnum):
     gamma = "gamma"
 
 
+class SweepAxis(StrEnum):
+    # bench.load.sweep.SweepMode, repeated so that this module imports nothing heavy (a test keeps them equal)
+    rate = "rate"
+    concurrency = "concurrency"
+
+
 class Engine(StrEnum):
     native = "native"
     locust = "locust"
@@ -237,12 +243,18 @@ def sweep_cmd(
     input_tokens: int = INPUT,
     output_tokens: int | None = OUTPUT,
     dataset_path: Path | None = DATASET,
-    mode: str = typer.Option("rate", "--mode", help="rate (Poisson) or concurrency"),
+    mode: SweepAxis = typer.Option(SweepAxis.rate, "--mode", help="rate (Poisson) or concurrency"),
     start: float = typer.Option(1.0, "--start"),
     factor: float = typer.Option(2.0, "--factor"),
     max_value: float = typer.Option(1024.0, "--max"),
     refine: int = typer.Option(2, "--refine"),
     goodput_target: float = typer.Option(0.9, "--goodput-target", help="fraction meeting all SLOs"),
+    saturation_ratio: float = typer.Option(
+        0.8, "--saturation-ratio", help="rate mode: saturated when sustained < ratio x offered"
+    ),
+    max_concurrency: int | None = typer.Option(
+        None, "--max-concurrency", help="rate mode: cap in-flight requests at every step"
+    ),
     num_requests: int = typer.Option(100, "--num-requests", help="per step"),
     warmup: int = WARMUP,
     seed: int = SEED,
@@ -276,6 +288,7 @@ def sweep_cmd(
             "tokenizer": tokenizer,
             "workers": workers,
             "api_key": api_key,
+            "arrival": {"kind": "poisson", "rate": 1.0, "max_concurrency": max_concurrency},
             "workload": workload_dict(
                 workload, input_tokens=input_tokens, output_tokens=output_tokens, dataset_path=dataset_path
             ),
@@ -283,17 +296,18 @@ def sweep_cmd(
     )
     spec = SweepSpec.model_validate(
         {
-            "mode": mode,
+            "mode": mode.value,
             "start": start,
             "factor": factor,
             "max_value": max_value,
             "refine_steps": refine,
             "goodput_target": goodput_target,
+            "saturation_ratio": saturation_ratio,
         }
     )
     console = Console()
     result = run_sweep(base, spec, out, console)
-    table = Table(title=f"bench sweep ({mode}); best = {result.best}")
+    table = Table(title=f"bench sweep ({mode.value}); best = {result.best}")
     rows = sweep_rows(result)
     for col in rows[0] if rows else []:
         table.add_column(col)

@@ -1,16 +1,28 @@
 """``bench sweep``: find the highest request rate (or concurrency) that meets the SLOs.
 
-Steps grow geometrically from ``start`` until a step fails the SLOs or the server is over-saturated
-(achieved request rate below ``saturation_ratio`` of the offered rate, or, for concurrency, throughput
-that stops growing), then bisects between the last passing and first failing step. Every step is a
-normal ``bench load`` run in its own folder; the curve goes to ``sweep.json`` and ``sweep.png``.
+Steps grow geometrically from ``start`` until a step fails: it misses the SLO target or it is
+over-saturated. Then the sweep bisects between the last passing and the first failing step. Every
+step is a normal ``bench load`` run in its own folder; the curve goes to ``sweep.json`` and
+``sweep.png``.
+
+Saturation is judged over the sending window, never over a duration that includes the last
+requests' latency (which biases short runs low):
+
+- rate: the sustained rate (offered rate / slope of completion time against scheduled time, see
+  :func:`bench.metrics.sustained_rate`) is below ``saturation_ratio`` of the realised offered rate;
+  a queue that grows in the client (``max_concurrency``) or in the server makes completions fall
+  behind the schedule;
+- concurrency: the completion rate (:func:`bench.metrics.offered_rate`, which in a closed loop is
+  the rate of sends after the first instant) grew by less than 5% over the previous step.
+
+A saturated step never passes, whatever its SLOs say.
 """
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -21,12 +33,23 @@ from bench.load.runner import run_load
 from bench.metrics import LoadSummary
 
 
+class SweepMode(StrEnum):
+    """The load axis a sweep walks."""
+
+    rate = "rate"
+    concurrency = "concurrency"
+
+
+# In concurrency mode, a step whose completion rate grew by less than this factor is saturated.
+CONCURRENCY_GAIN = 1.05
+
+
 class SweepSpec(BaseModel):
     """How to walk the load axis."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["rate", "concurrency"] = "rate"
+    mode: SweepMode = SweepMode.rate
     start: float = Field(default=1.0, gt=0)
     factor: float = Field(default=2.0, gt=1)
     max_value: float = Field(default=1024.0, gt=0)
@@ -38,11 +61,12 @@ class SweepSpec(BaseModel):
 
 
 class SweepPoint(BaseModel):
-    """One step of the sweep."""
+    """One step of the sweep: ``passed`` means the SLO target was met and it was not saturated."""
 
     value: float
     passed: bool
     saturated: bool
+    slo_met: bool | None = None
     summary: LoadSummary
 
 
@@ -55,25 +79,37 @@ class SweepResult(BaseModel):
 
 
 def _config_at(base: LoadConfig, spec: SweepSpec, value: float) -> LoadConfig:
-    if spec.mode == "concurrency":
+    """The base config at one step; a rate step keeps the base arrival's ``max_concurrency``."""
+    if spec.mode is SweepMode.concurrency:
         arrival: ConcurrencyArrival | PoissonArrival = ConcurrencyArrival(n=max(1, round(value)))
     else:
-        arrival = PoissonArrival(rate=value)
+        cap = None if base.arrival.closed_loop else base.arrival.in_flight_limit
+        arrival = PoissonArrival(rate=value, max_concurrency=cap)
     return base.model_copy(update={"arrival": arrival})
 
 
-def judge(
-    summary: LoadSummary, spec: SweepSpec, value: float, previous: SweepPoint | None
-) -> tuple[bool, bool]:
-    """(meets the SLO target, over-saturated) for one step (pure)."""
+def slo_met(summary: LoadSummary, spec: SweepSpec) -> bool:
+    """At least one success and the goodput fraction at the target (pure)."""
     frac = summary.goodput_fraction if summary.goodput_fraction is not None else 1.0
-    passed = summary.num_ok > 0 and frac >= spec.goodput_target
-    if spec.mode == "rate":
-        saturated = summary.request_throughput < spec.saturation_ratio * value
-    else:
-        prev = previous.summary.request_throughput if previous is not None else 0.0
-        saturated = previous is not None and summary.request_throughput < prev * 1.05
-    return passed, saturated
+    return summary.num_ok > 0 and frac >= spec.goodput_target
+
+
+def is_saturated(summary: LoadSummary, spec: SweepSpec, previous: LoadSummary | None) -> bool:
+    """Over-saturation over the sending window (see the module docstring); pure."""
+    if spec.mode is SweepMode.rate:
+        offered, sustained = summary.offered_rate, summary.sustained_rate
+        return offered is not None and sustained is not None and sustained < spec.saturation_ratio * offered
+    if previous is None or previous.offered_rate is None or summary.offered_rate is None:
+        return False
+    return summary.offered_rate < previous.offered_rate * CONCURRENCY_GAIN
+
+
+def judge(
+    summary: LoadSummary, spec: SweepSpec, previous: SweepPoint | None
+) -> tuple[bool, bool]:
+    """(passed, over-saturated) for one step; a saturated step never passes (pure)."""
+    saturated = is_saturated(summary, spec, previous.summary if previous is not None else None)
+    return slo_met(summary, spec) and not saturated, saturated
 
 
 def run_sweep(
@@ -88,8 +124,10 @@ def run_sweep(
             console.rule(f"sweep step {label}")
         summary = run_load(_config_at(base, spec, value), out_dir / label, console)
         previous = max((p for p in points if p.value < value), key=lambda p: p.value, default=None)
-        passed, saturated = judge(summary, spec, value, previous)
-        point = SweepPoint(value=value, passed=passed, saturated=saturated, summary=summary)
+        passed, saturated = judge(summary, spec, previous)
+        point = SweepPoint(
+            value=value, passed=passed, saturated=saturated, slo_met=slo_met(summary, spec), summary=summary
+        )
         points.append(point)
         return point
 
@@ -98,23 +136,21 @@ def run_sweep(
     first_bad: float | None = None
     while value <= spec.max_value:
         point = step(value)
-        if not point.passed or point.saturated:
+        if not point.passed:
             first_bad = value
-            if point.passed:
-                last_ok = value
             break
         last_ok = value
         value *= spec.factor
     lo, hi = last_ok, first_bad
     for _ in range(spec.refine_steps if lo is not None and hi is not None else 0):
         assert lo is not None and hi is not None
-        mid = (lo + hi) / 2 if spec.mode == "rate" else float(round((lo + hi) / 2))
+        mid = (lo + hi) / 2 if spec.mode is SweepMode.rate else float(round((lo + hi) / 2))
         if mid in (lo, hi):
             break
         point = step(mid)
-        lo, hi = (mid, hi) if point.passed and not point.saturated else (lo, mid)
+        lo, hi = (mid, hi) if point.passed else (lo, mid)
     best = max((p.value for p in points if p.passed), default=None)
-    result = SweepResult(mode=spec.mode, best=best, points=sorted(points, key=lambda p: p.value))
+    result = SweepResult(mode=spec.mode.value, best=best, points=sorted(points, key=lambda p: p.value))
     (out_dir / "sweep.json").write_text(result.model_dump_json(indent=2))
     plot_sweep(result, out_dir / "sweep.png")
     return result
@@ -131,6 +167,7 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(xs, [p.summary.request_throughput for p in result.points], "o-", label="achieved req/s")
     ax1.plot(xs, [p.summary.goodput or 0.0 for p in result.points], "s--", label="goodput req/s")
+    ax1.plot(xs, [p.summary.sustained_rate or 0.0 for p in result.points], "^-", label="sustained req/s")
     if result.mode == "rate":
         ax1.plot(xs, xs, ":", color="grey", label="offered")
     ax1.set_xlabel(result.mode)
@@ -161,6 +198,7 @@ def sweep_rows(result: SweepResult) -> list[dict[str, object]]:
             "passed": p.passed,
             "saturated": p.saturated,
             "req_s": p.summary.request_throughput,
+            "sustained": p.summary.sustained_rate,
             "tok_s": p.summary.output_throughput_tok_s,
             "goodput": p.summary.goodput,
             "ttft_p99": p.summary.ttft_ms.p99,
