@@ -6,22 +6,28 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.load.calibration import read_calibration_log
+from bench.load.calibration import free_port, read_calibration_log
 from bench.load.config import LoadConfig
-from bench.load.locust.engine import LocustPlan, check_config, commands, run_locust_async
-from bench.load.locust.settings import read_prompts, settings_from_options, write_prompts
+from bench.load.locust.engine import LocustPlan, check_config, commands, locustfile, process_env, run_locust_async
+from bench.load.locust.settings import fill_model, read_prompts, settings_from_options, write_prompts
 from bench.load.records import RequestRecord, read_records
 from bench.load.runner import run_load_async
 from bench.load.workloads import Prompt
 from bench.metrics import LoadSummary, tpot
+from servers.launch import ServerHandle
 from tests.helpers import ITL_MS, TTFT_MS, calibration_config, moderate_load, scripted_server
+
+SECURED_KEY = "sk-test-123"  # the key tests/conftest.py's secured_server requires
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +108,36 @@ def test_prompt_file_round_trip(tmp_path: Path) -> None:
     assert read_prompts(tmp_path / "p.jsonl") == prompts
 
 
+def test_the_api_key_goes_by_environment_not_command_line(tmp_path: Path) -> None:
+    cfg = config("http://127.0.0.1:9", api_key="sk-secret-1")
+    for workers in (1, 2):
+        plan = LocustPlan(cfg, tmp_path, "r1", 2, workers, 30, 5599)
+        assert not any("sk-secret-1" in arg for cmd in commands(plan) for arg in cmd)
+    env = process_env(cfg, {"OPENAI_API_KEY": "sk-inherited", "PATH": "/bin"})
+    assert env["OPENAI_API_KEY"] == "sk-secret-1" and env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
+    # no key in the config: an inherited one is not sent either (as with --engine native)
+    assert "OPENAI_API_KEY" not in process_env(config("http://127.0.0.1:9"), {"OPENAI_API_KEY": "sk-inherited"})
+
+
+def test_fill_model_reads_v1_models(calib_url: str) -> None:
+    given = argparse.Namespace(model="m", api_key="")
+    assert fill_model(given, None) is None and given.model == "m"
+    options = argparse.Namespace(model="", api_key="")
+    assert fill_model(options, calib_url + "/") == "calibration" and options.model == "calibration"
+    with pytest.raises(RuntimeError, match="give --model"):
+        fill_model(argparse.Namespace(model="", api_key=""), f"http://127.0.0.1:{free_port()}", timeout_s=5)
+    with pytest.raises(RuntimeError, match="give --host"):
+        fill_model(argparse.Namespace(model="", api_key=""), None)
+
+
 # ---- against the calibration server --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_locust_timings_match_the_server_and_bench_load(
-    calib_url: str, calib_log: Path, tmp_path: Path
+    api: str, calib_url: str, calib_log: Path, tmp_path: Path
 ) -> None:
-    cfg = config(calib_url, num_requests=40, warmup=2)
+    cfg = config(calib_url, num_requests=40, warmup=2, api=api)
     loc = await run_locust_async(cfg, tmp_path / "locust")
     nat = await run_load_async(cfg, tmp_path / "native")
     for s in (loc, nat):
@@ -123,7 +152,8 @@ async def test_locust_timings_match_the_server_and_bench_load(
     # locust's own statistics (what its UI and CSV show) say the same, rounded to whole ms
     stats = locust_stats(tmp_path / "locust")
     assert stats[("METRIC", "ttft")][0] == 40 and stats[("METRIC", "itl")][0] == 40 * 15
-    assert stats[("POST", "/v1/chat/completions (warm-up)")][0] == 2
+    path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+    assert stats[("POST", path)][0] == 40 and stats[("POST", f"{path} (warm-up)")][0] == 2
     assert abs(stats[("METRIC", "ttft")][1] - loc.ttft_ms.p50) <= 1.5
     assert abs(stats[("METRIC", "tpot")][1] - loc.tpot_ms.p50) <= 1.5
     assert (tmp_path / "locust" / "locust" / "locust_stats.csv").exists()
@@ -159,9 +189,61 @@ async def test_distributed_two_workers_complete_and_aggregate(calib_url: str, tm
 
 
 async def test_duration_bound_and_failed_requests_are_data(tmp_path: Path) -> None:
-    from bench.load.calibration import free_port
-
     cfg = config(f"http://127.0.0.1:{free_port()}", num_requests=None, duration_s=2)
     s = await run_locust_async(cfg, tmp_path)
     assert s.num_ok == 0 and s.num_errors > 0
     assert all(r.error for r in read_records(tmp_path / "requests.jsonl"))
+
+
+# ---- against servebench's own server behind --api-key (tests/conftest.py) -----------------------
+
+
+def secured_config(server: ServerHandle, **kw: object) -> LoadConfig:
+    """Four short requests, two users: a bounded run on the CPU model."""
+    base: dict[str, object] = {
+        "url": server.url, "model": server.model, "tokenizer": None, "scrape": False, "seed": 1,
+        "num_requests": 4, "arrival": {"kind": "concurrency", "n": 2}, "request_timeout_s": 120,
+        "workload": {"kind": "random", "input_tokens": 8, "output_tokens": 4},
+    }  # fmt: skip
+    return LoadConfig.model_validate({**base, **kw})
+
+
+async def test_bench_load_locust_sends_the_api_key(
+    secured_server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    ok = await run_locust_async(secured_config(secured_server, api_key=SECURED_KEY), tmp_path / "key")
+    assert ok.num_ok == 4 and ok.num_errors == 0
+    assert all(r.http_status == 200 for r in read_records(tmp_path / "key" / "requests.jsonl"))
+    refused = await run_locust_async(secured_config(secured_server), tmp_path / "no-key")
+    assert refused.num_ok == 0 and refused.num_errors == 4
+    records = read_records(tmp_path / "no-key" / "requests.jsonl")
+    assert len(records) == 4 and all(r.http_status == 401 and "HTTP 401" in (r.error or "") for r in records)
+
+
+def test_locustfile_without_model_uses_the_first_of_v1_models(secured_server: ServerHandle, tmp_path: Path) -> None:
+    workload = tmp_path / "workload.yaml"
+    workload.write_text("kind: random\ninput_tokens: 8\noutput_tokens: 4\n")
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless", "-u", "1", "-r", "1", "-t", "120s",
+        "--host", secured_server.url, "--max-requests", "2", "--workload-config", str(workload),
+        "--records", str(tmp_path / "requests.jsonl"), "--only-summary", "--exit-code-on-error", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": SECURED_KEY}  # the key by locust's env var, as the engine passes it
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"no --model given: using '{secured_server.model}'" in done.stderr
+    records = read_records(tmp_path / "requests.jsonl")
+    assert len(records) == 2 and all(r.ok for r in records), [r.error for r in records]
+
+
+def test_locustfile_without_model_or_server_ends_with_an_error(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless", "-u", "1", "-t", "60s",
+        "--host", f"http://127.0.0.1:{free_port()}", "--max-requests", "2",
+        "--records", str(tmp_path / "requests.jsonl"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert "give --model" in done.stderr
+    assert not (tmp_path / "requests.jsonl").exists() or not read_records(tmp_path / "requests.jsonl")

@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from rich.console import Console
 from bench.load.arrivals import ConcurrencyArrival
 from bench.load.config import LoadConfig
 from bench.load.display import Progress, live_progress, summary_table
-from bench.load.locust.settings import write_prompts
+from bench.load.locust.settings import API_KEY_ENV, write_prompts
 from bench.load.records import RequestRecord
 from bench.load.runner import prepare_prompts, rebuild_summary
 from bench.metrics import LoadSummary
@@ -113,6 +114,20 @@ def common_args(plan: LocustPlan) -> list[str]:
     if not cfg.force_output_len:
         args.append("--no-ignore-eos")
     return args
+
+
+def process_env(config: LoadConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """The locust processes' environment: ``base``, with the API key of ``config`` or none.
+
+    The key travels as ``OPENAI_API_KEY`` (the locustfile's ``--api-key`` variable), not on the command
+    line, where ``ps`` would show it. Without a key, one inherited from ``base`` is dropped, so locust
+    sends what the native engine sends.
+    """
+    env = {k: v for k, v in base.items() if k != API_KEY_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    if config.api_key:
+        env[API_KEY_ENV] = config.api_key
+    return env
 
 
 def commands(plan: LocustPlan) -> list[list[str]]:
@@ -212,7 +227,7 @@ async def _run_processes(plan: LocustPlan, progress: Progress) -> None:
     logs = plan.locust_dir
     procs: list[asyncio.subprocess.Process] = []
     names = ["locust"] if plan.workers <= 1 else ["master"] + [f"worker-{i}" for i in range(plan.workers)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = process_env(plan.config, os.environ)
     try:
         for name, cmd in zip(names, commands(plan), strict=True):
             with (logs / f"{name}.log").open("wb") as log:

@@ -11,6 +11,7 @@ the flags leave them unset) are used.
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ from bench.load.workloads import Prompt, RandomWorkload, Workload
 DEFAULT_PROMPT_POOL = 2048
 # Set by the master at test start, forwarded to workers with the other custom arguments.
 WORKERS_DEST = "bench_workers"
+# The environment variable --api-key reads (bench load --engine locust passes the key through it).
+API_KEY_ENV = "OPENAI_API_KEY"
 
 
 class LocustSettings(BaseModel):
@@ -29,7 +32,7 @@ class LocustSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "default"
+    model: str = Field(default="", description="empty: the first id of GET /v1/models (see fill_model)")
     api: Literal["chat", "completions"] = "chat"
     workload: Workload = Field(default_factory=RandomWorkload)
     prompts_file: Path | None = Field(default=None, description="prompts prepared by bench load")
@@ -59,7 +62,8 @@ class LocustSettings(BaseModel):
 def add_arguments(parser: Any) -> None:
     """Register the custom arguments on locust's ``LocustArgumentParser``."""
     add = parser.add_argument  # not a group: only the parser knows include_in_web_ui/is_secret
-    add("--model", default="default", env_var="LOCUST_MODEL", help="model name sent in requests")
+    add("--model", default="", env_var="LOCUST_MODEL",
+        help="model name sent in requests (default: the first id of GET /v1/models at test start)")  # fmt: skip
     add("--api", choices=["chat", "completions"], default="chat", env_var="LOCUST_API")
     add(
         "--workload-config",
@@ -93,7 +97,7 @@ def add_arguments(parser: Any) -> None:
         env_var="LOCUST_NO_IGNORE_EOS",
         help="do not send ignore_eos/min_tokens",
     )
-    add("--api-key", default="", env_var="OPENAI_API_KEY", is_secret=True)
+    add("--api-key", default="", env_var=API_KEY_ENV, is_secret=True)
     add("--request-timeout", type=float, default=600.0, env_var="LOCUST_REQUEST_TIMEOUT")
     add("--bench-workers", dest=WORKERS_DEST, type=int, default=1, include_in_web_ui=False,
         help="set by the master: how many processes share --max-requests")  # fmt: skip
@@ -121,6 +125,34 @@ def settings_from_options(options: Any) -> LocustSettings:
     )
 
 
+def fill_model(options: Any, host: str | None, timeout_s: float = 30.0) -> str | None:
+    """Without ``--model``, set ``options.model`` to the first model the server at ``host`` lists.
+
+    Returns the id it found, or ``None`` when ``--model`` was given. Raises ``RuntimeError`` (saying to
+    give ``--model``) when there is no host or ``GET <host>/v1/models`` fails or lists nothing.
+    """
+    if options.model:
+        return None
+    if not host:
+        raise RuntimeError("no --model and no --host: give --host (and --model, or let /v1/models name it)")
+    options.model = discover_model(host, options.api_key or None, timeout_s)
+    return str(options.model)
+
+
+def discover_model(host: str, api_key: str | None, timeout_s: float = 30.0) -> str:
+    """The first id of ``GET <host>/v1/models`` (``host`` is the server root, as locust's ``--host``)."""
+    url = host.rstrip("/") + "/v1/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
+            ids = [str(card["id"]) for card in json.load(resp)["data"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # URLError/HTTPError are OSErrors
+        raise RuntimeError(f"no --model given and GET {url} failed ({exc}); give --model") from exc
+    if not ids:
+        raise RuntimeError(f"no --model given and GET {url} lists no model; give --model")
+    return ids[0]
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -140,7 +172,8 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 def write_prompts(path: Path, prompts: list[Prompt]) -> None:
     """Write prompts as JSONL, so locust processes send exactly what ``bench load`` prepared."""
     lines = (
-        json.dumps({"text": p.text, "output_tokens": p.output_tokens, "input_tokens": p.input_tokens, "exact": p.exact})
+        json.dumps({"text": p.text, "output_tokens": p.output_tokens, "input_tokens": p.input_tokens,
+                    "exact": p.exact, "tag": p.tag})
         for p in prompts
     )
     path.write_text("".join(line + "\n" for line in lines))
