@@ -72,6 +72,9 @@ class Capabilities:
     devices: tuple[str, ...] = ("cpu",)
     parallelism: tuple[str, ...] = ()
     notes: str = ""
+    # Logprobs of the prompt's own tokens (``echo=true`` with ``logprobs`` on ``/v1/completions``):
+    # loglikelihood evals (``bench eval --mode loglikelihood``, lm-eval) need them.
+    prompt_logprobs: bool = True
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from rich.console import Console
+from rich.progress import Progress
 
 from backends import registry as backends
-from backends.base import EngineOptions
+from backends.base import EngineOptions, ServerSpec
+from bench.evals.config import EvalConfig
 from bench.models.registry import Registry, load_registry
-from bench.run.cells import default_matrix, expand, resolve, variant_label
+from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, variant_label
 from bench.run.executor import read_cell, read_run_matrix, run_matrix, write_run_yaml
 from bench.run.schema import (
+    EvalScenario,
     KVCacheScenario,
     LoadScenario,
     Matrix,
@@ -25,6 +30,7 @@ from bench.run.schema import (
     load_matrix,
     validate_matrix,
 )
+from servers.launch import ServerHandle
 
 MODEL = "smollm2-135m-instruct"
 
@@ -77,6 +83,64 @@ def test_checked_in_cpu_matrix_is_valid() -> None:
     assert {s.kind for s in m.scenarios} == {"load", "kv-cache", "speculative", "eval"}
 
 
+def test_eval_scenario_takes_bench_evals_options_and_passes_them_through(tmp_path: Path) -> None:
+    data = tmp_path / "om.jsonl"
+    scenarios = [{"kind": "eval", "name": "m500", "task": "math-absdiff", "math_source": "math500", "stream": True},
+                 {"kind": "eval", "name": "om", "task": "math-absdiff", "data": str(data)},
+                 {"kind": "eval", "name": "he", "task": "humaneval", "allow_code_execution": True,
+                  "allow_network_in_sandbox": True}]
+    m = validate_matrix(_matrix(scenarios=scenarios))
+    m500, om, he = (s for s in m.scenarios if isinstance(s, EvalScenario))
+    config = m500.eval_config("http://127.0.0.1:8123", "served-name", 7)
+    assert (config.math_source, config.stream, config.data) == ("math500", True, None)
+    assert (config.url, config.model, config.seed, config.task, config.limit) == (
+        "http://127.0.0.1:8123/v1", "served-name", 7, "math-absdiff", 20)
+    assert om.eval_config("http://h", "m", 0).data == data
+    he_config = he.eval_config("http://h", "m", 0)
+    assert he_config.allow_code_execution and he_config.allow_network_in_sandbox and not he_config.stream
+    # The same consistency checks as bench eval, when the matrix is read rather than mid-run.
+    with pytest.raises(MatrixError, match=r"scenarios\.0.*--data .*math-absdiff only"):
+        validate_matrix(_matrix(scenarios=[{"kind": "eval", "task": "squad", "data": str(data)}]))
+    with pytest.raises(MatrixError, match="math_source"):
+        validate_matrix(_matrix(scenarios=[{"kind": "eval", "task": "math-absdiff", "math_source": "aime"}]))
+
+
+class _Captured(Exception):
+    """Stops ``run_eval`` before it sends anything, carrying the config it was given."""
+
+
+def test_run_eval_scenario_passes_the_config_or_records_the_skip(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.evals import runner
+    from bench.run.probes import MemorySampler
+    from bench.run.scenarios import CellRun, run_eval_scenario
+
+    def capture(config: EvalConfig, out_dir: Path) -> None:
+        raise _Captured(config, out_dir)
+
+    monkeypatch.setattr(runner, "run_eval", capture)
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def cell_run(backend: str) -> CellRun:
+            spec = ServerSpec(backend, "served", tmp_path, EngineOptions(), port=8123)
+            handle = ServerHandle(spec, process, tmp_path / "server.log")
+            return CellRun(handle, "cell", tmp_path, 3, 8, Progress(console=Console(quiet=True)),
+                           MemorySampler(process.pid))
+
+        scenario = EvalScenario(name="m500", task="math-absdiff", math_source="math500", stream=True)
+        with pytest.raises(_Captured) as got:
+            run_eval_scenario(scenario, cell_run("transformers"))
+        config, out_dir = got.value.args
+        assert (config.url, config.model, config.seed) == ("http://127.0.0.1:8123/v1", "served", 3)
+        assert (config.math_source, config.stream) == ("math500", True) and out_dir == tmp_path / "m500"
+        ll = EvalScenario(name="arc-ll", task="arc-easy", mode="loglikelihood")
+        record = run_eval_scenario(ll, cell_run("llamacpp"))  # no request is sent: capture would raise
+        assert record["status"] == "skipped" and "echo" in record["reason"] and "kind" not in record
+    finally:
+        process.kill()
+        process.wait()
+
+
 # ---- cells -------------------------------------------------------------------------------------
 
 
@@ -114,6 +178,27 @@ def test_unknown_backend_and_model_are_skipped_with_the_reason(registry: Registr
     reasons = {c.cell_id: c.skip_reason for c in expand(m, registry)}
     assert "unknown backend 'tensorrt'" in (reasons["tensorrt__smollm2-135m-instruct__default__s0"] or "")
     assert "no-such-model" in (reasons["transformers__no-such-model__default__s0"] or "")
+
+
+def test_loglikelihood_eval_is_skipped_on_an_engine_without_prompt_logprobs(registry: Registry) -> None:
+    assert backends.capabilities("llamacpp").prompt_logprobs is False
+    assert backends.capabilities("transformers").prompt_logprobs is True
+    ll = EvalScenario(name="arc-ll", task="arc-easy", mode="loglikelihood")
+    gen = EvalScenario(name="arc-gen", task="arc-easy")
+    reason = scenario_skip_reason("llamacpp", ll)
+    assert reason is not None and "arc-ll" in reason and "echo" in reason and "mode: generate" in reason
+    assert scenario_skip_reason("transformers", ll) is None
+    assert scenario_skip_reason("llamacpp", gen) is None
+    assert scenario_skip_reason("llamacpp", LoadScenario()) is None
+    # Only loglikelihood: the llama.cpp cell is skipped (no server start) with the reason.
+    m = Matrix(models=(MODEL,), backends=("transformers", "llamacpp"), native_variants=True, scenarios=(ll,))
+    cells = {c.backend: c for c in expand(m, registry)}
+    assert cells["llamacpp"].skip_reason is not None and "echo" in cells["llamacpp"].skip_reason
+    assert cells["transformers"].skip_reason is None
+    # With a scenario it can run, the cell runs; the loglikelihood eval is skipped inside it.
+    mixed = Matrix(models=(MODEL,), backends=("llamacpp",), native_variants=True, scenarios=(ll, gen))
+    (cell,) = expand(mixed, registry)
+    assert cell.skip_reason is None and cell.scenarios == ("arc-ll", "arc-gen")
 
 
 def test_default_matrix_is_small(registry: Registry) -> None:

@@ -40,6 +40,9 @@ class EvalConfig(BaseModel):
     math_source: Literal["gsm8k", "math500"] = "gsm8k"
     data: Path | None = Field(default=None, description="OpenMath-style JSONL (problem, expected_answer)")
     allow_code_execution: bool = False
+    allow_network_in_sandbox: bool = Field(
+        default=False, description="humaneval: run the code even where the sandbox cannot cut the network off"
+    )
     code_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
     busy_retries: int = Field(default=4, ge=0, description="retries of a request refused with 429/503")

@@ -4,7 +4,8 @@
 ``eval_summary.json`` holds the metrics, a bootstrap 95% CI of the primary metric, and the latencies
 of the very requests that produced the answers. Concurrency, request count (``limit``) and total time
 (``max_duration_s``) are bounded. A failed request is data (``error`` in its sample), not an exception;
-setup problems (missing data, code execution not allowed) raise :class:`EvalSetupError`.
+setup problems (missing data, code execution not allowed) raise :class:`EvalSetupError`, and so does
+an endpoint that refuses what the eval needs (:class:`EndpointUnsupportedError`, at its first refusal).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 from bench.evals.client import CallResult, EndpointClient
 from bench.evals.config import EvalConfig, EvalSummary, LatencyStats
-from bench.evals.sandbox import SandboxInfo, probe_sandbox
+from bench.evals.sandbox import SandboxInfo, SandboxUnavailableError, probe_sandbox
 from bench.evals.scoring import bootstrap_ci, percentiles
 from bench.evals.tasks import build_task
 from bench.evals.tasks.base import Choices, Prompt, Scored, Task
@@ -32,6 +33,36 @@ BUSY_BACKOFF_S = 0.5
 
 class EvalSetupError(RuntimeError):
     """The eval cannot start; the message says what to change."""
+
+
+class EndpointUnsupportedError(EvalSetupError):
+    """The endpoint refused a request in a way every other request would repeat; the run stops."""
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's own error message (OpenAI's ``{"error": {"message": ...}}``), else the exception's text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return str(exc)
+
+
+def unsupported_reason(exc: BaseException, request: Prompt | Choices) -> str | None:
+    """What to tell the user when ``exc`` means the endpoint cannot serve this eval at all, else None.
+
+    llama-server answers every ``echo=true`` request with HTTP 400 "Only no echo is supported": a
+    loglikelihood eval would fail each of its samples the same way, so the first such answer ends it.
+    """
+    if not isinstance(request, Choices) or getattr(exc, "status_code", None) != 400:
+        return None
+    message = _server_message(exc)
+    if "echo" not in message.lower():
+        return None
+    return (
+        f"the endpoint refuses echo=true with logprobs (HTTP 400: {message}); --mode loglikelihood needs the prompt's "
+        "own logprobs to score each choice. llama-server does not return them: use --mode generate there, "
+        "or a server that does (bench serve, vLLM)"
+    )
 
 
 class SampleWriter:
@@ -130,6 +161,9 @@ class _Run:
             try:
                 result = await self._send(request)
             except Exception as exc:  # any failed request is recorded, the run goes on
+                reason = unsupported_reason(exc, request)
+                if reason is not None:  # ... unless every other request would fail the same way
+                    raise EndpointUnsupportedError(reason) from exc
                 self.errors += 1
                 return _sample_record(index, doc.id, prompt, None, None, f"{type(exc).__name__}: {exc}")
         scored = await self.task.score(doc, result.reply)
@@ -221,7 +255,10 @@ def _setup(config: EvalConfig) -> tuple[Task[Any], SandboxInfo | None]:
                 "humaneval executes model-written code; pass --allow-code-execution to opt in "
                 "(it runs in a sandboxed subprocess: see docs/evals.md)"
             )
-        sandbox = probe_sandbox()
+        try:
+            sandbox = probe_sandbox(allow_network=config.allow_network_in_sandbox)
+        except SandboxUnavailableError as exc:
+            raise EvalSetupError(f"humaneval: {exc}") from exc
     return build_task(config, sandbox), sandbox
 
 

@@ -2,7 +2,8 @@
 
 Layers, each applied where the machine allows it (``SandboxInfo`` records which were in force):
 
-- no network: the child runs under ``unshare --net`` (a new, empty network namespace);
+- no network: the child runs under ``unshare --net`` (a new, empty network namespace); where that is not
+  permitted, :func:`probe_sandbox` refuses unless the caller explicitly allows running with the network;
 - an empty temporary working directory, deleted afterwards, and a stripped environment;
 - ``python -I`` (isolated mode: no user site, no ``PYTHON*`` variables);
 - resource limits: CPU seconds, address space, file size, open files, no core dumps;
@@ -81,20 +82,37 @@ def _works(info: SandboxInfo) -> bool:
     return False
 
 
-def probe_sandbox() -> SandboxInfo:
+class SandboxUnavailableError(RuntimeError):
+    """The sandbox cannot cut the network off here, and running without that was not allowed."""
+
+
+def _no_network_message() -> str:
+    why = ("`unshare --net` is not permitted (it needs root or unprivileged user namespaces)"
+           if shutil.which("unshare") else "`unshare` (util-linux) is not installed")
+    return (
+        f"the code sandbox cannot isolate the network here: {why}, so model-written code would run with "
+        "network access. Run where user namespaces are allowed, or pass --allow-network-in-sandbox "
+        "(allow_network_in_sandbox: true in a matrix) to run it anyway"
+    )
+
+
+def probe_sandbox(*, allow_network: bool = False) -> SandboxInfo:
     """The strongest configuration that runs here (``unshare --net`` needs root or user namespaces).
 
     ``nobody`` cannot always execute the current interpreter (a venv under ``/root``), so the system
-    ``python3`` is tried as well: generated code needs only the standard library.
+    ``python3`` is tried as well: generated code needs only the standard library. Where no configuration
+    with a network namespace works, :class:`SandboxUnavailableError` is raised unless ``allow_network``.
     """
     pythons = [sys.executable] + [p for p in [shutil.which("python3", path="/usr/bin:/bin")] if p]
     candidates = [SandboxInfo(py, True, True) for py in pythons] if os.geteuid() == 0 else []
-    candidates += [SandboxInfo(sys.executable, True, False), SandboxInfo(sys.executable, False, False)]
+    candidates.append(SandboxInfo(sys.executable, True, False))
     if shutil.which("unshare"):
         for info in candidates:
             if _works(info):
                 return info
-    return candidates[-1]
+    if not allow_network:
+        raise SandboxUnavailableError(_no_network_message())
+    return SandboxInfo(sys.executable, False, False)
 
 
 def _limit_child(cpu_seconds: int) -> None:

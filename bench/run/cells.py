@@ -8,6 +8,7 @@ options share a cell, so the server starts once for all of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from backends import registry as backends
 from backends.base import EngineOptions
 from backends.errors import BackendError
 from bench.models.registry import Registry
-from bench.run.schema import LoadScenario, Matrix, OptionSet
+from bench.run.schema import EvalScenario, LoadScenario, Matrix, OptionSet, Scenario
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,31 @@ def server_configs(matrix: Matrix) -> list[tuple[OptionSet, OptionSet, tuple[str
     return [(base, resolved, tuple(names)) for base, resolved, names in found.values()]
 
 
-def _skip_reason(registry: Registry, backend: str, model: str, option_set: OptionSet) -> str | None:
-    """Why a cell cannot run here, or None."""
+def scenario_skip_reason(backend: str, scenario: Scenario) -> str | None:
+    """Why ``backend`` cannot run ``scenario`` (an engine capability it lacks), or None.
+
+    A loglikelihood eval needs the prompt's own logprobs (``echo=true``); llama-server refuses ``echo``,
+    so without this check every sample of such a cell would fail while the cell looked fine.
+    """
+    if not isinstance(scenario, EvalScenario) or scenario.mode != "loglikelihood":
+        return None
+    try:
+        capable = backends.capabilities(backend).prompt_logprobs
+    except BackendError:
+        return None  # an unknown backend is refused by the cell's own check, with a "did you mean"
+    if capable:
+        return None
+    return (f"{scenario.name}: {backend} returns no prompt logprobs (echo=true), which --mode loglikelihood "
+            f"needs; use mode: generate on this engine")
+
+
+def _skip_reason(registry: Registry, backend: str, model: str, option_set: OptionSet,
+                 scenarios: Sequence[Scenario] = ()) -> str | None:
+    """Why a cell cannot run here, or None.
+
+    A cell whose every scenario the backend cannot run is skipped with their reasons; a cell that can run
+    some of them starts, and :func:`bench.run.scenarios.run_eval_scenario` records the rest as skipped.
+    """
     try:
         reason = backends.availability(backend)
         if reason:
@@ -82,6 +106,9 @@ def _skip_reason(registry: Registry, backend: str, model: str, option_set: Optio
         return str(exc)
     except Exception as exc:  # registry errors name the model and what to do
         return str(exc)
+    reasons = [scenario_skip_reason(backend, scenario) for scenario in scenarios]
+    if reasons and all(reasons):
+        return "; ".join(r for r in reasons if r)
     return None
 
 
@@ -94,7 +121,8 @@ def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
             for backend in matrix.backends:
                 model = native_variant(registry, backend, base_model) if matrix.native_variants else base_model
                 for base, option_set, names in configs:
-                    reason = _skip_reason(registry, backend, model, option_set)
+                    scenarios = [s for s in matrix.scenarios if s.name in names]
+                    reason = _skip_reason(registry, backend, model, option_set, scenarios)
                     cells.append(Cell(model, backend, option_set, seed, reason, names, base.name))
     return cells
 

@@ -22,6 +22,7 @@ from bench.load.runner import run_load
 from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
+from bench.run.cells import scenario_skip_reason
 from bench.run.probes import MemorySampler, kv_info, prefix_hit_rate, speculative_figures
 from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario
 from bench.scrape import read_rows
@@ -196,14 +197,19 @@ def run_speculative_scenario(scenario: SpeculativeScenario, run: CellRun, method
 
 
 def run_eval_scenario(scenario: EvalScenario, run: CellRun) -> dict[str, Any]:
-    """The task through the endpoint; the eval's own summary."""
-    from bench.evals.config import EvalConfig
+    """The task through the endpoint; the eval's own summary.
+
+    An eval the engine cannot serve (loglikelihood without prompt logprobs) is recorded as skipped, with
+    the reason, and no request is sent; it carries no ``kind``, so the report has no result to show.
+    """
     from bench.evals.runner import run_eval
 
+    reason = scenario_skip_reason(run.handle.spec.backend, scenario)
+    if reason is not None:
+        run.say(f"{scenario.name} · skipped: {reason}")
+        return {"status": "skipped", "reason": reason}
     run.check_alive()
     run.say(f"{scenario.name} · {scenario.task}")
-    config = EvalConfig(url=run.handle.url, model=run.handle.model, task=scenario.task, limit=scenario.limit,
-                        seed=run.seed, shots=scenario.shots, api=scenario.api, mode=scenario.mode,
-                        concurrency=scenario.concurrency, max_tokens=scenario.max_tokens)
+    config = scenario.eval_config(run.handle.url, run.handle.model, run.seed)
     result = run_eval(config, run.cell_dir / scenario.name).model_dump(mode="json")
     return {"kind": "eval", "result": result, "rss_peak_gib": run.memory.take_peak()}

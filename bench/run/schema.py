@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
-from bench.evals.config import TaskName
+from bench.evals.config import EvalConfig, TaskName
 from bench.load.sweep import SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import SLO
@@ -154,6 +154,26 @@ class EvalScenario(_Scenario):
     mode: Literal["generate", "loglikelihood"] = "generate"
     concurrency: int = Field(default=4, ge=1)
     max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default budget")
+    stream: bool = Field(default=False, description="stream replies to measure TTFT as well")
+    math_source: Literal["gsm8k", "math500"] = "gsm8k"
+    data: Path | None = Field(default=None, description="math-absdiff: OpenMath-style JSONL (problem, "
+                              "expected_answer)")
+    allow_code_execution: bool = Field(default=False, description="humaneval: run generated code (sandboxed)")
+    allow_network_in_sandbox: bool = Field(
+        default=False, description="humaneval: run the code even where the sandbox cannot cut the network off")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalScenario:
+        try:  # bench eval's own checks (e.g. --data on another task), at load time rather than mid-run
+            self.eval_config("http://127.0.0.1", "model", 0)
+        except ValidationError as exc:
+            raise ValueError("; ".join(str(error["msg"]) for error in exc.errors())) from None
+        return self
+
+    def eval_config(self, url: str, model: str, seed: int) -> EvalConfig:
+        """The ``bench eval`` config this scenario runs against one server (same names, same meaning)."""
+        fields = self.model_dump(exclude={"kind", "name"})
+        return EvalConfig.model_validate({"url": url, "model": model, "seed": seed, **fields})
 
 
 Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | EvalScenario,
