@@ -18,6 +18,7 @@ from bench.load.workloads import (
     ShareGPTWorkload,
     TextBuilder,
     iter_json_array,
+    marker,
     materialize,
     sharegpt_file,
 )
@@ -103,3 +104,48 @@ def test_random_prompts_have_exact_token_counts() -> None:
     ids = tok.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True, tokenize=True)  # type: ignore[attr-defined]
     ids = ids if isinstance(ids, list) else ids["input_ids"]
     assert len(ids) == 77
+
+
+def pooled_texts(workload: dict[str, object], pool: int, count: int) -> list[str]:
+    """What a duration-bounded run with a ``pool``-prompt pool sends for its first ``count`` requests."""
+    from bench.load.client import body_for_index
+    from bench.load.executor import Job
+    from tests.helpers import calibration_config
+
+    cfg = calibration_config("http://127.0.0.1:9", num_requests=None, duration_s=1.0, prompt_pool=pool,
+                             workload=workload)  # fmt: skip
+    prompts = materialize(cfg.workload, cfg.total_requests(), TextBuilder(None, cfg.api), cfg.seed)
+    assert len(prompts) == pool
+    job = Job(cfg, prompts, "run")
+    return [json.loads(body_for_index(job.bodies, job.prompts, i))["messages"][0]["content"] for i in range(count)]
+
+
+def test_requests_a_pool_apart_send_different_prompts() -> None:
+    texts = pooled_texts({"kind": "random", "input_tokens": 24, "output_tokens": 4}, pool=8, count=24)
+    assert texts[3] != texts[3 + 8] != texts[3 + 16]
+    assert len(set(texts)) == 24
+    # only the marker changes: the rest of the text is the pooled prompt's
+    assert texts[3 + 8] == texts[3].replace(marker("Request 1-", 3), marker("Request 1-", 3 + 8))
+    shared = pooled_texts({"kind": "shared-prefix", "prefix_tokens": 16, "suffix_tokens": 8}, pool=4, count=12)
+    assert len(set(shared)) == 12
+
+
+def test_prompts_without_a_marker_cycle_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "hello there"}\n{"prompt": "bye"}\n')
+    texts = pooled_texts({"kind": "jsonl", "path": str(path)}, pool=2, count=4)
+    assert texts == ["hello there", "bye", "hello there", "bye"]
+
+
+def test_swapped_marker_keeps_the_exact_token_count() -> None:
+    from bench.load.tokenizer import load_tokenizer
+
+    tok, where = load_tokenizer(None, "smollm2-135m-instruct")
+    if tok is None:
+        pytest.skip(f"no tokenizer for the bundled model: {where}")
+    p = materialize(RandomWorkload(input_tokens=40, output_tokens=5), 3, TextBuilder(tok, "completions"), 1)[2]
+    assert p.exact and p.tag == "Request 1-"
+    for index in (2 + 2048, 9_999_999):
+        text = p.text.replace(marker(p.tag, 2), marker(p.tag, index))
+        assert text != p.text
+        assert len(tok.encode(text, add_special_tokens=False)) == 40

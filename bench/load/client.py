@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 
 from bench.load.records import StreamObservation
+from bench.load.workloads import Prompt, marker
 from bench.sse import SSEDecoder, parse_openai_chunk
 
 # Servers may close a keep-alive connection after a streamed response without saying so (llama-server
@@ -129,3 +130,17 @@ def build_body(
         body["min_tokens"] = max_tokens
     body.update(extra)
     return json.dumps(body).encode()
+
+
+def body_for_index(bodies: Sequence[bytes], prompts: Sequence[Prompt], index: int) -> bytes:
+    """Request ``index``'s body: its pool slot's body, with the slot's unique marker swapped for the index's.
+
+    A run bounded only by duration cycles a pool of prepared bodies; swapping the marker (fixed
+    width, so the token count does not change) keeps every request's prompt unique, so nothing
+    hits a prefix cache by accident. Prompts without a marker (datasets) are sent as they are.
+    """
+    slot = index % len(bodies)
+    tag = prompts[slot].tag
+    if index == slot or not tag:
+        return bodies[slot]
+    return bodies[slot].replace(marker(tag, slot).encode(), marker(tag, index).encode(), 1)

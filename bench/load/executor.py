@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.load.client import build_body, make_session, stream_request
+from bench.load.client import body_for_index, build_body, make_session, stream_request
 from bench.load.clock import Clock
 from bench.load.config import LoadConfig
 from bench.load.records import RequestRecord, make_record
@@ -127,14 +127,14 @@ class Executor:
 
     async def _one(self, index: int, scheduled: float) -> None:
         job = self.job
-        slot = index % len(job.prompts)
-        prompt = job.prompts[slot]
+        prompt = job.prompts[index % len(job.prompts)]
+        body = body_for_index(job.bodies, job.prompts, index)
         rid = f"{job.run_id}-{index}"
         assert self._session is not None
         ctx = self._sem if self._sem is not None else contextlib.nullcontext()
         async with ctx:
             sent_t, obs = await stream_request(
-                self._session, job.config.endpoint, job.bodies[slot], self.clock.now, {"X-Request-Id": rid}
+                self._session, job.config.endpoint, body, self.clock.now, {"X-Request-Id": rid}
             )
         meta = {
             "warmup": index < job.config.warmup,

@@ -39,16 +39,30 @@ _FALLBACK_TEXT = (
     "might us great old year come since against go came right used take "
 )
 _FALLBACK_WORDS: tuple[str, ...] = tuple(" " + w for w in _FALLBACK_TEXT.split())
+# Digits of the request index in a prompt's unique marker. Fixed, so that every index up to 10^7
+# tokenizes to the same number of tokens and a marker can be swapped without changing the length.
+INDEX_WIDTH = 7
+
+
+def marker(tag: str, index: int) -> str:
+    """The unique marker of request ``index`` in a prompt tagged ``tag``: ``{tag}{index:07d}:``."""
+    return f"{tag}{index:0{INDEX_WIDTH}d}:"
 
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """One request's input: ``text`` (a user message or a completion prompt) and its lengths."""
+    """One request's input: ``text`` (a user message or a completion prompt) and its lengths.
+
+    ``tag`` is set when ``text`` holds a unique marker ``marker(tag, i)`` for the prompt's index
+    ``i``; a request that reuses the prompt for another index swaps in that index's marker, so
+    that no two requests of a run send the same text (empty: the prompt has no marker).
+    """
 
     text: str
     output_tokens: int
     input_tokens: int | None = None
     exact: bool = False
+    tag: str = ""
 
 
 class _Workload(BaseModel):
@@ -166,8 +180,14 @@ def materialize(
 def _random_prompt(w: RandomWorkload, i: int, builder: TextBuilder, seed: int) -> Prompt:
     rng = random.Random(f"{seed}:{i}")
     n = builder.body_target(w.input_tokens)
-    text, exact = builder.exact(f"Request {seed}-{i}:", n, rng)
-    return Prompt(text=text, output_tokens=w.output_tokens, input_tokens=w.input_tokens, exact=exact)
+    tag = f"Request {seed}-"
+    text, exact = builder.exact(marker(tag, i), n, rng)
+    return Prompt(text, w.output_tokens, w.input_tokens, exact, _kept(tag, i, text))
+
+
+def _kept(tag: str, i: int, text: str) -> str:
+    """``tag`` when its marker survived in ``text`` (a prompt shorter than the marker cuts it)."""
+    return tag if marker(tag, i) in text else ""
 
 
 def _shared_prefix(w: SharedPrefixWorkload, count: int, builder: TextBuilder, seed: int) -> list[Prompt]:
@@ -176,11 +196,12 @@ def _shared_prefix(w: SharedPrefixWorkload, count: int, builder: TextBuilder, se
         for g in range(w.num_prefixes)
     ]
     total = builder.body_target(w.prefix_tokens + w.suffix_tokens)
+    tag = "Question "
     out = []
     for i in range(count):
-        head = f"{prefixes[i % w.num_prefixes]} Question {i}:"
+        head = f"{prefixes[i % w.num_prefixes]} {marker(tag, i)}"
         text, exact = builder.exact(head, total, random.Random(f"{seed}:{i}"))
-        out.append(Prompt(text, w.output_tokens, w.prefix_tokens + w.suffix_tokens, exact))
+        out.append(Prompt(text, w.output_tokens, w.prefix_tokens + w.suffix_tokens, exact, _kept(tag, i, text)))
     return out
 
 

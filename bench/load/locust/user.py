@@ -30,7 +30,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from bench.load.client import build_body
+from bench.load.client import body_for_index, build_body
 from bench.load.locust.settings import (
     DEFAULT_PROMPT_POOL,
     WORKERS_DEST,
@@ -226,17 +226,16 @@ class LLMUser(User):
             self.environment.runner.send_message(DONE_MESSAGE, {"worker": state.worker})  # type: ignore[union-attr]
 
     def _send(self, state: RunState, index: int) -> RequestRecord:
-        slot = index % len(state.prompts)
         rid = f"{state.settings.run_id}-{index}"
         scheduled = time.perf_counter()
         sent_t, obs = stream_request(
             self._client,
             state.settings.path,
-            state.bodies[slot],
+            body_for_index(state.bodies, state.prompts, index),
             {**self._headers, "X-Request-Id": rid},
             time.perf_counter,
         )
-        prompt = state.prompts[slot]
+        prompt = state.prompts[index % len(state.prompts)]
         meta = {
             "warmup": index < state.settings.warmup,
             "worker": state.worker,
