@@ -47,6 +47,22 @@ from bench.evals.tasks.math import read_openmath_jsonl
         ("\\boxed{x+1} and finally 12", 1.0),  # the box is the stated answer, even if odd
         ("\\boxed{x} and finally 12", 12.0),  # a box without a number does not count
         ("", None),
+        ("\\boxed{1{,}000}", 1000.0),  # LaTeX's braced thousands comma
+        ("so $10,\\!080$ ways", 10080.0),  # MATH's negative thin space
+        ("\\boxed{1\\,000\\,000}", 1e6),  # thin spaces between thousands
+        ("about 1\u2009000 m", 1000.0),
+        ("It takes 3 1/2 hours", 3.5),  # a mixed number
+        ("The answer is -2 3/4.", -2.75),
+        ("x = 3 4/2", 2.0),  # improper: not a mixed number, the fraction is the last number
+        ("The answer is 2.5e3", 2500.0),
+        ("1E-2 of it", 0.01),
+        ("\\boxed{10^{3}}", 1000.0),
+        ("so 2^10 subsets", 1024.0),
+        ("\\boxed{2.5 \\times 10^{-3}}", 0.0025),
+        ("\\boxed{-2^{2}}", -4.0),  # the sign stays outside the power
+        ("3^2 + 4^2 = 25", 25.0),
+        ("10^{400} is too big, 7 is not", 7.0),  # an overflowing power is no number
+        ("5 eggs and 90^\\circ", 90.0),
     ],
 )
 def test_extract_number(text: str, expected: float | None) -> None:
@@ -73,6 +89,11 @@ def test_extract_number(text: str, expected: float | None) -> None:
         ("p-q", None),
         ("52_8", None),
         ("\\le(3,\\frac{\\pi}{2}\\right)", None),
+        ("10{,}080", 10080.0),
+        ("3 1/2", 3.5),
+        ("2.5e3", 2500.0),
+        ("10^{3}", 1000.0),
+        ("3 4", None),  # two numbers, not one
     ],
 )
 def test_parse_gold_is_strict(gold: str, expected: float | None) -> None:
