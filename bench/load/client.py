@@ -80,7 +80,7 @@ async def _read_stream(
     resp: aiohttp.ClientResponse, obs: StreamObservation, now: Callable[[], float]
 ) -> None:
     decoder = SSEDecoder()
-    times, toks, chars = obs.chunk_times, obs.chunk_tokens, obs.chunk_chars
+    times, toks, chars, texts = obs.chunk_times, obs.chunk_tokens, obs.chunk_chars, obs.chunk_texts
     async for data in resp.content.iter_any():
         t = now()
         for payload in decoder.feed(data):
@@ -89,6 +89,7 @@ async def _read_stream(
                 times.append(t)
                 toks.append(delta.n_tokens)
                 chars.append(len(delta.text))
+                texts.append(delta.text)  # kept for retokenizing when the server sends no usage
             if delta.usage is not None:
                 obs.usage = delta.usage
             if delta.error is not None:

@@ -83,6 +83,9 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     if s.goodput is not None:
         frac = "-" if s.goodput_fraction is None else f"{100 * s.goodput_fraction:.1f}%"
         head.add_row("goodput (all SLOs met)", f"{s.goodput:.2f} req/s ({frac})")
+    if s.token_count_sources:
+        counted = ", ".join(f"{k} {n}" for k, n in sorted(s.token_count_sources.items()))
+        head.add_row("output tokens counted by", counted)
     for key, value in s.server.items():
         if value is not None:
             head.add_row(f"server: {key}", f"{value:.4g}")

@@ -19,6 +19,7 @@ from bench.load.client import body_for_index, build_body, make_session, stream_r
 from bench.load.clock import Clock
 from bench.load.config import LoadConfig
 from bench.load.records import RequestRecord, make_record
+from bench.load.tokenizer import Tokenizer, token_counter
 from bench.load.workloads import Prompt
 
 Sink = Callable[[RequestRecord], None]
@@ -27,7 +28,10 @@ DEFAULT_CONNECTION_LIMIT = 4096
 
 @dataclass
 class Job:
-    """A worker's share of a run (picklable, so it can cross into a worker process)."""
+    """A worker's share of a run (picklable, so it can cross into a worker process).
+
+    ``tokenizer``, when known, counts the output tokens of responses that came without ``usage``.
+    """
 
     config: LoadConfig
     prompts: list[Prompt]
@@ -35,6 +39,7 @@ class Job:
     worker: int = 0
     workers: int = 1
     bodies: list[bytes] = field(default_factory=list)
+    tokenizer: Tokenizer | None = None
 
     def __post_init__(self) -> None:
         if not self.bodies:
@@ -66,6 +71,7 @@ class Executor:
         self._sem: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._deadline: float | None = None
+        self._count_tokens = token_counter(job.tokenizer)
 
     async def run(self, t0: float) -> None:
         """Send every request of the job, starting at ``t0``; returns when all have finished."""
@@ -144,6 +150,7 @@ class Executor:
             "target_output_tokens": prompt.output_tokens,
         }
         record = make_record(
-            obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta
-        )
+            obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta,
+            count_tokens=self._count_tokens,
+        )  # fmt: skip
         self.sink(record)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +72,7 @@ class StreamObservation:
     chunk_times: list[float] = field(default_factory=list)
     chunk_tokens: list[int | None] = field(default_factory=list)
     chunk_chars: list[int] = field(default_factory=list)
+    chunk_texts: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None
     closed_t: float | None = None
     http_status: int | None = None
@@ -113,6 +114,27 @@ def token_times_from_chunks(chunk_times: Sequence[float], counts: Sequence[int])
     return tuple(out)
 
 
+def output_token_total(
+    obs: StreamObservation, count_tokens: Callable[[str], int] | None = None
+) -> tuple[int | None, TokenCountSource]:
+    """How many output tokens the response had, and where that number comes from.
+
+    In order: the server's ``usage``; ``logprobs`` entries per chunk (``None``: the per-chunk counts
+    are exact); ``count_tokens`` over the streamed text (``retokenized``); otherwise ``chunks`` (one
+    token per content chunk, ``None``), or ``none`` when nothing was streamed.
+    """
+    usage_out = _int_or_none((obs.usage or {}).get("completion_tokens"))
+    if usage_out is not None:
+        return usage_out, "usage"
+    if not obs.chunk_times:
+        return None, "none"
+    if obs.chunk_tokens and all(n is not None for n in obs.chunk_tokens):
+        return None, "logprobs"
+    if count_tokens is not None and obs.chunk_texts:
+        return count_tokens("".join(obs.chunk_texts)), "retokenized"
+    return None, "chunks"
+
+
 def make_record(
     obs: StreamObservation,
     *,
@@ -121,19 +143,19 @@ def make_record(
     scheduled_t: float,
     sent_t: float,
     meta: dict[str, Any],
+    count_tokens: Callable[[str], int] | None = None,
 ) -> RequestRecord:
-    """Build the record of a finished request from its observation (pure)."""
+    """Build the record of a finished request from its observation.
+
+    Pure but for ``count_tokens`` (a tokenizer), which is used only when the server sent no usage.
+    """
     usage = obs.usage or {}
-    usage_out = _int_or_none(usage.get("completion_tokens"))
-    counts = split_tokens(obs.chunk_tokens, obs.chunk_chars, usage_out)
+    total, source = output_token_total(obs, count_tokens)
+    counts = split_tokens(obs.chunk_tokens, obs.chunk_chars, total)
     times = token_times_from_chunks(obs.chunk_times, counts)
-    source: TokenCountSource = "none"
-    if usage_out is not None:
-        source = "usage"
-    elif obs.chunk_tokens and all(n is not None for n in obs.chunk_tokens):
-        source = "logprobs"
-    elif times:
-        source = "chunks"
+    output_tokens = total if source == "usage" else (len(times) or None)
+    if not times:
+        source = "none"
     error = obs.error
     if error is None and not times:
         error = "stream ended without a content token"
@@ -148,7 +170,7 @@ def make_record(
         token_times=times,
         closed_t=obs.closed_t,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        output_tokens=usage_out if usage_out is not None else (len(times) or None),
+        output_tokens=output_tokens,
         token_count_source=source,
         n_chunks=len(obs.chunk_times),
         http_status=obs.http_status,

@@ -31,7 +31,7 @@ from bench.load.config import LoadConfig
 from bench.load.display import Progress, live_progress, summary_table
 from bench.load.executor import Executor, Job
 from bench.load.records import JsonlAppender, RequestRecord, read_records
-from bench.load.tokenizer import load_tokenizer
+from bench.load.tokenizer import Tokenizer, load_tokenizer
 from bench.load.workloads import Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, summarize
 from bench.scrape import (
@@ -66,7 +66,7 @@ async def run_load_async(
     """Run ``config`` against its endpoint, write the results to ``out_dir`` and return the summary."""
     clock = clock or MonotonicClock()
     records_path = await asyncio.to_thread(_fresh_records_file, out_dir)
-    prompts = await asyncio.to_thread(prepare_prompts, config, console)
+    prompts, tokenizer = await asyncio.to_thread(prepare, config, console)
     run_id = uuid.uuid4().hex[:8]
     _raise_nofile_limit()
     progress = Progress(total=config.total_requests() if config.num_requests is not None else None)
@@ -75,11 +75,12 @@ async def run_load_async(
     meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None, "finished": False}
     # Written first so that a killed run can still be summarised with its SLOs.
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
+    jobs = [Job(config, prompts, run_id, w, config.workers, tokenizer=tokenizer) for w in range(config.workers)]
     try:
-        if config.workers == 1:
-            meta["t0"] = await _run_inline(config, prompts, run_id, records_path, clock, progress)
+        if len(jobs) == 1:
+            meta["t0"] = await _run_inline(jobs[0], records_path, clock, progress)
         else:
-            meta["t0"] = await _run_processes(config, prompts, run_id, records_path, clock, progress)
+            meta["t0"] = await _run_processes(jobs, records_path, clock, progress)
     finally:
         stop.set()
         await asyncio.gather(*side, return_exceptions=True)
@@ -88,7 +89,28 @@ async def run_load_async(
     summary = rebuild_summary(out_dir, config.slo, config)
     if console is not None:
         console.print(summary_table(summary, f"bench load: {config.arrival.describe()}"))
+    note = token_source_warning(summary.token_count_sources)
+    if note is not None:
+        _warn(console, note)
     return summary
+
+
+# How each fallback counted output tokens, for the end-of-run warning.
+_SOURCE_NOTES = {
+    "logprobs": "from logprobs (exact)",
+    "retokenized": "by retokenizing the streamed text with the tokenizer (close, not exact)",
+    "chunks": "as one token per chunk (an undercount when chunks carry several tokens; give --tokenizer)",
+}
+
+
+def token_source_warning(sources: dict[str, int]) -> str | None:
+    """One line saying how many successful requests came without ``usage`` and how they were counted."""
+    fallback = {k: n for k, n in sources.items() if k != "usage"}
+    if not fallback:
+        return None
+    ways = "; ".join(f"{n} {_SOURCE_NOTES.get(k, k)}" for k, n in sorted(fallback.items()))
+    total = sum(sources.values())
+    return f"the server sent no usage for {sum(fallback.values())} of {total} requests; output tokens counted: {ways}"
 
 
 def _fresh_records_file(out_dir: Path) -> Path:
@@ -101,6 +123,11 @@ def _fresh_records_file(out_dir: Path) -> Path:
 
 def prepare_prompts(config: LoadConfig, console: Console | None = None) -> list[Prompt]:
     """Load the tokenizer and build every prompt before the clock starts."""
+    return prepare(config, console)[0]
+
+
+def prepare(config: LoadConfig, console: Console | None = None) -> tuple[list[Prompt], Tokenizer | None]:
+    """Every prompt of the run, and the tokenizer (also used to count tokens when usage is missing)."""
     tokenizer, where = load_tokenizer(config.tokenizer, config.model)
     if tokenizer is None:
         _warn(
@@ -113,7 +140,7 @@ def prepare_prompts(config: LoadConfig, console: Console | None = None) -> list[
     inexact = sum(1 for p in prompts if not p.exact)
     if tokenizer is not None and inexact:
         _warn(console, f"{inexact} prompts could not be made exactly {config.workload.kind} length")
-    return prompts
+    return prompts, tokenizer
 
 
 def _warn(console: Console | None, text: str) -> None:
@@ -141,35 +168,27 @@ def _side_tasks(
     return tasks
 
 
-async def _run_inline(
-    config: LoadConfig, prompts: list[Prompt], run_id: str, path: Path, clock: Clock, progress: Progress
-) -> float:
+async def _run_inline(job: Job, path: Path, clock: Clock, progress: Progress) -> float:
     with JsonlAppender(path) as sink:
 
         def write(record: RequestRecord) -> None:
             sink.write(record)
             progress.add(record)
 
-        executor = Executor(Job(config, prompts, run_id), clock, write)
+        executor = Executor(job, clock, write)
         t0 = clock.now() + START_LEAD_S
         await executor.run(t0)
     return t0
 
 
-async def _run_processes(
-    config: LoadConfig, prompts: list[Prompt], run_id: str, path: Path, clock: Clock, progress: Progress
-) -> float:
+async def _run_processes(jobs: list[Job], path: Path, clock: Clock, progress: Progress) -> float:
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
     start = ctx.Event()
     t0_box = ctx.Value("d", 0.0)
     procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(Job(config, prompts, run_id, w, config.workers), str(path), ready, start, t0_box),
-            daemon=True,
-        )
-        for w in range(config.workers)
+        ctx.Process(target=_worker_main, args=(job, str(path), ready, start, t0_box), daemon=True)
+        for job in jobs
     ]
     for p in procs:
         p.start()

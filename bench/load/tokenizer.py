@@ -9,6 +9,7 @@ authoritative count either way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,3 +87,15 @@ def chat_overhead(tokenizer: Any) -> int:
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return len(ids)
+
+
+def token_counter(tokenizer: Tokenizer | None) -> Callable[[str], int] | None:
+    """``text -> number of tokens`` (no special tokens), or ``None`` without a tokenizer."""
+    if tokenizer is None:
+        return None
+    tok = tokenizer
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False))
+
+    return count
