@@ -115,8 +115,8 @@ async def create_completion(state: AppState, body: CompletionRequest, request: R
     prompts = _prompts(state, body.prompt)
     if body.stream and len(prompts) > 1:
         raise OpenAIError(400, "streaming supports a single prompt per request", param="prompt")
-    gens = [_gen_request(body, ids, resolve_max_tokens(state, len(ids), body.max_tokens, DEFAULT_MAX_TOKENS))
-            for ids in prompts]
+    budgets = [resolve_max_tokens(state, len(ids), body.max_tokens, DEFAULT_MAX_TOKENS, "prompt") for ids in prompts]
+    gens = [_gen_request(body, ids, n) for ids, n in zip(prompts, budgets, strict=True)]
     leases = [state.admission.acquire() for _ in gens]
     if body.stream:
         body_iter = guard_stream(_stream_body(state, body, leases[0], gens[0]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backends.errors import EngineDeadError
 
 log = logging.getLogger("servebench.server")
+
+# The request field that holds the input: chat's messages or the completions prompt.
+InputField = Literal["messages", "prompt"]
 
 
 class OpenAIError(Exception):
@@ -47,14 +50,18 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
-def context_length_exceeded(limit: int, prompt: int, requested: int) -> OpenAIError:
-    """400 for a prompt (plus requested output) over the context window."""
+def context_length_exceeded(limit: int, prompt: int, requested: int, field: InputField = "messages") -> OpenAIError:
+    """400 for a prompt (plus requested output) over the context window.
+
+    ``field`` is the request field holding the input: ``messages`` (chat) or ``prompt`` (completions);
+    the message names it and ``param`` is set to it, as OpenAI does.
+    """
     return OpenAIError(
         400,
         f"This model's maximum context length is {limit} tokens. However, you requested "
-        f"{prompt + requested} tokens ({prompt} in the messages, {requested} in the completion). "
-        "Please reduce the length of the messages or completion.",
-        param="messages", code="context_length_exceeded",
+        f"{prompt + requested} tokens ({prompt} in the {field}, {requested} in the completion). "
+        f"Please reduce the length of the {field} or completion.",
+        param=field, code="context_length_exceeded",
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request
 
 from backends.base import GenChunk, GenRequest, TokenLogprob
-from servers.errors import OpenAIError, as_openai_error, context_length_exceeded, model_not_found
+from servers.errors import InputField, OpenAIError, as_openai_error, context_length_exceeded, model_not_found
 from servers.state import AppState, Lease
 
 log = logging.getLogger("servebench.server")
@@ -25,14 +25,15 @@ def check_model(state: AppState, model: str) -> None:
         raise model_not_found(model)
 
 
-def resolve_max_tokens(state: AppState, prompt_len: int, requested: int | None, default: int | None) -> int:
-    """The output budget, refusing a prompt plus budget over the context window (400)."""
+def resolve_max_tokens(state: AppState, prompt_len: int, requested: int | None, default: int | None,
+                       input_field: InputField = "messages") -> int:
+    """The output budget, refusing a prompt plus budget over the context window (400 naming ``input_field``)."""
     limit = state.engine.max_model_len
     wanted = requested if requested is not None else default
     if wanted is None:
         wanted = limit - prompt_len
     if prompt_len + max(wanted, 0) > limit or prompt_len >= limit:
-        raise context_length_exceeded(limit, prompt_len, max(wanted, 0))
+        raise context_length_exceeded(limit, prompt_len, max(wanted, 0), input_field)
     return wanted
 
 

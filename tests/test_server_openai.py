@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -19,7 +20,7 @@ def client(transformers_server: ServerHandle) -> OpenAI:
 
 
 def ask(client: OpenAI, model: str, **kw: object) -> object:
-    return client.chat.completions.create(
+    return client.chat.completions.create(  # type: ignore[call-overload]  # kw: any of its options
         model=model, messages=[{"role": "user", "content": "What is 2+3?"}], temperature=0, **kw
     )
 
@@ -70,14 +71,18 @@ def test_echo_with_logprobs_scores_the_prompt(client: OpenAI, transformers_serve
     out = client.completions.create(model=transformers_server.model, prompt=prompt, max_tokens=0, echo=True,
                                     logprobs=1, temperature=0)
     lp = out.choices[0].logprobs
+    assert lp is not None and out.usage is not None
+    tokens, scores, offsets, tops = lp.tokens, lp.token_logprobs, lp.text_offset, lp.top_logprobs
+    assert tokens is not None and scores is not None and offsets is not None and tops is not None
     assert out.choices[0].text == prompt
-    assert "".join(lp.tokens) == prompt
-    assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
-    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
-    assert lp.top_logprobs[0] is None and all(len(t) == 1 for t in lp.top_logprobs[1:])
+    assert "".join(tokens) == prompt
+    assert scores[0] is None and all(v <= 0 for v in scores[1:])
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    assert tops[0] is None and all(len(t) == 1 for t in tops[1:])
     # " Paris" is the model's top choice after "The capital of France is".
-    assert max(lp.top_logprobs[-1], key=lp.top_logprobs[-1].get) == " Paris"
-    assert out.usage.prompt_tokens == len(lp.tokens) and out.usage.completion_tokens == 0
+    last = tops[-1]
+    assert max(last, key=lambda tok: last[tok]) == " Paris"
+    assert out.usage.prompt_tokens == len(tokens) and out.usage.completion_tokens == 0
 
 
 def test_generated_logprobs_match_greedy_choice(client: OpenAI, transformers_server: ServerHandle) -> None:
@@ -111,11 +116,33 @@ def test_unknown_model_is_404(client: OpenAI) -> None:
     assert "no-such-model" in err.value.message
 
 
+def server_message(err: openai.APIError) -> str:
+    """The ``error.message`` the server sent (the client's ``message`` prefixes the status)."""
+    assert isinstance(err.body, dict)
+    return str(err.body["message"])
+
+
+def overflow_message(field: str) -> str:
+    """OpenAI's wording of a context overflow, naming the request field that holds the input."""
+    return (
+        rf"This model's maximum context length is \d+ tokens\. However, you requested \d+ tokens "
+        rf"\(\d+ in the {field}, 4 in the completion\)\. Please reduce the length of the {field} or completion\."
+    )
+
+
 def test_prompt_over_context_is_400(client: OpenAI, transformers_server: ServerHandle) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=transformers_server.model, prompt="hello " * 9000, max_tokens=4)
-    assert err.value.code == "context_length_exceeded"
-    assert "maximum context length" in err.value.message
+    assert err.value.code == "context_length_exceeded" and err.value.param == "prompt"
+    assert re.fullmatch(overflow_message("prompt"), server_message(err.value)), err.value.message
+
+
+def test_messages_over_context_is_400(client: OpenAI, transformers_server: ServerHandle) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=transformers_server.model, max_tokens=4,
+                                       messages=[{"role": "user", "content": "hello " * 9000}])
+    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    assert re.fullmatch(overflow_message("messages"), server_message(err.value)), err.value.message
 
 
 def test_malformed_json_is_400(transformers_server: ServerHandle) -> None:
@@ -237,6 +264,7 @@ def test_wrong_api_key_is_401(secured_server: ServerHandle) -> None:
     with pytest.raises(openai.AuthenticationError) as err:
         bad.models.list()
     assert err.value.code == "invalid_api_key"
+    assert server_message(err.value) == "Incorrect API key provided: sk-***ng."  # the key masked, as OpenAI does
     good = OpenAI(base_url=secured_server.base_url, api_key="sk-test-123", max_retries=0)
     assert [m.id for m in good.models.list()] == [secured_server.model]
     reply = ask(good, secured_server.model, max_tokens=16)
