@@ -12,8 +12,10 @@ rows into summary figures are pure. Metric names understood:
 - llama-server: ``llamacpp:kv_cache_usage_ratio``, ``llamacpp:requests_processing``,
   ``llamacpp:requests_deferred``, ``llamacpp:tokens_predicted_total``.
 
-NVML (``pynvml``, optional) gives memory, power and the energy counter; without a GPU or without
-pynvml the GPU part is skipped cleanly.
+NVML (``pynvml``, from ``nvidia-ml-py``: ``pip install -e '.[gpu]'``) gives memory, power and the
+energy counter. Without a GPU the GPU part is skipped quietly; with one visible (the driver's
+``/dev/nvidiactl``) but NVML failing to load, it is skipped with a warning, since ``gpu.jsonl`` then
+stays empty.
 """
 
 from __future__ import annotations
@@ -190,25 +192,41 @@ def model_bytes_of(model: str) -> int | None:
 # ---- sampling (I/O) ---------------------------------------------------------------------------
 
 
-class _Nvml:
-    """Thin NVML reader; ``available`` is False without pynvml or a GPU."""
+# Device nodes the NVIDIA driver creates: when one exists, a GPU is there for NVML to read.
+NVIDIA_DEVICE_NODES = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"))
 
-    def __init__(self) -> None:
+
+def cuda_device_visible(nodes: Sequence[Path] = NVIDIA_DEVICE_NODES) -> Path | None:
+    """The first NVIDIA driver device node that exists, or ``None`` (no GPU visible here)."""
+    return next((p for p in nodes if p.exists()), None)
+
+
+class _Nvml:
+    """Thin NVML reader; ``available`` is False without pynvml or a GPU.
+
+    ``device_nodes`` are the files whose presence means a GPU is visible, so that NVML failing to
+    load is worth a warning rather than a debug line.
+    """
+
+    def __init__(self, device_nodes: Sequence[Path] = NVIDIA_DEVICE_NODES) -> None:
         self.handles: list[Any] = []
         self.names: list[str] = []
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nv = pynvml
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                self.handles.append(h)
-                name = pynvml.nvmlDeviceGetName(h)
-                self.names.append(name.decode() if isinstance(name, bytes) else str(name))
+            self._open()
         except Exception as exc:  # no pynvml, no driver, no GPU: skip the GPU part
-            log.debug("NVML unavailable: %s", exc)
-            self.handles = []
+            self.handles, self.names = [], []
+            _report_no_nvml(exc, cuda_device_visible(device_nodes))
+
+    def _open(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nv = pynvml
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            self.handles.append(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            self.names.append(name.decode() if isinstance(name, bytes) else str(name))
 
     @property
     def available(self) -> bool:
@@ -233,6 +251,17 @@ class _Nvml:
                 }
             )
         return rows
+
+
+def _report_no_nvml(exc: Exception, device: Path | None) -> None:
+    if device is None:
+        log.debug("NVML unavailable (no GPU visible): %s", exc)
+        return
+    log.warning(
+        "a GPU is visible (%s) but NVML did not load (%s: %s), so gpu.jsonl stays empty; "
+        "install nvidia-ml-py (pip install -e '.[gpu]')",
+        device, type(exc).__name__, exc,
+    )  # fmt: skip
 
 
 class Scraper:

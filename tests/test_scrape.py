@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 from bench.load.calibration import calibration_server
 from bench.scrape import (
     Scraper,
+    _Nvml,
+    cuda_device_visible,
     mbu,
     parse_prometheus,
     peak_bandwidth_gbs,
@@ -127,3 +131,49 @@ async def test_scraper_samples_on_the_record_clock(tmp_path: Path) -> None:
     assert all(t0 <= r["t"] <= time.perf_counter() for r in rows)
     assert "vllm:num_requests_running" in rows[0]["values"]
     assert read_rows(tmp_path / "gpu.jsonl") == []  # no GPU here: skipped cleanly
+
+
+def test_nvml_missing_warns_only_where_a_gpu_is_visible(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml fails, as without nvidia-ml-py
+    node = tmp_path / "nvidiactl"
+    with caplog.at_level(logging.DEBUG, logger="bench.scrape"):
+        assert not _Nvml(device_nodes=[node]).available
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]  # no GPU: nothing to warn about
+    caplog.clear()
+    node.touch()
+    assert cuda_device_visible([tmp_path / "nvidia0", node]) == node
+    with caplog.at_level(logging.DEBUG, logger="bench.scrape"):
+        assert not _Nvml(device_nodes=[node]).available
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(node) in warning.getMessage() and "nvidia-ml-py" in warning.getMessage()
+
+
+@pytest.mark.gpu
+def test_scraper_reads_nvml_on_a_gpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On a CUDA machine with nvidia-ml-py: one gpu.jsonl row per GPU per sample, with real readings."""
+
+    async def scrape(url: str) -> Scraper:
+        scraper = Scraper(url + "/metrics", tmp_path, 0.1, time.perf_counter)
+        stop = asyncio.Event()
+        task = asyncio.create_task(scraper.run(stop))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await task
+        return scraper
+
+    assert cuda_device_visible() is not None
+    with caplog.at_level(logging.WARNING, logger="bench.scrape"), calibration_server() as url:
+        scraper = asyncio.run(scrape(url))  # no pytest-asyncio needed on the GPU machine
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    gpus = len(scraper.gpu_names)
+    rows = read_rows(tmp_path / "gpu.jsonl")
+    assert gpus >= 1 and all(scraper.gpu_names)
+    assert {r["gpu"] for r in rows} == set(range(gpus)) and len(rows) >= 3 * gpus
+    assert all(r["mem_used_bytes"] > 0 and r["power_w"] > 0 for r in rows)
+    for gpu in range(gpus):
+        energy = [r["energy_j"] for r in rows if r["gpu"] == gpu]
+        assert all(e is None for e in energy) or energy == sorted(energy)
+    summary = summarize_gpu(rows, output_tokens=100)
+    assert (summary["gpu_mem_peak_gib"] or 0) > 0 and (summary["gpu_energy_j"] or 0) > 0
