@@ -119,3 +119,19 @@ async def test_failed_requests_are_data(tmp_path: Path) -> None:
     s = await run_load_async(cfg, tmp_path)
     assert s.num_ok == 0 and s.num_errors == 4
     assert all(r.error for r in read_records(tmp_path / "requests.jsonl"))
+
+
+async def test_two_worker_processes(calib_url: str, tmp_path: Path) -> None:
+    """``workers=2``: each index is sent once, by the process it belongs to, on the script's timing."""
+    cfg = config(calib_url, arrival={"kind": "poisson", "rate": 30}, num_requests=40, warmup=2, workers=2)
+    s = await run_load_async(cfg, tmp_path)
+    records = read_records(tmp_path / "requests.jsonl")
+    assert sorted(r.index for r in records) == list(range(42))
+    assert all(r.worker == r.index % 2 for r in records)
+    assert len({r.request_id for r in records}) == 42
+    assert s.num_ok == 40 and s.num_warmup == 2 and s.token_count_sources == {"usage": 40}
+    if not moderate_load():
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timing bounds not checked")
+    assert s.ttft_ms.p50 is not None and s.tpot_ms.p50 is not None
+    assert abs(s.ttft_ms.p50 - TTFT_MS) < 5.0
+    assert abs(s.tpot_ms.p50 - ITL_MS) < 1.5
