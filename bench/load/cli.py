@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import typer
@@ -123,6 +125,38 @@ def _read_yaml(path: Path | None) -> dict[str, Any]:
     return data
 
 
+# LoadConfig field -> the flags it is built from. With --config, a field comes from the flags only where one
+# of them was given; a flag left at its default does not override the file.
+FIELD_FLAGS = MappingProxyType({
+    "workload": ("workload", "input_tokens", "output_tokens", "prefix_tokens", "suffix_tokens", "num_prefixes",
+                 "dataset_path"),
+    "arrival": ("concurrency", "rate", "arrival", "burstiness", "max_concurrency"),
+    "num_requests": ("num_requests", "duration"),
+    "duration_s": ("duration",),
+    "slo": ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms"),
+    "force_output_len": ("ignore_eos",),
+})
+
+
+def merge_with_file(file_fields: dict[str, Any], flag_fields: dict[str, Any],
+                    given: Callable[[str], bool]) -> dict[str, Any]:
+    """The config file's fields, each overridden where the flags that make it were given (``given(param)``)."""
+    merged = dict(file_fields)
+    for field, value in flag_fields.items():
+        if field not in file_fields or any(given(param) for param in FIELD_FLAGS.get(field, (field,))):
+            merged[field] = value
+    return merged
+
+
+def _given_on_command_line(ctx: typer.Context) -> Callable[[str], bool]:
+    """Whether a parameter was set by the user (command line or environment), not left at its default."""
+    def given(param: str) -> bool:
+        source = ctx.get_parameter_source(param)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    return given
+
+
 def _slo(ttft: float | None, tpot: float | None, e2e: float | None) -> dict[str, float]:
     return {k: v for k, v in (("ttft_ms", ttft), ("tpot_ms", tpot), ("e2e_ms", e2e)) if v is not None}
 
@@ -135,6 +169,7 @@ def register(app: typer.Typer) -> None:
 
 
 def load_cmd(
+    ctx: typer.Context,
     url: str = URL,
     model: str = MODEL,
     api: Api = API,
@@ -203,7 +238,7 @@ def load_cmd(
         "api_key": api_key,
         "gpu_peak_bandwidth_gbs": gpu_peak_bandwidth_gbs,
     }
-    cfg = LoadConfig.model_validate({**_read_yaml(config), **fields})
+    cfg = LoadConfig.model_validate(merge_with_file(_read_yaml(config), fields, _given_on_command_line(ctx)))
     console = Console()
     if engine is Engine.locust:
         from bench.load.locust.engine import run_locust
