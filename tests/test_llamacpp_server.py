@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from backends.base import EngineOptions
 from backends.llamacpp.build import ensure_server
@@ -27,7 +28,7 @@ from servers.launch import LaunchError, ServerHandle, build_spec, free_port, run
 pytestmark = pytest.mark.llamacpp
 
 MODEL = "smollm2-135m-instruct"
-ADD = [{"role": "user", "content": "What is 2+3? Answer with just the number."}]
+ADD: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 2+3? Answer with just the number."}]
 
 
 @pytest.fixture(scope="module")
