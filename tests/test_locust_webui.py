@@ -107,14 +107,18 @@ def chrome() -> Any:
 
 
 def stats_rows(driver: Any) -> dict[tuple[str, str], list[str]]:
-    """The rendered statistics table: ``(type, name) -> cells``."""
+    """The rendered statistics table: ``(type, name) -> cells``; empty while the UI is re-rendering it."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     rows: dict[tuple[str, str], list[str]] = {}
-    for tr in driver.find_elements(By.CSS_SELECTOR, "table tbody tr"):
-        cells = [td.text for td in tr.find_elements(By.CSS_SELECTOR, "td")]
-        if len(cells) >= 3:
-            rows[(cells[0], cells[1])] = cells
+    try:
+        for tr in driver.find_elements(By.CSS_SELECTOR, "table tbody tr"):
+            cells = [td.text for td in tr.find_elements(By.CSS_SELECTOR, "td")]
+            if len(cells) >= 3:
+                rows[(cells[0], cells[1])] = cells
+    except StaleElementReferenceException:  # the table refreshes every 2 s; the caller polls again
+        return {}
     return rows
 
 
@@ -135,12 +139,17 @@ def test_web_ui_run_shows_ttft_entries(locust_ui: tuple[str, Path]) -> None:
         assert driver.find_element(By.NAME, "maxRequests").get_attribute("value") == str(REQUESTS)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
+        rows: dict[tuple[str, str], list[str]] = {}
+
         def finished() -> bool:
-            row = stats_rows(driver).get(("METRIC", "ttft"))
-            return row is not None and row[2] == str(REQUESTS)
+            current = stats_rows(driver)
+            row = current.get(("METRIC", "ttft"))
+            if row is None or row[2] != str(REQUESTS):
+                return False
+            rows.update(current)  # one complete rendering of the table
+            return True
 
         wait_for(finished, 90, "the stats table never showed 20 ttft entries")
-        rows = stats_rows(driver)
     finally:
         driver.quit()
     for name in ("ttft", "tpot", "e2e"):
