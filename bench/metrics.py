@@ -14,6 +14,7 @@ functions and milliseconds in :class:`LoadSummary`.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -217,12 +218,10 @@ def completion_slope(records: Sequence[RequestRecord]) -> float | None:
     ok = [r for r in records if r.ok]
     if len(ok) < 3:
         return None
-    x = np.array([r.scheduled_t for r in ok])
-    y = np.array([r.end_t for r in ok])
-    var = float(((x - x.mean()) ** 2).sum())
-    if var <= 0:
+    try:
+        return statistics.linear_regression([r.scheduled_t for r in ok], [r.end_t for r in ok]).slope
+    except statistics.StatisticsError:  # every request scheduled at one instant
         return None
-    return float(((x - x.mean()) * (y - y.mean())).sum()) / var
 
 
 def sustained_rate(records: Sequence[RequestRecord]) -> float | None:

@@ -58,7 +58,7 @@ def test_derived_tokenizers_match_the_bundled_gguf(prepared: Registry) -> None:
     """The HF tokenizer and every derived GGUF tokenize, decode and stop exactly like the bundled GGUF."""
     from transformers import AutoTokenizer
 
-    from bench.models.prepare import _gguf_tokenizer_fields
+    from bench.models.prepare import gguf_tokenizer_fields
 
     bundled = prepared.path_of("smollm2-135m-instruct")
     expected = _llama_tokens(str(bundled))
@@ -66,9 +66,9 @@ def test_derived_tokenizers_match_the_bundled_gguf(prepared: Registry) -> None:
     assert [hf.encode(text, add_special_tokens=False) for text in TEXTS] == expected
     assert [hf.decode(ids) for ids in expected] == TEXTS
     assert (hf.eos_token, hf.bos_token) == ("<|im_end|>", "<|im_start|>")
-    fields = _gguf_tokenizer_fields(bundled)
+    fields = gguf_tokenizer_fields(bundled)
     for name in FILE_TYPES:
         path = str(prepared.path_of(name))
-        derived = _gguf_tokenizer_fields(prepared.path_of(name))
+        derived = gguf_tokenizer_fields(prepared.path_of(name))
         assert {k: derived.get(k) for k in fields} == fields, name  # gpt2/smollm, not a SentencePiece vocabulary
         assert _llama_tokens(path) == expected, name

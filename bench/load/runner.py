@@ -22,6 +22,7 @@ import resource
 import time
 import uuid
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from rich.console import Console
@@ -96,11 +97,11 @@ async def run_load_async(
 
 
 # How each fallback counted output tokens, for the end-of-run warning.
-_SOURCE_NOTES = {
+_SOURCE_NOTES = MappingProxyType({
     "logprobs": "from logprobs (exact)",
     "retokenized": "by retokenizing the streamed text with the tokenizer (close, not exact)",
     "chunks": "as one token per chunk (an undercount when chunks carry several tokens; give --tokenizer)",
-}
+})
 
 
 def token_source_warning(sources: dict[str, int]) -> str | None:

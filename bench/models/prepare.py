@@ -50,7 +50,7 @@ def dequantize_gguf_to_hf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _gguf_tokenizer_fields(gguf: Path) -> dict[str, Any]:
+def gguf_tokenizer_fields(gguf: Path) -> dict[str, Any]:
     """The ``tokenizer.ggml.*`` scalars of a GGUF (model, pre, special token ids), without the vocabulary."""
     from gguf import GGUFReader
 
@@ -74,7 +74,7 @@ def repair_bpe_tokenizer(tokenizer: Any, gguf: Path) -> None:
     """
     from tokenizers import decoders, pre_tokenizers
 
-    fields = _gguf_tokenizer_fields(gguf)
+    fields = gguf_tokenizer_fields(gguf)
     if fields.get("model") != "gpt2":
         return
     backend = tokenizer.backend_tokenizer
