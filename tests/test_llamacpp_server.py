@@ -219,3 +219,30 @@ def test_bench_load_survives_connections_llama_server_closes(server: ServerHandl
     summary = run_load(config, tmp_path)
     assert summary.num_errors == 0, summary.errors
     assert summary.num_ok == 24 and summary.total_output_tokens == 24 * 8
+
+
+def test_loglikelihood_eval_stops_at_the_echo_refusal(server: ServerHandle, tmp_path: Path) -> None:
+    """llama-server refuses echo=true; bench eval in loglikelihood mode stops at once, with the reason."""
+    from bench.evals.config import EvalConfig
+    from bench.evals.runner import EndpointUnsupportedError, run_eval
+
+    config = EvalConfig(url=server.url, model=server.model, task="arc-easy", mode="loglikelihood", limit=6,
+                        concurrency=1)
+    with pytest.raises(EndpointUnsupportedError) as err:
+        run_eval(config, tmp_path / "out")
+    message = str(err.value)
+    assert "ignores echo=true" in message and "--mode generate" in message
+    assert (tmp_path / "out" / "samples.jsonl").read_text() == ""  # it did not go on to fail every sample
+    assert not (tmp_path / "out" / "eval_summary.json").exists()  # no summary that looks like a result
+
+
+def test_bench_eval_cli_says_why_and_exits_2(server: ServerHandle, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bench.cli import build_app
+
+    args = ["eval", "--url", server.url, "--model", server.model, "--task", "arc-easy", "--mode", "loglikelihood",
+            "--limit", "2", "--concurrency", "1", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 2, result.output
+    assert "echo" in result.output and "--mode generate" in result.output

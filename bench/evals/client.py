@@ -32,6 +32,10 @@ class LogprobsError(ValueError):
     """The endpoint's echo/logprobs answer cannot be split into context and continuation."""
 
 
+class EchoIgnoredError(LogprobsError):
+    """The endpoint answered an ``echo`` request without prompt logprobs: it ignores ``echo`` altogether."""
+
+
 def continuation_logprob(
     context_chars: int, text_offset: Sequence[int], logprobs: Sequence[float | None]
 ) -> tuple[float, int]:
@@ -145,7 +149,7 @@ class EndpointClient:
         for choice in by_index:
             block = choice.logprobs
             if block is None or block.text_offset is None or block.token_logprobs is None:
-                raise LogprobsError("the endpoint returned no logprobs/text_offset for an echo request")
+                raise EchoIgnoredError("the endpoint returned no logprobs/text_offset for an echo request")
             total, count = continuation_logprob(len(choices.context), block.text_offset, block.token_logprobs)
             sums.append(total)
             counts.append(count)

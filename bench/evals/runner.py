@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
-from bench.evals.client import CallResult, EndpointClient
+from bench.evals.client import CallResult, EchoIgnoredError, EndpointClient
 from bench.evals.config import EvalConfig, EvalSummary, LatencyStats
 from bench.evals.sandbox import SandboxInfo, SandboxUnavailableError, probe_sandbox
 from bench.evals.scoring import bootstrap_ci, percentiles
@@ -50,18 +50,21 @@ def _server_message(exc: BaseException) -> str:
 def unsupported_reason(exc: BaseException, request: Prompt | Choices) -> str | None:
     """What to tell the user when ``exc`` means the endpoint cannot serve this eval at all, else None.
 
-    llama-server answers every ``echo=true`` request with HTTP 400 "Only no echo is supported": a
+    A server without prompt logprobs either refuses ``echo=true`` (newer llama-server: HTTP 400 "Only no
+    echo is supported") or ignores it (the llama-server servebench builds: no logprobs in the answer). A
     loglikelihood eval would fail each of its samples the same way, so the first such answer ends it.
     """
-    if not isinstance(request, Choices) or getattr(exc, "status_code", None) != 400:
+    if not isinstance(request, Choices):
         return None
-    message = _server_message(exc)
-    if "echo" not in message.lower():
+    if isinstance(exc, EchoIgnoredError):
+        what = "ignores echo=true (its answer has no prompt logprobs)"
+    elif getattr(exc, "status_code", None) == 400 and "echo" in _server_message(exc).lower():
+        what = f"refuses echo=true with logprobs (HTTP 400: {_server_message(exc)})"
+    else:
         return None
     return (
-        f"the endpoint refuses echo=true with logprobs (HTTP 400: {message}); --mode loglikelihood needs the prompt's "
-        "own logprobs to score each choice. llama-server does not return them: use --mode generate there, "
-        "or a server that does (bench serve, vLLM)"
+        f"the endpoint {what}; --mode loglikelihood needs the prompt's own logprobs to score each choice. "
+        "llama-server does not return them: use --mode generate there, or a server that does (bench serve, vLLM)"
     )
 
 
