@@ -21,7 +21,7 @@ CAPABILITIES = Capabilities(
     notes="llama-server built from llama-cpp-python's vendored llama.cpp; max_batch = parallel slots, "
           "each with max_model_len tokens of KV (-c = max_model_len x max_batch); q8/q4 KV turn on flash "
           "attention; ngram = prompt lookup (ngram-simple).",
-    prompt_logprobs=False,  # llama-server refuses echo: "Only no echo is supported"
+    prompt_logprobs=False,  # our llama-server ignores echo (newer ones refuse it: "Only no echo is supported")
 )
 
 # Why each refused value is refused; the text is part of the error users see (and the tests check it).
