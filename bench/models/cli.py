@@ -71,10 +71,45 @@ def prepare_models(
         _fail(console, exc)
 
 
+def random_model(
+    name: str = typer.Argument(..., help="Name of the new models.yaml entry."),
+    shape: str = typer.Option(..., "--shape", help="Architecture to copy: llama-3.1-8b, llama-3.2-1b, tiny-llama."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="models.yaml entry or folder whose HF tokenizer to pad."),
+    out: Path = typer.Option(None, "--out", help="Checkpoint folder (default: {cache}/models/random/NAME)."),
+    device: str = typer.Option("cpu", "--device", help="Where to draw the weights: cpu or cuda."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weight dtype: bfloat16, float16 or float32."),
+    seed: int = typer.Option(0, "--seed"),
+    registry: Path | None = _REGISTRY_OPT,
+) -> None:
+    """Make a random-weight checkpoint of a real shape (for speed runs only) and add it to models.yaml."""
+    from bench.models.random import RandomModelError, make_random_model, random_entry, shape_config
+    from bench.models.registry import append_entry
+    from bench.paths import cache_dir
+
+    console = Console()
+    try:
+        reg = load_registry(registry)
+        shape_config(shape)
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise RandomModelError(f"dtype must be bfloat16, float16 or float32, not {dtype!r}")
+        source = Path(tokenizer) if Path(tokenizer).is_dir() else reg.path_of(tokenizer)
+        target = out or cache_dir() / "models" / "random" / name
+        entry = random_entry(name, shape, target.resolve(), tokenizer, dtype, seed)
+        if any(m.name == name and m != entry for m in reg.models):
+            raise RegistryError(f"model {name!r} already exists in {reg.source} with other settings")
+        with console.status(f"drawing {shape} weights on {device} ..."):
+            make_random_model(shape, source, target, device=device, dtype=dtype, seed=seed)
+        append_entry(entry, reg.source)
+    except (RegistryError, RandomModelError, OSError) as exc:
+        _fail(console, exc)
+    console.print(f"made  {name}  {target}  ({shape}, random weights: speed runs only)")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``models`` command group."""
     group = typer.Typer(help="The model registry (models.yaml).", no_args_is_help=True)
     group.command("list")(list_models)
     group.command("show")(show_model)
     group.command("prepare")(prepare_models)
+    group.command("random")(random_model)
     app.add_typer(group, name="models")
