@@ -17,7 +17,7 @@ from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
 from bench.evals.config import EvalConfig
 from bench.models.registry import Registry, load_registry
-from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, variant_label
+from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
 from bench.run.executor import read_cell, read_run_matrix, run_matrix, write_run_yaml
 from bench.run.schema import (
     EvalScenario,
@@ -245,3 +245,33 @@ def test_resume_skips_finished_cells(tmp_path: Path, registry: Registry) -> None
     assert records[1]["status"] == "skipped"
     (finished / "cell.json").write_text('{"status": "running"')  # torn write: not finished
     assert read_cell(finished) is None
+
+
+def test_only_selects_cells_by_glob_and_resume_runs_the_rest(tmp_path: Path, registry: Registry) -> None:
+    m = validate_matrix({"models": [MODEL], "backends": ["transformers"], "name": "only",
+                         "option_sets": [{"name": "tp1"}, {"name": "tp2", "options": {"tensor_parallel_size": 2}}],
+                         "scenarios": [{"kind": "load"}]})
+    cells = expand(m, registry)
+    assert [c.option_set.name for c in select(cells, ["*tp2*"])] == ["tp2"]
+    assert select(cells, []) == cells
+    with pytest.raises(ValueError, match=r"--only \*tp3\* matches no cell; the cells are: transformers__"):
+        select(cells, ["*tp1*", "*tp3*"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_run_yaml(run_dir, m, "only")
+    # Transformers refuses TP=2 (skipped without starting a server); --only runs just that cell.
+    first = run_matrix(m, registry, run_dir, Console(quiet=True), only=["*tp2*"])
+    assert [(r["option_set"], r["status"]) for r in first] == [("tp2", "skipped")]
+    assert "tensor_parallel_size" in first[0]["reason"]
+    assert not (run_dir / "cells" / f"transformers__{MODEL}__tp1__s0").exists()
+
+
+def test_bench_run_only_with_a_typo_lists_the_cells(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(_matrix(option_sets=[{"name": "tp1"}])))
+    cmd = [sys.executable, "-m", "bench", "run", str(path), "--dry-run", "--only", "*tp9*"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "matches no cell" in proc.stdout and f"transformers__{MODEL}__tp1__s0" in proc.stdout
+    ok = subprocess.run([*cmd[:-1], "*tp1*"], capture_output=True, text=True, timeout=120, check=False)
+    assert ok.returncode == 0 and "1 cells: 1 to run" in ok.stdout

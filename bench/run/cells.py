@@ -7,6 +7,7 @@ options share a cell, so the server starts once for all of them.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,6 +126,20 @@ def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
                     reason = _skip_reason(registry, backend, model, option_set, scenarios)
                     cells.append(Cell(model, backend, option_set, seed, reason, names, base.name))
     return cells
+
+
+def select(cells: list[Cell], patterns: Sequence[str]) -> list[Cell]:
+    """The cells whose id matches one of the glob ``patterns`` (all of them when none are given).
+
+    A pattern that matches nothing is an error that lists the ids, so a typo never runs an empty matrix.
+    """
+    if not patterns:
+        return cells
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(c.cell_id, p) for c in cells)]
+    if unmatched:
+        ids = ", ".join(c.cell_id for c in cells)
+        raise ValueError(f"--only {', '.join(unmatched)} matches no cell; the cells are: {ids}")
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.cell_id, p) for p in patterns)]
 
 
 def native_variant(registry: Registry, backend: str, base: str) -> str:

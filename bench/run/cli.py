@@ -28,11 +28,13 @@ def run(
     seeds: int = typer.Option(None, help="Repeat each cell with seeds 0..N-1."),
     gpu_hour_usd: float = typer.Option(None, help="Price for cost per 1M output tokens."),
     registry: Path = typer.Option(None, help="models.yaml to use."),
+    only: list[str] = typer.Option(None, "--only", help="Run just the cells whose id matches this glob "
+                                   "(repeatable); --resume the run folder later for the rest."),
 ) -> None:
     """Run models × backends × options × scenarios and write reports/<run-id>/."""
     from bench.models.registry import RegistryError, load_registry
     from bench.report.render import write_report
-    from bench.run.cells import default_matrix, expand
+    from bench.run.cells import default_matrix, expand, select
     from bench.run.executor import read_run_matrix, run_matrix, write_run_yaml
     from bench.run.schema import MatrixError, load_matrix
 
@@ -54,8 +56,13 @@ def run(
     if gpu_hour_usd is not None:
         updates["gpu_hour_usd"] = gpu_hour_usd
     matrix = matrix.model_copy(update=updates)
+    try:
+        cells = select(expand(matrix, reg), only or ())
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     if dry_run:
-        _print_cells(console, expand(matrix, reg))
+        _print_cells(console, cells)
         return
     if resume is not None:
         run_dir = resume
@@ -64,7 +71,7 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=False)
         write_run_yaml(run_dir, matrix, run_dir.name)
     console.print(f"run folder: {run_dir}")
-    records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None)
+    records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None, only=only or ())
     paths = write_report([run_dir], run_dir, matrix.gpu_hour_usd, matrix.headline())
     ok = sum(r["status"] == "ok" for r in records)
     console.print(f"{ok}/{len(records)} cells ok; report: {paths[0]}")

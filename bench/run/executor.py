@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.models.registry import Registry
 from bench.run import environment
-from bench.run.cells import Cell, expand
-from bench.run.probes import GIB, MemorySampler
+from bench.run.cells import Cell, expand, select
+from bench.run.probes import GIB, MemorySampler, kv_info
 from bench.run.scenarios import (
     CellRun,
     run_eval_scenario,
@@ -102,7 +103,10 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
     started = time.monotonic()
     with running_server(spec, registry, cell_dir / "server.log", timeout_s=matrix.server_timeout_s) as handle, \
             MemorySampler(handle.process.pid) as memory:
-        run = CellRun(handle, cell.cell_id, cell_dir, cell.seed, cell.option_set.options.max_batch, progress, memory)
+        options = cell.option_set.options
+        run = CellRun(handle, cell.cell_id, cell_dir, cell.seed, options.max_batch, progress, memory,
+                      options.tensor_parallel_size * options.pipeline_parallel_size)
+        kv = kv_info(handle.url + "/metrics", handle.log_path)
         scenarios: dict[str, Any] = {}
         for scenario in matrix.scenarios:
             if scenario.name not in cell.scenarios:
@@ -115,14 +119,15 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
                 scenarios[scenario.name] = {"kind": scenario.kind, "status": "failed",
                                             "error": f"{type(exc).__name__}: {exc}"}
         return {"startup_s": handle.startup_s, "wall_s": time.monotonic() - started, "scenarios": scenarios,
-                "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB}
+                "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB, "kv": kv.as_dict()}
 
 
 def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Console, resume: bool = False,
-               ) -> list[dict[str, Any]]:
-    """Run every cell not already finished; returns the cell records in matrix order."""
+               only: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run every cell not already finished (those matching ``only``, when given); returns their records in matrix
+    order."""
     paths = RunPaths(run_dir)
-    cells = expand(matrix, registry)
+    cells = select(expand(matrix, registry), only)
     records: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:

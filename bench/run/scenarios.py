@@ -49,6 +49,7 @@ class CellRun:
     max_batch: int
     progress: Progress
     memory: MemorySampler
+    model_gpus: int = 1  # GPUs one copy of the model is split over (tensor × pipeline parallel), for MBU
 
     def check_alive(self) -> None:
         """Fail the scenario with the server's log tail if the server died."""
@@ -79,7 +80,7 @@ class CellRun:
         """A load config against this cell's server."""
         return LoadConfig(url=self.handle.url, model=self.handle.model, api=api, workload=workload,
                           arrival=arrival, num_requests=requests, warmup=warmup, duration_s=duration_s,
-                          seed=self.seed, slo=slo or SLO())
+                          seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus)
 
     def point(self, summary: LoadSummary, folder: Path) -> dict[str, Any]:
         """A load point's record: the summary, where its files are, peak RSS and server counters."""
