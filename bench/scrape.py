@@ -43,11 +43,11 @@ SPEC_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 
 # Peak DRAM bandwidth in GB/s by a substring of the NVML device name (first match wins).
 PEAK_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
+    ("GH200", 4000.0),  # before H200, which its name contains
     ("H200", 4800.0),
     ("H100 PCIe", 2000.0),
     ("H100 NVL", 3900.0),
     ("H100", 3350.0),
-    ("GH200", 4000.0),
     ("B200", 8000.0),
     ("A100-SXM4-80GB", 2039.0),
     ("A100 80GB PCIe", 1935.0),

@@ -140,6 +140,41 @@ def test_cost_needs_a_price(tmp_path: Path) -> None:
     assert "32.29 ± 1.47" in md and "$3.6/h" in md
 
 
+def test_scaling_across_gpus_per_gpu_throughput_and_cost(tmp_path: Path) -> None:
+    run = tmp_path / "tp"
+    (run).mkdir()
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "tp", "matrix": {"name": "tp", "gpu_hour_usd": 3.6}}))
+
+    def sweep(points: dict[str, tuple[float, bool]]) -> dict[str, Any]:
+        return {"kind": "load", "mode": "rate", "best": None, "points": {
+            v: {**_summary(tok_s, 100, 20), "passed": ok, "saturated": not ok} for v, (tok_s, ok) in points.items()}}
+
+    kv1, kv2 = {"capacity_tokens": 800_000}, {"capacity_tokens": 1_900_000}
+    _cell(run, "vllm", "tp1", 0, {"sweep": sweep({"5": (600, True), "10": (1200, True), "20": (1500, False)})},
+          tensor_parallel_size=1)
+    _cell(run, "vllm", "tp2", 0, {"sweep": sweep({"10": (1200, True), "20": (2000, True), "40": (2600, False)})},
+          tensor_parallel_size=2)
+    for name, kv in (("tp1", kv1), ("tp2", kv2)):
+        path = run / "cells" / f"vllm__m__{name}__s0" / "cell.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "kv": kv}))
+    write_report([run], run)
+    md = (run / "report.md").read_text()
+    section = md.split("## Scaling across GPUs")[1].split("## ")[0]
+    tp1 = next(line for line in section.splitlines() if line.startswith("| tp | vllm | m | tp1 |"))
+    tp2 = next(line for line in section.splitlines() if line.startswith("| tp | vllm | m | tp2 |"))
+    # The best passing step: 1200 tok/s on one GPU; 2000 tok/s on two, 1000 per GPU. The failed steps are ignored.
+    assert "| 1 | sweep/10 | 75.00 | 1,200.0 | 1,200.0 |" in tp1 and tp1.rstrip().endswith("| 800,000 | 2.0 |")
+    assert "| 2 | sweep/20 | 125.00 | 2,000.0 | 1,000.0 |" in tp2 and "| 1,900,000 |" in tp2
+    # Cost counts every GPU: $3.6/h at 1200 tok/s on one GPU is 0.83 $/1M; at 2000 tok/s on two, 1.00.
+    summary = md.split("## Summary across seeds")[1].split("## ")[0]
+    assert "| 0.83 |" in next(line for line in summary.splitlines() if "| tp1 |" in line)
+    assert "| 1.00 |" in next(line for line in summary.splitlines() if "| tp2 |" in line)
+    # One GPU everywhere: no scaling section.
+    single = make_run(tmp_path, "r1")
+    write_report([single], single)
+    assert "Scaling across GPUs" not in (single / "report.md").read_text()
+
+
 def test_runs_side_by_side(tmp_path: Path) -> None:
     a, b = make_run(tmp_path, "before"), make_run(tmp_path, "after", scale=2.0)
     out = tmp_path / "cmp"

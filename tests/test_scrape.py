@@ -112,6 +112,7 @@ def test_mbu_and_bandwidth_table() -> None:
     assert peak_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350.0
     assert peak_bandwidth_gbs("NVIDIA H100 PCIe") == 2000.0
     assert peak_bandwidth_gbs("mystery") is None
+    assert peak_bandwidth_gbs("NVIDIA H200") == 4800.0 and peak_bandwidth_gbs("NVIDIA GH200 480GB") == 4000.0
     # 7 GB of weights, one decode step every 5 ms: 1.4 TB/s of 3.35 TB/s
     assert mbu(7_000_000_000, 0.005, 3350.0) == pytest.approx(1.4e12 / 3.35e12)
     assert mbu(None, 0.005, 3350.0) is None

@@ -66,6 +66,7 @@ SCRAPE = typer.Option(True, "--scrape/--no-scrape", help="sample /metrics and NV
 API_KEY = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY")
 CONFIG = typer.Option(None, "--config", help="LoadConfig YAML; flags given override it")
 PEAK_BW = typer.Option(None, "--gpu-peak-bandwidth-gbs", help="for MBU (default: table by GPU name)")
+SERVER_GPUS = typer.Option(1, "--server-gpus", min=1, help="GPUs the server splits the model over (TP × PP), for MBU")
 
 
 def workload_dict(
@@ -199,6 +200,7 @@ def load_cmd(
     scrape: bool = SCRAPE,
     api_key: str | None = API_KEY,
     gpu_peak_bandwidth_gbs: float | None = PEAK_BW,
+    server_gpus: int = SERVER_GPUS,
     config: Path | None = CONFIG,
     engine: Engine = typer.Option(
         Engine.native, "--engine", help="native (asyncio) or locust (subprocess; --workers N: master + N workers)"
@@ -237,6 +239,7 @@ def load_cmd(
         "scrape": scrape,
         "api_key": api_key,
         "gpu_peak_bandwidth_gbs": gpu_peak_bandwidth_gbs,
+        "server_gpus": server_gpus,
     }
     cfg = LoadConfig.model_validate(merge_with_file(_read_yaml(config), fields, _given_on_command_line(ctx)))
     console = Console()

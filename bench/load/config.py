@@ -44,6 +44,8 @@ class LoadConfig(BaseModel):
         default=None, gt=0, description="for MBU; default: GPU table"
     )
     model_bytes: int | None = Field(default=None, gt=0, description="weights read per decode step, for MBU")
+    server_gpus: int = Field(default=1, ge=1, description="GPUs the server splits the model over (tensor × "
+                             "pipeline parallel): MBU divides by their summed peak bandwidth")
 
     @model_validator(mode="after")
     def _bounded(self) -> LoadConfig:

@@ -295,5 +295,6 @@ def _server_figures(
         peak = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))
     size = (config.model_bytes or model_bytes_of(config.model)) if config else None
     tpot_mean = summary.tpot_ms.mean / 1e3 if summary.tpot_ms.mean else None
-    figures["mbu"] = mbu(size, tpot_mean, peak)
+    gpus = config.server_gpus if config else 1
+    figures["mbu"] = mbu(size, tpot_mean, peak * gpus if peak else None)
     return {k: v for k, v in figures.items() if v is not None}

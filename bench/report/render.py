@@ -18,11 +18,13 @@ from bench.report.tables import (
     QUALITY_COLUMNS,
     KVRow,
     RunData,
+    ScalingRow,
     SeedStats,
     SpeedUp,
     cost_per_million,
     load_run,
     mean_std,
+    scaling_rows,
     seed_table,
     speedups,
     stops_paying,
@@ -84,7 +86,7 @@ def seed_section(runs: list[RunData], headline: str | None, gpu_hour_usd: float 
     price = f"${gpu_hour_usd:g}/h" if gpu_hour_usd is not None else "no --gpu-hour-usd given"
     note = (f"Mean ± sample std over seeds. Max throughput at the SLO: the best output tokens/s of any load "
             f"point where ≥90% of requests met every SLO (every point when no SLO is set). Cost at that "
-            f"throughput, {price}.")
+            f"throughput, {price} per GPU (× tensor × pipeline × data parallel size).")
     return Section("Summary across seeds", header, rows, note)
 
 
@@ -110,9 +112,37 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
                 _fmt(r.stat("tpot_ms", "p50")), _fmt(r.stat("itl_ms", "p50")), _fmt(r.stat("e2e_ms", "p50")),
                 _fmt(r.stat("e2e_ms", "p99")), _fmt(s.get("goodput"), 2), "yes" if r.meets_slo() else "no",
                 _fmt(s.get("rss_peak_gib"), 2), _fmt(r.startup_s),
-                _fmt(cost_per_million(r.throughput, gpu_hour_usd), 2),
+                _fmt(cost_per_million(r.throughput, gpu_hour_usd, run.devices(r.key)), 2),
             ])
     return Section("Latency and throughput", LOAD_HEADER, rows)
+
+
+SCALING_HEADER = ("run", "backend", "model", "options", "seed", "GPUs", "best load", "req/s", "out tok/s",
+                  "out tok/s per GPU", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms",
+                  "KV capacity tok", "startup s")
+
+
+def scaling_section(runs: list[RunData]) -> Section:
+    """Throughput at the SLO in total and per GPU, for runs where a configuration spans several GPUs."""
+    scaling = [(run, r) for run in runs for r in scaling_rows(run)]
+    if not any(r.devices > 1 for _, r in scaling):
+        return Section("Scaling across GPUs", SCALING_HEADER, [])
+    rows = [[run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), str(r.devices),
+             *_scaling_cells(r)] for run, r in scaling]
+    note = ("GPUs = tensor × pipeline × data parallel size. Best load: the load point with the most output tokens/s "
+            "where ≥90% of requests met every SLO (for a sweep: the steps it passed). KV capacity in tokens as the "
+            "engine reports it at start-up, for the whole server (all its GPUs).")
+    return Section("Scaling across GPUs", SCALING_HEADER, rows, note)
+
+
+def _scaling_cells(r: ScalingRow) -> list[str]:
+    kv = _fmt(r.kv.get("capacity_tokens"), 0)
+    b = r.best
+    if b is None:
+        return ["none met the SLO", "–", "–", "–", "–", "–", "–", "–", kv, "–"]
+    return [f"{b.scenario}/{b.point}", _fmt(b.summary.get("request_throughput"), 2), _fmt(b.throughput),
+            _fmt(r.per_device), _fmt(b.stat("ttft_ms", "p50")), _fmt(b.stat("ttft_ms", "p99")),
+            _fmt(b.stat("tpot_ms", "p50")), _fmt(b.stat("tpot_ms", "p99")), kv, _fmt(b.startup_s)]
 
 
 KV_HEADER = ("run", "backend", "model", "options", "seed", "kv dtype", "prefix cache", "KV capacity tok", "KV MiB",
@@ -252,7 +282,8 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
         gpu_hour_usd = next((p for r in runs if (p := r.matrix_value("gpu_hour_usd")) is not None), None)
     headline = headline or _default_headline(runs)
     spec, ups = spec_section(runs)
-    sections = [seed_section(runs, headline, gpu_hour_usd), load_section(runs, gpu_hour_usd), kv_section(runs),
+    sections = [seed_section(runs, headline, gpu_hour_usd), scaling_section(runs), load_section(runs, gpu_hour_usd),
+                kv_section(runs),
                 prefix_section(runs), spec, eval_section(runs), problems_section(runs)]
     sections = [s for s in sections if s.rows]
     multi = len(runs) > 1

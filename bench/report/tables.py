@@ -149,6 +149,12 @@ class RunData:
     evals: list[EvalRow] = field(default_factory=list)
     problems: list[CellStatus] = field(default_factory=list)
     cell_memory: dict[CellKey, float] = field(default_factory=dict)
+    cell_devices: dict[CellKey, int] = field(default_factory=dict)
+    cell_kv: dict[CellKey, dict[str, Any]] = field(default_factory=dict)
+
+    def devices(self, key: CellKey) -> int:
+        """Accelerators (or engine workers on CPU) the cell's server occupies."""
+        return self.cell_devices.get(key, 1)
 
     def matrix_value(self, name: str) -> Any:
         """A field of the run's resolved matrix (from run.yaml), or None."""
@@ -187,6 +193,9 @@ def _add_cell(data: RunData, cell_dir: Path, cell: dict[str, Any]) -> None:
         data.problems.append(CellStatus(data.run_id, cell["cell_id"], cell["status"], _first_line(reason)))
     if cell.get("rss_peak_gib") is not None:
         data.cell_memory[key] = float(cell["rss_peak_gib"])
+    data.cell_devices[key] = devices(cell.get("options") or {})
+    if cell.get("kv"):
+        data.cell_kv[key] = cell["kv"]
     for name, scenario in (cell.get("scenarios") or {}).items():
         if scenario.get("status") == "failed":
             continue
@@ -235,11 +244,46 @@ def _add_eval(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any],
 _ADDERS = {"load": _add_load, "kv-cache": _add_kv, "speculative": _add_spec, "eval": _add_eval}
 
 
-def cost_per_million(output_tok_s: float | None, gpu_hour_usd: float | None) -> float | None:
-    """USD per 1M output tokens at a throughput and an hourly price."""
+def devices(options: dict[str, Any]) -> int:
+    """Accelerators a configuration occupies: tensor × pipeline × data parallel size."""
+    return (int(options.get("tensor_parallel_size", 1)) * int(options.get("pipeline_parallel_size", 1))
+            * int(options.get("data_parallel_size", 1)))
+
+
+def cost_per_million(output_tok_s: float | None, gpu_hour_usd: float | None, gpus: int = 1) -> float | None:
+    """USD per 1M output tokens at a throughput, for ``gpus`` accelerators at an hourly price each."""
     if not output_tok_s or gpu_hour_usd is None:
         return None
-    return gpu_hour_usd / 3600.0 / output_tok_s * 1e6
+    return gpu_hour_usd * gpus / 3600.0 / output_tok_s * 1e6
+
+
+@dataclass(frozen=True)
+class ScalingRow:
+    """A configuration's best load point that met the SLO, in total and per device."""
+
+    key: CellKey
+    devices: int
+    best: LoadRow | None  # None: no point met the SLO
+    kv: dict[str, Any]
+
+    @property
+    def per_device(self) -> float | None:
+        """Output tokens/s per device at the SLO."""
+        tok_s = self.best.throughput if self.best else None
+        return tok_s / self.devices if tok_s else None
+
+
+def scaling_rows(run: RunData) -> list[ScalingRow]:
+    """Per cell: the highest-throughput load point that met the SLO, with the devices it took."""
+    by_cell: dict[CellKey, list[LoadRow]] = defaultdict(list)
+    for row in run.loads:
+        by_cell[row.key].append(row)
+    out = []
+    for key, rows in by_cell.items():
+        passing = [r for r in rows if r.meets_slo() and r.throughput]
+        best = max(passing, key=lambda r: r.throughput or 0.0) if passing else None
+        out.append(ScalingRow(key, run.devices(key), best, run.cell_kv.get(key, {})))
+    return sorted(out, key=lambda r: (r.key.backend, r.key.model, r.devices, r.key.options, r.key.seed))
 
 
 # ---- speculative speed-up ----------------------------------------------------------------------
@@ -336,7 +380,7 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
     for row in run.loads:
         by_cell[row.key].append(row)
     for key, rows in by_cell.items():
-        _add_load_stats(table[key.group], rows, headline, gpu_hour_usd)
+        _add_load_stats(table[key.group], rows, headline, gpu_hour_usd, run.devices(key))
         table[key.group].seeds.add(key.seed)
     for key, gib in run.cell_memory.items():
         if key.group in table and not any(r.summary.get("server", {}).get("gpu_mem_peak_gib") for r in by_cell[key]):
@@ -344,7 +388,8 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
     return dict(table)
 
 
-def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None, gpu_hour_usd: float | None) -> None:
+def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None, gpu_hour_usd: float | None,
+                    gpus: int) -> None:
     head = [r for r in rows if f"{r.scenario}/{r.point}" == headline]
     if head:
         if (v := head[0].stat("ttft_ms", "p50")) is not None:
@@ -357,7 +402,7 @@ def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None,
     if passing:
         best = max(t for t in passing if t is not None)
         stats.max_tok_s.append(best)
-        if (cost := cost_per_million(best, gpu_hour_usd)) is not None:
+        if (cost := cost_per_million(best, gpu_hour_usd, gpus)) is not None:
             stats.cost.append(cost)
     gpu = [g for r in rows if (g := (r.summary.get("server") or {}).get("gpu_mem_peak_gib"))]
     if gpu:
