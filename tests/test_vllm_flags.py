@@ -204,7 +204,7 @@ def test_cpu_environment_threads_and_kv(launcher: VllmLauncher) -> None:
 
 def test_gpu_environment_turns_nvlink_multicast_off(launcher: VllmLauncher) -> None:
     env = launcher.environment(gpu())
-    assert env == {"NCCL_NVLS_ENABLE": "0"}
+    assert env == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 # --- validation ---------------------------------------------------------------------------------------------

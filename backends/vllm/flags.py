@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import MappingProxyType
 
 from backends.base import EngineOptions, ServerSpec
 from backends.vllm.config import FORMAT_QUANTIZATION, Platform
@@ -21,6 +22,10 @@ NGRAM_LOOKUP_MIN = 2
 NGRAM_LOOKUP_MAX = 4
 CPU_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 GPU_ENTRYPOINT = "vllm.entrypoints.cli.main"
+# NVLink multicast off in NCCL, PyTorch's symmetric memory and NVSHMEM: on shared multi-GPU hosts a program that
+# uses it can take the host's GPUs out of service (the device machines' KINDS.md).
+NO_NVLINK_MULTICAST = MappingProxyType({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                                        "NVSHMEM_DISABLE_NVLS": "1"})
 
 
 def entrypoint(python: Path | str, model_path: Path, target: Platform) -> list[str]:
@@ -122,7 +127,7 @@ def cpu_threads(options: EngineOptions, free_cores: int) -> int:
 def environment(options: EngineOptions, target: Platform, free_cores: int) -> dict[str, str]:
     """Environment for the server process."""
     if target == "cuda":
-        env = {"NCCL_NVLS_ENABLE": "0"}  # NVLink multicast off (shared/device/README.md, KINDS.md)
+        env = dict(NO_NVLINK_MULTICAST)
         if options.threads:
             env["OMP_NUM_THREADS"] = str(options.threads)
         return env
