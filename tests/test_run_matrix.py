@@ -262,7 +262,7 @@ def test_only_selects_cells_by_glob_and_resume_runs_the_rest(tmp_path: Path, reg
     # Transformers refuses TP=2 (skipped without starting a server); --only runs just that cell.
     first = run_matrix(m, registry, run_dir, Console(quiet=True), only=["*tp2*"])
     assert [(r["option_set"], r["status"]) for r in first] == [("tp2", "skipped")]
-    assert "tensor_parallel_size" in first[0]["reason"]
+    assert "parallel" in first[0]["reason"]
     assert not (run_dir / "cells" / f"transformers__{MODEL}__tp1__s0").exists()
 
 
@@ -275,3 +275,70 @@ def test_bench_run_only_with_a_typo_lists_the_cells(tmp_path: Path) -> None:
     assert "matches no cell" in proc.stdout and f"transformers__{MODEL}__tp1__s0" in proc.stdout
     ok = subprocess.run([*cmd[:-1], "*tp1*"], capture_output=True, text=True, timeout=120, check=False)
     assert ok.returncode == 0 and "1 cells: 1 to run" in ok.stdout
+
+
+def _resume_matrix() -> Matrix:
+    # transformers refuses tensor_parallel_size=2, so running the tp2 cell writes "skipped" without a server.
+    return validate_matrix({"models": [MODEL], "backends": ["transformers"], "name": "retry",
+                            "option_sets": [{"name": "tp1"}, {"name": "tp2", "options": {"tensor_parallel_size": 2}}],
+                            "scenarios": [{"kind": "load"}]})
+
+
+def _record(run_dir: Path, cell_id: str, record: dict[str, Any]) -> None:
+    folder = run_dir / "cells" / cell_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cell.json").write_text(json.dumps({"cell_id": cell_id, "backend": "transformers", **record}))
+
+
+def test_resume_retries_failed_cells_and_notes_the_resume_in_run_yaml(tmp_path: Path, registry: Registry) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    m = _resume_matrix()
+    write_run_yaml(run_dir, m, "retry")
+    created = yaml.safe_load((run_dir / "run.yaml").read_text())
+    ok_id, failed_id = f"transformers__{MODEL}__tp1__s0", f"transformers__{MODEL}__tp2__s0"
+    _record(run_dir, ok_id, {"status": "ok", "scenarios": {}, "marker": 1})
+    _record(run_dir, failed_id, {"status": "failed", "error": "LaunchError: server exited with code 1\nlog tail",
+                                 "previous_errors": ["TimeoutError: not healthy after 600 s"]})
+    # --keep-failed: both records stay as they were, and the resume is still noted.
+    kept = run_matrix(m, registry, run_dir, Console(quiet=True), resume=True, retry_failed=False)
+    assert [r["status"] for r in kept] == ["ok", "failed"] and kept[0]["marker"] == 1
+    console = Console(record=True, width=200)
+    records = run_matrix(m, registry, run_dir, console, resume=True)
+    assert records[0]["marker"] == 1  # ok: kept as is
+    assert records[1]["status"] == "skipped" and "parallel" in records[1]["reason"]
+    assert records[1]["previous_errors"] == ["TimeoutError: not healthy after 600 s",
+                                             "LaunchError: server exited with code 1\nlog tail"]
+    assert read_cell(run_dir / "cells" / failed_id) == records[1]
+    said = console.export_text()
+    assert f"retry {failed_id} (attempt 3; it failed before: LaunchError: server exited with code 1)" in said
+    data = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert {k: data[k] for k in created} == created  # the creation data is untouched
+    first, second = data["resumes"]
+    assert (first["only"], first["retried_failed"]) == ([], [])
+    assert (second["only"], second["retried_failed"]) == ([], [failed_id])
+    assert created["created_unix"] <= first["resumed_unix"] <= second["resumed_unix"]
+    assert "git_sha" in second["environment"] and "matrix" not in second  # the same matrix as at creation
+    # A skipped record is kept on the next resume: nothing is retried.
+    again = run_matrix(m, registry, run_dir, Console(quiet=True), resume=True)
+    assert again == records
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"][-1]["retried_failed"] == []
+
+
+def test_bench_run_resume_with_only_retries_the_matching_failed_cell(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    m = _resume_matrix()
+    write_run_yaml(run_dir, m, "retry")
+    failed_id = f"transformers__{MODEL}__tp2__s0"
+    _record(run_dir, failed_id, {"status": "failed", "error": "LaunchError: port in use"})
+    cmd = [sys.executable, "-m", "bench", "run", "--resume", str(run_dir), "--only", "*tp2*"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert "retry" in proc.stdout and "it failed before: LaunchError: port in use" in proc.stdout, proc.stdout
+    assert proc.returncode == 1  # no cell ok: the only one run is skipped
+    cell = read_cell(run_dir / "cells" / failed_id)
+    assert cell is not None and cell["status"] == "skipped" and cell["previous_errors"] == ["LaunchError: port in use"]
+    assert not (run_dir / "cells" / f"transformers__{MODEL}__tp1__s0").exists()  # --only: tp1 not run
+    (entry,) = yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"]
+    assert entry["only"] == ["*tp2*"] and entry["retried_failed"] == [failed_id]
+    assert (run_dir / "report.md").exists()

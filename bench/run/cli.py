@@ -23,7 +23,10 @@ def run(
     matrix_file: Path = typer.Argument(None, help="Matrix YAML; default: the built-in matrix on the default model."),
     out: Path = typer.Option(None, help="Parent folder of run folders (default: ./reports)."),
     run_id: str = typer.Option(None, help="Run folder name (default: timestamp + matrix name)."),
-    resume: Path = typer.Option(None, help="Continue this run folder, skipping finished cells."),
+    resume: Path = typer.Option(None, help="Continue this run folder: keep its ok and skipped cells, run the "
+                                "rest (failed cells included, unless --keep-failed)."),
+    retry_failed: bool = typer.Option(True, "--retry-failed/--keep-failed", help="With --resume: run the cells "
+                                      "recorded as failed again (default), or keep their records."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit."),
     seeds: int = typer.Option(None, help="Repeat each cell with seeds 0..N-1."),
     gpu_hour_usd: float = typer.Option(None, help="Price for cost per 1M output tokens."),
@@ -71,7 +74,8 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=False)
         write_run_yaml(run_dir, matrix, run_dir.name)
     console.print(f"run folder: {run_dir}")
-    records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None, only=only or ())
+    records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None, only=only or (),
+                         retry_failed=retry_failed)
     paths = write_report([run_dir], run_dir, matrix.gpu_hour_usd, matrix.headline())
     ok = sum(r["status"] == "ok" for r in records)
     console.print(f"{ok}/{len(records)} cells ok; report: {paths[0]}")

@@ -1,8 +1,10 @@
 """Run a matrix: for each cell start its server once, run every scenario through it, record, go on.
 
 A cell that fails is recorded (``cell.json`` with ``status: failed``) and the matrix continues. Each
-finished cell is written when it ends, so ``--resume`` skips it and a killed run loses at most the cell
-in flight.
+finished cell is written when it ends, so a killed run loses at most the cell in flight. ``--resume`` keeps
+the ``ok`` and ``skipped`` cells and runs again the ``failed`` ones (a server that did not start is more
+often a passing condition than a property of the cell) unless told to keep them, and notes in ``run.yaml``
+when it resumed and what it retried.
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str) -> None:
     (run_dir / "run.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Sequence[str]) -> dict[str, Any]:
+    """Append a ``resumes`` entry to ``run.yaml`` (when, ``--only`` patterns, failed cells run again), keeping
+    the creation data as it was; a matrix that differs from the one the run started with is recorded in the
+    entry. Returns the entry."""
+    path = run_dir / "run.yaml"
+    if not path.exists():  # a folder begun without run.yaml (by hand): start one, so the resume is on record
+        write_run_yaml(run_dir, matrix, run_dir.name)
+    data = yaml.safe_load(path.read_text()) or {}
+    # The environment too: the cells this resume runs may run on other versions than the first ones.
+    entry: dict[str, Any] = {"resumed_unix": time.time(), "only": list(only), "retried_failed": list(retried),
+                             "environment": environment.capture()}
+    resolved = matrix.model_dump(mode="json")
+    if resolved != data.get("matrix"):
+        entry["matrix"] = resolved
+    data["resumes"] = [*(data.get("resumes") or []), entry]
+    tmp = run_dir / "run.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+    return entry
+
+
 def read_cell(path: Path) -> dict[str, Any] | None:
     """A cell's record, or None if it never finished."""
     try:
@@ -122,37 +145,66 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
                 "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB, "kv": kv.as_dict()}
 
 
+def kept_on_resume(record: dict[str, Any] | None, retry_failed: bool) -> bool:
+    """Whether ``--resume`` keeps a cell's record as it is: ``ok`` and ``skipped`` always, ``failed`` only when
+    not retrying failed cells; a cell that never finished always runs."""
+    if record is None:
+        return False
+    return record["status"] != "failed" or not retry_failed
+
+
 def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Console, resume: bool = False,
-               only: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Run every cell not already finished (those matching ``only``, when given); returns their records in matrix
-    order."""
+               only: Sequence[str] = (), retry_failed: bool = True) -> list[dict[str, Any]]:
+    """Run every cell (those matching ``only``, when given); returns their records in matrix order.
+
+    With ``resume``, a cell already recorded in ``run_dir`` is kept (see :func:`kept_on_resume`), a failed one
+    runs again (its earlier errors go into the new record as ``previous_errors``) unless ``retry_failed`` is
+    false, and the resume is noted in ``run.yaml``.
+    """
     paths = RunPaths(run_dir)
     cells = select(expand(matrix, registry), only)
+    earlier = {cell.cell_id: read_cell(paths.cell(cell)) if resume else None for cell in cells}
+    if resume:
+        retried = [cid for cid, rec in earlier.items() if rec is not None and not kept_on_resume(rec, retry_failed)]
+        note_resume(run_dir, matrix, only, retried)
     records: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("matrix", total=len(cells))
         for cell in cells:
-            cell_dir = paths.cell(cell)
-            done = read_cell(cell_dir) if resume else None
-            if done is None:
+            before = earlier[cell.cell_id]
+            if before is not None and kept_on_resume(before, retry_failed):
+                records.append(before)
+            else:
                 progress.update(task, description=f"{cell.backend} · {cell.model} · {cell.option_set.name}")
-                done = _execute(matrix, registry, cell, cell_dir, progress)
-            records.append(done)
+                records.append(_execute(matrix, registry, cell, paths.cell(cell), progress, before))
             progress.advance(task)
     return records
 
 
-def _execute(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, progress: Progress) -> dict[str, Any]:
+def _previous_errors(before: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``previous_errors`` of a cell run again after failing: its earlier ones plus the last."""
+    if before is None or before.get("status") != "failed":
+        return {}
+    return {"previous_errors": [*before.get("previous_errors", []), before.get("error", "")]}
+
+
+def _execute(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, progress: Progress,
+             before: dict[str, Any] | None = None) -> dict[str, Any]:
+    history = _previous_errors(before)
+    if history:
+        last = (history["previous_errors"][-1] or "failed").splitlines()[0]
+        progress.console.print(f"[cyan]retry[/cyan] {cell.cell_id} (attempt {len(history['previous_errors']) + 1}; "
+                               f"it failed before: {last})", soft_wrap=True)
     if cell.skip_reason is not None:
         progress.console.print(f"[yellow]skip[/yellow] {cell.cell_id}: {cell.skip_reason}")
-        return _write_cell(cell_dir, cell, "skipped", reason=cell.skip_reason)
+        return _write_cell(cell_dir, cell, "skipped", reason=cell.skip_reason, **history)
     try:
         result = _run_cell(matrix, registry, cell, cell_dir, progress)
     except Exception as exc:  # a failed cell is data; the matrix goes on
         progress.console.print(f"[red]failed[/red] {cell.cell_id}: {(str(exc) or type(exc).__name__).splitlines()[0]}")
-        return _write_cell(cell_dir, cell, "failed", error=f"{type(exc).__name__}: {exc}")
+        return _write_cell(cell_dir, cell, "failed", error=f"{type(exc).__name__}: {exc}", **history)
     failed = [f"{name}: {s['error']}" for name, s in result["scenarios"].items() if s.get("status") == "failed"]
     if failed:  # the scenarios that worked stay in the record and in the report
-        return _write_cell(cell_dir, cell, "failed", error="; ".join(failed), **result)
-    return _write_cell(cell_dir, cell, "ok", **result)
+        return _write_cell(cell_dir, cell, "failed", error="; ".join(failed), **history, **result)
+    return _write_cell(cell_dir, cell, "ok", **history, **result)
