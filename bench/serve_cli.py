@@ -12,7 +12,7 @@ from backends.base import EngineOptions
 from backends.errors import BackendError
 from bench.models.registry import RegistryError, load_registry
 
-KV_HELP = "KV-cache dtype: auto, fp8, q8 or q4."
+KV_HELP = "KV-cache dtype: auto, fp8, q8, q6, q4 or k<bits>v<bits> (key/value bits apart, e.g. k8v4)."
 SPEC_HELP = "Speculative decoding: none, ngram, draft:<model>, eagle:<path>."
 
 
@@ -27,10 +27,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(8000, help="Port."),
     api_key: str = typer.Option(None, help="Require this bearer key on /v1.", envvar="SERVEBENCH_API_KEY"),
-    max_queue: int = typer.Option(64, help="Requests allowed to wait beyond the batch; 429 past it."),
+    max_queue: int | None = typer.Option(
+        None, help="Requests allowed to wait beyond the batch; 429 past it (default 64). In-process engines "
+        "only: llamacpp and vllm have no queue bound and refuse another value."),
     kv_cache_dtype: str = typer.Option(None, help=KV_HELP),
     speculative: str = typer.Option(None, help=SPEC_HELP),
-    num_speculative_tokens: int = typer.Option(None, help="Tokens proposed per speculative step."),
+    num_speculative_tokens: int = typer.Option(None, help="Tokens proposed per speculative step (default 4); "
+                                               "needs --speculative."),
     prefix_caching: bool = typer.Option(None, "--prefix-caching/--no-prefix-caching"),
     max_batch: int = typer.Option(None, help="Sequences decoded together."),
     max_model_len: int = typer.Option(None, help="Context window to serve."),
@@ -45,11 +48,12 @@ def serve(
     registry: Path = typer.Option(None, help="models.yaml to use."),
 ) -> None:
     """Serve a model until Ctrl-C, then drain running requests and exit."""
-    from servers.launch import LaunchError, build_spec, serve_forever
+    from servers.launch import DEFAULT_MAX_QUEUE, LaunchError, build_spec, check_max_queue, serve_forever
     from servers.settings import ServerSettings
 
     console = Console(stderr=True)
     try:
+        check_max_queue(backend, max_queue)  # before anything is loaded
         options = EngineOptions.model_validate_json(options_json) if options_json else engine_options(
             kv_cache_dtype=kv_cache_dtype, speculative=speculative, num_speculative_tokens=num_speculative_tokens,
             prefix_caching=prefix_caching, max_batch=max_batch, max_model_len=max_model_len, dtype=dtype,
@@ -61,7 +65,8 @@ def serve(
         name = model or reg.default
         spec = build_spec(reg, backend, name, options, host=host, port=port, api_key=api_key)
         settings = ServerSettings(host=host, port=port, api_key=api_key, served_model_name=name,
-                                  max_queue=max_queue, max_concurrency=options.max_batch)
+                                  max_queue=DEFAULT_MAX_QUEUE if max_queue is None else max_queue,
+                                  max_concurrency=options.max_batch)
     except (ValidationError, RegistryError, BackendError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
