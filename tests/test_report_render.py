@@ -240,3 +240,27 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
                    "hit rate shared-prefix", "$/1M out tok"):
         assert header in dom["headers"]
     assert dom["tables"] >= 6
+
+
+def test_scenarios_skipped_inside_a_cell_that_ran_are_listed_with_the_reason(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "r", "matrix": {"name": "r"}}))
+    reason = ("arc-ll: llamacpp returns no prompt logprobs (echo=true), which --mode loglikelihood needs; "
+              "use mode: generate on this engine")
+    # As run_eval_scenario records it: no kind, status skipped, the reason; the cell itself is ok.
+    _cell(run, "llamacpp", "default", 0, {"arc-gen": _eval("arc-easy", "accuracy", 0.4),
+                                          "arc-ll": {"status": "skipped", "reason": reason + "\nsecond line"}})
+    _cell(run, "vllm", "default", 0, {}, status="skipped")
+    data = load_run(run)
+    by_cell = {(p.cell, p.scenario): (p.status, p.reason) for p in data.problems}
+    assert by_cell == {("llamacpp__m__default__s0", "arc-ll"): ("skipped", reason),
+                       ("vllm__m__default__s0", ""): ("skipped", "backend 'vllm' does not support kv_cache_dtype='q8'")}
+    assert [e.scenario for e in data.evals] == ["arc-gen"]  # the eval that ran is still shown
+    write_report([run], run)
+    md = (run / "report.md").read_text()
+    problems = md.split("## Cells skipped or failed")[1]
+    assert f"| r | llamacpp__m__default__s0 | arc-ll | skipped | {reason} |" in problems
+    assert "| r | vllm__m__default__s0 | – | skipped | backend 'vllm' does not support" in problems
+    assert "skipped inside a cell that ran" in problems
+    assert "arc-ll" in (run / "report.html").read_text()

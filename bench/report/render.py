@@ -252,9 +252,12 @@ def eval_section(runs: list[RunData]) -> Section:
 
 
 def problems_section(runs: list[RunData]) -> Section:
-    """Cells skipped or failed, with the reason."""
-    rows = [[p.run, p.cell, p.status, p.reason] for run in runs for p in run.problems]
-    return Section("Cells skipped or failed", ("run", "cell", "status", "reason"), rows)
+    """Cells skipped or failed, and scenarios skipped inside cells that ran, with the reason."""
+    rows = [[p.run, p.cell, p.scenario or "–", p.status, p.reason] for run in runs for p in run.problems]
+    note = ("A row that names a scenario is one skipped inside a cell that ran: the cell's other results are in "
+            "the tables above. A row without one is the whole cell.")
+    return Section("Cells skipped or failed", ("run", "cell", "scenario", "status", "reason"), rows,
+                   note if any(p.scenario for run in runs for p in run.problems) else "")
 
 
 def _environment_lines(runs: list[RunData]) -> list[str]:

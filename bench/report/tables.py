@@ -127,12 +127,13 @@ class EvalRow:
 
 @dataclass(frozen=True)
 class CellStatus:
-    """A cell (or a scenario in it) that did not produce results, and why."""
+    """A cell (or, when ``scenario`` is set, one scenario in it) that did not produce results, and why."""
 
     run: str
     cell: str
     status: str
     reason: str
+    scenario: str = ""
 
 
 @dataclass
@@ -197,7 +198,10 @@ def _add_cell(data: RunData, cell_dir: Path, cell: dict[str, Any]) -> None:
     if cell.get("kv"):
         data.cell_kv[key] = cell["kv"]
     for name, scenario in (cell.get("scenarios") or {}).items():
-        if scenario.get("status") == "failed":
+        if scenario.get("status") == "skipped":  # e.g. a loglikelihood eval on an engine without prompt logprobs
+            data.problems.append(CellStatus(data.run_id, cell["cell_id"], "skipped",
+                                            _first_line(scenario.get("reason")), name))
+        if scenario.get("status") in ("failed", "skipped"):  # failed ones are named in the cell's error
             continue
         adder = _ADDERS.get(scenario.get("kind", ""))
         if adder is not None:
