@@ -92,12 +92,17 @@ def _delta(rows: Sequence[dict[str, Any]], name: str) -> float | None:
     return seen[-1] - seen[0] if len(seen) >= 2 else None
 
 
+def _first_delta(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> float | None:
+    return next((d for name in names if (d := _delta(rows, name)) is not None), None)
+
+
 def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
 def summarize_server(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """Peaks and rates over the sampled window (counters as last − first)."""
+    """Peaks and rates over the rows given (counters as last − first); pass :func:`window_rows` of the
+    measured window so that warm-up requests are left out."""
 
     def peak(names: Sequence[str]) -> float | None:
         vals = [v for r in rows if (v := _first(r["values"], names)) is not None]
@@ -112,7 +117,29 @@ def summarize_server(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         "prefix_cache_hit_rate": _ratio(_delta(rows, PREFIX_HITS), _delta(rows, PREFIX_QUERIES)),
         "spec_acceptance_rate": _ratio(accepted, _delta(rows, SPEC_DRAFT_TOKENS)),
         "spec_acceptance_length": None if (r := _ratio(accepted, drafts)) is None else 1.0 + r,
+        "server_generation_tokens": _first_delta(rows, GEN_TOKENS),
     }
+
+
+def window_rows(rows: Sequence[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
+    """The rows of one series that cover ``[start, end]``: the last sample at or before ``start`` (the
+    counters' baseline), every sample inside, and the first at or after ``end``.
+
+    Counter deltas over these rows count what the server did in the window plus the gaps to the
+    bracketing samples; the runner takes a sample right before the first measured request is sent, so
+    that the baseline falls on the warm-up boundary.
+    """
+    ordered = sorted(rows, key=lambda r: r["t"])
+    before = [r for r in ordered if r["t"] <= start]
+    inside = [r for r in ordered if start < r["t"] < end]
+    after = [r for r in ordered if r["t"] >= end and r["t"] > start]
+    return before[-1:] + inside + after[:1]
+
+
+def window_gpu_rows(rows: Sequence[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
+    """:func:`window_rows` of each GPU's series (``gpu.jsonl`` has one row per GPU per sample)."""
+    return [r for gpu in sorted({r["gpu"] for r in rows})
+            for r in window_rows([x for x in rows if x["gpu"] == gpu], start, end)]
 
 
 def peak_bandwidth_gbs(gpu_name: str) -> float | None:
@@ -265,7 +292,11 @@ def _report_no_nvml(exc: Exception, device: Path | None) -> None:
 
 
 class Scraper:
-    """Polls ``metrics_url`` and NVML every ``interval_s`` until stopped, appending JSONL rows."""
+    """Polls ``metrics_url`` and NVML every ``interval_s`` until stopped, writing JSONL rows.
+
+    A run starts the files afresh (like ``requests.jsonl``), so a folder run twice holds one run's rows.
+    :meth:`mark` takes an extra sample at once, labelled, e.g. at the warm-up boundary.
+    """
 
     def __init__(self, metrics_url: str, out_dir: Path, interval_s: float, now: Callable[[], float]) -> None:
         self.metrics_url = metrics_url
@@ -275,6 +306,7 @@ class Scraper:
         self.now = now
         self.gpu_names: list[str] = []
         self.metrics_ok = True
+        self._live: tuple[Any, _Nvml, int, int] | None = None  # session, NVML, fds while running
         import prometheus_client.parser  # noqa: F401  (imported now, not on the first sample)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -285,15 +317,26 @@ class Scraper:
         self.gpu_names = nvml.names
         timeout = aiohttp.ClientTimeout(total=max(self.interval_s * 4, 2.0))
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=1)) as session:
-            with _open_append(self.server_path) as sfd, _open_append(self.gpu_path) as gfd:
-                while True:
-                    await self._sample(session, nvml, sfd, gfd)
-                    if stop.is_set():
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+            with _open_fresh(self.server_path) as sfd, _open_fresh(self.gpu_path) as gfd:
+                self._live = (session, nvml, sfd, gfd)
+                try:
+                    while True:
+                        await self._sample(session, nvml, sfd, gfd)
+                        if stop.is_set():
+                            return
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+                finally:
+                    self._live = None
 
-    async def _sample(self, session: Any, nvml: _Nvml, sfd: int, gfd: int) -> None:
+    async def mark(self, label: str) -> None:
+        """Take a sample now, its rows tagged ``"mark": label``; returns once they are written (no-op when
+        the scraper is not running)."""
+        if self._live is not None:
+            await self._sample(*self._live, mark=label)
+
+    async def _sample(self, session: Any, nvml: _Nvml, sfd: int, gfd: int, mark: str | None = None) -> None:
+        tag = {} if mark is None else {"mark": mark}
         if self.metrics_ok:
             try:
                 async with session.get(self.metrics_url) as resp:
@@ -301,18 +344,19 @@ class Scraper:
                         self.metrics_ok = False  # e.g. llama_cpp.server: no /metrics
                         return
                     text = await resp.text()
-                row = {"t": self.now(), "values": parse_prometheus(text)}
+                row = {"t": self.now(), "values": parse_prometheus(text), **tag}
                 os.write(sfd, (json.dumps(row) + "\n").encode())
             except Exception as exc:
                 log.debug("scrape %s failed: %s", self.metrics_url, exc)
         if nvml.available:
             for row in nvml.sample(self.now()):
-                os.write(gfd, (json.dumps(row) + "\n").encode())
+                os.write(gfd, (json.dumps({**row, **tag}) + "\n").encode())
 
 
 @contextlib.contextmanager
-def _open_append(path: Path) -> Any:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def _open_fresh(path: Path) -> Any:
+    """An append-only descriptor on an emptied file (one ``os.write`` per row)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
     try:
         yield fd
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,6 +23,7 @@ from bench.load.tokenizer import Tokenizer, token_counter
 from bench.load.workloads import Prompt
 
 Sink = Callable[[RequestRecord], None]
+Hook = Callable[[], Awaitable[None]]
 DEFAULT_CONNECTION_LIMIT = 4096
 
 
@@ -59,12 +60,17 @@ class Job:
 
 
 class Executor:
-    """Runs one :class:`Job` against the endpoint, on ``clock``, writing records to ``sink``."""
+    """Runs one :class:`Job` against the endpoint, on ``clock``, writing records to ``sink``.
 
-    def __init__(self, job: Job, clock: Clock, sink: Sink) -> None:
+    ``before_measured``, when given and the job has warm-up requests, is awaited right before the first
+    measured request is sent (the runner samples the server's counters there: the warm-up boundary).
+    """
+
+    def __init__(self, job: Job, clock: Clock, sink: Sink, before_measured: Hook | None = None) -> None:
         self.job = job
         self.clock = clock
         self.sink = sink
+        self.before_measured = before_measured
         cfg = job.config
         self.limit = cfg.num_requests + cfg.warmup if cfg.num_requests is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,6 +145,8 @@ class Executor:
         assert self._session is not None
         ctx = self._sem if self._sem is not None else contextlib.nullcontext()
         async with ctx:
+            if job.config.warmup and index == job.config.warmup and self.before_measured is not None:
+                await self.before_measured()
             sent_t, obs = await stream_request(
                 self._session, job.config.endpoint, body, self.clock.now, {"X-Request-Id": rid}
             )

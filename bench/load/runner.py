@@ -21,6 +21,7 @@ import multiprocessing as mp
 import resource
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -43,12 +44,16 @@ from bench.scrape import (
     read_rows,
     summarize_gpu,
     summarize_server,
+    window_gpu_rows,
+    window_rows,
 )
 
 log = logging.getLogger(__name__)
 # Time between starting the side tasks (scraper, display) and the first request, so their setup
 # does not delay the first sends.
 START_LEAD_S = 0.25
+# The label of the scrape sample taken right before the first measured request (after the warm-up).
+MEASURED_MARK = "measured"
 
 
 def run_load(config: LoadConfig, out_dir: Path, console: Console | None = None) -> LoadSummary:
@@ -72,14 +77,14 @@ async def run_load_async(
     _raise_nofile_limit()
     progress = Progress(total=config.total_requests() if config.num_requests is not None else None)
     stop = asyncio.Event()
-    side = _side_tasks(config, out_dir, console, progress, clock, stop)
+    side, scraper = _side_tasks(config, out_dir, console, progress, clock, stop)
     meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None, "finished": False}
     # Written first so that a killed run can still be summarised with its SLOs.
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
     jobs = [Job(config, prompts, run_id, w, config.workers, tokenizer=tokenizer) for w in range(config.workers)]
     try:
         if len(jobs) == 1:
-            meta["t0"] = await _run_inline(jobs[0], records_path, clock, progress)
+            meta["t0"] = await _run_inline(jobs[0], records_path, clock, progress, scraper)
         else:
             meta["t0"] = await _run_processes(jobs, records_path, clock, progress)
     finally:
@@ -157,8 +162,9 @@ def _side_tasks(
     progress: Progress,
     clock: Clock,
     stop: asyncio.Event,
-) -> list[asyncio.Task[None]]:
+) -> tuple[list[asyncio.Task[None]], Scraper | None]:
     tasks = []
+    scraper = None
     if config.scrape:
         scraper = Scraper(config.root_url + "/metrics", out_dir, config.scrape_interval_s, clock.now)
         tasks.append(asyncio.create_task(scraper.run(stop)))
@@ -166,17 +172,21 @@ def _side_tasks(
         tasks.append(
             asyncio.create_task(live_progress(console, progress, clock.now, config.arrival.describe(), stop))
         )
-    return tasks
+    return tasks, scraper
 
 
-async def _run_inline(job: Job, path: Path, clock: Clock, progress: Progress) -> float:
+async def _run_inline(job: Job, path: Path, clock: Clock, progress: Progress, scraper: Scraper | None = None) -> float:
     with JsonlAppender(path) as sink:
 
         def write(record: RequestRecord) -> None:
             sink.write(record)
             progress.add(record)
 
-        executor = Executor(job, clock, write)
+        async def boundary() -> None:
+            if scraper is not None:
+                await scraper.mark(MEASURED_MARK)
+
+        executor = Executor(job, clock, write, boundary)
         t0 = clock.now() + START_LEAD_S
         await executor.run(t0)
     return t0
@@ -279,17 +289,47 @@ def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | 
         raise FileNotFoundError(f"{path} not found: is {out_dir} a bench load output folder?")
     records = read_records(path)
     summary = summarize(records, slo)
-    summary.server = _server_figures(out_dir, summary, config)
+    summary.server = _server_figures(out_dir, summary, config, records)
     _write_json(out_dir / "summary.json", summary.model_dump(mode="json"))
     return summary
 
 
+def measured_window(records: Sequence[RequestRecord]) -> tuple[float, float] | None:
+    """From the first measured request's send to the end of the last one's stream (None without any):
+    the window the server-side figures cover, so that warm-up requests are left out of them."""
+    measured = [r for r in records if not r.warmup]
+    if not measured:
+        return None
+    return min(r.sent_t for r in measured), max(max(r.end_t, r.closed_t or r.end_t) for r in measured)
+
+
+def tokens_in_window(records: Sequence[RequestRecord], window: tuple[float, float]) -> int:
+    """Output tokens that arrived inside ``window``, warm-up requests included: what the GPU's energy over
+    the window was spent on."""
+    start, end = window
+    return sum(1 for r in records for t in r.token_times if start <= t <= end)
+
+
+def measured_server_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """The ``server_metrics.jsonl`` rows of a load folder that cover its measured window."""
+    rows = read_rows(out_dir / "server_metrics.jsonl")
+    path = out_dir / "requests.jsonl"
+    window = measured_window(read_records(path)) if path.exists() else None
+    return rows if window is None else window_rows(rows, *window)
+
+
 def _server_figures(
-    out_dir: Path, summary: LoadSummary, config: LoadConfig | None
+    out_dir: Path, summary: LoadSummary, config: LoadConfig | None, records: Sequence[RequestRecord] = ()
 ) -> dict[str, float | None]:
-    figures = summarize_server(read_rows(out_dir / "server_metrics.jsonl"))
+    server_rows = read_rows(out_dir / "server_metrics.jsonl")
     gpu_rows = read_rows(out_dir / "gpu.jsonl")
-    figures.update(summarize_gpu(gpu_rows, summary.total_output_tokens))
+    window = measured_window(records)
+    tokens = summary.total_output_tokens
+    if window is not None:
+        server_rows, gpu_rows = window_rows(server_rows, *window), window_gpu_rows(gpu_rows, *window)
+        tokens = tokens_in_window(records, window)
+    figures = summarize_server(server_rows)
+    figures.update(summarize_gpu(gpu_rows, tokens))
     peak = config.gpu_peak_bandwidth_gbs if config else None
     if peak is None and gpu_rows:
         peak = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))

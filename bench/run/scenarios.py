@@ -18,14 +18,13 @@ from rich.progress import Progress
 
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig
-from bench.load.runner import run_load
+from bench.load.runner import measured_server_rows, run_load
 from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
 from bench.run.cells import scenario_skip_reason
 from bench.run.probes import MemorySampler, kv_info, prefix_hit_rate, speculative_figures
 from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario
-from bench.scrape import read_rows
 from servers.launch import LaunchError, ServerHandle
 
 # Words for the repetitive prompts (common English, one token each in BPE vocabularies).
@@ -84,7 +83,7 @@ class CellRun:
 
     def point(self, summary: LoadSummary, folder: Path) -> dict[str, Any]:
         """A load point's record: the summary, where its files are, peak RSS and server counters."""
-        rows = read_rows(folder / "server_metrics.jsonl")
+        rows = measured_server_rows(folder)  # warm-up requests left out
         data = summary.model_dump(mode="json")
         data["dir"] = str(folder.relative_to(self.cell_dir))
         data["rss_peak_gib"] = self.memory.take_peak()
