@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from backends.gpu import NVIDIA_DRIVER_FILES, nvidia_driver_file
+
 log = logging.getLogger(__name__)
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
@@ -219,13 +221,16 @@ def model_bytes_of(model: str) -> int | None:
 # ---- sampling (I/O) ---------------------------------------------------------------------------
 
 
-# Device nodes the NVIDIA driver creates: when one exists, a GPU is there for NVML to read.
-NVIDIA_DEVICE_NODES = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"))
+# Files the NVIDIA driver creates: when one exists, a GPU is there for NVML to read.
+NVIDIA_DEVICE_NODES = NVIDIA_DRIVER_FILES
 
 
 def cuda_device_visible(nodes: Sequence[Path] = NVIDIA_DEVICE_NODES) -> Path | None:
-    """The first NVIDIA driver device node that exists, or ``None`` (no GPU visible here)."""
-    return next((p for p in nodes if p.exists()), None)
+    """The first NVIDIA driver file that exists (the evidence a log line can name), or ``None`` (no GPU here).
+
+    ``CUDA_VISIBLE_DEVICES`` does not matter here: NVML sees every GPU whatever CUDA is told.
+    """
+    return nvidia_driver_file(nodes)
 
 
 class _Nvml:

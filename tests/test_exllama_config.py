@@ -8,9 +8,9 @@ from backends import registry
 from backends.base import EngineOptions
 from backends.errors import UnsupportedOptionError
 from backends.exllamav2 import config as v2
-from backends.exllamav2.gpu import cuda_missing_reason
 from backends.exllamav2.jobloop import cache_tokens
 from backends.exllamav3 import config as v3
+from backends.gpu import cuda_missing_reason
 
 OK = EngineOptions(max_batch=1)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from backends.base import Capabilities, EngineOptions
 from backends.errors import UnsupportedOptionError
-from backends.exllamav2.gpu import cuda_missing_reason, refuse_common
+from backends.exllamav2.gpu import refuse_common
+from backends.gpu import cuda_missing_reason
 from backends.registry import module_available
 
 NAME = "exllamav2"

@@ -1,22 +1,13 @@
-"""Checks shared by the two ExLlama configs (light: no torch import)."""
+"""Checks shared by the two ExLlama configs (light: no torch import).
+
+Whether CUDA is here at all is :func:`backends.gpu.cuda_missing_reason`, shared with vLLM and the scraper.
+"""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 from backends.base import Capabilities, EngineOptions
 from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
-
-
-def cuda_missing_reason() -> str | None:
-    """``None`` when an NVIDIA GPU is visible, else why not (the ExLlama kernels are CUDA-only)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return "needs CUDA: CUDA_VISIBLE_DEVICES hides every GPU"
-    if not (Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()):
-        return "needs CUDA: no NVIDIA GPU or driver on this machine"
-    return None
 
 
 def refuse_common(name: str, caps: Capabilities, options: EngineOptions, fmt: str, kv_cache_dtype: str) -> None:

