@@ -6,15 +6,49 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-KVCacheDtype = Literal["auto", "fp8", "q8", "q4"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 FinishReason = Literal["stop", "length", "abort"]
 
+# The named KV-cache dtypes: the model's dtype, fp8, and integer caches of 8, 6 or 4 bits for keys and values.
+KV_CACHE_DTYPES = ("auto", "fp8", "q8", "q6", "q4")
+# Asymmetric integer caches are written k<bits>v<bits> (k8v4: 8-bit keys, 4-bit values); an engine that takes
+# any such pair lists this token in ``Capabilities.kv_cache_dtypes``.
+KV_BITS_PAIR = "k<bits>v<bits>"
+KV_BITS_MIN, KV_BITS_MAX = 2, 8
+_KV_PAIR = re.compile(r"^k(\d)v(\d)$")
+_QUANTIZED_KV = MappingProxyType({"q8": (8, 8), "q6": (6, 6), "q4": (4, 4)})
+# Draft tokens per speculative step when speculation is on and num_speculative_tokens is not given.
+DEFAULT_NUM_SPECULATIVE_TOKENS = 4
+
 _SPECULATIVE = re.compile(r"^(none|ngram|draft:.+|eagle:.+)$")
+
+
+def kv_cache_bits(dtype: str) -> tuple[int, int] | None:
+    """(key bits, value bits) of an integer KV cache (``q6`` -> (6, 6), ``k8v4`` -> (8, 4)); None for auto, fp8."""
+    if dtype in _QUANTIZED_KV:
+        return _QUANTIZED_KV[dtype]
+    pair = _KV_PAIR.match(dtype)
+    return (int(pair[1]), int(pair[2])) if pair else None
+
+
+def _check_kv_cache_dtype(value: str) -> str:
+    """A KV-cache dtype of the vocabulary, lower-cased; a symmetric pair becomes its name (k8v8 -> q8)."""
+    dtype = value.lower()
+    if dtype in KV_CACHE_DTYPES:
+        return dtype
+    bits = kv_cache_bits(dtype)
+    if bits is None or not all(KV_BITS_MIN <= b <= KV_BITS_MAX for b in bits):
+        raise ValueError(f"kv_cache_dtype must be {', '.join(KV_CACHE_DTYPES)} or {KV_BITS_PAIR} (key and value "
+                         f"bits from {KV_BITS_MIN} to {KV_BITS_MAX}, e.g. k8v4); got {value!r}")
+    return next((name for name, pair in _QUANTIZED_KV.items() if pair == bits), dtype)
+
+
+KVCacheDtype = Annotated[str, AfterValidator(_check_kv_cache_dtype)]
 
 
 class EngineOptions(BaseModel):
@@ -28,7 +62,9 @@ class EngineOptions(BaseModel):
 
     kv_cache_dtype: KVCacheDtype = "auto"
     speculative: str = Field(default="none", description="none | ngram | draft:<model> | eagle:<path>")
-    num_speculative_tokens: int = Field(default=4, ge=1, le=16)
+    num_speculative_tokens: int | None = Field(
+        default=None, ge=1, le=16,
+        description=f"draft tokens per speculative step; None: {DEFAULT_NUM_SPECULATIVE_TOKENS}. Needs speculative")
     prefix_caching: bool = False
     max_batch: int = Field(default=8, ge=1)
     max_model_len: int | None = Field(default=None, ge=16)
@@ -47,6 +83,18 @@ class EngineOptions(BaseModel):
         if not _SPECULATIVE.match(value):
             raise ValueError("speculative must be one of none, ngram, draft:<model>, eagle:<path>")
         return value
+
+    @model_validator(mode="after")
+    def _speculative_tokens_need_speculation(self) -> EngineOptions:
+        if self.num_speculative_tokens is not None and self.speculative == "none":
+            raise ValueError(f"num_speculative_tokens={self.num_speculative_tokens} does nothing with "
+                             "speculative=none; choose a method (ngram, draft:<model>, eagle:<path>) or drop it")
+        return self
+
+    @property
+    def speculative_tokens(self) -> int:
+        """Draft tokens per speculative step: ``num_speculative_tokens``, else the default of 4."""
+        return self.num_speculative_tokens or DEFAULT_NUM_SPECULATIVE_TOKENS
 
     @property
     def speculative_method(self) -> str:
@@ -75,6 +123,10 @@ class Capabilities:
     # Logprobs of the prompt's own tokens (``echo=true`` with ``logprobs`` on ``/v1/completions``):
     # loglikelihood evals (``bench eval --mode loglikelihood``, lm-eval) need them.
     prompt_logprobs: bool = True
+
+    def accepts_kv_cache_dtype(self, dtype: str) -> bool:
+        """Whether ``dtype`` is listed, or is a k<bits>v<bits> pair and :data:`KV_BITS_PAIR` is listed."""
+        return dtype in self.kv_cache_dtypes or (KV_BITS_PAIR in self.kv_cache_dtypes and bool(_KV_PAIR.match(dtype)))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def _refuse_outside_capabilities(engine: str, caps: Capabilities, options: Engin
     """Raise for a format, KV-cache dtype, speculative method, prefix cache or parallelism ``caps`` lacks."""
     if fmt not in caps.formats:
         raise UnsupportedOptionError(engine, "format", fmt, reasons.get("format", caps.formats))
-    if options.kv_cache_dtype not in caps.kv_cache_dtypes:
+    if not caps.accepts_kv_cache_dtype(options.kv_cache_dtype):
         raise UnsupportedOptionError(engine, "kv_cache_dtype", options.kv_cache_dtype,
                                      reasons.get("kv_cache_dtype", caps.kv_cache_dtypes))
     if options.speculative_method not in caps.speculative:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 
 from backends import registry
 from backends.base import EngineOptions
 from backends.errors import UnsupportedOptionError
 from backends.exllamav2 import config as v2
-from backends.exllamav2.jobloop import cache_tokens
+from backends.exllamav2.jobloop import cache_tokens, draft_spec
 from backends.exllamav3 import config as v3
 from backends.gpu import cuda_missing_reason
 
@@ -38,19 +42,52 @@ def test_formats() -> None:
             cfg.validate(OK, fmt)
 
 
-@pytest.mark.parametrize("kv", ["auto", "q8", "q4"])
+@pytest.mark.parametrize("kv", ["auto", "q8", "q6", "q4"])
 def test_quantized_caches_accepted(kv: str) -> None:
-    options = EngineOptions(max_batch=1, kv_cache_dtype=kv)  # type: ignore[arg-type]
+    options = EngineOptions(max_batch=1, kv_cache_dtype=kv)
     v2.validate(options, "exl2", flash_attn=False)
     v3.validate(options, "exl3")
+
+
+@pytest.mark.parametrize("kv", ["k8v4", "k4v8", "k2v2", "k8v6", "k5v5"])
+def test_key_value_bits_accepted_by_v3_only(kv: str) -> None:
+    options = EngineOptions(max_batch=1, kv_cache_dtype=kv)
+    v3.validate(options, "exl3")
+    with pytest.raises(UnsupportedOptionError, match=rf"kv_cache_dtype='{kv}'.*keys and values alike"):
+        v2.validate(options, "exl2", flash_attn=True)
 
 
 def test_fp8_cache_refused_with_reason() -> None:
     options = EngineOptions(max_batch=1, kv_cache_dtype="fp8")
     with pytest.raises(UnsupportedOptionError, match="dynamic generator"):
         v2.validate(options, "exl2", flash_attn=True)
-    with pytest.raises(UnsupportedOptionError, match="kv_cache_dtype"):
+    with pytest.raises(UnsupportedOptionError, match=r"kv_cache_dtype='fp8'.*exllamav3 has no fp8 cache"):
         v3.validate(options, "exl3")
+
+
+def test_v2_cache_classes() -> None:
+    assert dict(v2.CACHE_CLASSES) == {"auto": "ExLlamaV2Cache", "q8": "ExLlamaV2Cache_Q8",
+                                      "q6": "ExLlamaV2Cache_Q6", "q4": "ExLlamaV2Cache_Q4"}
+    assert set(v2.CAPABILITIES.kv_cache_dtypes) == set(v2.CACHE_CLASSES)  # every accepted dtype has a class
+
+
+@pytest.mark.skipif(importlib.util.find_spec("exllamav2") is None, reason="exllamav2 is not installed")
+def test_v2_cache_classes_exist_in_the_installed_package() -> None:
+    """Read, not imported (exllamav2 imports only with CUDA): the package exports each class we look up."""
+    spec = importlib.util.find_spec("exllamav2")
+    assert spec is not None and spec.origin is not None
+    exported = set(re.findall(r"^from exllamav2\.cache import (\w+)$", Path(spec.origin).read_text(), re.M))
+    assert set(v2.CACHE_CLASSES.values()) <= exported
+
+
+@pytest.mark.parametrize(("kv", "args"), [
+    ("auto", {}), ("q8", {"k_bits": 8, "v_bits": 8}), ("q6", {"k_bits": 6, "v_bits": 6}),
+    ("q4", {"k_bits": 4, "v_bits": 4}), ("k8v4", {"k_bits": 8, "v_bits": 4}), ("k4v8", {"k_bits": 4, "v_bits": 8}),
+    ("k8v8", {"k_bits": 8, "v_bits": 8}),
+])
+def test_v3_cache_layer_bits(kv: str, args: dict[str, int]) -> None:
+    """{} is exllamav3's CacheLayer_fp16; otherwise CacheLayer_quant with these k_bits/v_bits."""
+    assert v3.cache_layer_args(EngineOptions(kv_cache_dtype=kv).kv_cache_dtype) == args
 
 
 def test_batching_needs_flash_attn_in_v2_only() -> None:
@@ -90,3 +127,11 @@ def test_cache_is_whole_pages() -> None:
     assert cache_tokens(2048, 1) == 2048
     assert cache_tokens(1000, 3) == 3072
     assert cache_tokens(1, 1) == 256
+
+
+def test_draft_length_reaches_the_generators(tmp_path: Path) -> None:
+    assert draft_spec(EngineOptions(speculative="ngram"), None).num_tokens == 4
+    assert draft_spec(EngineOptions(speculative="ngram", num_speculative_tokens=6), None).num_tokens == 6
+    spec = draft_spec(EngineOptions(speculative="draft:tiny", num_speculative_tokens=3), tmp_path)
+    assert (spec.draft_path, spec.num_tokens, spec.ngram) == (tmp_path, 3, False)
+    assert draft_spec(EngineOptions(), None).num_tokens == 0

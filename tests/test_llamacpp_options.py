@@ -41,6 +41,8 @@ def _after(cmd: list[str], flag: str) -> str:
 
 REFUSED = [
     ({"kv_cache_dtype": "fp8"}, "gguf", "kv_cache_dtype", "no fp8 KV cache"),
+    ({"kv_cache_dtype": "q6"}, "gguf", "kv_cache_dtype", "no llama-server mapping"),
+    ({"kv_cache_dtype": "k8v4"}, "gguf", "kv_cache_dtype", "no llama-server mapping"),
     ({"speculative": "eagle:/models/eagle"}, "gguf", "speculative", "EAGLE heads need a GGUF conversion"),
     ({"tensor_parallel_size": 2}, "gguf", "parallelism", "tensor/pipeline/data parallel must be 1"),
     ({"pipeline_parallel_size": 2}, "gguf", "parallelism", "tensor/pipeline/data parallel must be 1"),
@@ -123,6 +125,8 @@ def test_ngram_speculation_is_prompt_lookup(model_path: Path) -> None:
     cmd = LlamaServerLauncher(cuda=False).command(spec)
     assert _after(cmd, "--spec-type") == "ngram-simple"
     assert _after(cmd, "--spec-ngram-simple-size-m") == "6"
+    default = LlamaServerLauncher(cuda=False).command(_spec(model_path, speculative="ngram"))
+    assert _after(default, "--spec-ngram-simple-size-m") == "4"
 
 
 def test_draft_model(model_path: Path, tmp_path: Path) -> None:

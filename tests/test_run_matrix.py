@@ -61,6 +61,10 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 def test_bad_values_are_refused_with_the_field() -> None:
     with pytest.raises(MatrixError, match="kv_cache_dtypes"):
         validate_matrix(_matrix(scenarios=[{"kind": "kv-cache", "kv_cache_dtypes": ["int3"]}]))
+    with pytest.raises(MatrixError, match=r"kv_cache_dtypes.*k<bits>v<bits> \(key and value bits from 2 to 8"):
+        validate_matrix(_matrix(scenarios=[{"kind": "kv-cache", "kv_cache_dtypes": ["k9v4"]}]))
+    with pytest.raises(MatrixError, match="num_speculative_tokens=6 does nothing with speculative=none"):
+        validate_matrix(_matrix(option_sets=[{"name": "k6", "options": {"num_speculative_tokens": 6}}]))
     with pytest.raises(MatrixError, match="speculative must be one of"):
         validate_matrix(_matrix(scenarios=[{"kind": "speculative", "methods": ["none", "medusa"]}]))
     with pytest.raises(MatrixError, match="must include 'none'"):
@@ -157,6 +161,25 @@ def test_variants_become_cells_and_share_the_base_server(registry: Registry) -> 
     refused = cells["transformers__smollm2-135m-instruct-hf__default+spec-ngram__s0"].skip_reason
     assert refused is not None and "speculative='ngram'" in refused
     assert len(cells) == 2 * 4  # base, kv-q8, kv-fp8, spec-ngram per backend
+
+
+def test_kv_cache_scenario_takes_exllama_caches() -> None:
+    m = validate_matrix(_matrix(scenarios=[{"kind": "kv-cache", "kv_cache_dtypes": ["q6", "K8V4", "k8v8"]}]))
+    kv = m.scenarios[0]
+    assert isinstance(kv, KVCacheScenario) and kv.kv_cache_dtypes == ("q6", "k8v4", "q8")
+    names = [resolve(OptionSet(name="default"), v).name for v in kv.variants()]
+    assert names == ["default+kv-q6", "default+kv-k8v4", "default+kv-q8"]
+
+
+def test_speculative_baseline_drops_the_draft_length() -> None:
+    base = OptionSet(name="spec6", options=EngineOptions(speculative="ngram", num_speculative_tokens=6))
+    none, ngram = SpeculativeScenario().variants()
+    baseline = resolve(base, none)
+    assert baseline.name == "spec6+no-spec"
+    assert baseline.options.num_speculative_tokens is None
+    assert resolve(base, ngram).name == "spec6+k4"  # the scenario's draft length (4) overrides the set's 6
+    plain = OptionSet(name="default")
+    assert [resolve(plain, v).name for v in (none, ngram)] == ["default", "default+spec-ngram"]
 
 
 def test_variant_names_say_what_differs() -> None:

@@ -121,6 +121,8 @@ def test_ngram_speculative_config(launcher: VllmLauncher) -> None:
     assert json.loads(flag_value(cmd, "--speculative-config")) == {
         "method": "ngram", "num_speculative_tokens": 3,
         "prompt_lookup_min": flags.NGRAM_LOOKUP_MIN, "prompt_lookup_max": flags.NGRAM_LOOKUP_MAX}
+    default = json.loads(flag_value(launcher.command(cpu(speculative="ngram")), "--speculative-config"))
+    assert default["num_speculative_tokens"] == 4  # not given: the documented default, never null
 
 
 def test_draft_speculative_uses_resolved_draft_path(launcher: VllmLauncher) -> None:
@@ -223,10 +225,10 @@ def test_supported_cpu_options_pass() -> None:
                                             prefix_caching=True, max_model_len=2048), "hf")
 
 
-@pytest.mark.parametrize("kv", ["q8", "q4"])
+@pytest.mark.parametrize("kv", ["q8", "q6", "q4", "k8v4"])
 def test_int_kv_cache_refused(kv: str) -> None:
-    with pytest.raises(UnsupportedOptionError, match=r"kv_cache_dtype=.*no int8/int4 KV cache"):
-        backends.validate("vllm", EngineOptions(device="cpu", kv_cache_dtype=kv), "hf")  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedOptionError, match=r"kv_cache_dtype=.*no integer KV cache"):
+        backends.validate("vllm", EngineOptions(device="cpu", kv_cache_dtype=kv), "hf")
 
 
 @pytest.mark.parametrize("option", ["tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"])

@@ -11,24 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import exllamav2
 import torch
-from exllamav2 import (
-    ExLlamaV2,
-    ExLlamaV2Cache,
-    ExLlamaV2Cache_Q4,
-    ExLlamaV2Cache_Q8,
-    ExLlamaV2Config,
-    ExLlamaV2Tokenizer,
-)
+from exllamav2 import ExLlamaV2, ExLlamaV2Config, ExLlamaV2Tokenizer
 from exllamav2 import attn as exl_attn
 from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob, ExLlamaV2Sampler
 
 from backends.base import Capabilities
 from backends.errors import UnsupportedOptionError
-from backends.exllamav2.config import CAPABILITIES, NAME
+from backends.exllamav2.config import CACHE_CLASSES, CAPABILITIES, NAME
 from backends.exllamav2.jobloop import JobLoopEngine, Live, cache_tokens, draft_spec
-
-_CACHES: dict[str, Any] = {"auto": ExLlamaV2Cache, "q8": ExLlamaV2Cache_Q8, "q4": ExLlamaV2Cache_Q4}
 
 
 def sampler_settings(temperature: float, top_p: float) -> Any:
@@ -110,8 +102,8 @@ class ExLlamaV2Engine(JobLoopEngine):
         config.arch_compat_overrides()
         model = ExLlamaV2(config)
         sequences = self.options.max_batch if exl_attn.has_flash_attn_with_paged else 1
-        cache = _CACHES[self.options.kv_cache_dtype](
-            model, max_seq_len=cache_tokens(config.max_seq_len, sequences), lazy=True)
+        cache_class = getattr(exllamav2, CACHE_CLASSES[self.options.kv_cache_dtype])
+        cache = cache_class(model, max_seq_len=cache_tokens(config.max_seq_len, sequences), lazy=True)
         model.load_autosplit(cache, progress=False)
         return model, cache, config
 

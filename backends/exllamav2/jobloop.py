@@ -249,11 +249,11 @@ def draft_spec(options: EngineOptions, draft_path: Path | None) -> DraftSpec:
     """Resolve ``options.speculative`` to a :class:`DraftSpec` (the draft path from models.yaml if not given)."""
     method = options.speculative_method
     if method == "ngram":
-        return DraftSpec(ngram=True, num_tokens=options.num_speculative_tokens)
+        return DraftSpec(ngram=True, num_tokens=options.speculative_tokens)
     if method == "draft":
         if draft_path is None:
             from bench.models.registry import load_registry
 
             draft_path = load_registry().path_of(str(options.speculative_target))
-        return DraftSpec(draft_path=draft_path, num_tokens=options.num_speculative_tokens)
+        return DraftSpec(draft_path=draft_path, num_tokens=options.speculative_tokens)
     return DraftSpec()

@@ -12,7 +12,7 @@ from exllamav3.generator.sampler import ArgmaxSampler, ComboSampler
 
 from backends.base import Capabilities
 from backends.exllamav2.jobloop import JobLoopEngine, Live, cache_tokens, draft_spec
-from backends.exllamav3.config import CAPABILITIES, KV_BITS, NAME
+from backends.exllamav3.config import CAPABILITIES, NAME, cache_layer_args
 
 NGRAM_MATCH_MIN = 2  # shortest suffix match that drafts tokens in n-gram mode
 
@@ -57,11 +57,8 @@ class ExLlamaV3Engine(JobLoopEngine):
         config = Config.from_directory(str(path))
         model = Model.from_config(config)
         tokens = cache_tokens(self._length(config, max_len), self.options.max_batch)
-        bits = KV_BITS.get(self.options.kv_cache_dtype)
-        if bits is None:
-            cache = Cache(model, max_num_tokens=tokens, layer_type=CacheLayer_fp16)
-        else:
-            cache = Cache(model, max_num_tokens=tokens, layer_type=CacheLayer_quant, k_bits=bits[0], v_bits=bits[1])
+        bits = cache_layer_args(self.options.kv_cache_dtype)
+        cache = Cache(model, max_num_tokens=tokens, layer_type=CacheLayer_quant if bits else CacheLayer_fp16, **bits)
         model.load(progressbar=False)
         return model, cache, config
 

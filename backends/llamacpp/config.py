@@ -27,7 +27,8 @@ CAPABILITIES = Capabilities(
 # Why each refused value is refused; the text is part of the error users see (and the tests check it).
 REFUSALS = {
     "format": "llama-server loads GGUF only; derive one with `bench models prepare` or `bench quantize`",
-    "kv_cache_dtype": "llama.cpp has no fp8 KV cache; use q8 (q8_0) or q4 (q4_0)",
+    "kv_cache_dtype": "llama.cpp has no fp8 KV cache; use q8 (q8_0) or q4 (q4_0) (q6 and k<bits>v<bits> are "
+                      "ExLlama caches with no llama-server mapping here)",
     "speculative": "llama-server does prompt-lookup (ngram) and draft-model speculation; "
                    "EAGLE heads need a GGUF conversion servebench does not make",
     "parallelism": "llama-server runs one model replica; tensor/pipeline/data parallel must be 1",

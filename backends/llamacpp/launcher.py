@@ -53,7 +53,7 @@ def _prefix_flags(opts: EngineOptions) -> list[str]:
 
 def _speculative_flags(spec: ServerSpec, threads: int, flavor: Flavor) -> list[str]:
     opts = spec.options
-    n = str(opts.num_speculative_tokens)
+    n = str(opts.speculative_tokens)
     if opts.speculative_method == "ngram":
         return ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", NGRAM_LOOKUP,
                 "--spec-ngram-simple-size-m", n]

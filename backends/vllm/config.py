@@ -83,7 +83,7 @@ def validate(options: EngineOptions, fmt: str) -> None:
     if package and not module_available(package):
         raise UnsupportedOptionError(NAME, "format", fmt, f"needs the {package!r} package beside vLLM")
     refuse_unsupported(NAME, CAPABILITIES, options, fmt,
-                       {"kv_cache_dtype": "auto, fp8 (vLLM has no int8/int4 KV cache)"})
+                       {"kv_cache_dtype": "auto, fp8 (vLLM has no integer KV cache: no q8/q6/q4 or k<bits>v<bits>)"})
     _validate_quantization(options, fmt, target)
     _validate_parallelism(options, target)
 

@@ -52,7 +52,7 @@ def cpu_kv_bytes(options: EngineOptions) -> int:
 def speculative_config(spec: ServerSpec) -> dict[str, object] | None:
     """vLLM's ``--speculative-config`` for the speculative option, or None."""
     options = spec.options
-    k = options.num_speculative_tokens
+    k = options.speculative_tokens
     method = options.speculative_method
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": k,

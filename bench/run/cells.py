@@ -48,8 +48,8 @@ def variant_label(base: EngineOptions, resolved: EngineOptions) -> str:
         parts.append("prefix" if resolved.prefix_caching else "no-prefix")
     if resolved.speculative != base.speculative:
         parts.append("no-spec" if resolved.speculative == "none" else "spec-" + resolved.speculative)
-    if resolved.num_speculative_tokens != base.num_speculative_tokens and resolved.speculative != "none":
-        parts.append(f"k{resolved.num_speculative_tokens}")
+    if resolved.speculative_tokens != base.speculative_tokens and resolved.speculative != "none":
+        parts.append(f"k{resolved.speculative_tokens}")
     return "+".join(parts)
 
 

@@ -136,8 +136,8 @@ class SpeculativeScenario(_Scenario):
         return methods
 
     def variants(self) -> list[Variant]:
-        """One variant per method (``none`` is the baseline)."""
-        return [{"speculative": "none"} if method == "none"
+        """One variant per method (``none`` is the baseline, with no draft length: it would do nothing)."""
+        return [{"speculative": "none", "num_speculative_tokens": None} if method == "none"
                 else {"speculative": method, "num_speculative_tokens": self.num_speculative_tokens}
                 for method in self.methods]
 
