@@ -129,9 +129,19 @@ def test_ignore_eos_runs_to_length(served: Served) -> None:
 
 
 @pytest.mark.parametrize("backend", sorted(ENGINES))
-@pytest.mark.parametrize("kv", ["q8", "q4"])
+@pytest.mark.parametrize("kv", ["q8", "q6", "q4"])
 def test_quantized_cache_keeps_answer(backend: str, kv: str) -> None:
-    for s in _serve(backend, EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv)):  # type: ignore[arg-type]
+    for s in _serve(backend, EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv)):
+        assert "paris" in _greedy(s).lower()
+
+
+@pytest.mark.parametrize("kv", ["k8v4", "k4v8"])
+def test_v3_key_value_bits_keep_answer(kv: str) -> None:
+    """exllamav3's CacheLayer_quant with k_bits != v_bits, built from the k<bits>v<bits> option."""
+    for s in _serve("exllamav3", EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv)):
+        layers = s.engine._gen.cache.layers  # a list in some exllamav3 versions, a dict in others
+        bits = {(layer.k_bits, layer.v_bits) for layer in (layers.values() if isinstance(layers, dict) else layers)}
+        assert bits == {(int(kv[1]), int(kv[3]))}
         assert "paris" in _greedy(s).lower()
 
 
