@@ -121,7 +121,7 @@ def test_sweep_inside_bench_run_on_the_random_model(tiny_registry: Path, tmp_pat
                             text=True, timeout=900, check=False, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     skipped = json.loads((run / "cells" / "transformers__tiny-random__two__s0" / "cell.json").read_text())
-    assert skipped["status"] == "skipped" and "tensor_parallel_size" in skipped["reason"]
+    assert skipped["status"] == "skipped" and "parallelism=(2, 1, 1)" in skipped["reason"]
     md = (run / "report.md").read_text()
-    assert "| sweep | 2 |" in md and "tensor_parallel_size" in md
+    assert "| sweep | 2 |" in md and "parallelism=(2, 1, 1)" in md
 
