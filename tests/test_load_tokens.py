@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench.load.records import StreamObservation, make_record, read_records
-from bench.load.runner import run_load_async, token_source_warning
+from bench.load.records import StreamObservation, make_record, read_records, token_source_warning
+from bench.load.runner import run_load_async
 from bench.load.tokenizer import Tokenizer, load_tokenizer
 from tests.helpers import calibration_config, scripted_server
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import itertools
 import json
 import os
@@ -15,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from bench.load.calibration import free_port, read_calibration_log
+from bench.load.calibration import calibration_server, free_port, read_calibration_log
 from bench.load.config import LoadConfig
 from bench.load.locust.engine import LocustPlan, check_config, commands, locustfile, process_env, run_locust_async
 from bench.load.locust.settings import fill_model, read_prompts, settings_from_options, write_prompts
 from bench.load.records import RequestRecord, read_records
 from bench.load.runner import run_load_async
+from bench.load.tokenizer import load_tokenizer
 from bench.load.workloads import Prompt
 from bench.metrics import LoadSummary, tpot
 from servers.launch import ServerHandle
@@ -247,3 +250,40 @@ def test_locustfile_without_model_or_server_ends_with_an_error(tmp_path: Path) -
     assert done.returncode == 1
     assert "give --model" in done.stderr
     assert not (tmp_path / "requests.jsonl").exists() or not read_records(tmp_path / "requests.jsonl")
+
+
+# ---- output tokens without usage: the same counting as the native engine ---------------------------
+
+BUNDLED = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def no_usage_url() -> Iterator[str]:
+    """16 tokens per response in chunks of 1, 4, 4, 4, 3, and never a usage chunk."""
+    with calibration_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=4, usage=False) as url:
+        yield url
+
+
+async def test_locust_retokenizes_without_usage_like_bench_load(no_usage_url: str, tmp_path: Path) -> None:
+    if load_tokenizer(None, BUNDLED)[0] is None:
+        pytest.skip("no tokenizer for the bundled model (run bench models prepare)")
+    cfg = config(no_usage_url, num_requests=6, warmup=1, tokenizer=BUNDLED)
+    out = io.StringIO()
+    loc = await run_locust_async(cfg, tmp_path / "locust", Console(file=out, width=300))
+    nat = await run_load_async(cfg, tmp_path / "native")
+    for s in (loc, nat):
+        assert s.num_ok == 6 and s.token_count_sources == {"retokenized": 6}
+        assert s.total_output_tokens == 6 * 16  # " tok" x 16 is 16 tokens of the bundled tokenizer
+    records = read_records(tmp_path / "locust" / "requests.jsonl")
+    assert all(r.output_tokens == 16 and r.n_chunks == 5 and len(r.token_times) == 16 for r in records)
+    text = out.getvalue()
+    assert text.count("no usage") == 1 and "6 by retokenizing" in text  # one warning per run
+    log = (tmp_path / "locust" / "locust" / "locust.log").read_text()
+    assert log.count("sent no usage for 6 of 6 requests") == 1  # and one from the locust process itself
+
+
+async def test_locust_without_tokenizer_counts_chunks_and_says_so(no_usage_url: str, tmp_path: Path) -> None:
+    out = io.StringIO()
+    s = await run_locust_async(config(no_usage_url, num_requests=4), tmp_path, Console(file=out, width=300))
+    assert s.token_count_sources == {"chunks": 4} and s.total_output_tokens == 4 * 5  # the undercount, flagged
+    assert out.getvalue().count("no usage") == 1 and "4 as one token per chunk" in out.getvalue()

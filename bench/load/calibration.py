@@ -4,7 +4,8 @@ It is the ground truth for the load generator only (never a stand-in for a backe
 Token ``j`` of a response is written at ``receipt + ttft + j * itl`` on absolute deadlines, so sleep
 overshoot never accumulates; the first chunk carries one token and later chunks carry
 ``tokens_per_chunk`` tokens (written when their last token is due). When the request asks for
-logprobs, each chunk carries one logprobs entry per token. ``GET /calib/log`` returns, per
+logprobs, each chunk carries one logprobs entry per token. It sends ``usage`` when the request asks for it
+(``stream_options.include_usage``), unless started with ``--no-usage``. ``GET /calib/log`` returns, per
 ``X-Request-Id``, the receipt time and the time each chunk was written (``time.perf_counter``, the
 same CLOCK_MONOTONIC the client records on), so a benchmark can measure the client's own timing error.
 
@@ -43,6 +44,9 @@ class Script:
     # Event-loop timers fire up to a millisecond or two late on a busy machine: sleep until this long
     # before a deadline, then yield to the loop until it is due (0 disables; costs CPU).
     spin_s: float = 0.002
+    # Send ``usage`` when the request asks for it (``stream_options.include_usage``); False: never, as some
+    # servers do, so that clients must count the output tokens themselves.
+    usage: bool = True
 
 
 @dataclass
@@ -95,7 +99,7 @@ async def _stream(
     script = st.script
     n = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
     logprobs = bool(req.get("logprobs") is not None and req.get("logprobs") is not False)
-    usage_on = bool((req.get("stream_options") or {}).get("include_usage"))
+    usage_on = script.usage and bool((req.get("stream_options") or {}).get("include_usage"))
     prompt = json.dumps(req.get("messages") or req.get("prompt") or "")
     n_prompt = script.prompt_tokens if script.prompt_tokens is not None else len(prompt.split())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -238,9 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--spin-ms", type=float, default=2.0, help="yield-spin before each deadline (0: off)")
+    ap.add_argument("--no-usage", action="store_true", help="never send usage, even when the request asks for it")
     args = ap.parse_args(argv)
     script = Script(
-        args.ttft_ms / 1e3, args.itl_ms / 1e3, args.tokens_per_chunk, args.prompt_tokens, args.spin_ms / 1e3
+        args.ttft_ms / 1e3, args.itl_ms / 1e3, args.tokens_per_chunk, args.prompt_tokens, args.spin_ms / 1e3,
+        usage=not args.no_usage,
     )
     children = []
     for _ in range(args.procs - 1):
@@ -280,8 +286,12 @@ def calibration_server(
     port: int | None = None,
     log_dir: str | None = None,
     spin_ms: float = 2.0,
+    usage: bool = True,
 ) -> Iterator[str]:
-    """Run the calibration server in a subprocess; yields its root URL, stops it on exit."""
+    """Run the calibration server in a subprocess; yields its root URL, stops it on exit.
+
+    ``usage=False``: the server never sends ``usage`` (``--no-usage``).
+    """
     port = port or free_port()
     cmd = [
         sys.executable,
@@ -302,6 +312,8 @@ def calibration_server(
     ]
     if log_dir:
         cmd += ["--log-dir", log_dir]
+    if not usage:
+        cmd.append("--no-usage")
     proc = subprocess.Popen(cmd, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

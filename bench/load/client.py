@@ -80,24 +80,12 @@ async def _read_stream(
     resp: aiohttp.ClientResponse, obs: StreamObservation, now: Callable[[], float]
 ) -> None:
     decoder = SSEDecoder()
-    times, toks, chars, texts = obs.chunk_times, obs.chunk_tokens, obs.chunk_chars, obs.chunk_texts
     async for data in resp.content.iter_any():
         t = now()
         for payload in decoder.feed(data):
-            delta = parse_openai_chunk(payload)
-            if delta.text or delta.n_tokens:
-                times.append(t)
-                toks.append(delta.n_tokens)
-                chars.append(len(delta.text))
-                texts.append(delta.text)  # kept for retokenizing when the server sends no usage
-            if delta.usage is not None:
-                obs.usage = delta.usage
-            if delta.error is not None:
-                obs.error = delta.error
-    for payload in decoder.close():
-        delta = parse_openai_chunk(payload)
-        if delta.usage is not None:
-            obs.usage = delta.usage
+            obs.add(parse_openai_chunk(payload), t)
+    for payload in decoder.close():  # an event the stream ended without terminating
+        obs.add(parse_openai_chunk(payload), now())
 
 
 def build_body(

@@ -13,7 +13,11 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from bench.sse import StreamDelta
 
 TokenCountSource = Literal["usage", "logprobs", "chunks", "retokenized", "none"]
 
@@ -78,6 +82,18 @@ class StreamObservation:
     http_status: int | None = None
     error: str | None = None
 
+    def add(self, delta: StreamDelta, t: float) -> None:
+        """Note one parsed SSE event that arrived at ``t`` (both engines' stream readers call this)."""
+        if delta.text or delta.n_tokens:
+            self.chunk_times.append(t)
+            self.chunk_tokens.append(delta.n_tokens)
+            self.chunk_chars.append(len(delta.text))
+            self.chunk_texts.append(delta.text)  # kept for retokenizing when the server sends no usage
+        if delta.usage is not None:
+            self.usage = delta.usage
+        if delta.error is not None:
+            self.error = delta.error
+
 
 def split_tokens(
     chunk_tokens: Sequence[int | None], chunk_chars: Sequence[int], total: int | None
@@ -133,6 +149,24 @@ def output_token_total(
     if count_tokens is not None and obs.chunk_texts:
         return count_tokens("".join(obs.chunk_texts)), "retokenized"
     return None, "chunks"
+
+
+# How each fallback counted output tokens, for the end-of-run warning.
+_SOURCE_NOTES = MappingProxyType({
+    "logprobs": "from logprobs (exact)",
+    "retokenized": "by retokenizing the streamed text with the tokenizer (close, not exact)",
+    "chunks": "as one token per chunk (an undercount when chunks carry several tokens; give --tokenizer)",
+})
+
+
+def token_source_warning(sources: dict[str, int]) -> str | None:
+    """One line saying how many successful requests came without ``usage`` and how they were counted."""
+    fallback = {k: n for k, n in sources.items() if k != "usage"}
+    if not fallback:
+        return None
+    ways = "; ".join(f"{n} {_SOURCE_NOTES.get(k, k)}" for k, n in sorted(fallback.items()))
+    total = sum(sources.values())
+    return f"the server sent no usage for {sum(fallback.values())} of {total} requests; output tokens counted: {ways}"
 
 
 def make_record(

@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from rich.console import Console
@@ -32,7 +31,7 @@ from bench.load.clock import Clock, MonotonicClock
 from bench.load.config import LoadConfig
 from bench.load.display import Progress, live_progress, summary_table
 from bench.load.executor import Executor, Job
-from bench.load.records import JsonlAppender, RequestRecord, read_records
+from bench.load.records import JsonlAppender, RequestRecord, read_records, token_source_warning
 from bench.load.tokenizer import Tokenizer, load_tokenizer
 from bench.load.workloads import Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, summarize
@@ -95,28 +94,15 @@ async def run_load_async(
     summary = rebuild_summary(out_dir, config.slo, config)
     if console is not None:
         console.print(summary_table(summary, f"bench load: {config.arrival.describe()}"))
-    note = token_source_warning(summary.token_count_sources)
-    if note is not None:
-        _warn(console, note)
+    warn_token_sources(summary, console)
     return summary
 
 
-# How each fallback counted output tokens, for the end-of-run warning.
-_SOURCE_NOTES = MappingProxyType({
-    "logprobs": "from logprobs (exact)",
-    "retokenized": "by retokenizing the streamed text with the tokenizer (close, not exact)",
-    "chunks": "as one token per chunk (an undercount when chunks carry several tokens; give --tokenizer)",
-})
-
-
-def token_source_warning(sources: dict[str, int]) -> str | None:
-    """One line saying how many successful requests came without ``usage`` and how they were counted."""
-    fallback = {k: n for k, n in sources.items() if k != "usage"}
-    if not fallback:
-        return None
-    ways = "; ".join(f"{n} {_SOURCE_NOTES.get(k, k)}" for k, n in sorted(fallback.items()))
-    total = sum(sources.values())
-    return f"the server sent no usage for {sum(fallback.values())} of {total} requests; output tokens counted: {ways}"
+def warn_token_sources(summary: LoadSummary, console: Console | None) -> None:
+    """The run's one warning when requests came without ``usage`` (and how their tokens were counted)."""
+    note = token_source_warning(summary.token_count_sources)
+    if note is not None:
+        _warn(console, note)
 
 
 def _fresh_records_file(out_dir: Path) -> Path:

@@ -37,7 +37,7 @@ from bench.load.config import LoadConfig
 from bench.load.display import Progress, live_progress, summary_table
 from bench.load.locust.settings import API_KEY_ENV, write_prompts
 from bench.load.records import RequestRecord
-from bench.load.runner import prepare_prompts, rebuild_summary
+from bench.load.runner import prepare_prompts, rebuild_summary, warn_token_sources
 from bench.metrics import LoadSummary
 
 # Without --duration, the run is bounded by the request count; this caps the wall time anyway.
@@ -111,6 +111,8 @@ def common_args(plan: LocustPlan) -> list[str]:
         "--only-summary",
         "--loglevel", "WARNING",
     ]  # fmt: skip
+    if cfg.tokenizer:  # otherwise each process finds the model's own, as bench load does
+        args += ["--tokenizer", cfg.tokenizer]
     if not cfg.force_output_len:
         args.append("--no-ignore-eos")
     return args
@@ -179,6 +181,7 @@ async def run_locust_async(config: LoadConfig, out_dir: Path, console: Console |
     if console is not None:
         title = f"bench load --engine locust: {users} users, {max(plan.workers, 1)} process(es)"
         console.print(summary_table(summary, title))
+    warn_token_sources(summary, console)
     return summary
 
 

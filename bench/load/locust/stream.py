@@ -4,7 +4,8 @@ Locust's ``iter_content``/``iter_lines`` helpers read fixed 1 KiB blocks and blo
 full, so the first token is seen late (a 20 ms TTFT read as 44 ms here). ``HTTPSocketResponse.readline``
 returns as soon as one (de-chunked) line is in its buffer, and issues at most one ``recv`` per wait,
 so each SSE event is timestamped when its blank line arrives. Events are framed by the one SSE parser
-(:class:`bench.sse.SSEDecoder`); like :mod:`bench.load.client`, this function records times only.
+(:class:`bench.sse.SSEDecoder`) and noted by the same
+:meth:`bench.load.records.StreamObservation.add` as :mod:`bench.load.client`; this function records times only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPSocketPoolResponse
 
 from bench.load.records import StreamObservation
-from bench.sse import SSEDecoder, StreamDelta, parse_openai_chunk
+from bench.sse import SSEDecoder, parse_openai_chunk
 
 # Bound on lines per response, so a server that never ends its stream cannot hold a user forever.
 MAX_LINES = 1 << 22
@@ -63,19 +64,8 @@ def _read_stream(resp: HTTPSocketPoolResponse, obs: StreamObservation, now: Call
             break
         t = now()
         for payload in decoder.feed(line):
-            _observe(parse_openai_chunk(payload), t, obs)
+            obs.add(parse_openai_chunk(payload), t)
     else:
         obs.error = f"stream longer than {MAX_LINES} lines"
     for payload in decoder.close():
-        _observe(parse_openai_chunk(payload), now(), obs)
-
-
-def _observe(delta: StreamDelta, t: float, obs: StreamObservation) -> None:
-    if delta.text or delta.n_tokens:
-        obs.chunk_times.append(t)
-        obs.chunk_tokens.append(delta.n_tokens)
-        obs.chunk_chars.append(len(delta.text))
-    if delta.usage is not None:
-        obs.usage = delta.usage
-    if delta.error is not None:
-        obs.error = delta.error
+        obs.add(parse_openai_chunk(payload), now())

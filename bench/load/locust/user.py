@@ -8,6 +8,11 @@ JSON outputs show the metrics:
 - ``METRIC ttft``, ``METRIC tpot``, ``METRIC e2e``: one entry per measured request;
 - ``METRIC itl``: one entry per output token after the first.
 
+Output tokens are counted as ``bench load`` counts them (:func:`bench.load.records.make_record`): from
+the server's ``usage``; without it, by retokenizing the streamed text with the tokenizer loaded at test
+start, or else one per chunk. At test stop each process logs one warning when any request came without
+``usage`` (:func:`bench.load.records.token_source_warning`).
+
 ``--max-requests`` bounds the run over all users and workers: process ``p`` of ``P`` sends the
 request indices ``p, p+P, ...`` below the bound (as ``bench load``'s worker processes do), then
 reports ``servebench_done`` to the master (or to itself when running alone). When every process has
@@ -20,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +46,8 @@ from bench.load.locust.settings import (
     settings_from_options,
 )
 from bench.load.locust.stream import make_client, stream_request
-from bench.load.records import JsonlAppender, RequestRecord, make_record
+from bench.load.records import JsonlAppender, RequestRecord, make_record, token_source_warning
+from bench.load.tokenizer import Tokenizer, load_tokenizer, token_counter
 from bench.load.workloads import Prompt
 from bench.metrics import e2e, itl, tpot, ttft
 
@@ -62,7 +69,15 @@ class RunState:
     indices: Iterator[int]
     quota: int | None
     sink: JsonlAppender | None
+    count_tokens: Callable[[str], int] | None = None  # output tokens of a response without usage
     completed: int = 0
+    sources: Counter[str] = field(default_factory=Counter)  # token_count_source of measured successes
+
+    def tally(self, record: RequestRecord) -> None:
+        """Count where a finished request's output-token count came from (as the summary does)."""
+        self.completed += 1
+        if record.ok and not record.warmup:
+            self.sources[record.token_count_source] += 1
 
     def next_index(self) -> int | None:
         """The next request index of this process, or ``None`` when its share is used up."""
@@ -80,8 +95,11 @@ class DoneTally:
 
 
 def build_state(settings: LocustSettings, worker: int) -> RunState:
-    """Prepare prompts and bodies for process ``worker`` of ``settings.workers``."""
-    prompts = _prompts(settings)
+    """Prepare prompts, bodies and the token counter for process ``worker`` of ``settings.workers``."""
+    tokenizer, where = load_tokenizer(settings.tokenizer, settings.model)
+    if tokenizer is None and settings.prompts_file is None:
+        log.warning("no tokenizer for %r (%s): prompt lengths are approximate", settings.model, where)
+    prompts = _prompts(settings, tokenizer)
     bodies = [
         build_body(
             settings.api,
@@ -97,18 +115,15 @@ def build_state(settings: LocustSettings, worker: int) -> RunState:
     limit, step = settings.limit, settings.workers
     quota = None if limit is None else len(range(worker, limit, step))
     sink = JsonlAppender(settings.records) if settings.records is not None else None
-    return RunState(settings, prompts, bodies, worker, itertools.count(worker, step), quota, sink)
+    return RunState(settings, prompts, bodies, worker, itertools.count(worker, step), quota, sink,
+                    token_counter(tokenizer))
 
 
-def _prompts(settings: LocustSettings) -> list[Prompt]:
+def _prompts(settings: LocustSettings, tokenizer: Tokenizer | None) -> list[Prompt]:
     if settings.prompts_file is not None:
         return read_prompts(settings.prompts_file)
-    from bench.load.tokenizer import load_tokenizer
     from bench.load.workloads import TextBuilder, materialize
 
-    tokenizer, where = load_tokenizer(settings.tokenizer, settings.model)
-    if tokenizer is None:
-        log.warning("no tokenizer for %r (%s): prompt lengths are approximate", settings.model, where)
     count = settings.limit or DEFAULT_PROMPT_POOL
     return materialize(settings.workload, count, TextBuilder(tokenizer, settings.api), settings.seed)
 
@@ -156,7 +171,12 @@ def on_test_start(environment: Environment, **_: Any) -> None:
 
 
 def on_test_stop(environment: Environment, **_: Any) -> None:
-    """``test_stop``: close the records file."""
+    """``test_stop``: close the records file; warn once if output tokens were counted without ``usage``."""
+    state = getattr(environment, STATE_ATTR, None)
+    if isinstance(state, RunState):
+        note = token_source_warning(dict(state.sources))
+        if note is not None:
+            log.warning("servebench (process %d): %s", state.worker, note)
     _close(environment)
 
 
@@ -221,7 +241,7 @@ class LLMUser(User):
         if state.sink is not None:
             state.sink.write(record)
         fire_events(self.environment, record, state.settings.path)
-        state.completed += 1
+        state.tally(record)
         if state.quota is not None and state.completed >= state.quota:
             self.environment.runner.send_message(DONE_MESSAGE, {"worker": state.worker})  # type: ignore[union-attr]
 
@@ -243,7 +263,8 @@ class LLMUser(User):
             "target_input_tokens": prompt.input_tokens,
             "target_output_tokens": prompt.output_tokens,
         }
-        return make_record(obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta)
+        return make_record(obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta,
+                           count_tokens=state.count_tokens)
 
 
 def fire_events(environment: Environment, record: RequestRecord, path: str) -> None:
