@@ -22,12 +22,40 @@ from typing import Any
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
+from backends.errors import BackendError
 from bench.models.registry import Registry
 from servers.settings import ServerSettings
 
 
 class LaunchError(RuntimeError):
     """A server failed to start or died."""
+
+
+DEFAULT_MAX_QUEUE: int = ServerSettings.model_fields["max_queue"].default
+
+
+class NativeServerOptionError(BackendError):
+    """A setting of servebench's own HTTP server was given for a backend that runs its native server."""
+
+
+def check_max_queue(backend: str, max_queue: int | None) -> None:
+    """Refuse a given, non-default ``--max-queue`` for a backend that runs its own native server.
+
+    The queue bound is enforced by servebench's server (``servers.app``), which only in-process engines run
+    behind. vLLM's and llama-server's servers have no setting for the length of their request queue: what
+    their batch cannot take waits there without limit. So the option would do nothing; it is refused, not
+    ignored. The default value is accepted, since it asks for nothing.
+    """
+    if max_queue is None or max_queue == DEFAULT_MAX_QUEUE or backends.entry(backend).kind != "launcher":
+        return
+    in_process = ", ".join(name for name in backends.names() if backends.entry(name).kind == "engine")
+    raise NativeServerOptionError(
+        f"--max-queue {max_queue} cannot be honoured by backend {backend!r}: it runs its own native server, "
+        f"which has no setting that bounds its request queue (requests past its batch wait there without "
+        f"limit). --max-queue bounds the queue of servebench's own server, which serves the in-process "
+        f"engines ({in_process}). Leave --max-queue out for {backend!r}; to bound the load, bound the "
+        f"client's concurrency instead (bench load --concurrency)."
+    )
 
 
 def free_port() -> int:

@@ -1,0 +1,40 @@
+"""``bench serve --max-queue`` is our server's queue bound: native servers refuse a value they cannot honour.
+
+CPU only, and nothing is started: the refusal comes before the registry is read or an engine is loaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import build_app
+from servers.launch import DEFAULT_MAX_QUEUE, NativeServerOptionError, check_max_queue
+
+
+def _serve(*args: str) -> tuple[int, str]:
+    """Exit code and output (rich's line wrapping undone) of ``bench serve ARGS``."""
+    result = CliRunner().invoke(build_app(), ["serve", *args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("backend", "model"), [("vllm", "smollm2-135m-instruct-hf"),
+                                                ("llamacpp", "smollm2-135m-instruct")])
+def test_a_native_server_refuses_max_queue_and_says_why(backend: str, model: str) -> None:
+    # A registry that does not exist: had the command gone past the refusal, it would fail on that instead.
+    code, output = _serve("--backend", backend, "--model", model, "--max-queue", "8",
+                          "--registry", "/nonexistent/models.yaml")
+    assert code == 2, output
+    assert f"--max-queue 8 cannot be honoured by backend '{backend}'" in output
+    assert "no setting that bounds its request queue" in output and "in-process engines" in output
+    assert "transformers" in output  # where --max-queue does work
+
+
+def test_the_default_or_no_value_is_accepted_and_in_process_engines_take_any() -> None:
+    for backend in ("vllm", "llamacpp"):
+        check_max_queue(backend, None)
+        check_max_queue(backend, DEFAULT_MAX_QUEUE)  # asks for nothing the server does not do already
+    for backend in ("transformers", "exllamav2", "exllamav3"):
+        check_max_queue(backend, 2)
+    with pytest.raises(NativeServerOptionError, match="'vllm'"):
+        check_max_queue("vllm", 0)
