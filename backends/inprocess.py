@@ -3,6 +3,11 @@ thread-safe inbox and stream back through asyncio queues; tokenizer helpers; fai
 
 A subclass loads its model (``_load``), turns a request into its own :class:`Pending` (``_pending``) and
 runs the scheduling loop (``_loop``) over ``self._active`` until ``self._stopping`` is set.
+
+When the loop raises, the worker thread is dead: every running and waiting request ends with an
+:class:`EngineDeadError` that says why, and so does every later request (the server answers 503). An error
+in one scheduler step fails only the requests of that step, unless :func:`is_fatal` says the device itself
+is broken, in which case the loop re-raises it and the engine dies.
 """
 
 from __future__ import annotations
@@ -44,6 +49,16 @@ class Pending:
 PendingT = TypeVar("PendingT", bound=Pending)
 
 
+def is_fatal(exc: BaseException) -> bool:
+    """Whether an error in a scheduler step leaves the engine unable to serve anything.
+
+    A CUDA error (``torch.AcceleratorError``: an illegal memory access, a device-side assert) poisons the
+    device context, so every later step would fail too: the engine must die, not keep answering 500s
+    while ``/health`` says 200. Any other error is the affected requests' alone.
+    """
+    return isinstance(exc, torch.AcceleratorError)
+
+
 def top_logprobs(row: torch.Tensor, k: int) -> tuple[tuple[int, float], ...]:
     """The ``k`` most likely tokens of a log-probability row."""
     if k <= 0:
@@ -73,6 +88,10 @@ class WorkerEngine(ABC, Generic[PendingT]):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._dead: BaseException | None = None
+        # Set (under _closing) once the worker has ended; after that nothing may enter the inbox, because
+        # nothing would ever answer it.
+        self._closed = False
+        self._closing = threading.Lock()
 
     # ---- what each engine supplies -----------------------------------------------------------------
     @abstractmethod
@@ -104,18 +123,32 @@ class WorkerEngine(ABC, Generic[PendingT]):
             await asyncio.to_thread(self._thread.join, 30)
 
     def check_alive(self) -> None:
-        """Raise :class:`EngineDeadError` if the worker thread died."""
-        if self._dead is not None:
-            raise EngineDeadError(f"engine worker died: {self._dead!r}")
+        """Raise :class:`EngineDeadError` if the worker thread died (or has stopped)."""
+        if self._dead is not None or self._closed:
+            raise self._ended()
+
+    def _ended(self) -> EngineDeadError:
+        """The error that ends requests once the worker is gone: why it died, or that it was stopped."""
+        if self._dead is None:
+            return EngineDeadError(f"the {self.name} engine has stopped: the server is shutting down")
+        cause = f"{type(self._dead).__name__}: {self._dead}" if str(self._dead) else type(self._dead).__name__
+        return EngineDeadError(f"the {self.name} engine died ({cause}); this server cannot generate any more: "
+                               "restart it")
 
     # ---- requests --------------------------------------------------------------------------------
     async def generate(self, request: GenRequest) -> AsyncIterator[GenChunk]:
-        """Stream chunks for ``request``; closing the iterator aborts it."""
+        """Stream chunks for ``request``; closing the iterator aborts it.
+
+        Raises :class:`EngineDeadError` at once if the worker is gone, and ends the stream with it if the
+        worker dies while the request runs or waits.
+        """
         self.check_alive()
         fields = {"req": request, "loop": asyncio.get_running_loop(), "out": asyncio.Queue(),
                   "text": TextStream(self.detokenize, request.stop)}
         pending = self._pending(request, fields)
-        self._inbox.put(pending)
+        with self._closing:  # the worker drains the inbox after closing, so a request is answered either way
+            self.check_alive()
+            self._inbox.put(pending)
         try:
             while True:
                 item = await pending.out.get()
@@ -136,7 +169,9 @@ class WorkerEngine(ABC, Generic[PendingT]):
             log.exception("%s engine worker died", self.name)
             self._dead = exc
         finally:
-            self._fail_all(EngineDeadError("engine stopped"))
+            with self._closing:
+                self._closed = True
+            self._fail_all(self._ended())
 
     def _take(self, block: bool, room: int | None = None) -> list[PendingT]:
         """New requests from the inbox (at most ``room``), waiting briefly when ``block``."""

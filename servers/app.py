@@ -58,12 +58,20 @@ def require_api_key(request: Request) -> None:
         raise OpenAIError(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
 
 
+def require_live_engine(request: Request) -> None:
+    """503 (``engine_dead``) before any work if the engine died, so a streamed request is refused too.
+
+    Without it a streamed request would get 200 and then an error event in place of its first chunk.
+    """
+    get_state(request).engine.stats()  # raises EngineDeadError once the engine's worker is gone
+
+
 def _add_routes(app: FastAPI) -> None:
     v1 = [Depends(require_api_key)]
+    generation = [*v1, Depends(require_live_engine)]
 
-    @app.get("/health")
-    async def health(request: Request) -> Response:
-        get_state(request).engine.stats()  # raises if the engine's worker died
+    @app.get("/health", dependencies=[Depends(require_live_engine)])
+    async def health() -> Response:
         return Response(status_code=200)
 
     @app.get("/metrics")
@@ -78,11 +86,11 @@ def _add_routes(app: FastAPI) -> None:
                 "owned_by": "servebench", "max_model_len": state.engine.max_model_len}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/completions", dependencies=v1, response_model=None)
+    @app.post("/v1/completions", dependencies=generation, response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         return await create_completion(get_state(request), body, request)
 
-    @app.post("/v1/chat/completions", dependencies=v1, response_model=None)
+    @app.post("/v1/chat/completions", dependencies=generation, response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         return await create_chat_completion(get_state(request), body, request)
 

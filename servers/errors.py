@@ -65,12 +65,20 @@ def context_length_exceeded(limit: int, prompt: int, requested: int, field: Inpu
     )
 
 
+def engine_dead(exc: EngineDeadError) -> OpenAIError:
+    """503 for a request the engine can no longer serve: its worker died (or the server is stopping).
+
+    The code ``engine_dead`` tells clients that retrying will not help (``bench eval`` stops on it).
+    """
+    return OpenAIError(503, str(exc), type="server_error", code="engine_dead")
+
+
 def as_openai_error(exc: Exception) -> OpenAIError:
     """The OpenAI-shaped form of any exception raised while serving."""
     if isinstance(exc, OpenAIError):
         return exc
     if isinstance(exc, EngineDeadError):
-        return OpenAIError(503, str(exc), type="server_error", code="engine_unavailable")
+        return engine_dead(exc)
     return OpenAIError(500, f"internal server error: {type(exc).__name__}: {exc}", type="server_error")
 
 
@@ -94,6 +102,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(EngineDeadError)
+    async def _engine_dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        # The death itself was logged once, with its traceback; here one line per refused request
+        # (health probes, which repeat, are not logged).
+        if request.url.path != "/health":
+            log.warning("%s %s refused: %s", request.method, request.url.path, exc)
+        err = engine_dead(exc)
+        return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

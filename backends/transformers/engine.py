@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from backends.base import (
     GenRequest,
     TokenLogprob,
 )
-from backends.inprocess import Pending, WorkerEngine, top_logprobs
+from backends.inprocess import Pending, WorkerEngine, is_fatal, top_logprobs
 from backends.transformers import batch as kv
 from backends.transformers.config import CAPABILITIES, NAME, load_time_quantization
 
@@ -123,19 +125,27 @@ class TransformersEngine(WorkerEngine[_Seq]):
         while not self._stopping.is_set():
             fresh = self._take(block=not self._active, room=self.options.max_batch - len(self._active))
             if fresh:
-                self._guarded(self._admit, fresh)
+                self._guarded(partial(self._admit, fresh), fresh)
             if self._active:
                 self._guarded(self._step)
 
-    def _guarded(self, fn: object, *args: object) -> None:
-        """Run a scheduler step; on error fail the affected requests and keep serving the rest."""
+    def _guarded(self, step: Callable[[], None], fresh: Sequence[_Seq] = ()) -> None:
+        """Run a scheduler step; on error fail the affected requests and keep serving the rest.
+
+        A fatal error (:func:`~backends.inprocess.is_fatal`) is re-raised instead, with the affected
+        requests left in ``_active``: the worker dies and ends them with the reason.
+        """
         try:
-            fn(*args)  # type: ignore[operator]
+            step()
         except Exception as exc:
-            log.exception("batch step failed")
-            for seq in [*self._active, *(args[0] if args else [])]:  # type: ignore[misc]
-                seq.send(exc)
+            affected = list(dict.fromkeys([*self._active, *fresh]))
             self._active, self._batch = [], None
+            if is_fatal(exc):
+                self._active = affected
+                raise
+            log.exception("batch step failed")
+            for seq in affected:
+                seq.send(exc)
 
     def _admit(self, fresh: list[_Seq]) -> None:
         full = any(s.req.prompt_logprobs is not None for s in fresh)

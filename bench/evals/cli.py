@@ -40,7 +40,7 @@ def eval_command(
     from pydantic import ValidationError
 
     from bench.evals.config import EvalConfig
-    from bench.evals.runner import EvalSetupError, run_eval
+    from bench.evals.runner import EndpointDeadError, EvalSetupError, run_eval
 
     try:
         config = EvalConfig.model_validate(
@@ -56,6 +56,9 @@ def eval_command(
     except (ValidationError, EvalSetupError) as exc:
         typer.echo(f"bench eval: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except EndpointDeadError as exc:
+        typer.echo(f"bench eval: stopped: {exc}", err=True)
+        raise typer.Exit(1) from exc
     ci = f" (95% CI {summary.ci95[0]:.4g}..{summary.ci95[1]:.4g})" if summary.ci95 else ""
     value = "n/a" if summary.value is None else f"{summary.value:.4g}"
     better = "higher" if summary.higher_is_better else "lower"

@@ -45,7 +45,8 @@ class EvalConfig(BaseModel):
     )
     code_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
-    busy_retries: int = Field(default=4, ge=0, description="retries of a request refused with 429/503")
+    busy_retries: int = Field(default=4, ge=0, description="retries of a request refused with 429/503 (not a dead "
+                              "engine's 503) or whose connection dropped")
     max_duration_s: float = Field(default=3600.0, gt=0, description="the whole run is cancelled after this")
     bootstrap_resamples: int = Field(default=1000, ge=10)
 

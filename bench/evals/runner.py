@@ -6,6 +6,8 @@ of the very requests that produced the answers. Concurrency, request count (``li
 (``max_duration_s``) are bounded. A failed request is data (``error`` in its sample), not an exception;
 setup problems (missing data, code execution not allowed) raise :class:`EvalSetupError`, and so does
 an endpoint that refuses what the eval needs (:class:`EndpointUnsupportedError`, at its first refusal).
+A busy server (429, 503) or a dropped connection is retried with backoff; an endpoint that answers that its
+engine is dead stops the run at once (:class:`EndpointDeadError`), keeping the samples already written.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +32,9 @@ SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "eval_summary.json"
 BUSY_STATUS = (429, 503)
 BUSY_BACKOFF_S = 0.5
+# How a server says its engine is gone for good: our server's error code, or words to that effect.
+DEAD_ENGINE_CODES = frozenset({"engine_dead"})
+_DEAD_ENGINE_WORDS = re.compile(r"\bengine\b.*\b(died|dead)\b", re.IGNORECASE | re.DOTALL)
 
 
 class EvalSetupError(RuntimeError):
@@ -39,12 +45,46 @@ class EndpointUnsupportedError(EvalSetupError):
     """The endpoint refused a request in a way every other request would repeat; the run stops."""
 
 
+class EndpointDeadError(RuntimeError):
+    """The endpoint answered that its engine is dead: no later request can succeed, so the run stopped."""
+
+
 def _server_message(exc: BaseException) -> str:
     """The server's own error message (OpenAI's ``{"error": {"message": ...}}``), else the exception's text."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return str(exc)
+
+
+def dead_engine_reason(exc: BaseException) -> str | None:
+    """What to tell the user when ``exc`` says the endpoint's engine is dead, else None.
+
+    That is a 503, or an error event inside a stream (an ``openai.APIError`` with a body but no status),
+    whose body has the code ``engine_dead`` (servebench's server) or a message saying the engine died or is
+    dead. A 503 without such words (llama-server's "Loading model", a full queue) is transient.
+    """
+    body = getattr(exc, "body", None)
+    if getattr(exc, "status_code", None) not in (503, None) or not isinstance(body, dict):
+        return None
+    message = _server_message(exc)
+    if body.get("code") not in DEAD_ENGINE_CODES and not _DEAD_ENGINE_WORDS.search(message):
+        return None
+    return f"the endpoint's engine is dead ({message}); every later request would fail the same way"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed request may succeed if sent again: a busy server (429, 503) or a dropped connection.
+
+    A timeout is not retried (the request already had its whole budget), nor is a dead engine's 503.
+    """
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return False
+    if isinstance(exc, openai.APIConnectionError):
+        return True
+    return getattr(exc, "status_code", None) in BUSY_STATUS and dead_engine_reason(exc) is None
 
 
 def unsupported_reason(exc: BaseException, request: Prompt | Choices) -> str | None:
@@ -163,6 +203,8 @@ class _Run:
         async with gate.hold(len(request.continuations) if isinstance(request, Choices) else 1):
             try:
                 result = await self._send(request)
+            except EndpointDeadError:
+                raise
             except Exception as exc:  # any failed request is recorded, the run goes on
                 reason = unsupported_reason(exc, request)
                 if reason is not None:  # ... unless every other request would fail the same way
@@ -175,7 +217,8 @@ class _Run:
         return _sample_record(index, doc.id, prompt, result, scored, None)
 
     async def _send(self, request: Prompt | Choices) -> CallResult:
-        """One call; a busy server (429/503) is retried a few times with backoff, other errors are not.
+        """One call; a transient failure (:func:`is_transient`) is retried a few times with backoff, others
+        are not, and a dead engine raises :class:`EndpointDeadError` at once.
 
         The latency recorded is that of the attempt that produced the answer.
         """
@@ -185,8 +228,10 @@ class _Run:
                     return await self.client.loglikelihood(request)
                 return await self.client.generate(request, self.config.api)
             except Exception as exc:
-                busy = getattr(exc, "status_code", None) in BUSY_STATUS
-                if not busy or attempt == self.config.busy_retries:
+                dead = dead_engine_reason(exc)
+                if dead is not None:
+                    raise EndpointDeadError(dead) from exc
+                if not is_transient(exc) or attempt == self.config.busy_retries:
                     raise
                 await asyncio.sleep(BUSY_BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable")
@@ -202,6 +247,9 @@ class _Run:
                     done += 1
         except TimeoutError:
             pass  # the summary reports how many documents finished
+        except EndpointDeadError as exc:
+            raise EndpointDeadError(f"{exc}. The eval stopped after {done} of {len(docs)} samples; those are "
+                                    f"kept in {SAMPLES_FILE}. Run the eval again once the server is back.") from exc
         finally:
             for future in pending:
                 future.cancel()
