@@ -29,7 +29,7 @@ def serve(
     api_key: str = typer.Option(None, help="Require this bearer key on /v1.", envvar="SERVEBENCH_API_KEY"),
     max_queue: int | None = typer.Option(
         None, help="Requests allowed to wait beyond the batch; 429 past it (default 64). In-process engines "
-        "only: llamacpp and vllm have no queue bound and refuse another value."),
+        "only: llamacpp and vllm refuse another value (servebench sets no queue bound on their servers)."),
     kv_cache_dtype: str = typer.Option(None, help=KV_HELP),
     speculative: str = typer.Option(None, help=SPEC_HELP),
     num_speculative_tokens: int = typer.Option(None, help="Tokens proposed per speculative step (default 4); "

