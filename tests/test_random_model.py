@@ -34,13 +34,13 @@ def test_llama_8b_shape_has_the_published_parameter_count_and_kv_size() -> None:
     fields = dict(shape_config("llama-3.1-8b"))
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     assert sum(p.numel() for p in model.parameters()) == 8_030_261_248  # Meta-Llama-3.1-8B
     # bf16 K and V for every layer and KV head: 128 KiB per token.
     kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2
     assert kv_bytes == 131072
     assert config.rope_parameters["rope_type"] == "llama3"
-    with pytest.raises(RandomModelError, match="known: llama-3.1-8b"):
+    with pytest.raises(RandomModelError, match=r"known: llama-3\.1-8b"):
         shape_config("llama-9")
 
 
@@ -78,14 +78,15 @@ def tiny_registry(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_bench_models_random_registers_a_loadable_checkpoint(tiny_registry: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    entry = load_registry(tiny_registry).get("tiny-random")
+    registry = load_registry(tiny_registry)
+    entry, path = registry.get("tiny-random"), registry.path_of("tiny-random")
     assert entry.format == "hf" and entry.recipe == {"tool": "bench models random", "shape": "tiny-llama",
                                                      "tokenizer": HF, "dtype": "bfloat16", "seed": 0}
-    model = AutoModelForCausalLM.from_pretrained(entry.path)
+    model = AutoModelForCausalLM.from_pretrained(path)
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (64, 2, 65536)
-    assert not list(Path(entry.path).parent.glob(".tiny.*"))  # the build folder was renamed away
+    assert not list(path.parent.glob(".tiny.*"))  # the build folder was renamed away
     again = _bench("models", "random", "tiny-random", "--shape", "llama-3.2-1b", "--tokenizer", HF,
-                   "--out", entry.path, "--registry", str(tiny_registry))
+                   "--out", str(path), "--registry", str(tiny_registry))
     assert again.returncode == 2 and "already exists" in again.stdout
 
 

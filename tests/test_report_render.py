@@ -167,6 +167,7 @@ def test_scaling_across_gpus_per_gpu_throughput_and_cost(tmp_path: Path) -> None
     assert "| 2 | sweep/20 | 125.00 | 2,000.0 | 1,000.0 |" in tp2 and "| 1,900,000 |" in tp2
     # Cost counts every GPU: $3.6/h at 1200 tok/s on one GPU is 0.83 $/1M; at 2000 tok/s on two, 1.00.
     summary = md.split("## Summary across seeds")[1].split("## ")[0]
+    assert "TTFT p50 ms @ best at SLO" in summary  # a sweep has no fixed headline point
     assert "| 0.83 |" in next(line for line in summary.splitlines() if "| tp1 |" in line)
     assert "| 1.00 |" in next(line for line in summary.splitlines() if "| tp2 |" in line)
     # One GPU everywhere: no scaling section.

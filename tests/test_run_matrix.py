@@ -365,3 +365,12 @@ def test_bench_run_resume_with_only_retries_the_matching_failed_cell(tmp_path: P
     (entry,) = yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"]
     assert entry["only"] == ["*tp2*"] and entry["retried_failed"] == [failed_id]
     assert (run_dir / "report.md").exists()
+
+
+def test_resume_reads_a_run_yaml_written_before_the_draft_length_became_optional(registry: Registry) -> None:
+    run_dir = Path(__file__).parents[1] / "reports" / "examples" / "cpu-matrix"
+    written = yaml.safe_load((run_dir / "run.yaml").read_text())["matrix"]["option_sets"][0]["options"]
+    assert (written["speculative"], written["num_speculative_tokens"]) == ("none", 4)  # the old default, written
+    matrix = read_run_matrix(run_dir)
+    assert matrix.option_sets[0].options.num_speculative_tokens is None
+    assert expand(matrix, registry)

@@ -36,6 +36,22 @@ def test_kv_capacity_from_vllm_and_llama_logs() -> None:
     assert kv_from_log("nothing here") is None
 
 
+# vLLM 0.25 on two H200s with tensor parallelism 2 (reports/tp-scaling-h200x2): only the first rank logs its memory.
+VLLM_TP2_LOG = (
+    "(Worker_TP0 pid=2025) INFO 11-30 13:52:33 [gpu_worker.py:538] Available KV cache memory: 119.93 GiB\n"
+    "(EngineCore pid=1914) INFO 11-30 13:52:33 [kv_cache_utils.py:2146] GPU KV cache size: 1,964,896 tokens\n"
+)
+
+
+def test_kv_memory_of_a_tensor_parallel_vllm_counts_every_gpu() -> None:
+    one_rank = kv_from_log(VLLM_TP2_LOG)
+    both = kv_from_log(VLLM_TP2_LOG, gpus=2)
+    assert one_rank is not None and both is not None and both.capacity_tokens == 1_964_896
+    assert both.kv_bytes == 2 * 119.93 * 2**30
+    # Llama-3.1-8B in bf16 holds 8192 tokens per GiB of KV (128 KiB per token) whatever the split.
+    assert both.tokens_per_gib is not None and abs(both.tokens_per_gib - 8192) < 5
+
+
 def test_kv_capacity_from_servebench_gauge() -> None:
     text = '# HELP x\nservebench:kv_cache_capacity_tokens{model_name="m"} 4096.0\nvllm:num_requests_running 0\n'
     found = kv_from_metrics(text)

@@ -74,7 +74,7 @@ def seed_section(runs: list[RunData], headline: str | None, gpu_hour_usd: float 
     extra = sorted({t for _, tb in tables for s in tb.values() for t in s.quality} - set(tasks))
     shown = [t for t in tasks if t != "arc-easy" or any("arc-easy" in s.quality for _, tb in tables
                                                           for s in tb.values())] + extra
-    head = headline or "–"
+    head = headline or "best at SLO"
     header = ("run", "backend", "model", "options", "seeds", *[QUALITY_COLUMNS.get(t, t) for t in shown],
               f"TTFT p50 ms @ {head}", f"TPOT p50 ms @ {head}", "max out tok/s at SLO", "peak mem GiB", "MBU",
               "$/1M out tok")
@@ -291,7 +291,9 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
     sections = [s for s in sections if s.rows]
     multi = len(runs) > 1
     loads = [r for run in runs for r in run.loads]
-    cdf_rows = [r for r in loads if f"{r.scenario}/{r.point}" == headline] or loads
+    # The CDFs at the headline load; without one (sweeps), at each configuration's best load meeting the SLO.
+    cdf_rows = ([r for r in loads if f"{r.scenario}/{r.point}" == headline] if headline
+                else [s.best for run in runs for s in scaling_rows(run) if s.best]) or loads
     pngs = plots.all_plots(out, [
         lambda: plots.throughput_latency(loads, out, multi),
         lambda: plots.latency_cdfs(cdf_rows, out, multi),

@@ -394,7 +394,10 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
 
 def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None, gpu_hour_usd: float | None,
                     gpus: int) -> None:
-    head = [r for r in rows if f"{r.scenario}/{r.point}" == headline]
+    passing = [r for r in rows if r.meets_slo() and r.throughput]
+    best = max(passing, key=lambda r: r.throughput or 0.0) if passing else None
+    # Latency at the headline load; without one (a sweep has no fixed points), at the best load meeting the SLO.
+    head = [r for r in rows if f"{r.scenario}/{r.point}" == headline] if headline else [best] if best else []
     if head:
         if (v := head[0].stat("ttft_ms", "p50")) is not None:
             stats.ttft_ms.append(v)
@@ -402,11 +405,9 @@ def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None,
             stats.tpot_ms.append(v)
         if (mbu := (head[0].summary.get("server") or {}).get("mbu")) is not None:
             stats.mbu.append(float(mbu))
-    passing = [r.throughput for r in rows if r.meets_slo() and r.throughput]
-    if passing:
-        best = max(t for t in passing if t is not None)
-        stats.max_tok_s.append(best)
-        if (cost := cost_per_million(best, gpu_hour_usd, gpus)) is not None:
+    if best is not None and best.throughput:
+        stats.max_tok_s.append(best.throughput)
+        if (cost := cost_per_million(best.throughput, gpu_hour_usd, gpus)) is not None:
             stats.cost.append(cost)
     gpu = [g for r in rows if (g := (r.summary.get("server") or {}).get("gpu_mem_peak_gib"))]
     if gpu:

@@ -58,7 +58,17 @@ class RunPaths:
 def read_run_matrix(run_dir: Path) -> Matrix:
     """The resolved matrix a run folder was started with (for ``--resume``)."""
     data = yaml.safe_load((run_dir / "run.yaml").read_text())
-    return validate_matrix(data["matrix"], str(run_dir / "run.yaml"))
+    return validate_matrix(_upgrade(data["matrix"]), str(run_dir / "run.yaml"))
+
+
+def _upgrade(matrix: dict[str, Any]) -> dict[str, Any]:
+    """A matrix as written before ``num_speculative_tokens`` became optional: each option set then carried the
+    old default (4) even without speculation, which is now refused, so that written default is dropped."""
+    for option_set in matrix.get("option_sets") or []:
+        options = option_set.get("options") or {}
+        if options.get("speculative", "none") == "none" and options.get("num_speculative_tokens") == 4:
+            del options["num_speculative_tokens"]
+    return matrix
 
 
 def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str) -> None:
@@ -129,7 +139,7 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
         options = cell.option_set.options
         run = CellRun(handle, cell.cell_id, cell_dir, cell.seed, options.max_batch, progress, memory,
                       options.tensor_parallel_size * options.pipeline_parallel_size)
-        kv = kv_info(handle.url + "/metrics", handle.log_path)
+        kv = kv_info(handle.url + "/metrics", handle.log_path, run.model_gpus)
         scenarios: dict[str, Any] = {}
         for scenario in matrix.scenarios:
             if scenario.name not in cell.scenarios:

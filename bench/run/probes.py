@@ -59,12 +59,16 @@ def kv_from_metrics(text: str) -> KVInfo | None:
     return KVInfo(int(float(match.group(1))), None, "servebench:kv_cache_capacity_tokens") if match else None
 
 
-def kv_from_log(log: str) -> KVInfo | None:
-    """vLLM's or llama-server's startup log lines (the last occurrence wins)."""
+def kv_from_log(log: str, gpus: int = 1) -> KVInfo | None:
+    """vLLM's or llama-server's startup log lines (the last occurrence wins).
+
+    vLLM logs the capacity in tokens for the whole engine, but the KV memory of one worker (its first rank):
+    with the model split over ``gpus`` (tensor × pipeline parallel), every GPU holds as much again.
+    """
     tokens = _VLLM_TOKENS.findall(log)
     if tokens:
         memory = _VLLM_MEMORY.findall(log)
-        kv_bytes = float(memory[-1]) * GIB if memory else None
+        kv_bytes = float(memory[-1]) * GIB * gpus if memory else None
         return KVInfo(int(tokens[-1].replace(",", "")), kv_bytes, "vLLM log: KV cache size")
     ctx = _LLAMA_CTX.findall(log)
     if ctx:
@@ -74,8 +78,8 @@ def kv_from_log(log: str) -> KVInfo | None:
     return None
 
 
-def kv_info(metrics_url: str, log_path: Path) -> KVInfo:
-    """The server's KV capacity, from ``/metrics`` or else its log."""
+def kv_info(metrics_url: str, log_path: Path, gpus: int = 1) -> KVInfo:
+    """The server's KV capacity, from ``/metrics`` or else its log (``gpus``: what one model copy is split over)."""
     try:
         with urllib.request.urlopen(metrics_url, timeout=10) as resp:
             text = resp.read().decode(errors="replace")
@@ -83,7 +87,7 @@ def kv_info(metrics_url: str, log_path: Path) -> KVInfo:
         text = ""
     found = kv_from_metrics(text)
     if found is None:
-        found = kv_from_log(log_path.read_text(errors="replace") if log_path.exists() else "")
+        found = kv_from_log(log_path.read_text(errors="replace") if log_path.exists() else "", gpus)
     return found or KVInfo(None, None, "not reported")
 
 

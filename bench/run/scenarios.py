@@ -124,7 +124,7 @@ def run_load_scenario(scenario: LoadScenario, run: CellRun) -> dict[str, Any]:
 def run_kv_scenario(scenario: KVCacheScenario, run: CellRun) -> dict[str, Any]:
     """KV capacity, latency against context length, what fits, and the prefix-cache probe."""
     out = run.cell_dir / scenario.name
-    kv = kv_info(run.handle.url + "/metrics", run.handle.log_path)
+    kv = kv_info(run.handle.url + "/metrics", run.handle.log_path, run.model_gpus)
     lengths: dict[str, Any] = {}
     for length in scenario.context_lengths:
         run.say(f"{scenario.name} · context {length}")
