@@ -30,7 +30,7 @@ from backends.base import (
     GenRequest,
     TokenLogprob,
 )
-from backends.inprocess import Pending, WorkerEngine, top_logprobs
+from backends.inprocess import Pending, WorkerEngine, is_fatal, top_logprobs
 
 log = logging.getLogger("servebench.exllama")
 
@@ -181,10 +181,16 @@ class JobLoopEngine(WorkerEngine[Live]):
             self._finish(live)
 
     def _step_guarded(self) -> None:
-        """One generator step; on error fail the running requests and keep serving new ones."""
+        """One generator step; on error fail the running requests and keep serving new ones.
+
+        A fatal error (:func:`~backends.inprocess.is_fatal`: the device is gone) is re-raised with the running
+        requests left in place: the worker dies and ends them with the reason, and the server answers 503.
+        """
         try:
             results = self._iterate()
         except Exception as exc:
+            if is_fatal(exc):
+                raise
             log.exception("generator step failed")
             for live in list(self._active):
                 self._cancel_quietly(live)

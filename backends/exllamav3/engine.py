@@ -15,6 +15,11 @@ from backends.exllamav2.jobloop import JobLoopEngine, Live, cache_tokens, draft_
 from backends.exllamav3.config import CAPABILITIES, NAME, cache_layer_args
 
 NGRAM_MATCH_MIN = 2  # shortest suffix match that drafts tokens in n-gram mode
+MAX_CHUNK = 2048  # exllamav3's prefill chunk; a smaller cache must use chunks that fit it
+# exllamav3 1.6.5 pads linear layers' output to multiples of 128 and does not trim the MLP's down projection, so a
+# model whose hidden size is not one breaks the residual add ("576 must match 640" for SmolLM2-135M), in the
+# loader and the converter alike (measured on an H200, reports in benchmarks/gpu/results).
+HIDDEN_MULTIPLE = 128
 
 
 def sampler(temperature: float, top_p: float) -> Any:
@@ -41,7 +46,8 @@ class ExLlamaV3Engine(JobLoopEngine):
             draft_model, draft_cache, _ = self._load_model(spec.draft_path, self.max_model_len)
         self._gen = Generator(
             model=model, cache=cache, tokenizer=Tokenizer.from_config(config),
-            max_batch_size=self.options.max_batch, max_q_size=max(8, spec.num_tokens + 1),
+            max_batch_size=self.options.max_batch, max_chunk_size=min(MAX_CHUNK, self.kv_capacity),
+            max_q_size=max(8, spec.num_tokens + 1),
             draft_model=draft_model, draft_cache=draft_cache, num_draft_tokens=spec.num_tokens or None,
             ngram_match_min=NGRAM_MATCH_MIN if spec.ngram else 0)
 
@@ -55,11 +61,15 @@ class ExLlamaV3Engine(JobLoopEngine):
     def _load_model(self, path: Path, max_len: int | None) -> tuple[Any, Any, Any]:
         """Model, cache and config; the cache is created before ``load()``, as exllamav3 requires."""
         config = Config.from_directory(str(path))
+        hidden = getattr(config, "hidden_size", None)
+        if isinstance(hidden, int) and hidden % HIDDEN_MULTIPLE:
+            raise ValueError(f"exllamav3 cannot run {path.name}: its hidden size {hidden} is not a multiple of "
+                             f"{HIDDEN_MULTIPLE} (exllamav3 1.6.5 pads the MLP output and breaks the residual)")
         model = Model.from_config(config)
         tokens = cache_tokens(self._length(config, max_len), self.options.max_batch)
         bits = cache_layer_args(self.options.kv_cache_dtype)
         cache = Cache(model, max_num_tokens=tokens, layer_type=CacheLayer_quant if bits else CacheLayer_fp16, **bits)
-        model.load(progressbar=False)
+        model.load(progressbar=False, max_chunk_size=min(MAX_CHUNK, tokens))
         return model, cache, config
 
     def _make_job(self, live: Live, max_new: int, stop_ids: list[int], want_logits: bool) -> Any:
