@@ -52,6 +52,35 @@ def hf_checkpoint() -> Path:
     return out
 
 
+def random_checkpoint(shape: str, tokenizer: Path) -> Path:
+    """A random-weight fp16 checkpoint of ``shape`` (``bench models random``), for engines that cannot run
+    SmolLM2-135M (exllamav3 1.6.5 needs a hidden size that is a multiple of 128)."""
+    out = ROOT / "models" / f"{shape}-random"
+    if not (out / "config.json").exists():
+        registry = ROOT / "models.yaml"
+        registry.write_text(Path("models.yaml").read_text())
+        subprocess.run([sys.executable, "-m", "bench", "models", "random", f"{shape}-random", "--shape", shape,
+                        "--tokenizer", str(tokenizer), "--out", str(out), "--device", "cuda", "--dtype", "float16",
+                        "--registry", str(registry)], check=True)
+    return out
+
+
+def random_run(engine: str, shape: str, tokenizer: Path, result: dict[str, Any], save: Callable[[], None]) -> None:
+    """Mechanics and speed on random weights: our server over each cache kind and n-gram speculation (the text
+    is noise, so nothing checks answers)."""
+    path = random_checkpoint(shape, tokenizer)
+    result["checkpoint"] = f"{shape} random weights, fp16"
+    save()
+    for kv, speculative in (("auto", "none"), ("q6", "none"), ("k8v4", "none"), ("q4", "none"), ("auto", "ngram")):
+        key = f"random/kv={kv}/spec={speculative}"
+        try:
+            result[key] = {"server": server_rate(engine, path, "exl3", kv, speculative)}
+        except Exception as exc:  # one configuration failing is a result; the others still run
+            result[key] = {"error": f"{type(exc).__name__}: {exc}"}
+        save()
+        log(f"{key}: {json.dumps(result[key])}")
+
+
 def wait_for(marker: Path, limit_s: float) -> str:
     start = time.monotonic()
     while not marker.exists():
@@ -166,7 +195,7 @@ def v3_library(path: Path, ids: list[int], kv: str) -> dict[str, Any]:
     return out
 
 
-def server_rate(engine: str, path: Path, fmt: str, kv: str) -> dict[str, Any]:
+def server_rate(engine: str, path: Path, fmt: str, kv: str, speculative: str = "none") -> dict[str, Any]:
     """Streaming decode rate through our server: tokens after the first over the time after the first."""
     import openai
     import uvicorn
@@ -177,7 +206,7 @@ def server_rate(engine: str, path: Path, fmt: str, kv: str) -> dict[str, Any]:
     from servers.launch import free_port
     from servers.settings import ServerSettings
 
-    options = EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv)  # type: ignore[arg-type]
+    options = EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv, speculative=speculative)
     registry.validate(engine, options, fmt)
     eng = registry.load_class(engine)("m", path, fmt, options)
     port = free_port()
@@ -240,6 +269,9 @@ def main() -> None:
     parser.add_argument("engine", choices=["exllamav2", "exllamav3"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/exl/out")))
     parser.add_argument("--quick", action="store_true", help="tests on the fp16 HF checkpoint only")
+    parser.add_argument("--random-shape", help="instead of SmolLM2: server timing on a random-weight checkpoint "
+                        "of this bench models random shape (needs --tokenizer)")
+    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder for --random-shape")
     args = parser.parse_args()
     engine, out = args.engine, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -248,6 +280,12 @@ def main() -> None:
     def save() -> None:  # after each step, so a call cut off by its time limit still returns what ran
         (out / f"{engine}.json").write_text(json.dumps(result, indent=2))
 
+    if args.random_shape:
+        log(f"waiting for the {engine} build")
+        result["build"] = wait_for(ROOT / "logs" / ("v2.done" if engine == "exllamav2" else "v3.done"), 560)
+        save()
+        random_run(engine, args.random_shape, args.tokenizer, result, save)
+        return
     hf = hf_checkpoint()
     log(f"hf checkpoint at {hf}; waiting for the {engine} build")
     result["build"] = wait_for(ROOT / "logs" / ("v2.done" if engine == "exllamav2" else "v3.done"), 560)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Device call 2 (exllamav2) or 3 (exllamav3) of the ExLlama run, right after the previous call on the same
 # warm machine: assemble the GGUF from its parts, then run benchmarks/gpu/exllama_measure.py ENGINE.
-# Usage: bash benchmarks/gpu/exllama_run.sh exllamav2|exllamav3 [--quick]
+# Usage: bash benchmarks/gpu/exllama_run.sh exllamav2|exllamav3 [--quick | --random-shape SHAPE --tokenizer DIR]
 #   --quick: the GPU tests on the fp16 HF checkpoint only (no conversion, no timing)
 set -uo pipefail
 engine=$1; shift
 stash=/tmp/exl/stash gguf=/tmp/exl/stash/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -f "$gguf" ]; then
+if [[ " $* " != *" --random-shape "* ]] && [ ! -f "$gguf" ]; then
   cp .stage/exllama/gguf/* "$stash"/ 2>/dev/null  # the parts this call carries; earlier calls left theirs
   cat "$stash"/part* > "$gguf.tmp"
   if ! echo "$(cat "$stash"/sha256)  $gguf.tmp" | sha256sum -c --status; then

@@ -11,10 +11,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   "$stage"/whl/*.whl $(ls "$stage"/whl-v3/*.whl 2>/dev/null)  # whl-v3: carried only when V3 runs
 cp "$stage"/gguf/* /tmp/exl/stash/ 2>/dev/null || true  # whichever GGUF parts this call carries
 cat > /tmp/exl/build.sh <<'EOS'
-export PYTHONPATH=/tmp/exl/site MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
+export PYTHONPATH=/tmp/exl/site MAX_JOBS=$(( $(nproc) > 16 ? $(nproc) - 2 : 16 )) TORCH_CUDA_ARCH_LIST=9.0
 cd /tmp/exl
 [ "$BUILDS" = v3 ] || ( s=$(date +%s); python3 -c "import exllamav2.ext" > logs/build_v2.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v2.done ) &
-[ "$BUILDS" = v2 ] || ( s=$(date +%s); nice -n 19 python3 -c "from exllamav3.ext import exllamav3_ext" > logs/build_v3.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v3.done ) &
+[ "$BUILDS" = v2 ] || ( s=$(date +%s); nice -n $([ "$BUILDS" = v3 ] && echo 0 || echo 19) python3 -c "from exllamav3.ext import exllamav3_ext" > logs/build_v3.log 2>&1; echo "rc=$? s=$(( $(date +%s) - s ))" > logs/v3.done ) &
 wait
 EOS
 BUILDS=$builds setsid nohup bash /tmp/exl/build.sh > /tmp/exl/logs/build.out 2>&1 < /dev/null &
