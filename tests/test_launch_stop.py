@@ -38,7 +38,9 @@ def test_stop_ends_the_server_and_what_it_forked() -> None:
     assert proc.stdout is not None
     worker = int(proc.stdout.readline())
     assert _alive(worker)
-    _terminate(proc, grace_s=5.0)
+    # A generous grace: on a loaded 2-core CI machine the child once needed more than 5 s to act on SIGINT and
+    # was then SIGTERMed; the passing case returns as soon as the child exits.
+    _terminate(proc, grace_s=60.0)
     assert proc.returncode == 0  # SIGINT first: the server drained and exited by itself
     deadline = time.monotonic() + 5
     while _alive(worker) and time.monotonic() < deadline:
