@@ -226,9 +226,14 @@ def _serve_command(spec: ServerSpec, settings: ServerSettings, registry_path: Pa
     return cmd
 
 
-def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_queue: int = 64,
+def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_queue: int | None = None,
                  timeout_s: float = 300.0) -> ServerHandle:
-    """Start a server for ``spec`` as a child process and wait until it is healthy."""
+    """Start a server for ``spec`` as a child process and wait until it is healthy.
+
+    ``max_queue`` bounds the queue of servebench's own server (default :data:`DEFAULT_MAX_QUEUE`); a backend
+    with a native server refuses another value (:func:`check_max_queue`) rather than ignore it.
+    """
+    check_max_queue(spec.backend, max_queue)
     entry = backends.entry(spec.backend)
     env = dict(os.environ)
     if entry.kind == "launcher":
@@ -238,7 +243,8 @@ def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_qu
         env.update(launcher.environment(spec))
     else:
         settings = ServerSettings(host=spec.host, port=spec.port, api_key=spec.api_key,
-                                  served_model_name=spec.model_name, max_queue=max_queue,
+                                  served_model_name=spec.model_name,
+                                  max_queue=DEFAULT_MAX_QUEUE if max_queue is None else max_queue,
                                   max_concurrency=spec.options.max_batch)
         cmd = _serve_command(spec, settings, registry.source)
     log_path.parent.mkdir(parents=True, exist_ok=True)

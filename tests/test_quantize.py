@@ -32,7 +32,7 @@ def ask_two_plus_three(registry_file: Path, model: str, log_dir: Path, backend: 
     registry = load_registry(registry_file)
     options = EngineOptions(max_batch=1, max_model_len=512, threads=1)
     spec = build_spec(registry, backend, model, options, port=free_port())
-    with running_server(spec, registry, log_dir / f"{model}.log", max_queue=2, timeout_s=400) as server:
+    with running_server(spec, registry, log_dir / f"{model}.log", timeout_s=400) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="none", timeout=180, max_retries=0)
         reply = client.chat.completions.create(
             model=server.model, messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=32,

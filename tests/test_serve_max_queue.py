@@ -5,6 +5,8 @@ CPU only, and nothing is started: the refusal comes before the registry is read 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -41,3 +43,15 @@ def test_the_default_or_no_value_is_accepted_and_in_process_engines_take_any() -
         check_max_queue(backend, 2)
     with pytest.raises(NativeServerOptionError, match="'vllm'"):
         check_max_queue("vllm", 0)
+
+
+def test_start_server_refuses_max_queue_for_a_native_server_before_launching(tmp_path: Path) -> None:
+    from backends.base import EngineOptions
+    from bench.models.registry import load_registry
+    from servers.launch import build_spec, start_server
+
+    registry = load_registry()
+    spec = build_spec(registry, "llamacpp", "smollm2-135m-instruct", EngineOptions(), port=1)
+    with pytest.raises(NativeServerOptionError, match="--max-queue 2 cannot be honoured by backend 'llamacpp'"):
+        start_server(spec, registry, tmp_path / "server.log", max_queue=2)
+    assert not (tmp_path / "server.log").exists()  # refused before anything started
