@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +108,22 @@ def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
                 timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
 
 
+def _sigint_default() -> None:
+    """Run in the child before exec: SIGINT back to its default action.
+
+    A process started in the background by a non-interactive shell (``cmd &``) ignores SIGINT, and its children
+    inherit that; Python then installs no KeyboardInterrupt handler, so a server would never act on the SIGINT
+    that asks it to drain, and would be killed after the grace period instead.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def spawn_server(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start a server child in its own session (its process group is ours to stop, see :func:`_terminate`),
+    with SIGINT at its default whatever this process inherited."""
+    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_sigint_default, **kwargs)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -117,8 +133,7 @@ def _run_native(spec: ServerSpec, startup_timeout_s: float = 900.0) -> None:
     launcher = backends.load_class(spec.backend)()
     launcher.prepare(spec)
     # Its own session, so that we alone decide how it is stopped; its output goes to our terminal.
-    proc = subprocess.Popen(launcher.command(spec), env={**os.environ, **launcher.environment(spec)},
-                            start_new_session=True)
+    proc = spawn_server(launcher.command(spec), env={**os.environ, **launcher.environment(spec)})
     handle = ServerHandle(spec=spec, process=proc, log_path=Path(os.devnull))
     print(f"serving {spec.model_name} on {spec.backend} at {handle.base_url} (pid {proc.pid})", flush=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -249,7 +264,7 @@ def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_qu
         cmd = _serve_command(spec, settings, registry.source)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = spawn_server(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     handle = ServerHandle(spec=spec, process=proc, log_path=log_path)
     try:
         handle.wait_ready(timeout_s)
