@@ -277,16 +277,24 @@ class ScalingRow:
         return tok_s / self.devices if tok_s else None
 
 
-def scaling_rows(run: RunData) -> list[ScalingRow]:
-    """Per cell: the highest-throughput load point that met the SLO, with the devices it took."""
+def loads_by_cell(run: RunData) -> dict[CellKey, list[LoadRow]]:
+    """The run's load points grouped by cell."""
     by_cell: dict[CellKey, list[LoadRow]] = defaultdict(list)
     for row in run.loads:
         by_cell[row.key].append(row)
-    out = []
-    for key, rows in by_cell.items():
-        passing = [r for r in rows if r.meets_slo() and r.throughput]
-        best = max(passing, key=lambda r: r.throughput or 0.0) if passing else None
-        out.append(ScalingRow(key, run.devices(key), best, run.cell_kv.get(key, {})))
+    return by_cell
+
+
+def best_at_slo(rows: list[LoadRow]) -> LoadRow | None:
+    """The load point with the most output tokens/s among those that met the SLO, or None."""
+    passing = [r for r in rows if r.meets_slo() and r.throughput]
+    return max(passing, key=lambda r: r.throughput or 0.0) if passing else None
+
+
+def scaling_rows(run: RunData) -> list[ScalingRow]:
+    """Per cell: the highest-throughput load point that met the SLO, with the devices it took."""
+    out = [ScalingRow(key, run.devices(key), best_at_slo(rows), run.cell_kv.get(key, {}))
+           for key, rows in loads_by_cell(run).items()]
     return sorted(out, key=lambda r: (r.key.backend, r.key.model, r.devices, r.key.options, r.key.seed))
 
 
@@ -380,9 +388,7 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
         if value is not None:
             table[e.key.group].quality[str(e.result.get("task"))].append(float(value))
             table[e.key.group].seeds.add(e.key.seed)
-    by_cell: dict[CellKey, list[LoadRow]] = defaultdict(list)
-    for row in run.loads:
-        by_cell[row.key].append(row)
+    by_cell = loads_by_cell(run)
     for key, rows in by_cell.items():
         _add_load_stats(table[key.group], rows, headline, gpu_hour_usd, run.devices(key))
         table[key.group].seeds.add(key.seed)
@@ -394,8 +400,7 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
 
 def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None, gpu_hour_usd: float | None,
                     gpus: int) -> None:
-    passing = [r for r in rows if r.meets_slo() and r.throughput]
-    best = max(passing, key=lambda r: r.throughput or 0.0) if passing else None
+    best = best_at_slo(rows)
     # Latency at the headline load; without one (a sweep has no fixed points), at the best load meeting the SLO.
     head = [r for r in rows if f"{r.scenario}/{r.point}" == headline] if headline else [best] if best else []
     if head:
