@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.models.registry import Registry
 from bench.run import environment
 from bench.run.cells import Cell, expand, select
-from bench.run.probes import GIB, MemorySampler, kv_info
+from bench.run.probes import GIB, MemorySampler
 from bench.run.scenarios import (
     CellRun,
     run_eval_scenario,
@@ -139,7 +139,7 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
         options = cell.option_set.options
         run = CellRun(handle, cell.cell_id, cell_dir, cell.seed, options.max_batch, progress, memory,
                       options.tensor_parallel_size * options.pipeline_parallel_size)
-        kv = kv_info(handle.url + "/metrics", handle.log_path, run.model_gpus)
+        kv = run.kv.as_dict()  # at start-up, while the server is surely up; kv-cache scenarios reuse it
         scenarios: dict[str, Any] = {}
         for scenario in matrix.scenarios:
             if scenario.name not in cell.scenarios:
@@ -152,7 +152,7 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
                 scenarios[scenario.name] = {"kind": scenario.kind, "status": "failed",
                                             "error": f"{type(exc).__name__}: {exc}"}
         return {"startup_s": handle.startup_s, "wall_s": time.monotonic() - started, "scenarios": scenarios,
-                "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB, "kv": kv.as_dict()}
+                "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB, "kv": kv}
 
 
 def kept_on_resume(record: dict[str, Any] | None, retry_failed: bool) -> bool:

@@ -11,6 +11,7 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
 from bench.run.cells import scenario_skip_reason
-from bench.run.probes import MemorySampler, kv_info, prefix_hit_rate, speculative_figures
+from bench.run.probes import KVInfo, MemorySampler, kv_info, prefix_hit_rate, speculative_figures
 from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario
 from servers.launch import LaunchError, ServerHandle
 
@@ -49,6 +50,11 @@ class CellRun:
     progress: Progress
     memory: MemorySampler
     model_gpus: int = 1  # GPUs one copy of the model is split over (tensor × pipeline parallel), for MBU
+
+    @cached_property
+    def kv(self) -> KVInfo:
+        """The KV capacity the engine reports, read once: it is fixed for the server's life."""
+        return kv_info(self.handle.url + "/metrics", self.handle.log_path, self.model_gpus)
 
     def check_alive(self) -> None:
         """Fail the scenario with the server's log tail if the server died."""
@@ -124,7 +130,7 @@ def run_load_scenario(scenario: LoadScenario, run: CellRun) -> dict[str, Any]:
 def run_kv_scenario(scenario: KVCacheScenario, run: CellRun) -> dict[str, Any]:
     """KV capacity, latency against context length, what fits, and the prefix-cache probe."""
     out = run.cell_dir / scenario.name
-    kv = kv_info(run.handle.url + "/metrics", run.handle.log_path, run.model_gpus)
+    kv = run.kv
     lengths: dict[str, Any] = {}
     for length in scenario.context_lengths:
         run.say(f"{scenario.name} · context {length}")
