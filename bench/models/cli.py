@@ -95,8 +95,7 @@ def random_model(
         source = Path(tokenizer) if Path(tokenizer).is_dir() else reg.path_of(tokenizer)
         target = out or cache_dir() / "models" / "random" / name
         entry = random_entry(name, shape, target.resolve(), tokenizer, dtype, seed)
-        if any(m.name == name and m != entry for m in reg.models):
-            raise RegistryError(f"model {name!r} already exists in {reg.source} with other settings")
+        reg.check_new(entry)  # before drawing gigabytes of weights
         with console.status(f"drawing {shape} weights on {device} ..."):
             make_random_model(shape, source, target, device=device, dtype=dtype, seed=seed)
         append_entry(entry, reg.source)

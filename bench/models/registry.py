@@ -109,6 +109,13 @@ class Registry(BaseModel):
             raise ValueError(f"default model {self.default!r} is not listed")
         return self
 
+    def check_new(self, entry: ModelEntry) -> bool:
+        """Whether ``entry`` is new (False: an identical one is listed); another entry of its name raises."""
+        existing = next((m for m in self.models if m.name == entry.name), None)
+        if existing is not None and existing != entry:
+            raise RegistryError(f"model {entry.name!r} already exists in {self.source} with other settings")
+        return existing is None
+
     def get(self, name: str) -> ModelEntry:
         """The entry called ``name``; an unknown name gets a "did you mean"."""
         for item in self.models:
@@ -147,11 +154,8 @@ def append_entry(entry: ModelEntry, path: Path | None = None) -> Registry:
     """
     path = path or default_registry_path()
     registry = load_registry(path)
-    existing = next((m for m in registry.models if m.name == entry.name), None)
-    if existing is not None:
-        if existing == entry:
-            return registry
-        raise RegistryError(f"model {entry.name!r} already exists in {path} with other settings")
+    if not registry.check_new(entry):
+        return registry
     body = entry.model_dump(exclude_none=True, mode="json")
     text = yaml.safe_dump([body], sort_keys=False, default_flow_style=False)
     indented = "".join(f"  {line}\n" for line in text.splitlines())
