@@ -89,13 +89,15 @@ def _first(values: dict[str, float], names: Sequence[str]) -> float | None:
     return None
 
 
-def _delta(rows: Sequence[dict[str, Any]], name: str) -> float | None:
-    seen = [r["values"][name] for r in rows if name in r["values"]]
+def counter_delta(rows: Sequence[dict[str, Any]], name: str) -> float | None:
+    """A counter's last − first value over scrape rows (None with fewer than two samples of it)."""
+    seen = [r["values"][name] for r in rows if name in r.get("values", {})]
     return seen[-1] - seen[0] if len(seen) >= 2 else None
 
 
-def _first_delta(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> float | None:
-    return next((d for name in names if (d := _delta(rows, name)) is not None), None)
+def first_counter_delta(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> float | None:
+    """:func:`counter_delta` of the first of ``names`` (one counter under each engine's name) that has one."""
+    return next((d for name in names if (d := counter_delta(rows, name)) is not None), None)
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -110,16 +112,16 @@ def summarize_server(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         vals = [v for r in rows if (v := _first(r["values"], names)) is not None]
         return max(vals) if vals else None
 
-    drafts = _delta(rows, SPEC_DRAFTS)
-    accepted = _delta(rows, SPEC_ACCEPTED)
+    drafts = counter_delta(rows, SPEC_DRAFTS)
+    accepted = counter_delta(rows, SPEC_ACCEPTED)
     return {
         "kv_cache_usage_peak": peak(KV_USAGE),
         "requests_running_peak": peak(RUNNING),
         "requests_waiting_peak": peak(WAITING),
-        "prefix_cache_hit_rate": _ratio(_delta(rows, PREFIX_HITS), _delta(rows, PREFIX_QUERIES)),
-        "spec_acceptance_rate": _ratio(accepted, _delta(rows, SPEC_DRAFT_TOKENS)),
+        "prefix_cache_hit_rate": _ratio(counter_delta(rows, PREFIX_HITS), counter_delta(rows, PREFIX_QUERIES)),
+        "spec_acceptance_rate": _ratio(accepted, counter_delta(rows, SPEC_DRAFT_TOKENS)),
         "spec_acceptance_length": None if (r := _ratio(accepted, drafts)) is None else 1.0 + r,
-        "server_generation_tokens": _first_delta(rows, GEN_TOKENS),
+        "server_generation_tokens": first_counter_delta(rows, GEN_TOKENS),
     }
 
 

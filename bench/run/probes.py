@@ -24,6 +24,8 @@ from typing import Any
 
 import psutil
 
+from bench.scrape import counter_delta, first_counter_delta
+
 GIB = float(1 << 30)
 _VLLM_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
 # GPU: "Available KV cache memory: X GiB"; CPU: "Explicitly set (X/total) GiB for KV cache".
@@ -94,25 +96,14 @@ def kv_info(metrics_url: str, log_path: Path, gpus: int = 1) -> KVInfo:
 # ---- counters from scrape rows (pure) ----------------------------------------------------------
 
 
-def _delta(rows: Sequence[dict[str, Any]], name: str) -> float | None:
-    seen = [r["values"][name] for r in rows if name in r.get("values", {})]
-    return seen[-1] - seen[0] if len(seen) >= 2 else None
-
-
-def _first_delta(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> float | None:
-    for name in names:
-        if (d := _delta(rows, name)) is not None:
-            return d
-    return None
-
-
 def prefix_hit_rate(rows: Sequence[dict[str, Any]]) -> float | None:
     """Prompt tokens served from the prefix cache / prompt tokens, over the rows' window."""
-    hits, queries = _delta(rows, "vllm:prefix_cache_hits_total"), _delta(rows, "vllm:prefix_cache_queries_total")
+    hits = counter_delta(rows, "vllm:prefix_cache_hits_total")
+    queries = counter_delta(rows, "vllm:prefix_cache_queries_total")
     if hits is not None and queries:
         return hits / queries
-    cached = _delta(rows, "llamacpp:prompt_tokens_cached_total")
-    processed = _delta(rows, "llamacpp:prompt_tokens_total")  # excludes cached tokens
+    cached = counter_delta(rows, "llamacpp:prompt_tokens_cached_total")
+    processed = counter_delta(rows, "llamacpp:prompt_tokens_total")  # excludes cached tokens
     if cached is not None and processed is not None and cached + processed > 0:
         return cached / (cached + processed)
     return None
@@ -120,11 +111,12 @@ def prefix_hit_rate(rows: Sequence[dict[str, Any]]) -> float | None:
 
 def speculative_figures(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     """Acceptance rate (accepted / drafted tokens) and mean acceptance length (1 + accepted / drafts)."""
-    drafted = _first_delta(rows, ("vllm:spec_decode_num_draft_tokens_total",
+    drafted = first_counter_delta(rows, ("vllm:spec_decode_num_draft_tokens_total",
                                   "llamacpp:spec_decode_num_draft_tokens_total"))
-    accepted = _first_delta(rows, ("vllm:spec_decode_num_accepted_tokens_total",
+    accepted = first_counter_delta(rows, ("vllm:spec_decode_num_accepted_tokens_total",
                                    "llamacpp:spec_decode_num_accepted_tokens_total"))
-    drafts = _first_delta(rows, ("vllm:spec_decode_num_drafts_total", "llamacpp:spec_decode_num_drafts_total"))
+    drafts = first_counter_delta(rows, ("vllm:spec_decode_num_drafts_total",
+                                        "llamacpp:spec_decode_num_drafts_total"))
     rate = accepted / drafted if accepted is not None and drafted else None
     length = 1.0 + accepted / drafts if accepted is not None and drafts else None
     return {"spec_acceptance_rate": rate, "spec_acceptance_length": length,
