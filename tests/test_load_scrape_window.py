@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,16 @@ async def test_counter_deltas_leave_the_warm_up_out(calib_url: str, tmp_path: Pa
     again = await run_load_async(cfg.model_copy(update={"warmup": 0, "num_requests": 2}), tmp_path)
     assert again.server["server_generation_tokens"] == 2 * 16
     assert [r.get("mark") for r in read_rows(tmp_path / "server_metrics.jsonl")] == [None, None]
+
+
+def test_mbu_divides_by_the_bandwidth_of_every_gpu_the_model_is_split_over(tmp_path: Path) -> None:
+    # 8 GB of weights, one token every 100 ms on NVIDIA H200s (4,800 GB/s each): 80 GB/s is 1/60 of one GPU.
+    (tmp_path / "requests.jsonl").write_text("".join(
+        _record(i, float(i), 5, warmup=False).to_json() + "\n" for i in range(3)))
+    (tmp_path / "gpu.jsonl").write_text("".join(
+        json.dumps({"t": float(t), "gpu": 0, "name": "NVIDIA H200", "mem_used_bytes": 2**30, "power_w": 100.0,
+                    "energy_j": None}) + "\n" for t in range(4)))
+    for gpus, expected in ((1, 80e9 / 4800e9), (2, 80e9 / 9600e9)):
+        config = calibration_config("http://127.0.0.1:9", model_bytes=8_000_000_000, server_gpus=gpus)
+        summary = rebuild_summary(tmp_path, config=config)
+        assert summary.server["mbu"] == pytest.approx(expected)
