@@ -174,6 +174,17 @@ async def test_arc_loglikelihood_scoring_matches_lm_eval_rules() -> None:
     assert summary["acc"] == 0.0 and summary["acc_norm"] == 1.0
 
 
+async def test_arc_acc_norm_counts_the_leading_space_as_lm_eval_does() -> None:
+    """lm-eval divides by len(" " + choice), so -0.9/2 = -0.45 beats -1.5/3 = -0.5 and choice 0 wins.
+
+    Dividing by the bare choice would give -0.9/1 = -0.9 against -1.5/2 = -0.75: choice 1.
+    """
+    task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completion", max_tokens=1, seed=0)
+    doc = ArcDoc("q", "Q?", ("a", "bc"), gold=0)
+    scored = await task.score(doc, Reply(choice_logprobs=(-0.9, -1.5)))
+    assert scored.fields["acc_norm"] == 1.0
+
+
 def test_prompt_rendering() -> None:
     prompt = Prompt("Q: 3?\nA:", 5, shots=(("Q: 1?\nA:", " 1"), ("Q: 2?\nA:", " 2")), instruction="Go.\n\n")
     assert prompt.completion_text() == "Go.\n\nQ: 1?\nA: 1\n\nQ: 2?\nA: 2\n\nQ: 3?\nA:"

@@ -3,7 +3,8 @@
 *generate*: the prompt lists the choices as ``A.``..``E.``; the first standalone letter of the reply is the
 answer; accuracy and macro-F1 over the letters. *loglikelihood*: each choice text is scored after
 ``Question: ...\\nAnswer:`` (lm-eval's ``arc_easy`` format: the choice follows one space); the choice with
-the highest summed logprob wins (``acc``), and per character for ``acc_norm``, as lm-eval computes them.
+the highest summed logprob wins (``acc``), and per character of the scored continuation for ``acc_norm``
+(its leading space included, as lm-eval's ``multiple_choice`` divides).
 Few-shot examples come from the validation split.
 """
 
@@ -92,7 +93,7 @@ class ArcTask:
         if self.mode == "loglikelihood":
             shots = "".join(f"Question: {s.question}\nAnswer: {s.choices[s.gold]}\n\n" for s in examples)
             context = f"{shots}Question: {doc.question}\nAnswer:"
-            return Choices(context, tuple(" " + text for text in doc.choices))
+            return Choices(context, continuations(doc))
         return Prompt(
             query=doc.mc_question(),
             max_tokens=self.max_tokens,
@@ -121,10 +122,16 @@ class ArcTask:
         return out
 
 
+def continuations(doc: ArcDoc) -> tuple[str, ...]:
+    """What loglikelihood scores after the context: lm-eval's target delimiter (one space), then the choice."""
+    return tuple(" " + text for text in doc.choices)
+
+
 def _score_loglikelihood(doc: ArcDoc, reply: Reply) -> Scored:
     logprobs = reply.choice_logprobs
     best = max(range(len(logprobs)), key=lambda i: logprobs[i])
-    normed = [lp / len(text) for lp, text in zip(logprobs, doc.choices, strict=True)]
+    # lm-eval's acc_norm: the sum over len(continuation) in characters, the delimiter's space included
+    normed = [lp / len(text) for lp, text in zip(logprobs, continuations(doc), strict=True)]
     best_norm = max(range(len(normed)), key=lambda i: normed[i])
     return Scored(
         LETTERS[best],
