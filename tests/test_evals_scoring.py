@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,10 @@ import pytest
 from bench.evals.config import EvalConfig
 from bench.evals.data import olmo_tasks_dir, read_requests, unique_docs
 from bench.evals.extract import extract_number, last_boxed, numbers_equal, parse_gold
-from bench.evals.runner import EvalSetupError, run_eval
-from bench.evals.sandbox import SandboxUnavailableError, probe_sandbox, run_python
 from bench.evals.scoring import bootstrap_ci, macro_f1, normalize_answer, squad_exact, squad_f1
 from bench.evals.tasks import build_task
 from bench.evals.tasks.arc import ArcDoc, ArcTask, extract_letter
 from bench.evals.tasks.base import Prompt, Reply
-from bench.evals.tasks.humaneval import HumanEvalDoc, build_program
 from bench.evals.tasks.math import read_openmath_jsonl
 
 
@@ -246,49 +241,3 @@ def test_openmath_jsonl(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     docs = read_openmath_jsonl(path)
     assert [d.gold for d in docs] == [2.0, 0.25]
-
-
-def test_humaneval_program_and_sandbox() -> None:
-    test = "def check(f):\n    assert f(2, 3) == 5\n"
-    doc = HumanEvalDoc("t/0", "def add(a, b):\n    '''Add.'''\n", test, "add")
-    info = probe_sandbox(allow_network=True)  # the other layers are under test here, not the network
-    good = build_program(doc, "    return a + b\n", "completion")
-    bad = build_program(doc, "    return a - b\n", "completion")
-    chat = build_program(doc, "Sure:\n```python\ndef add(a, b):\n    return a + b\n```\n", "chat")
-
-    async def outcomes() -> list[str]:
-        progs = [good, bad, chat, "while True:\n    pass\n"]
-        return [(await run_python(p, timeout_s=2, info=info)).status for p in progs]
-
-    assert asyncio.run(outcomes()) == ["passed", "failed", "passed", "timeout"]
-
-
-def test_sandbox_has_no_network_when_unshare_works() -> None:
-    info = probe_sandbox(allow_network=True)
-    if not info.network_namespace:
-        pytest.skip("unshare --net is not permitted on this machine")
-    program = "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)\n"
-    result = asyncio.run(run_python(program, timeout_s=5, info=info))
-    assert result.status == "failed" and "unreachable" in result.detail
-
-
-def _refuse_unshare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Put an ``unshare`` first on PATH that fails as it does where user namespaces are not allowed."""
-    fake = tmp_path / "bin" / "unshare"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-
-
-def test_sandbox_refuses_to_run_with_the_network_unless_allowed(monkeypatch: pytest.MonkeyPatch,
-                                                                tmp_path: Path) -> None:
-    _refuse_unshare(monkeypatch, tmp_path)
-    with pytest.raises(SandboxUnavailableError, match=r"not permitted.*--allow-network-in-sandbox"):
-        probe_sandbox()
-    info = probe_sandbox(allow_network=True)
-    assert not info.network_namespace and "NETWORK-NOT-ISOLATED" in info.describe()
-    config = EvalConfig(url="http://127.0.0.1:9", model="m", task="humaneval", allow_code_execution=True)
-    with pytest.raises(EvalSetupError, match="cannot isolate the network"):
-        run_eval(config, tmp_path / "out")  # refused before any data is read or request sent
-    assert not (tmp_path / "out").exists()

@@ -101,7 +101,7 @@ def test_eval_scenario_takes_bench_evals_options_and_passes_them_through(tmp_pat
         "http://127.0.0.1:8123/v1", "served-name", 7, "math-absdiff", 20)
     assert om.eval_config("http://h", "m", 0).data == data
     he_config = he.eval_config("http://h", "m", 0)
-    assert he_config.allow_code_execution and he_config.allow_network_in_sandbox and not he_config.stream
+    assert he_config.allow_code_execution and he_config.allow_weak_sandbox and not he_config.stream
     # The same consistency checks as bench eval, when the matrix is read rather than mid-run.
     with pytest.raises(MatrixError, match=r"scenarios\.0.*--data .*math-absdiff only"):
         validate_matrix(_matrix(scenarios=[{"kind": "eval", "task": "squad", "data": str(data)}]))

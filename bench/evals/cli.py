@@ -31,8 +31,9 @@ def eval_command(
     math_source: str = typer.Option("gsm8k", help="math-absdiff: gsm8k | math500"),
     data: Path | None = typer.Option(None, help="math-absdiff: JSONL with problem, expected_answer"),
     allow_code_execution: bool = typer.Option(False, help="humaneval: run generated code (sandboxed)"),
-    allow_network_in_sandbox: bool = typer.Option(
-        False, help="humaneval: run the code even where the sandbox cannot cut the network off (no unshare)"
+    allow_weak_sandbox: bool = typer.Option(
+        False, help="humaneval: run the code even where the isolated sandbox (namespaces, private root) cannot "
+        "be had: only rlimits, a private temp folder and a timeout"
     ),
     max_duration_s: float = typer.Option(3600.0, help="stop the whole eval after this many seconds"),
 ) -> None:
@@ -49,7 +50,7 @@ def eval_command(
                 "api": "chat" if chat else "completion", "mode": mode, "concurrency": concurrency,
                 "api_key": api_key, "max_tokens": max_tokens, "stream": stream, "math_source": math_source,
                 "data": data, "allow_code_execution": allow_code_execution, "max_duration_s": max_duration_s,
-                "allow_network_in_sandbox": allow_network_in_sandbox,
+                "allow_weak_sandbox": allow_weak_sandbox,
             }
         )
         summary = run_eval(config, out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TaskName = Literal["math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval"]
 TASK_NAMES: tuple[str, ...] = ("math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval")
@@ -40,8 +40,11 @@ class EvalConfig(BaseModel):
     math_source: Literal["gsm8k", "math500"] = "gsm8k"
     data: Path | None = Field(default=None, description="OpenMath-style JSONL (problem, expected_answer)")
     allow_code_execution: bool = False
-    allow_network_in_sandbox: bool = Field(
-        default=False, description="humaneval: run the code even where the sandbox cannot cut the network off"
+    allow_weak_sandbox: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("allow_weak_sandbox", "allow_network_in_sandbox"),
+        description="humaneval: run the code even where the isolated sandbox (namespaces, private root) cannot "
+        "be had, with only rlimits, a private temp folder and a timeout",
     )
     code_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)

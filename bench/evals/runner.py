@@ -307,7 +307,7 @@ def _setup(config: EvalConfig) -> tuple[Task[Any], SandboxInfo | None]:
                 "(it runs in a sandboxed subprocess: see docs/evals.md)"
             )
         try:
-            sandbox = probe_sandbox(allow_network=config.allow_network_in_sandbox)
+            sandbox = probe_sandbox(allow_weak=config.allow_weak_sandbox)
         except SandboxUnavailableError as exc:
             raise EvalSetupError(f"humaneval: {exc}") from exc
     return build_task(config, sandbox), sandbox

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
 from bench.evals.config import EvalConfig, TaskName
@@ -159,8 +159,10 @@ class EvalScenario(_Scenario):
     data: Path | None = Field(default=None, description="math-absdiff: OpenMath-style JSONL (problem, "
                               "expected_answer)")
     allow_code_execution: bool = Field(default=False, description="humaneval: run generated code (sandboxed)")
-    allow_network_in_sandbox: bool = Field(
-        default=False, description="humaneval: run the code even where the sandbox cannot cut the network off")
+    allow_weak_sandbox: bool = Field(
+        default=False, validation_alias=AliasChoices("allow_weak_sandbox", "allow_network_in_sandbox"),
+        description="humaneval: run the code even where the isolated sandbox cannot be had (rlimits, private "
+        "temp folder and timeout only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalScenario:

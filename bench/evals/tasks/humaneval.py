@@ -1,16 +1,21 @@
 """HumanEval (164 problems) scored by pass@1 of greedy completions, executed in :mod:`bench.evals.sandbox`.
 
-Opt-in only: the runner refuses this task unless code execution was allowed explicitly.
+Opt-in only: the runner refuses this task unless code execution was allowed explicitly. As in the
+reference harness (``human_eval.execution``, which counts a problem as passed only when the code after
+``check(...)`` runs), a sample passes only when the program exits with status 0 *and* prints a random
+sentinel from the line after ``check(entry_point)``: a completion that exits early (``raise SystemExit(0)``,
+``sys.exit()``, ``os._exit(0)``) never reaches it.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.evals.data import read_requests, unique_docs
-from bench.evals.sandbox import SandboxInfo, run_python
+from bench.evals.sandbox import ExecResult, SandboxInfo, run_python
 from bench.evals.scoring import mean
 from bench.evals.tasks.base import ApiKind, Prompt, Reply, Scored, sample_docs
 
@@ -38,8 +43,9 @@ def read_humaneval() -> list[HumanEvalDoc]:
     ]
 
 
-def build_program(doc: HumanEvalDoc, reply_text: str, api: ApiKind) -> str:
-    """Prompt + completion (completion API) or prompt + the reply's function (chat), then the tests."""
+def build_program(doc: HumanEvalDoc, reply_text: str, api: ApiKind, sentinel: str) -> str:
+    """Prompt + completion (completion API) or prompt + the reply's function (chat), the tests, then a line
+    that prints ``sentinel`` once ``check`` has returned."""
     if api == "chat":
         match = _CODE_BLOCK.search(reply_text)
         code = match.group(1) if match else reply_text
@@ -47,7 +53,14 @@ def build_program(doc: HumanEvalDoc, reply_text: str, api: ApiKind) -> str:
         body = doc.prompt + "\n" + code if f"def {doc.entry_point}" in code else doc.prompt + code
     else:
         body = doc.prompt + reply_text
-    return f"{body}\n\n{doc.test}\n\ncheck({doc.entry_point})\n"
+    return f"{body}\n\n{doc.test}\n\ncheck({doc.entry_point})\nprint({sentinel!r}, flush=True)\n"
+
+
+def verdict(result: ExecResult, sentinel: str) -> str:
+    """``passed`` only for exit status 0 with the sentinel printed; an early clean exit is ``exited-early``."""
+    if result.status != "passed":
+        return result.status
+    return "passed" if sentinel in result.stdout.splitlines() else "exited-early"
 
 
 class HumanEvalTask:
@@ -72,10 +85,12 @@ class HumanEvalTask:
 
     async def score(self, doc: HumanEvalDoc, reply: Reply) -> Scored:
         """Run the tests in the sandbox: 1.0 if they pass."""
-        program = build_program(doc, reply.text, self.api)
+        sentinel = f"servebench-check-done-{secrets.token_hex(16)}"  # unguessable by the completion
+        program = build_program(doc, reply.text, self.api, sentinel)
         result = await run_python(program, timeout_s=self.timeout_s, info=self.sandbox)
-        fields = {"status": result.status, "detail": result.detail}
-        return Scored(reply.text, float(result.passed), doc.entry_point, fields)
+        status = verdict(result, sentinel)
+        fields = {"status": status, "detail": result.detail}
+        return Scored(reply.text if reply.text.strip() else None, float(status == "passed"), doc.entry_point, fields)
 
     def aggregate(self, scored: Sequence[Scored]) -> dict[str, float | None]:
         """pass@1 of greedy decoding = the fraction of problems whose tests pass."""
