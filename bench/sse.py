@@ -7,16 +7,25 @@ that matter for OpenAI-compatible servers: ``\\n``, ``\\r\\n`` and ``\\r`` line 
 (``:``), multi-line ``data`` fields joined with ``\\n``, and events ended by a blank line.
 
 :func:`parse_openai_chunk` turns one payload into a :class:`StreamDelta`: the text it carries, how many
-tokens it carries when the server says so (``logprobs``), ``usage`` and ``finish_reason``.
+tokens it carries when the server says so (``logprobs``), ``usage`` and ``finish_reason``. The chunk's
+shape is validated once, by the small pydantic models below: well-formed JSON of the wrong shape
+(``{"choices": "x"}``, ``"content": 5``, a negative token count) becomes an error delta that names the
+offending field, so a hostile or buggy server fails its own request and never the client.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, Field, ValidationError
+
 DONE = b"[DONE]"
+# A token count in ``usage`` above this is refused: the record holds one timestamp per token, so a server
+# claiming 10**12 tokens must not make the client allocate them.
+MAX_USAGE_TOKENS = 1 << 20
+# How much of an offending payload an error message quotes.
+QUOTE_BYTES = 200
 
 
 class SSEDecoder:
@@ -83,61 +92,105 @@ class StreamDelta:
     """What one OpenAI streaming chunk carries.
 
     ``n_tokens`` is the number of generated tokens in the chunk when the server tells us (one
-    ``logprobs`` entry per token), else ``None``. ``usage`` is the raw usage object, if any.
+    ``logprobs`` entry per token), else ``None``. ``usage`` holds the validated token counts, if any.
     """
 
     text: str = ""
     n_tokens: int | None = None
     finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
+    usage: dict[str, int] | None = None
     error: str | None = None
     done: bool = False
+
+
+class _Delta(BaseModel):
+    """A chat ``delta``: the generated text, visible or reasoning."""
+
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class _Choice(BaseModel):
+    """One choice of a chunk. ``logprobs`` is only counted, so any shape is accepted (and ignored if odd)."""
+
+    delta: _Delta | None = None  # chat
+    text: str | None = None  # completions
+    logprobs: Any = None
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    """The token counts of ``usage`` (other fields are ignored)."""
+
+    prompt_tokens: int | None = Field(default=None, ge=0, le=MAX_USAGE_TOKENS)
+    completion_tokens: int | None = Field(default=None, ge=0, le=MAX_USAGE_TOKENS)
+    total_tokens: int | None = Field(default=None, ge=0, le=2 * MAX_USAGE_TOKENS)
+
+
+class _Chunk(BaseModel):
+    """The fields of a streamed chunk that servebench reads; ``error``/``object``/``message`` spot error events."""
+
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    error: Any = None
+    object: Any = None
+    message: Any = None
 
 
 def parse_openai_chunk(payload: bytes) -> StreamDelta:
     """Decode one ``data:`` payload of ``/v1/chat/completions`` or ``/v1/completions``.
 
     Handles chat deltas (``content`` and ``reasoning_content``), completion ``text``, in-stream error
-    objects and the ``[DONE]`` sentinel. A payload that is not JSON becomes an error delta: a broken
+    objects (``{"error": ...}``, or vLLM's older ``{"object": "error", "message": ...}``) and the ``[DONE]``
+    sentinel. A payload that is not JSON, or JSON of another shape, becomes an error delta: a broken
     stream is data for the record, never an exception in the request loop.
     """
     if payload == DONE:
         return StreamDelta(done=True)
     try:
-        obj = json.loads(payload)
-    except ValueError:
-        return StreamDelta(error=f"invalid JSON in stream: {payload[:200]!r}")
-    if not isinstance(obj, dict):
-        return StreamDelta(error=f"unexpected stream payload: {payload[:200]!r}")
-    if "error" in obj:
-        return StreamDelta(error=_error_text(obj["error"]))
-    usage = obj.get("usage") or None
-    choices = obj.get("choices") or ()
-    if not choices:
+        chunk = _Chunk.model_validate_json(payload)
+    except ValidationError as exc:
+        return StreamDelta(error=_shape_error(exc, payload))
+    if chunk.error is not None:
+        return StreamDelta(error=_error_text(chunk.error))
+    if chunk.object == "error":
+        return StreamDelta(error=_error_text(chunk.message if chunk.message is not None else "error event"))
+    usage = chunk.usage.model_dump(exclude_none=True) if chunk.usage is not None else None
+    if not chunk.choices:
         return StreamDelta(usage=usage)
-    choice = choices[0]
-    text, n_tokens = _choice_text_and_tokens(choice)
-    return StreamDelta(text=text, n_tokens=n_tokens, finish_reason=choice.get("finish_reason"), usage=usage)
+    choice = chunk.choices[0]
+    text = _choice_text(choice)
+    return StreamDelta(text=text, n_tokens=_logprob_count(choice.logprobs), finish_reason=choice.finish_reason,
+                       usage=usage)
 
 
-def _choice_text_and_tokens(choice: dict[str, Any]) -> tuple[str, int | None]:
-    delta = choice.get("delta")
-    if delta is not None:  # chat
-        text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-    else:  # completions
-        text = choice.get("text") or ""
-    logprobs = choice.get("logprobs")
-    n_tokens: int | None = None
-    if isinstance(logprobs, dict):
-        entries = logprobs.get("content")
-        if entries is None:
-            entries = logprobs.get("tokens")
-        if isinstance(entries, list):
-            n_tokens = len(entries)
-    return text, n_tokens
+def _shape_error(exc: ValidationError, payload: bytes) -> str:
+    """One line naming the first thing wrong with a payload, and quoting the payload's start."""
+    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    quote = payload[:QUOTE_BYTES]
+    if first["type"] == "json_invalid":
+        return f"invalid JSON in stream: {quote!r}"
+    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    return f"malformed stream chunk ({where}: {first['msg']}): {quote!r}"
+
+
+def _choice_text(choice: _Choice) -> str:
+    if choice.delta is not None:  # chat
+        return (choice.delta.content or "") + (choice.delta.reasoning_content or "")
+    return choice.text or ""
+
+
+def _logprob_count(logprobs: Any) -> int | None:
+    """Tokens in a chunk by its logprobs: chat's ``content`` list or completions' ``tokens`` list."""
+    if not isinstance(logprobs, dict):
+        return None
+    entries = logprobs.get("content")
+    if entries is None:
+        entries = logprobs.get("tokens")
+    return len(entries) if isinstance(entries, list) else None
 
 
 def _error_text(err: Any) -> str:
     if isinstance(err, dict):
-        return str(err.get("message") or err)
-    return str(err)
+        return str(err.get("message") or err)[:QUOTE_BYTES * 2]
+    return str(err)[:QUOTE_BYTES * 2]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
+from bench.load.records import StreamObservation, make_record
 from bench.sse import SSEDecoder, parse_openai_chunk
 
 STREAM = (
@@ -66,3 +68,55 @@ def test_usage_error_done_and_garbage() -> None:
     assert parse_openai_chunk(b'{"error": {"message": "overloaded"}}').error == "overloaded"
     assert parse_openai_chunk(b"[DONE]").done
     assert parse_openai_chunk(b"{not json").error
+
+
+HOSTILE = [
+    (b'{"choices":"x"}', "choices"),
+    (b'{"choices":[1]}', "choices.0"),
+    (b'{"choices":[{"delta":{"content":5}}]}', "choices.0.delta.content"),
+    (b'{"choices":[{"text":["a"]}]}', "choices.0.text"),
+    (b'{"choices":[{"delta":{"content":"a"},"finish_reason":7}]}', "choices.0.finish_reason"),
+    (b'{"usage":"x"}', "usage"),
+    (b'{"usage":{"completion_tokens":-1}}', "usage.completion_tokens"),
+    (b'{"usage":{"completion_tokens":1e400}}', "usage.completion_tokens"),
+    (b'{"usage":{"completion_tokens":1000000000000}}', "usage.completion_tokens"),
+    (b"[1]", "payload"),
+    (b"null", "payload"),
+]
+
+
+@pytest.mark.parametrize(("payload", "where"), HOSTILE)
+def test_well_formed_json_of_the_wrong_shape_is_an_error_naming_the_field(payload: bytes, where: str) -> None:
+    d = parse_openai_chunk(payload)
+    assert d.error is not None and d.error.startswith(f"malformed stream chunk ({where}: ")
+    assert (d.text, d.usage) == ("", None)
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> object:
+    """Any JSON value, biased towards the keys an OpenAI chunk has."""
+    keys = ["choices", "delta", "content", "text", "usage", "logprobs", "tokens", "finish_reason", "error",
+            "completion_tokens", "object", "message", "reasoning_content"]
+    kind = rng.randrange(7 if depth < 5 else 4)
+    leaves: list[object] = [None, True, rng.randint(-(2**70), 2**70), rng.random() * 1e300, "x", ""]
+    if kind < 4:
+        return rng.choice(leaves)
+    if kind < 5:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def test_no_json_value_makes_the_parser_raise() -> None:
+    """A bounded, seeded fuzz: whatever JSON a server streams, the parser returns a delta (never raises)."""
+    rng = random.Random(17)
+    obs = StreamObservation()
+    for i in range(5000):
+        delta = parse_openai_chunk(json.dumps(_random_json(rng)).encode())
+        assert isinstance(delta.text, str) and (delta.usage is None or isinstance(delta.usage, dict))
+        obs.add(delta, float(i))
+    make_record(obs, request_id="r", index=0, scheduled_t=0.0, sent_t=0.0, meta={})  # the record is buildable
+    assert parse_openai_chunk(b"[" * 100_000).error is not None  # deep nesting: no RecursionError
+    assert parse_openai_chunk(b"\xff\xfe").error is not None  # not UTF-8
+
+
+def test_vllm_legacy_error_event() -> None:
+    assert parse_openai_chunk(b'{"object": "error", "message": "boom", "code": 400}').error == "boom"
