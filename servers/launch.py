@@ -33,6 +33,8 @@ class LaunchError(RuntimeError):
 
 
 DEFAULT_MAX_QUEUE: int = ServerSettings.model_fields["max_queue"].default
+# `bench serve --api-key`'s variable: a child `bench serve` gets its key here, never on its command line (`ps`).
+SERVE_API_KEY_ENV = "SERVEBENCH_API_KEY"
 
 
 class NativeServerOptionError(BackendError):
@@ -236,9 +238,7 @@ def _serve_command(spec: ServerSpec, settings: ServerSettings, registry_path: Pa
     cmd = [sys.executable, "-m", "bench", "serve", "--backend", spec.backend, "--model", spec.model_name,
            "--host", spec.host, "--port", str(spec.port), "--registry", str(registry_path),
            "--max-queue", str(settings.max_queue), "--options-json", EngineOptions(**opts).model_dump_json()]
-    if spec.api_key:
-        cmd += ["--api-key", spec.api_key]
-    return cmd
+    return cmd  # the key, if any, travels in SERVE_API_KEY_ENV (start_server)
 
 
 def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_queue: int | None = None,
@@ -250,7 +250,7 @@ def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_qu
     """
     check_max_queue(spec.backend, max_queue)
     entry = backends.entry(spec.backend)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != SERVE_API_KEY_ENV}  # only spec.api_key may secure it
     if entry.kind == "launcher":
         launcher = backends.load_class(spec.backend)()
         launcher.prepare(spec)
@@ -262,6 +262,8 @@ def start_server(spec: ServerSpec, registry: Registry, log_path: Path, *, max_qu
                                   max_queue=DEFAULT_MAX_QUEUE if max_queue is None else max_queue,
                                   max_concurrency=spec.options.max_batch)
         cmd = _serve_command(spec, settings, registry.source)
+        if spec.api_key:
+            env[SERVE_API_KEY_ENV] = spec.api_key
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = spawn_server(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -86,7 +86,7 @@ def test_basic_command(model_path: Path) -> None:
     assert _after(cmd, "-m") == str(model_path)
     assert _after(cmd, "--alias") == MODEL
     assert (_after(cmd, "--host"), _after(cmd, "--port")) == ("127.0.0.1", "8123")
-    assert _after(cmd, "--api-key") == "sk-x"
+    assert "--api-key" not in cmd and not any("sk-x" in arg for arg in cmd)  # `ps` shows argv to every user
     assert _after(cmd, "--parallel") == "4" and "--cont-batching" in cmd
     assert _after(cmd, "-c") == str(512 * 4) and "--no-kv-unified" in cmd
     assert _after(cmd, "--threads") == "3" and _after(cmd, "--threads-batch") == "3"
@@ -94,6 +94,15 @@ def test_basic_command(model_path: Path) -> None:
     assert "-ngl" not in cmd  # a CPU build warns about any -ngl
     assert "--no-cache-prompt" in cmd and _after(cmd, "--cache-ram") == "0"
     assert "-ctk" not in cmd and "--spec-type" not in cmd and "-md" not in cmd
+
+
+def test_the_key_travels_in_the_environment_never_on_the_command_line(model_path: Path) -> None:
+    """llama-server reads --api-key from LLAMA_API_KEY (the vendored common/arg.cpp's set_env)."""
+    launcher = LlamaServerLauncher(cuda=False)
+    keyed = _spec(model_path, api_key="sk-planted-llama")
+    assert not any("sk-planted-llama" in arg for arg in launcher.command(keyed))
+    assert launcher.environment(keyed) == {"LLAMA_API_KEY": "sk-planted-llama"}
+    assert launcher.environment(_spec(model_path)) == {}
 
 
 def test_context_defaults_to_the_models_training_context_per_slot(model_path: Path) -> None:

@@ -72,10 +72,19 @@ def test_common_flags(launcher: VllmLauncher) -> None:
     assert flag_value(cmd, "--served-model-name") == "smol"
     assert flag_value(cmd, "--host") == "127.0.0.1"
     assert flag_value(cmd, "--port") == "9001"
-    assert flag_value(cmd, "--api-key") == "sk-1"
     assert flag_value(cmd, "--max-num-seqs") == "6"
     assert flag_value(cmd, "--max-model-len") == "1024"
     assert flag_value(cmd, "--dtype") == "bfloat16"
+
+
+def test_the_key_travels_in_the_environment_never_on_the_command_line(launcher: VllmLauncher) -> None:
+    """``ps`` shows every user a command line: the key goes in VLLM_API_KEY, which vLLM reads (vllm/envs.py)."""
+    for s in (cpu(), gpu()):
+        keyed = ServerSpec(**{**s.__dict__, "api_key": "sk-planted-vllm"})
+        cmd = launcher.command(keyed)
+        assert not any("sk-planted-vllm" in arg for arg in cmd) and "--api-key" not in cmd
+        assert launcher.environment(keyed)[flags.API_KEY_ENV] == "sk-planted-vllm"
+        assert flags.API_KEY_ENV not in launcher.environment(s)
 
 
 def test_defaults_omit_optional_flags(launcher: VllmLauncher) -> None:

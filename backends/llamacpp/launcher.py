@@ -22,6 +22,9 @@ PROMPT_CACHE_MIB = "8192"
 LOG_VERBOSITY = "4"  # llama-server's default host-memory prompt cache, stated explicitly
 
 _KV_TYPES = {"q8": "q8_0", "q4": "q4_0"}
+# llama-server reads --api-key from this variable (common/arg.cpp of the vendored llama.cpp: set_env("LLAMA_API_KEY")).
+# The key goes there, never on the command line, where `ps` and /proc/<pid>/cmdline show it to every user.
+API_KEY_ENV = "LLAMA_API_KEY"
 
 
 def _layers(flag: str, flavor: Flavor) -> list[str]:
@@ -95,14 +98,13 @@ class LlamaServerLauncher:
         cmd = [str(server_binary(flavor)), "-m", str(spec.model_path), "--alias", spec.model_name,
                "--host", spec.host, "--port", str(spec.port), "--metrics", "--no-ui", "-lv", LOG_VERBOSITY,
                "--threads", str(threads), "--threads-batch", str(threads), *_layers("-ngl", flavor)]
-        if spec.api_key:
-            cmd += ["--api-key", spec.api_key]
         return (cmd + _context_flags(spec) + _kv_flags(opts) + _prefix_flags(opts)
                 + _speculative_flags(spec, threads, flavor))
 
     def environment(self, spec: ServerSpec) -> dict[str, str]:
-        """No extra variables: every setting is on the command line, where the log shows it."""
-        return {}
+        """The API key, if any (:data:`API_KEY_ENV`); every other setting is on the command line, where the log
+        shows it."""
+        return {API_KEY_ENV: spec.api_key} if spec.api_key else {}
 
     def prepare(self, spec: ServerSpec) -> None:
         """Build ``llama-server`` for this machine on first use (minutes; later calls return at once)."""

@@ -20,6 +20,9 @@ DEFAULT_CPU_KV_BYTES = GIB
 # Prompt-lookup n-gram sizes: match 2..4 trailing tokens (vLLM's own default of 5..5 rarely fires on chat).
 NGRAM_LOOKUP_MIN = 2
 NGRAM_LOOKUP_MAX = 4
+# vLLM's OpenAI server reads its key from this variable when --api-key is not given (vllm/envs.py, used in
+# api_server.build_app). The key goes there, never on the command line, where `ps` shows it to every user.
+API_KEY_ENV = "VLLM_API_KEY"
 CPU_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 GPU_ENTRYPOINT = "vllm.entrypoints.cli.main"
 # NVLink multicast off in NCCL, PyTorch's symmetric memory and NVSHMEM: on shared multi-GPU hosts a program that
@@ -80,8 +83,6 @@ def server_args(spec: ServerSpec, target: Platform, tokenizer: Path | None = Non
             "--max-num-seqs", str(options.max_batch), "--dtype", options.dtype,
             "--enable-prefix-caching" if options.prefix_caching else "--no-enable-prefix-caching",
             "--disable-uvicorn-access-log"]
-    if spec.api_key:
-        args += ["--api-key", spec.api_key]
     if options.max_model_len:
         args += ["--max-model-len", str(options.max_model_len)]
     args += _memory_args(options, target)
@@ -124,8 +125,13 @@ def cpu_threads(options: EngineOptions, free_cores: int) -> int:
     return options.threads or max(1, free_cores - 1)
 
 
+def key_environment(spec: ServerSpec) -> dict[str, str]:
+    """The API key as :data:`API_KEY_ENV` (empty without a key)."""
+    return {API_KEY_ENV: spec.api_key} if spec.api_key else {}
+
+
 def environment(options: EngineOptions, target: Platform, free_cores: int) -> dict[str, str]:
-    """Environment for the server process."""
+    """Environment for the server process (the key aside: :func:`key_environment`)."""
     if target == "cuda":
         env = dict(NO_NVLINK_MULTICAST)
         if options.threads:
