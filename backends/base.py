@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backends.errors import InvalidRequestError
+
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -156,6 +158,19 @@ class GenRequest:
     min_tokens: int = 0
 
 
+def check_prompt_ids(ids: Sequence[int], vocab_size: int) -> None:
+    """Refuse a prompt no engine can run: no tokens, or an id outside ``0..vocab_size-1``.
+
+    Raises :class:`~backends.errors.InvalidRequestError` (the server answers 400).
+    """
+    if not ids:
+        raise InvalidRequestError("the prompt is empty: it must hold at least one token")
+    low, high = min(ids), max(ids)
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0 to {vocab_size - 1})")
+
+
 @dataclass(frozen=True)
 class GenChunk:
     """A piece of a generation stream.
@@ -179,7 +194,7 @@ class EngineStats:
 
     running: int = 0
     waiting: int = 0
-    kv_cache_usage: float = 0.0
+    kv_cache_usage: float | None = 0.0  # None: the engine has no fixed KV capacity to be a share of
     kv_capacity_tokens: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -192,6 +207,10 @@ class Engine(Protocol):
     model_name: str
     max_model_len: int
     capabilities: Capabilities
+
+    @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must lie in ``0..vocab_size-1`` (known once the engine has started)."""
 
     async def start(self) -> None:
         """Load weights and start the scheduler."""

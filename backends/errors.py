@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import MappingProxyType
+
 
 class BackendError(Exception):
     """Base class for engine setup errors."""
@@ -37,3 +40,40 @@ class UnsupportedOptionError(BackendError):
 
 class EngineDeadError(BackendError):
     """The engine's worker stopped; requests can no longer be served."""
+
+
+class InvalidRequestError(ValueError):
+    """A request that no engine could run (an empty prompt, a token id outside the vocabulary).
+
+    It is the request's own fault: the server answers 400, and no other request is affected.
+    """
+
+
+# What each deadly signal usually means for a server process, and what the user can do about it.
+_SIGNAL_CAUSES = MappingProxyType({
+    "SIGILL": "illegal instruction: the binary uses CPU instructions this machine cannot run",
+    "SIGKILL": "usually the kernel's out-of-memory killer (see `dmesg`), or a `kill -9`",
+    "SIGSEGV": "segmentation fault: a crash inside the engine",
+    "SIGBUS": "bus error: often a model file truncated or changed while it was memory-mapped",
+    "SIGABRT": "aborted: an assertion or fatal error inside the engine",
+    "SIGFPE": "arithmetic fault inside the engine",
+})
+
+
+def describe_exit(what: str, returncode: int, hint: str = "") -> str:
+    """One sentence saying how a process ended and why that usually happens, e.g. for a dead server.
+
+    ``returncode`` is :attr:`subprocess.Popen.returncode` (negative: killed by that signal). ``hint`` is
+    what to do, appended for signals that mean the binary cannot run here (SIGILL).
+    """
+    if returncode >= 0:
+        return f"{what} exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"{what} exited with code {returncode} (killed by signal {-returncode})"
+    cause = _SIGNAL_CAUSES.get(name, "")
+    text = f"{what} exited with code {returncode}: killed by {name}" + (f" ({cause})" if cause else "")
+    if hint and name == "SIGILL":
+        text += f". {hint}"
+    return text

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from backends.base import Capabilities, EngineOptions, GenChunk, GenRequest
+from backends.base import Capabilities, EngineOptions, GenChunk, GenRequest, check_prompt_ids
 from backends.errors import EngineDeadError
 from backends.textstream import TextStream
 
@@ -109,6 +109,15 @@ class WorkerEngine(ABC, Generic[PendingT]):
     def _reset(self) -> None:
         """Drop engine state tied to the running requests after they were failed."""
 
+    def _in_flight(self) -> list[PendingT]:
+        """Every request the worker has taken from the inbox and not yet ended (the running batch by default)."""
+        return list(self._active)
+
+    @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must lie in ``0..vocab_size-1``: the tokenizer's size, added tokens included."""
+        return len(self.tokenizer) if self.tokenizer is not None else 0
+
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the model and start the worker thread."""
@@ -140,9 +149,11 @@ class WorkerEngine(ABC, Generic[PendingT]):
         """Stream chunks for ``request``; closing the iterator aborts it.
 
         Raises :class:`EngineDeadError` at once if the worker is gone, and ends the stream with it if the
-        worker dies while the request runs or waits.
+        worker dies while the request runs or waits. A prompt no model could run (empty, or an id outside the
+        vocabulary) raises :class:`~backends.errors.InvalidRequestError` before it reaches the worker.
         """
         self.check_alive()
+        check_prompt_ids(request.prompt_ids, self.vocab_size)
         fields = {"req": request, "loop": asyncio.get_running_loop(), "out": asyncio.Queue(),
                   "text": TextStream(self.detokenize, request.stop)}
         pending = self._pending(request, fields)
@@ -187,7 +198,7 @@ class WorkerEngine(ABC, Generic[PendingT]):
 
     def _fail_all(self, exc: BaseException) -> None:
         """End every running and waiting request with ``exc``."""
-        for pending in self._active:
+        for pending in self._in_flight():
             pending.send(exc)
         self._active = []
         self._reset()

@@ -71,9 +71,8 @@ def select(batch: KVBatch, keep: Sequence[int]) -> KVBatch | None:
 
 
 @torch.inference_mode()
-def prefill(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, full_logits: bool,
-            ) -> tuple[KVBatch, torch.Tensor]:
-    """Run the prompts as one left-padded batch; returns the cache and logits (last or all positions)."""
+def prefill(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[KVBatch, torch.Tensor]:
+    """Run the prompts as one left-padded batch; returns the cache and the last position's ``[B, V]`` logits."""
     device = model.device
     length = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=device)
@@ -84,8 +83,24 @@ def prefill(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: in
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=0 if full_logits else 1)
-    return KVBatch(cache=out.past_key_values, mask=mask), out.logits.float()
+                use_cache=True, logits_to_keep=1)
+    return KVBatch(cache=out.past_key_values, mask=mask), out.logits[:, -1, :].float()
+
+
+@torch.inference_mode()
+def extend(model: PreTrainedModel, batch: KVBatch | None, piece: Sequence[int]) -> tuple[KVBatch, torch.Tensor]:
+    """Feed the next ``piece`` of one sequence's prompt (a chunked prefill, no padding).
+
+    Returns the sequence's cache (``batch`` grown, or a new one) and the ``[len(piece), V]`` logits of the piece.
+    """
+    device = model.device
+    past = 0 if batch is None else int(batch.mask.shape[1])
+    ids = torch.tensor([list(piece)], dtype=torch.long, device=device)
+    mask = torch.ones((1, past + len(piece)), dtype=torch.long, device=device)
+    positions = torch.arange(past, past + len(piece), device=device).unsqueeze(0)
+    cache = DynamicCache(config=model.config) if batch is None else batch.cache
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    return KVBatch(cache=out.past_key_values, mask=mask), out.logits[0].float()
 
 
 @torch.inference_mode()
@@ -102,9 +117,14 @@ def decode(model: PreTrainedModel, batch: KVBatch, last_tokens: Sequence[int]) -
     return logits
 
 
+# Below this temperature sampling is greedy (vLLM's threshold): dividing logits by a tinier one overflows
+# them to inf, and the softmax of inf is NaN.
+GREEDY_BELOW = 1e-5
+
+
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """One token from one row of logits: greedy at temperature 0, else temperature and nucleus sampling."""
-    if temperature <= 0.0:
+    """One token from one row of logits: greedy at (near) temperature 0, else temperature and nucleus sampling."""
+    if temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:

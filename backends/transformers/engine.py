@@ -27,6 +27,7 @@ from backends.base import (
     GenRequest,
     TokenLogprob,
 )
+from backends.errors import UnsupportedOptionError
 from backends.inprocess import Pending, WorkerEngine, is_fatal, top_logprobs
 from backends.transformers import batch as kv
 from backends.transformers.config import CAPABILITIES, NAME, load_time_quantization
@@ -34,12 +35,24 @@ from backends.transformers.config import CAPABILITIES, NAME, load_time_quantizat
 log = logging.getLogger("servebench.transformers")
 
 
+# Prompt tokens per forward when a request wants its prompt's logprobs: the logits of one chunk (chunk x vocab
+# floats) are all that is held at once, and the running batch decodes a step between chunks.
+PROMPT_CHUNK = 256
+
+
 @dataclass(eq=False)
 class _Seq(Pending):
-    """A request in the running batch, with its sampler and the tokens generated so far."""
+    """A request in the running batch, with its sampler and the tokens generated so far.
+
+    While its prompt is prefilled chunk by chunk (prompt logprobs), ``chunked`` holds its own cache,
+    ``done`` the prompt tokens fed so far and ``prompt_lps`` their scores.
+    """
 
     generator: torch.Generator | None = None
     output: list[int] = field(default_factory=list)
+    chunked: kv.KVBatch | None = None
+    done: int = 0
+    prompt_lps: list[TokenLogprob] = field(default_factory=list)
 
 
 class TransformersEngine(WorkerEngine[_Seq]):
@@ -54,6 +67,8 @@ class TransformersEngine(WorkerEngine[_Seq]):
             raise ValueError("the transformers engine does not do speculative decoding")
         super().__init__(model_name, path, fmt, options, tokenizer_path)
         self._batch: kv.KVBatch | None = None
+        self._chunking: list[_Seq] = []  # prompt-logprobs requests being prefilled, oldest first
+        self._admitting: list[_Seq] = []  # requests of the prefill now running
         self.model: Any = None
 
     def _device(self) -> torch.device:
@@ -69,11 +84,10 @@ class TransformersEngine(WorkerEngine[_Seq]):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         device = self._device()
-        if device.type == "cpu":
-            torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) - 1))
+        self._set_threads(device)
         kwargs: dict[str, object] = {"dtype": self._dtype(device)}
         folder, tok_folder, tok_kwargs = str(self.path), str(self.tokenizer_path or self.path), {}
         if self.format == "gguf":
@@ -81,19 +95,35 @@ class TransformersEngine(WorkerEngine[_Seq]):
             kwargs.update(gguf_file=self.path.name, quantization_config=GgufConfig(dequantize=True))
             if self.tokenizer_path is None:
                 tok_folder, tok_kwargs = folder, {"gguf_file": self.path.name}
+        config_kwargs = {"gguf_file": self.path.name} if self.format == "gguf" else {}
+        self.max_model_len = self._context_window(AutoConfig.from_pretrained(folder, **config_kwargs))
         quantization = load_time_quantization(self.format, kwargs["dtype"])
         if quantization is not None:  # bnb/torchao quantize while loading, straight onto the device
             kwargs.update(quantization_config=quantization, device_map=str(device))
         self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         self.model = (model if quantization is not None else model.to(device)).eval()
-        limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        if self.options.max_model_len and self.options.max_model_len > limit:
-            raise ValueError(f"max_model_len {self.options.max_model_len} exceeds the model's {limit}")
-        self.max_model_len = self.options.max_model_len or limit
         self._eos = self._eos_ids()
         pad = self.tokenizer.pad_token_id
         self._pad = int(pad if pad is not None else next(iter(self._eos), 0))
+
+    def _set_threads(self, device: torch.device) -> None:
+        """Size torch's CPU thread pool; ``threads`` on a GPU is refused, since nothing there would use it."""
+        if device.type != "cpu":
+            if self.options.threads is not None:
+                raise UnsupportedOptionError(NAME, "threads", self.options.threads,
+                                             f"only on CPU; the model runs on {device.type}")
+            return
+        torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) - 1))
+
+    def _context_window(self, config: Any) -> int:
+        """``max_model_len``, checked against the model's config before any weight is loaded."""
+        limit = int(getattr(config, "max_position_embeddings", 2048))
+        wanted = self.options.max_model_len
+        if wanted and wanted > limit:
+            raise UnsupportedOptionError(NAME, "max_model_len", wanted,
+                                         f"at most {limit}, the model's max_position_embeddings")
+        return wanted or limit
 
     def _eos_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -102,83 +132,158 @@ class TransformersEngine(WorkerEngine[_Seq]):
         return frozenset(int(i) for i in ids if i is not None)
 
     def stats(self) -> EngineStats:
-        """Scheduler counters; raises if the worker died."""
+        """Scheduler counters; raises if the worker died.
+
+        The cache is dense and grows with the batch until memory runs out, so there is no fixed capacity to
+        report: capacity and usage are None rather than a made-up ``max_batch x max_model_len``.
+        """
         self.check_alive()
-        batch = self._batch
-        used = batch.tokens() if batch is not None else 0
-        capacity = self.options.max_batch * self.max_model_len
-        return EngineStats(running=len(self._active), waiting=self._inbox.qsize(),
-                           kv_cache_usage=used / capacity if capacity else 0.0, kv_capacity_tokens=capacity)
+        return EngineStats(running=len(self._active) + len(self._chunking), waiting=self._inbox.qsize(),
+                           kv_cache_usage=None, kv_capacity_tokens=None)
+
+    @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must lie in ``0..vocab_size-1``: the rows of the model's input embeddings."""
+        if self.model is None:
+            return 0
+        return int(self.model.get_input_embeddings().num_embeddings)
 
     # ---- worker thread ---------------------------------------------------------------------------
     def _pending(self, request: GenRequest, fields: dict[str, Any]) -> _Seq:
         generator = None
-        if request.temperature > 0:
+        if request.temperature >= kv.GREEDY_BELOW:
             generator = torch.Generator(device=self.model.device)
             generator.manual_seed(request.seed if request.seed is not None else int.from_bytes(os.urandom(4)))
         return _Seq(**fields, generator=generator)
 
     def _reset(self) -> None:
         self._batch = None
+        self._chunking = []
+
+    def _in_flight(self) -> list[_Seq]:
+        return [*self._active, *self._chunking, *self._admitting]
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            fresh = self._take(block=not self._active, room=self.options.max_batch - len(self._active))
-            if fresh:
-                self._guarded(partial(self._admit, fresh), fresh)
+            busy = self._active or self._chunking
+            room = self.options.max_batch - len(self._active) - len(self._chunking)
+            fresh = self._take(block=not busy, room=room)
+            # Prompts whose logprobs are wanted are prefilled a chunk per iteration, between decode steps.
+            self._chunking.extend(s for s in fresh if s.req.prompt_logprobs is not None)
+            plain = [s for s in fresh if s.req.prompt_logprobs is None]
+            if plain:
+                self._admit_isolated(plain)
+            if self._chunking:
+                self._prefill_chunk_isolated()
             if self._active:
-                self._guarded(self._step)
+                self._step_isolated()
 
-    def _guarded(self, step: Callable[[], None], fresh: Sequence[_Seq] = ()) -> None:
-        """Run a scheduler step; on error fail the affected requests and keep serving the rest.
+    def _attempt(self, step: Callable[[], None]) -> Exception | None:
+        """Run a scheduler step and return its error, if any.
 
-        A fatal error (:func:`~backends.inprocess.is_fatal`) is re-raised instead, with the affected
-        requests left in ``_active``: the worker dies and ends them with the reason.
+        A fatal error (:func:`~backends.inprocess.is_fatal`) is re-raised instead: the worker dies and ends
+        every request still in flight with the reason.
         """
         try:
             step()
         except Exception as exc:
-            affected = list(dict.fromkeys([*self._active, *fresh]))
-            self._active, self._batch = [], None
             if is_fatal(exc):
-                self._active = affected
                 raise
-            log.exception("batch step failed")
-            for seq in affected:
-                seq.send(exc)
+            return exc
+        return None
+
+    def _fail(self, seqs: Sequence[_Seq], exc: Exception, what: str) -> None:
+        """End ``seqs`` with ``exc``; the rest of the batch goes on."""
+        log.error("%s failed for %d request(s): %s: %s", what, len(seqs), type(exc).__name__, exc,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        for seq in seqs:
+            seq.send(exc)
+
+    def _admit_isolated(self, fresh: list[_Seq]) -> None:
+        """Prefill ``fresh`` together; if that fails, one by one, so that only the requests at fault fail."""
+        self._admitting = fresh  # left set if a fatal error propagates, so that the worker ends them too
+        exc = self._attempt(partial(self._admit, fresh))
+        if exc is not None and len(fresh) > 1:
+            for seq in fresh:
+                if (one := self._attempt(partial(self._admit, [seq]))) is not None:
+                    self._fail([seq], one, "prefill")
+        elif exc is not None:
+            self._fail(fresh, exc, "prefill")
+        self._admitting = []
+
+    def _step_isolated(self) -> None:
+        """One decode step; a failed forward ends the requests of this batch (its cache is no longer sound)."""
+        exc = self._attempt(self._step)
+        if exc is not None:
+            failed, self._active, self._batch = self._active, [], None
+            self._fail(failed, exc, "decode step")
 
     def _admit(self, fresh: list[_Seq]) -> None:
-        full = any(s.req.prompt_logprobs is not None for s in fresh)
-        batch, logits = kv.prefill(self.model, [s.req.prompt_ids for s in fresh], self._pad, full)
+        batch, logits = kv.prefill(self.model, [s.req.prompt_ids for s in fresh], self._pad)
+        self._start_decoding(fresh, batch, [logits[row] for row in range(len(fresh))], [None] * len(fresh))
+
+    def _start_decoding(self, seqs: Sequence[_Seq], batch: kv.KVBatch, last: Sequence[torch.Tensor],
+                        prompt_lps: Sequence[tuple[TokenLogprob | None, ...] | None]) -> None:
+        """Emit each prefilled sequence's first token and move the ones that go on into the running batch."""
         keep: list[int] = []
-        for row, seq in enumerate(fresh):
-            prompt_lps = self._prompt_logprobs(seq, logits[row]) if seq.req.prompt_logprobs is not None else None
+        for row, seq in enumerate(seqs):
             if seq.req.max_tokens == 0:
-                seq.send(GenChunk((), "", None, "length", prompt_lps, len(seq.req.prompt_ids)))
-                continue
-            if self._emit(seq, logits[row, -1], prompt_lps):
+                seq.send(GenChunk((), "", None, "length", prompt_lps[row], len(seq.req.prompt_ids)))
+            elif self._emit_isolated(seq, last[row], prompt_lps[row]):
                 keep.append(row)
         admitted = kv.select(batch, keep)
         if admitted is not None:
             self._batch = kv.merge(self._batch, admitted)
-            self._active.extend(fresh[i] for i in keep)
+            self._active.extend(seqs[i] for i in keep)
 
-    def _prompt_logprobs(self, seq: _Seq, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...]:
-        ids = list(seq.req.prompt_ids)
+    def _prefill_chunk_isolated(self) -> None:
+        """Advance the oldest prompt-logprobs request by one chunk; an error ends that request alone."""
+        seq = self._chunking[0]
+        exc = None if seq.aborted else self._attempt(partial(self._prefill_chunk, seq))
+        if seq.aborted or exc is not None or seq.chunked is None:
+            self._chunking.remove(seq)
+        if exc is not None:
+            self._fail([seq], exc, "prompt prefill")
+
+    def _prefill_chunk(self, seq: _Seq) -> None:
+        """Feed the next :data:`PROMPT_CHUNK` prompt tokens and score them; memory stays ``chunk x vocab``.
+
+        After the last chunk the sequence starts decoding (``seq.chunked`` is cleared).
+        """
+        ids, done = list(seq.req.prompt_ids), seq.done
+        piece = ids[done:done + PROMPT_CHUNK]
+        seq.chunked, logits = kv.extend(self.model, seq.chunked, piece)
+        targets = ids[done + 1:done + 1 + len(piece)]  # logits row i predicts the token after piece[i]
+        rows = torch.log_softmax(logits[:len(targets)], dim=-1)
         k = seq.req.prompt_logprobs or 0
-        rows = torch.log_softmax(logits[-len(ids):-1], dim=-1)
-        out: list[TokenLogprob | None] = [None]
-        for pos, tid in enumerate(ids[1:]):
-            out.append(TokenLogprob(tid, float(rows[pos, tid]), top_logprobs(rows[pos], k)))
-        return tuple(out)
+        seq.prompt_lps.extend(TokenLogprob(t, float(rows[i, t]), top_logprobs(rows[i], k))
+                              for i, t in enumerate(targets))
+        seq.done = done + len(piece)
+        if seq.done == len(ids):
+            batch, seq.chunked = seq.chunked, None
+            self._start_decoding([seq], batch, [logits[-1]], [(None, *seq.prompt_lps)])
 
     def _step(self) -> None:
         assert self._batch is not None
         logits = kv.decode(self.model, self._batch, [s.output[-1] for s in self._active])
-        keep = [row for row, seq in enumerate(self._active) if self._emit(seq, logits[row], None)]
+        keep = [row for row, seq in enumerate(self._active) if self._emit_isolated(seq, logits[row], None)]
         if len(keep) != len(self._active):
             self._batch = kv.select(self._batch, keep)
             self._active = [self._active[i] for i in keep]
+
+    def _emit_isolated(self, seq: _Seq, logits: torch.Tensor,
+                       prompt_lps: tuple[TokenLogprob | None, ...] | None) -> bool:
+        """:meth:`_emit`, where an error (a sampler fault, a detokenizer fault) ends ``seq`` alone."""
+        going_on = False
+
+        def emit() -> None:
+            nonlocal going_on
+            going_on = self._emit(seq, logits, prompt_lps)
+
+        if (exc := self._attempt(emit)) is not None:
+            self._fail([seq], exc, "sampling")
+            return False
+        return going_on
 
     def _emit(self, seq: _Seq, logits: torch.Tensor, prompt_lps: tuple[TokenLogprob | None, ...] | None,
               ) -> bool:

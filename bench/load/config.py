@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from bench.load.arrivals import Arrival, ConcurrencyArrival
 from bench.load.workloads import RandomWorkload, Workload
@@ -32,7 +32,8 @@ class LoadConfig(BaseModel):
         default=False, description="ask for logprobs to count tokens per chunk"
     )
     extra_body: dict[str, Any] = Field(default_factory=dict)
-    api_key: str | None = None
+    # Never written anywhere: excluded from every dump (load_config.json, reports) and masked in repr.
+    api_key: SecretStr | None = Field(default=None, exclude=True, description="sent as a bearer token")
     request_timeout_s: float = Field(default=600.0, gt=0)
     workers: int = Field(default=1, ge=1, le=64, description="client processes")
     prompt_pool: int = Field(
@@ -52,6 +53,12 @@ class LoadConfig(BaseModel):
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("give num_requests or duration_s: every run is bounded")
         return self
+
+    def key(self) -> str | None:
+        """The API key in clear, for the request headers and nothing else (``None`` when not set)."""
+        if self.api_key is None:
+            return None
+        return self.api_key.get_secret_value() or None
 
     @property
     def base_url(self) -> str:

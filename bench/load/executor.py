@@ -86,8 +86,9 @@ class Executor:
         per_worker_cap = None if cap is None else max(1, -(-cap // self.job.workers))
         self._deadline = None if cfg.duration_s is None else t0 + cfg.duration_s
         headers = {"Content-Type": "application/json"}
-        if cfg.api_key:
-            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        key = cfg.key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         limit = per_worker_cap or DEFAULT_CONNECTION_LIMIT
         async with make_session(limit, cfg.request_timeout_s, headers) as session:
             self._session = session

@@ -127,8 +127,9 @@ def process_env(config: LoadConfig, base: Mapping[str, str]) -> dict[str, str]:
     """
     env = {k: v for k, v in base.items() if k != API_KEY_ENV}
     env["PYTHONUNBUFFERED"] = "1"
-    if config.api_key:
-        env[API_KEY_ENV] = config.api_key
+    key = config.key()
+    if key:
+        env[API_KEY_ENV] = key
     return env
 
 

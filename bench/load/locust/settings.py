@@ -44,7 +44,7 @@ class LocustSettings(BaseModel):
     run_id: str = "locust"
     force_output_len: bool = True
     logprobs_token_count: bool = False
-    api_key: str | None = None
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
     request_timeout_s: float = Field(default=600.0, gt=0)
     workers: int = Field(default=1, ge=1, description="processes sharing the request bound")
 
