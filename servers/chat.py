@@ -77,14 +77,11 @@ async def create_chat_completion(state: AppState, body: ChatCompletionRequest, r
     ids = _prompt_ids(state, body)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     gen = _gen_request(body, ids, resolve_max_tokens(state, len(ids), requested, None))
-    lease = state.admission.acquire()
+    [lease] = state.admission.acquire()
     if body.stream:
         return StreamingResponse(guard_stream(_stream_body(state, body, lease, gen)), media_type="text/event-stream",
                                  background=BackgroundTask(lease.release))
-    try:
-        out = await collect(state, lease, gen, request)
-    finally:
-        lease.release()
+    out = await collect(state, lease, gen, request)
     logprobs = {"content": _logprobs_content(state, out.token_ids, out.logprobs)} if body.logprobs else None
     message = {"role": "assistant", "content": out.text}
     return JSONResponse({

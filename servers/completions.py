@@ -14,6 +14,7 @@ from servers.errors import OpenAIError
 from servers.generation import (
     Collected,
     check_model,
+    check_prompt,
     collect_many,
     guard_stream,
     refuse_unsupported,
@@ -115,18 +116,16 @@ async def create_completion(state: AppState, body: CompletionRequest, request: R
     prompts = _prompts(state, body.prompt)
     if body.stream and len(prompts) > 1:
         raise OpenAIError(400, "streaming supports a single prompt per request", param="prompt")
+    for ids in prompts:
+        check_prompt(state, ids)
     budgets = [resolve_max_tokens(state, len(ids), body.max_tokens, DEFAULT_MAX_TOKENS, "prompt") for ids in prompts]
     gens = [_gen_request(body, ids, n) for ids, n in zip(prompts, budgets, strict=True)]
-    leases = [state.admission.acquire() for _ in gens]
+    leases = state.admission.acquire(len(gens))  # all or none
     if body.stream:
         body_iter = guard_stream(_stream_body(state, body, leases[0], gens[0]))
         return StreamingResponse(body_iter, media_type="text/event-stream",
                                  background=BackgroundTask(leases[0].release))
-    try:
-        outs = await collect_many(state, list(zip(leases, gens, strict=True)), request)
-    finally:
-        for lease in leases:
-            lease.release()
+    outs = await collect_many(state, list(zip(leases, gens, strict=True)), request)
     pairs = enumerate(zip(prompts, outs, strict=True))
     choices = [_choice(state, body, ids, out, i) for i, (ids, out) in pairs]
     return JSONResponse({

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backends.errors import EngineDeadError
+from backends.errors import EngineDeadError, InvalidRequestError
 
 log = logging.getLogger("servebench.server")
 
@@ -79,7 +79,17 @@ def as_openai_error(exc: Exception) -> OpenAIError:
         return exc
     if isinstance(exc, EngineDeadError):
         return engine_dead(exc)
+    if isinstance(exc, InvalidRequestError):
+        return OpenAIError(400, str(exc), param="prompt")
     return OpenAIError(500, f"internal server error: {type(exc).__name__}: {exc}", type="server_error")
+
+
+def log_failure(err: OpenAIError, exc: Exception, where: str) -> None:
+    """Log a failed request: the traceback for a server error, one line for a client's (no log flood)."""
+    if err.status >= 500:
+        log.error("%s failed", where, exc_info=exc)
+    else:
+        log.info("%s refused (%d): %s", where, err.status, err.message)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -123,7 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
         err = as_openai_error(exc)
+        log_failure(err, exc, f"{request.method} {request.url.path}")
         return JSONResponse(err.body(), status_code=err.status)

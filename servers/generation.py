@@ -12,8 +12,16 @@ from typing import Any
 
 from fastapi import Request
 
-from backends.base import GenChunk, GenRequest, TokenLogprob
-from servers.errors import InputField, OpenAIError, as_openai_error, context_length_exceeded, model_not_found
+from backends.base import GenChunk, GenRequest, TokenLogprob, check_prompt_ids
+from backends.errors import InvalidRequestError
+from servers.errors import (
+    InputField,
+    OpenAIError,
+    as_openai_error,
+    context_length_exceeded,
+    log_failure,
+    model_not_found,
+)
 from servers.state import AppState, Lease
 
 log = logging.getLogger("servebench.server")
@@ -35,6 +43,14 @@ def resolve_max_tokens(state: AppState, prompt_len: int, requested: int | None, 
     if prompt_len + max(wanted, 0) > limit or prompt_len >= limit:
         raise context_length_exceeded(limit, prompt_len, max(wanted, 0), input_field)
     return wanted
+
+
+def check_prompt(state: AppState, ids: list[int]) -> None:
+    """400 for a prompt the engine cannot run (empty, or a token id outside its vocabulary), before admission."""
+    try:
+        check_prompt_ids(ids, state.engine.vocab_size)
+    except InvalidRequestError as exc:
+        raise OpenAIError(400, str(exc), param="prompt") from None
 
 
 def refuse_unsupported(n: int, presence: float, frequency: float) -> None:
@@ -99,24 +115,33 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def collect(state: AppState, lease: Lease, gen: GenRequest, request: Request) -> Collected:
-    """Run a request to the end; a client that disconnects cancels the generation."""
-    work = asyncio.ensure_future(_collect(stream(state, lease, gen), len(gen.prompt_ids)))
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if work not in done:
-        work.cancel()
-        lease.release()
-        raise OpenAIError(499, "client disconnected", code="client_closed_request")
-    return work.result()
+    """Run one request to the end; a client that disconnects cancels the generation."""
+    return (await collect_many(state, [(lease, gen)], request))[0]
 
 
 async def collect_many(state: AppState, gens: Sequence[tuple[Lease, GenRequest]], request: Request,
                        ) -> list[Collected]:
-    """Several prompts of one request, run concurrently."""
-    return list(await asyncio.gather(*(collect(state, lease, gen, request) for lease, gen in gens)))
+    """Run the prompts of one request concurrently to the end.
+
+    If one fails, or the client disconnects, the others are cancelled (and give their slots back) at once.
+    """
+    tasks = [asyncio.ensure_future(_collect(stream(state, lease, gen), len(gen.prompt_ids))) for lease, gen in gens]
+    work = asyncio.gather(*tasks)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    racing: list[asyncio.Future[Any]] = [work, watcher]
+    try:
+        done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:
+            raise OpenAIError(499, "client disconnected", code="client_closed_request")
+        return list(work.result())
+    finally:
+        watcher.cancel()
+        for task in tasks:
+            task.cancel()
+        for lease, _ in gens:
+            lease.release()
+        if work.done() and not work.cancelled():
+            work.exception()  # retrieved, so that asyncio does not log it again
 
 
 async def guard_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -125,8 +150,8 @@ async def guard_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for piece in body:
             yield piece
     except Exception as exc:
-        log.exception("stream failed")
         err = as_openai_error(exc)
+        log_failure(err, exc, "stream")
         yield sse(err.body())
         yield sse("[DONE]")
 

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from backends.base import EngineStats
@@ -20,37 +20,43 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05
 
 
 class _StatsCollector(Collector):
-    """Gauges read from the engine at scrape time, so they are never stale."""
+    """Gauges read from the engine and the admission bound at scrape time, so they are never stale."""
 
-    def __init__(self, model: str, stats: Callable[[], EngineStats], inflight: Callable[[], int]) -> None:
+    def __init__(self, model: str, stats: Callable[[], EngineStats], inflight: Callable[[], int],
+                 rejected: Callable[[], int]) -> None:
         self._model = model
         self._stats = stats
         self._inflight = inflight
+        self._rejected = rejected
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         snap = self._stats()
         labels = ["model_name"]
-        for name, doc, value in (
+        gauges: list[tuple[str, str, float | None]] = [
             ("vllm:num_requests_running", "Requests in the engine's running batch.", snap.running),
             ("vllm:num_requests_waiting", "Requests waiting for a batch slot.", snap.waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.", snap.kv_cache_usage),
             ("servebench:requests_in_flight", "Requests admitted by the HTTP server.", self._inflight()),
-        ):
+            ("servebench:kv_cache_capacity_tokens", "Tokens the KV cache can hold.", snap.kv_capacity_tokens),
+        ]
+        for name, doc, value in gauges:
+            if value is None:  # the engine has no such figure: leave the gauge out rather than invent one
+                continue
             family = GaugeMetricFamily(name, doc, labels=labels)
             family.add_metric([self._model], float(value))
             yield family
-        if snap.kv_capacity_tokens is not None:
-            family = GaugeMetricFamily(
-                "servebench:kv_cache_capacity_tokens", "Tokens the KV cache can hold.", labels=labels
-            )
-            family.add_metric([self._model], float(snap.kv_capacity_tokens))
-            yield family
+        rejected = CounterMetricFamily("servebench:requests_rejected",
+                                       "Requests refused with 429 because the server was at capacity.",
+                                       labels=labels)
+        rejected.add_metric([self._model], float(self._rejected()))
+        yield rejected
 
 
 class ServerMetrics:
     """The server's metrics; create one per app (no process-wide registry)."""
 
-    def __init__(self, model: str, stats: Callable[[], EngineStats], inflight: Callable[[], int]) -> None:
+    def __init__(self, model: str, stats: Callable[[], EngineStats], inflight: Callable[[], int],
+                 rejected: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model = model
         labels = ["model_name"]
@@ -68,9 +74,7 @@ class ServerMetrics:
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens.", labels, registry=reg)
         self.success = Counter("vllm:request_success", "Finished requests by reason.",
                                [*labels, "finished_reason"], registry=reg)
-        self.rejected = Counter("servebench:requests_rejected", "Requests refused because the queue was full.",
-                                labels, registry=reg)
-        reg.register(_StatsCollector(model, stats, inflight))
+        reg.register(_StatsCollector(model, stats, inflight, rejected))
 
     def render(self) -> bytes:
         """The exposition text."""

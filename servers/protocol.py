@@ -6,7 +6,47 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Seeds are 64-bit signed integers, as in vLLM (torch's generators take no wider one).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# Token ids the protocol takes; the engine's vocabulary bounds them further (the server checks, 400).
+TOKEN_ID_MAX = 2**63 - 1
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in parsed JSON holds a lone surrogate (JSON allows ``"\\ud800"``, UTF-8 does not).
+
+    Iterative, so that deeply nested input cannot exhaust the stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+class _Request(BaseModel):
+    """A request body: no NaN or infinity in numbers, and text that is valid Unicode throughout."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if _lone_surrogate(data):
+            raise ValueError("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string, "
+                             "which is not valid Unicode text")
+        return data
 
 
 class StreamOptions(BaseModel):
@@ -15,10 +55,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
+class _SamplingFields(_Request):
     """Fields common to completions and chat completions."""
-
-    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=0)
@@ -28,7 +66,7 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: str | None = None
@@ -55,8 +93,12 @@ class CompletionRequest(_SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _non_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be empty")
+        prompts = value if isinstance(value, list) and value and isinstance(value[0], (str, list)) else [value]
+        for prompt in prompts:
+            if not prompt:
+                raise ValueError("prompt must not be empty (nor hold an empty prompt)")
+            if isinstance(prompt, list) and not all(0 <= t <= TOKEN_ID_MAX for t in prompt):
+                raise ValueError("token ids must be integers from 0 to the vocabulary size - 1")
         return value
 
 
@@ -89,6 +131,31 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of an OpenAI error response."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers has this shape (documented in the OpenAPI schema)."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request: malformed JSON, a field out of range, a prompt the model cannot run.",
+    401: "Missing or wrong API key (the server was started with --api-key).",
+    404: "Unknown model.",
+    413: "Request body too large.",
+    429: "The server is at capacity; retry later.",
+    503: "The engine died or the server is stopping; retrying will not help.",
+}
 
 
 def new_id(prefix: str) -> str:

@@ -17,3 +17,5 @@ class ServerSettings(BaseModel):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond the engine's batch; 429 past it.")
     max_concurrency: int = Field(default=8, ge=1, description="Requests the engine runs at once.")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="How long shutdown waits for running requests.")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
+                                description="Largest request body accepted; 413 past it.")

@@ -264,7 +264,7 @@ def test_wrong_api_key_is_401(secured_server: ServerHandle) -> None:
     with pytest.raises(openai.AuthenticationError) as err:
         bad.models.list()
     assert err.value.code == "invalid_api_key"
-    assert server_message(err.value) == "Incorrect API key provided: sk-***ng."  # the key masked, as OpenAI does
+    assert server_message(err.value) == "Incorrect API key provided."  # no part of the key echoed
     good = OpenAI(base_url=secured_server.base_url, api_key="sk-test-123", max_retries=0)
     assert [m.id for m in good.models.list()] == [secured_server.model]
     reply = ask(good, secured_server.model, max_tokens=16)
