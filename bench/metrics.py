@@ -64,6 +64,7 @@ class LoadSummary(BaseModel):
     num_ok: int
     num_errors: int
     num_warmup: int = 0
+    num_retried: int = Field(default=0, description="requests sent more than once (their record's attempts > 1)")
     duration_s: float
     request_throughput: float = Field(description="successful requests / duration (req/s)")
     offered_rate: float | None = Field(
@@ -252,6 +253,7 @@ def summarize(records: Sequence[RequestRecord], slo: SLO | None = None) -> LoadS
         num_ok=len(ok),
         num_errors=len(measured) - len(ok),
         num_warmup=len(records) - len(measured),
+        num_retried=sum(1 for r in measured if r.attempts > 1),
         duration_s=duration,
         request_throughput=_rate(len(ok), duration),
         offered_rate=offered_rate(measured),

@@ -9,6 +9,11 @@ logprobs, each chunk carries one logprobs entry per token. It sends ``usage`` wh
 ``X-Request-Id``, the receipt time and the time each chunk was written (``time.perf_counter``, the
 same CLOCK_MONOTONIC the client records on), so a benchmark can measure the client's own timing error.
 
+``--fault KIND --fault-every N`` makes every N-th completion request (counted per process) misbehave, to
+test how the client survives a hostile peer: ``hang`` (never answer), ``status-500``, ``drop`` (close the
+connection without a response, :data:`DROP_AFTER_S` after the request) or ``malformed`` (a 200 stream with a
+well-formed JSON chunk of the wrong shape, cycling through :data:`MALFORMED_CHUNKS`).
+
 Run it in its own process: ``python -m bench.load.calibration --port 8123 --ttft-ms 20 --itl-ms 5``.
 It is a small hand-written HTTP/1.1 server (keep-alive, chunked encoding) so that it is not the
 bottleneck when measuring client capacity; ``--procs`` starts several processes on one port
@@ -30,7 +35,20 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+Fault = Literal["hang", "status-500", "drop", "malformed"]
+FAULTS: tuple[Fault, ...] = ("hang", "status-500", "drop", "malformed")
+# Well-formed JSON of the wrong shape, sent by the ``malformed`` fault in turn.
+MALFORMED_CHUNKS: tuple[bytes, ...] = (
+    b'{"choices":"x"}',
+    b'{"choices":[1]}',
+    b'{"choices":[{"index":0,"delta":{"content":5},"finish_reason":null}]}',
+)
+# A hanging request is let go after this long even if the client never gives up.
+HANG_LIMIT_S = 300.0
+# A dropped request's connection is closed this long after the request arrived (as if the server died in prefill).
+DROP_AFTER_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,9 @@ class Script:
     # Send ``usage`` when the request asks for it (``stream_options.include_usage``); False: never, as some
     # servers do, so that clients must count the output tokens themselves.
     usage: bool = True
+    # Every ``fault_every``-th completion request misbehaves this way (None: none does).
+    fault: Fault | None = None
+    fault_every: int = 1
 
 
 @dataclass
@@ -57,6 +78,16 @@ class _State:
     running: int = 0
     tokens_total: int = 0
     requests_total: int = 0
+    posts: int = 0  # completion requests received, faulted or not
+    faulted: int = 0
+
+    def next_fault(self) -> Fault | None:
+        """Count one completion request; the fault it gets, if it is one of every ``fault_every``."""
+        self.posts += 1
+        if self.script.fault is None or self.posts % self.script.fault_every:
+            return None
+        self.faulted += 1
+        return self.script.fault
 
 
 def _chunk(payload: bytes) -> bytes:
@@ -147,7 +178,7 @@ async def _wait_until(due: float, spin_s: float) -> None:
 
 
 def _reply(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json") -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}.get(status, "OK")
     writer.write(
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
         % (status, reason.encode(), ctype.encode(), len(body), body)
@@ -178,6 +209,9 @@ async def _handle_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
     body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
     if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+        fault = st.next_fault()
+        if fault is not None:
+            return await _misbehave(fault, reader, writer, st.faulted)
         req = json.loads(body or b"{}")
         rid = headers.get("x-request-id") or f"r{time.perf_counter_ns()}"
         await _stream(writer, req, path.endswith("chat/completions"), rid, st)
@@ -193,6 +227,27 @@ async def _handle_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         _reply(writer, 404, b'{"error":{"message":"not found"}}')
     await writer.drain()
     return headers.get("connection", "").lower() != "close"
+
+
+async def _misbehave(fault: Fault, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nth: int) -> bool:
+    """Answer one completion request the hostile way ``fault`` says; whether the connection stays open."""
+    if fault == "hang":
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await asyncio.wait_for(reader.read(), HANG_LIMIT_S)  # until the client gives up and closes
+        return False
+    if fault == "drop":
+        await asyncio.sleep(DROP_AFTER_S)
+        return False
+    if fault == "status-500":
+        _reply(writer, 500, b'{"error":{"message":"scripted failure","type":"server_error","code":500}}')
+    else:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        good = {"choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}
+        writer.write(_event(good))
+        bad = MALFORMED_CHUNKS[(nth - 1) % len(MALFORMED_CHUNKS)]
+        writer.write(_chunk(b"data: " + bad + b"\n\n") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    await writer.drain()
+    return True
 
 
 async def _serve_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st: _State) -> None:
@@ -243,10 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--spin-ms", type=float, default=2.0, help="yield-spin before each deadline (0: off)")
     ap.add_argument("--no-usage", action="store_true", help="never send usage, even when the request asks for it")
+    ap.add_argument("--fault", choices=FAULTS, default=None, help="misbehave this way (see the module docstring)")
+    ap.add_argument("--fault-every", type=int, default=1, help="every N-th completion request gets --fault")
     args = ap.parse_args(argv)
     script = Script(
         args.ttft_ms / 1e3, args.itl_ms / 1e3, args.tokens_per_chunk, args.prompt_tokens, args.spin_ms / 1e3,
-        usage=not args.no_usage,
+        usage=not args.no_usage, fault=args.fault, fault_every=max(args.fault_every, 1),
     )
     children = []
     for _ in range(args.procs - 1):
@@ -287,10 +344,13 @@ def calibration_server(
     log_dir: str | None = None,
     spin_ms: float = 2.0,
     usage: bool = True,
+    fault: Fault | None = None,
+    fault_every: int = 1,
 ) -> Iterator[str]:
     """Run the calibration server in a subprocess; yields its root URL, stops it on exit.
 
-    ``usage=False``: the server never sends ``usage`` (``--no-usage``).
+    ``usage=False``: the server never sends ``usage`` (``--no-usage``). ``fault``: every ``fault_every``-th
+    completion request misbehaves that way (``--fault``).
     """
     port = port or free_port()
     cmd = [
@@ -314,6 +374,8 @@ def calibration_server(
         cmd += ["--log-dir", log_dir]
     if not usage:
         cmd.append("--no-usage")
+    if fault is not None:
+        cmd += ["--fault", fault, "--fault-every", str(fault_every)]
     proc = subprocess.Popen(cmd, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -6,9 +6,14 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from bench.metrics import LoadSummary
 
 
 class Api(StrEnum):
@@ -63,7 +68,11 @@ IGNORE_EOS = typer.Option(True, "--ignore-eos/--no-ignore-eos", help="send ignor
 LOGPROBS = typer.Option(False, "--logprobs-token-count", help="count tokens per chunk with logprobs")
 WORKERS = typer.Option(1, "--workers", help="client processes")
 SCRAPE = typer.Option(True, "--scrape/--no-scrape", help="sample /metrics and NVML")
-API_KEY = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY")
+API_KEY = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY",
+                       help="bearer key (or OPENAI_API_KEY); never written to any output file")
+REQUEST_TIMEOUT = typer.Option(None, "--request-timeout", min=0.001,
+                               help="seconds a request may take, first send to end of stream, resends included "
+                                    "(default 600); a request past it is recorded as timed out")
 CONFIG = typer.Option(None, "--config", help="LoadConfig YAML; flags given override it")
 PEAK_BW = typer.Option(None, "--gpu-peak-bandwidth-gbs", help="for MBU (default: table by GPU name)")
 SERVER_GPUS = typer.Option(1, "--server-gpus", min=1, help="GPUs the server splits the model over (TP × PP), for MBU")
@@ -136,6 +145,7 @@ FIELD_FLAGS = MappingProxyType({
     "duration_s": ("duration",),
     "slo": ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms"),
     "force_output_len": ("ignore_eos",),
+    "request_timeout_s": ("request_timeout",),
 })
 
 
@@ -199,6 +209,7 @@ def load_cmd(
     workers: int = WORKERS,
     scrape: bool = SCRAPE,
     api_key: str | None = API_KEY,
+    request_timeout: float | None = REQUEST_TIMEOUT,
     gpu_peak_bandwidth_gbs: float | None = PEAK_BW,
     server_gpus: int = SERVER_GPUS,
     config: Path | None = CONFIG,
@@ -241,18 +252,30 @@ def load_cmd(
         "gpu_peak_bandwidth_gbs": gpu_peak_bandwidth_gbs,
         "server_gpus": server_gpus,
     }
+    if request_timeout is not None:
+        fields["request_timeout_s"] = request_timeout
     cfg = LoadConfig.model_validate(merge_with_file(_read_yaml(config), fields, _given_on_command_line(ctx)))
     console = Console()
     if engine is Engine.locust:
         from bench.load.locust.engine import run_locust
 
         try:
-            run_locust(cfg, out, console)
+            summary = run_locust(cfg, out, console)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     else:
-        run_load(cfg, out, console)
+        summary = run_load(cfg, out, console)
     console.print(f"records: {out / 'requests.jsonl'}  summary: {out / 'summary.json'}")
+    fail_without_success(summary, console)
+
+
+def fail_without_success(summary: LoadSummary, console: Console) -> None:
+    """Exit with status 1 when no measured request succeeded: the run measured nothing."""
+    if summary.num_ok > 0:
+        return
+    causes = "; ".join(f"{n} x {err}" for err, n in list(summary.errors.items())[:3]) or "no request was sent"
+    console.print(f"[red]error:[/red] none of the {summary.num_requests} requests succeeded ({causes})")
+    raise typer.Exit(1)
 
 
 def summarize_cmd(
@@ -302,6 +325,7 @@ def sweep_cmd(
     tokenizer: str | None = TOKENIZER,
     workers: int = WORKERS,
     api_key: str | None = API_KEY,
+    request_timeout: float | None = REQUEST_TIMEOUT,
     out: Path = typer.Option(Path("results/sweep"), "--out"),
 ) -> None:
     """Find the highest rate or concurrency meeting the SLOs; writes sweep.json and sweep.png."""
@@ -314,8 +338,10 @@ def sweep_cmd(
     slo = _slo(slo_ttft_ms, slo_tpot_ms, slo_e2e_ms)
     if not slo:
         raise typer.BadParameter("a sweep needs at least one of --slo-ttft-ms, --slo-tpot-ms, --slo-e2e-ms")
+    timeout = {} if request_timeout is None else {"request_timeout_s": request_timeout}
     base = LoadConfig.model_validate(
         {
+            **timeout,
             "url": url,
             "model": model,
             "api": api.value,

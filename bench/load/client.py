@@ -1,5 +1,7 @@
 """The request function: send one streaming request, record timestamps, compute nothing.
 
+:class:`Sender` sends a request under a total timeout and resends it, openly, when its connection failed
+before any response (the record counts the attempts and keeps the first send time).
 Chunks are timestamped once per socket read (``iter_any``): events that arrived in the same read
 arrived together, and giving them one time is what lets ITL split the gap over their tokens.
 """
@@ -7,8 +9,9 @@ arrived together, and giving them one time is what lets ITL split the gap over t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -17,22 +20,31 @@ from bench.load.records import StreamObservation
 from bench.load.workloads import Prompt, marker
 from bench.sse import SSEDecoder, parse_openai_chunk
 
-# Servers may close a keep-alive connection after a streamed response without saying so (llama-server
-# does); the next request on it fails before the server sees it and is retried on another connection.
+# Errors of a connection that failed before any response: typically a pooled keep-alive connection the
+# server had closed without saying so (llama-server closes after every stream). Only these are resent.
 _STALE_CONNECTION = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+# Errors that end a request as data in its record.
+_REQUEST_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
 
 # Large enough that one read usually holds every event the server has flushed.
 READ_BUFSIZE = 1 << 18
+# Bound on opening one TCP connection; the request's own timeout bounds everything else.
+CONNECT_TIMEOUT_S = 30.0
+ERROR_CHARS = 300
 
 
 def make_session(
-    limit: int, timeout_s: float, headers: dict[str, str] | None = None
+    limit: int, headers: dict[str, str] | None = None, *, reuse: bool = True
 ) -> aiohttp.ClientSession:
-    """An aiohttp session sized for the run: explicit connector limit and read buffer."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300, force_close=False)
+    """An aiohttp session sized for the run: explicit connector limit and read buffer.
+
+    ``reuse=False``: every request opens a new connection and closes it after (the resend session).
+    No total timeout here: :meth:`Sender.stream` bounds each request, retries included.
+    """
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300, force_close=not reuse)
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=30),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
         read_bufsize=READ_BUFSIZE,
         headers=headers,
         auto_decompress=False,
@@ -40,40 +52,84 @@ def make_session(
     )
 
 
-async def stream_request(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    now: Callable[[], float],
-    headers: dict[str, str] | None = None,
-) -> tuple[float, StreamObservation]:
-    """POST ``body`` to ``url`` and observe the SSE stream; returns ``(sent_t, observation)``.
+class Sender:
+    """Sends streaming requests for one executor: its two sessions, the request timeout and the resend rule.
 
-    Failures (HTTP errors, broken streams, timeouts, refused connections) end up in
-    ``observation.error``; only cancellation propagates.
+    Requests go over pooled keep-alive connections. A request whose connection fails before any response
+    (:data:`_STALE_CONNECTION`: most often one the server had closed unannounced) is sent again, at most
+    ``max_retries`` times, each time over a new connection from a session that never reuses one, so a
+    resend cannot meet another stale connection. Nothing is resent silently: the observation counts the
+    attempts and the request keeps its first send time (aiohttp itself never resends a POST).
     """
-    obs = StreamObservation()
-    # Every idle pooled connection may be one the server closed, and each fails once before it is dropped.
-    attempts = 1 + (session.connector.limit if session.connector is not None and session.connector.limit else 64)
-    for attempt in range(attempts):
+
+    def __init__(self, pooled: aiohttp.ClientSession, fresh: aiohttp.ClientSession, timeout_s: float,
+                 max_retries: int) -> None:
+        self.pooled = pooled
+        self.fresh = fresh
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+
+    async def stream(
+        self, url: str, body: bytes, now: Callable[[], float], headers: dict[str, str] | None = None
+    ) -> tuple[float, StreamObservation]:
+        """POST ``body`` to ``url`` and observe the SSE stream; returns ``(first send time, observation)``.
+
+        Failures (HTTP errors, broken or malformed streams, timeouts, refused connections) end up in
+        ``observation.error``; only cancellation propagates. ``timeout_s`` bounds the whole request,
+        from the first send to the end of the stream.
+        """
+        obs = StreamObservation()
         sent_t = now()
         try:
-            async with session.post(url, data=body, headers=headers) as resp:
-                obs.http_status = resp.status
-                if resp.status != 200:
-                    text = await resp.text(errors="replace")
-                    obs.error = f"HTTP {resp.status}: {text[:300]}"
-                else:
-                    await _read_stream(resp, obs, now)
-        except asyncio.CancelledError:
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            if attempt + 1 < attempts and obs.http_status is None and isinstance(exc, _STALE_CONNECTION):
-                continue  # a pooled keep-alive connection the server had closed: it never saw the request
-            obs.error = f"{type(exc).__name__}: {exc}"[:300]
-        break
-    obs.closed_t = now()
-    return sent_t, obs
+            async with asyncio.timeout(self.timeout_s):
+                await self._attempts(url, body, now, headers, obs)
+        except TimeoutError:
+            if obs.error is None:  # an earlier error (a malformed chunk) is the cause; keep it
+                obs.error = f"timed out after {self.timeout_s} s"
+        obs.closed_t = now()
+        return sent_t, obs
+
+    async def _attempts(self, url: str, body: bytes, now: Callable[[], float], headers: dict[str, str] | None,
+                        obs: StreamObservation) -> None:
+        for attempt in range(1, self.max_retries + 2):
+            obs.attempts = attempt
+            session = self.pooled if attempt == 1 else self.fresh
+            try:
+                await _send_once(session, url, body, now, headers, obs)
+            except aiohttp.ClientConnectorError as exc:  # no connection, so nothing was sent: no resend
+                obs.error = describe_error(exc)
+            except _STALE_CONNECTION as exc:
+                if attempt <= self.max_retries and obs.http_status is None:
+                    continue  # the server never answered: send again over a new connection
+                obs.error = describe_error(exc)
+            except _REQUEST_ERRORS as exc:
+                obs.error = describe_error(exc)
+            return
+
+
+@contextlib.asynccontextmanager
+async def open_sender(limit: int, timeout_s: float, max_retries: int,
+                      headers: dict[str, str] | None = None) -> AsyncIterator[Sender]:
+    """A :class:`Sender` over a pool of ``limit`` connections (and a resend session), closed on exit."""
+    async with make_session(limit, headers) as pooled, make_session(limit, headers, reuse=False) as fresh:
+        yield Sender(pooled, fresh, timeout_s, max_retries)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` (or the type alone when the exception has no message), cut to a record's length."""
+    text = str(exc)
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:ERROR_CHARS]
+
+
+async def _send_once(session: aiohttp.ClientSession, url: str, body: bytes, now: Callable[[], float],
+                     headers: dict[str, str] | None, obs: StreamObservation) -> None:
+    async with session.post(url, data=body, headers=headers) as resp:
+        obs.http_status = resp.status
+        if resp.status != 200:
+            text = await resp.text(errors="replace")
+            obs.error = f"HTTP {resp.status}: {text[:ERROR_CHARS]}"
+        else:
+            await _read_stream(resp, obs, now)
 
 
 async def _read_stream(

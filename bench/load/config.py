@@ -10,6 +10,8 @@ from bench.load.arrivals import Arrival, ConcurrencyArrival
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import SLO
 
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+
 
 class LoadConfig(BaseModel):
     """What to send, how fast, for how long, and what counts as good."""
@@ -34,7 +36,15 @@ class LoadConfig(BaseModel):
     extra_body: dict[str, Any] = Field(default_factory=dict)
     # Never written anywhere: excluded from every dump (load_config.json, reports) and masked in repr.
     api_key: SecretStr | None = Field(default=None, exclude=True, description="sent as a bearer token")
-    request_timeout_s: float = Field(default=600.0, gt=0)
+    request_timeout_s: float = Field(
+        default=DEFAULT_REQUEST_TIMEOUT_S, gt=0,
+        description="per-request limit from the first send to the end of the stream, retries included (s)",
+    )
+    max_retries: int = Field(
+        default=1, ge=0, le=8,
+        description="resends, each over a new connection, of a request whose connection failed before any "
+                    "response (a keep-alive connection the server had closed); counted in each record's attempts",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="client processes")
     prompt_pool: int = Field(
         default=2048, ge=1, description="prompts prepared when only duration bounds the run"

@@ -76,6 +76,8 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     """The end-of-run table: throughput, goodput and latency percentiles in ms."""
     head = Table(title=title, show_header=False)
     head.add_row("requests (ok / errors / warm-up)", f"{s.num_ok} / {s.num_errors} / {s.num_warmup}")
+    if s.num_retried:
+        head.add_row("sent more than once", f"{s.num_retried} (connection failed before a response)")
     head.add_row("duration", f"{s.duration_s:.2f} s")
     head.add_row("request throughput", f"{s.request_throughput:.2f} req/s")
     head.add_row("output throughput", f"{s.output_throughput_tok_s:.1f} tok/s")

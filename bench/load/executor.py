@@ -13,9 +13,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-import aiohttp
-
-from bench.load.client import body_for_index, build_body, make_session, stream_request
+from bench.load.client import Sender, body_for_index, build_body, open_sender
 from bench.load.clock import Clock
 from bench.load.config import LoadConfig
 from bench.load.records import RequestRecord, make_record
@@ -75,7 +73,7 @@ class Executor:
         self.limit = cfg.num_requests + cfg.warmup if cfg.num_requests is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem: asyncio.Semaphore | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._sender: Sender | None = None
         self._deadline: float | None = None
         self._count_tokens = token_counter(job.tokenizer)
 
@@ -90,8 +88,8 @@ class Executor:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         limit = per_worker_cap or DEFAULT_CONNECTION_LIMIT
-        async with make_session(limit, cfg.request_timeout_s, headers) as session:
-            self._session = session
+        async with open_sender(limit, cfg.request_timeout_s, cfg.max_retries, headers) as sender:
+            self._sender = sender
             if cfg.arrival.closed_loop:
                 await self._closed_loop(t0, per_worker_cap or 1)
             else:
@@ -143,14 +141,12 @@ class Executor:
         prompt = job.prompts[index % len(job.prompts)]
         body = body_for_index(job.bodies, job.prompts, index)
         rid = f"{job.run_id}-{index}"
-        assert self._session is not None
+        assert self._sender is not None
         ctx = self._sem if self._sem is not None else contextlib.nullcontext()
         async with ctx:
             if job.config.warmup and index == job.config.warmup and self.before_measured is not None:
                 await self.before_measured()
-            sent_t, obs = await stream_request(
-                self._session, job.config.endpoint, body, self.clock.now, {"X-Request-Id": rid}
-            )
+            sent_t, obs = await self._sender.stream(job.config.endpoint, body, self.clock.now, {"X-Request-Id": rid})
         meta = {
             "warmup": index < job.config.warmup,
             "worker": job.worker,

@@ -29,6 +29,8 @@ class RequestRecord:
     ``token_times`` has one entry per output token: the arrival time of the chunk that carried it.
     ``end_t`` is the arrival of the last token (the end of E2E); ``closed_t`` is when the stream
     ended (after the trailing usage chunk and ``[DONE]``). A failed request has ``error`` set.
+    ``sent_t`` is the first send; ``attempts`` > 1 says the request was sent again after its connection
+    failed before any response (see :class:`bench.load.client.Sender`).
     """
 
     request_id: str
@@ -45,6 +47,7 @@ class RequestRecord:
     n_chunks: int = 0
     http_status: int | None = None
     error: str | None = None
+    attempts: int = 1
     warmup: bool = False
     worker: int = 0
     workload: str = ""
@@ -81,9 +84,13 @@ class StreamObservation:
     closed_t: float | None = None
     http_status: int | None = None
     error: str | None = None
+    attempts: int = 1
 
     def add(self, delta: StreamDelta, t: float) -> None:
-        """Note one parsed SSE event that arrived at ``t`` (both engines' stream readers call this)."""
+        """Note one parsed SSE event that arrived at ``t`` (both engines' stream readers call this).
+
+        The first error of a stream is kept: it is the cause, later ones are its consequences.
+        """
         if delta.text or delta.n_tokens:
             self.chunk_times.append(t)
             self.chunk_tokens.append(delta.n_tokens)
@@ -91,7 +98,7 @@ class StreamObservation:
             self.chunk_texts.append(delta.text)  # kept for retokenizing when the server sends no usage
         if delta.usage is not None:
             self.usage = delta.usage
-        if delta.error is not None:
+        if delta.error is not None and self.error is None:
             self.error = delta.error
 
 
@@ -209,6 +216,7 @@ def make_record(
         n_chunks=len(obs.chunk_times),
         http_status=obs.http_status,
         error=error,
+        attempts=obs.attempts,
         **meta,
     )
 
