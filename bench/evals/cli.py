@@ -21,9 +21,11 @@ def eval_command(
     out: Path = typer.Option(..., "--out", help="folder for samples.jsonl and eval_summary.json"),
     limit: int = typer.Option(50, min=1, help="documents to evaluate (a seeded sample)"),
     seed: int = typer.Option(0, help="sampling and few-shot seed"),
-    shots: int = typer.Option(0, min=0, help="few-shot examples per prompt"),
+    shots: int | None = typer.Option(None, min=0, help="few-shot examples per prompt (default: 5 for ARC "
+                                      "generate in completion mode, else 0)"),
     chat: bool = typer.Option(False, "--chat/--completion", help="chat completions or plain completions"),
-    mode: str = typer.Option("generate", help="ARC only: generate | loglikelihood"),
+    mode: str = typer.Option("auto", help="ARC only: auto (loglikelihood where the endpoint returns prompt "
+                             "logprobs, else generate) | generate | loglikelihood"),
     concurrency: int = typer.Option(4, min=1, help="requests in flight at once"),
     api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="bearer token for the endpoint"),
     max_tokens: int | None = typer.Option(None, min=1, help="generation budget (default: per task)"),
@@ -66,6 +68,12 @@ def eval_command(
     typer.echo(f"{summary.task}: {summary.metric} = {value}{ci}, {better} is better")
     others = ", ".join(f"{k}={v:.4g}" for k, v in summary.metrics.items() if v is not None)
     typer.echo(f"  {others}; n={summary.n_samples}, errors={summary.n_errors}")
+    if summary.mode_note:
+        typer.echo(f"  mode {summary.mode_note}")
+    if summary.no_answer_rate is not None:
+        flag = "  FLAGGED: over 20%, the score says more about the prompt than the model"
+        flag = flag if summary.no_answer_flag else ""
+        typer.echo(f"  no extractable answer: {summary.no_answer_rate:.0%} of samples{flag}")
     e2e = summary.latency.e2e_s
     if e2e:
         requests = summary.latency.requests

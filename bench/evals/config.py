@@ -10,6 +10,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 TaskName = Literal["math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval"]
 TASK_NAMES: tuple[str, ...] = ("math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval")
 
+EvalMode = Literal["auto", "generate", "loglikelihood"]
+NO_ANSWER_FLAG = 0.2  # a share of samples without an extractable answer above this is flagged
+ARC_GENERATE_SHOTS = 5  # oe-eval's ARC MC format; at 0 shots the bundled instruct model answers nothing
+
 # Generation budgets that fit each task's expected answer (a CoT solution, a letter, a span, a function).
 DEFAULT_MAX_TOKENS: dict[str, int] = {
     "math-absdiff": 320,
@@ -30,9 +34,10 @@ class EvalConfig(BaseModel):
     task: TaskName
     limit: int | None = Field(default=50, ge=1, description="documents to evaluate (None: all)")
     seed: int = 0
-    shots: int = Field(default=0, ge=0)
+    shots: int | None = Field(default=None, ge=0, description="None: 5 for ARC generate in completion mode, else 0")
     api: Literal["chat", "completion"] = "completion"
-    mode: Literal["generate", "loglikelihood"] = "generate"
+    mode: EvalMode = Field(default="auto", description="ARC: auto is loglikelihood where the endpoint returns "
+                           "prompt logprobs (completion API), else generate; other tasks always generate")
     concurrency: int = Field(default=4, ge=1, le=1024)
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default")
@@ -61,7 +66,7 @@ class EvalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalConfig:
-        if self.mode == "loglikelihood" and not self.task.startswith("arc-"):
+        if self.mode == "loglikelihood" and not self.is_arc:
             raise ValueError("--mode loglikelihood is implemented for arc-challenge and arc-easy only")
         if self.mode == "loglikelihood" and self.api == "chat":
             raise ValueError("loglikelihood needs /v1/completions (echo + logprobs): use --completion")
@@ -70,6 +75,30 @@ class EvalConfig(BaseModel):
         if self.task == "humaneval" and self.shots:
             raise ValueError("humaneval is zero-shot")
         return self
+
+    @property
+    def is_arc(self) -> bool:
+        """Whether the task is ARC (the only one with a loglikelihood mode)."""
+        return self.task.startswith("arc-")
+
+    def wants_loglikelihood_probe(self) -> bool:
+        """``auto`` on ARC through the completion API: ask the endpoint whether it returns prompt logprobs."""
+        return self.mode == "auto" and self.is_arc and self.api == "completion"
+
+    def with_mode(self, mode: Literal["generate", "loglikelihood"]) -> EvalConfig:
+        """This config with ``mode`` resolved (``auto`` replaced)."""
+        return self.model_copy(update={"mode": mode})
+
+    def task_mode(self) -> Literal["generate", "loglikelihood"]:
+        """The mode the task runs in: ``auto`` that nothing resolved means generate."""
+        return "loglikelihood" if self.mode == "loglikelihood" else "generate"
+
+    def shot_count(self) -> int:
+        """``shots``, or the task's default."""
+        if self.shots is not None:
+            return self.shots
+        arc_generate = self.is_arc and self.task_mode() == "generate" and self.api == "completion"
+        return ARC_GENERATE_SHOTS if arc_generate else 0
 
     def generation_budget(self) -> int:
         """``max_tokens`` or the task's default."""
@@ -100,6 +129,12 @@ class EvalSummary(BaseModel):
     metrics: dict[str, float | None]
     n_samples: int
     n_errors: int
+    no_answer_rate: float | None = Field(
+        default=None, description="share of scored samples with no extractable answer (empty reply, no letter, "
+        "no number)")
+    no_answer_flag: bool = Field(default=False, description=f"no_answer_rate > {NO_ANSWER_FLAG:.0%}: the score "
+                                 "measures the prompt or stop rule more than the model")
+    mode_note: str | None = Field(default=None, description="how mode auto was resolved, and why")
     latency: LatencyStats
     wall_s: float
     sandbox: str | None = None

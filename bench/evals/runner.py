@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.evals.client import CallResult, EchoIgnoredError, EndpointClient
-from bench.evals.config import EvalConfig, EvalSummary, LatencyStats
+from bench.evals.config import NO_ANSWER_FLAG, EvalConfig, EvalSummary, LatencyStats
 from bench.evals.sandbox import SandboxInfo, SandboxUnavailableError, probe_sandbox
 from bench.evals.scoring import bootstrap_ci, percentiles
 from bench.evals.tasks import build_task
@@ -267,6 +267,32 @@ def _latency(results: list[CallResult], errors: int) -> LatencyStats:
     )
 
 
+def no_answer_rate(scored: list[Scored]) -> float | None:
+    """Share of scored samples whose reply held no extractable answer (``extracted`` is None)."""
+    return sum(s.extracted is None for s in scored) / len(scored) if scored else None
+
+
+# A question every causal LM can be asked: only whether the endpoint returns its prompt logprobs matters.
+_PROBE = Choices("Question: What is one plus one?\nAnswer:", (" two",))
+
+
+async def resolve_mode(config: EvalConfig, client: EndpointClient) -> tuple[EvalConfig, str | None]:
+    """Resolve ``mode: auto`` for ARC: loglikelihood if one probe request gets prompt logprobs, else generate.
+
+    Any other failure of the probe (a busy or unreachable server) keeps loglikelihood: the run then records
+    those failures per sample as usual.
+    """
+    if not config.wants_loglikelihood_probe():
+        return config, None
+    try:
+        await client.loglikelihood(_PROBE)
+    except Exception as exc:
+        reason = unsupported_reason(exc, _PROBE)
+        if reason is not None:
+            return config.with_mode("generate"), f"auto: generate, because {reason}"
+    return config.with_mode("loglikelihood"), "auto: loglikelihood (the endpoint returns prompt logprobs)"
+
+
 def _summarize(
     config: EvalConfig, task: Task[Any], run: _Run, wall_s: float, sandbox: SandboxInfo | None, out_dir: Path
 ) -> EvalSummary:
@@ -277,6 +303,7 @@ def _summarize(
         return task.aggregate(sample)[primary]
 
     ci = bootstrap_ci(run.scored, statistic, resamples=config.bootstrap_resamples, seed=config.seed)
+    no_answer = no_answer_rate(run.scored)
     return EvalSummary(
         task=config.task,
         model=config.model,
@@ -290,6 +317,8 @@ def _summarize(
         metrics=metrics,
         n_samples=len(run.scored),
         n_errors=run.errors,
+        no_answer_rate=no_answer,
+        no_answer_flag=no_answer is not None and no_answer > NO_ANSWER_FLAG,
         latency=_latency(run.results, run.errors),
         wall_s=wall_s,
         sandbox=sandbox.describe() if sandbox else None,
@@ -298,7 +327,8 @@ def _summarize(
     )
 
 
-def _setup(config: EvalConfig) -> tuple[Task[Any], SandboxInfo | None]:
+def _sandbox_for(config: EvalConfig) -> SandboxInfo | None:
+    """The probed sandbox for humaneval (refusing without opt-in or isolation); None for other tasks."""
     sandbox = None
     if config.task == "humaneval":
         if not config.allow_code_execution:
@@ -310,17 +340,11 @@ def _setup(config: EvalConfig) -> tuple[Task[Any], SandboxInfo | None]:
             sandbox = probe_sandbox(allow_weak=config.allow_weak_sandbox)
         except SandboxUnavailableError as exc:
             raise EvalSetupError(f"humaneval: {exc}") from exc
-    return build_task(config, sandbox), sandbox
+    return sandbox
 
 
 async def arun_eval(config: EvalConfig, out_dir: Path) -> EvalSummary:
     """Async form of :func:`run_eval`, for callers that already run an event loop."""
-    task, sandbox = _setup(config)
-    try:
-        docs = task.load(config.limit, config.seed)
-    except (OSError, ValueError) as exc:
-        raise EvalSetupError(f"cannot load {config.task}: {exc}") from exc
-    writer = SampleWriter.create(out_dir)
     client = EndpointClient(
         config.url,
         config.model,
@@ -328,15 +352,30 @@ async def arun_eval(config: EvalConfig, out_dir: Path) -> EvalSummary:
         timeout_s=config.request_timeout_s,
         stream=config.stream,
     )
+    try:
+        return await _run_with(config, client, out_dir)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+async def _run_with(config: EvalConfig, client: EndpointClient, out_dir: Path) -> EvalSummary:
+    sandbox = _sandbox_for(config)  # refuses (humaneval without a sandbox) before any request is sent
+    config, mode_note = await resolve_mode(config, client)
+    task = build_task(config, sandbox)
+    try:
+        docs = task.load(config.limit, config.seed)
+    except (OSError, ValueError) as exc:
+        raise EvalSetupError(f"cannot load {config.task}: {exc}") from exc
+    writer = SampleWriter.create(out_dir)
     run = _Run(config, task, client)
     start = time.perf_counter()
     try:
         await run.all(docs, writer)
     finally:
         writer.close()
-        with contextlib.suppress(Exception):
-            await client.aclose()
     summary = _summarize(config, task, run, time.perf_counter() - start, sandbox, out_dir)
+    summary = summary.model_copy(update={"mode_note": mode_note})
     _write_summary(summary, out_dir)
     return summary
 

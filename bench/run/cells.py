@@ -157,7 +157,9 @@ def native_variant(registry: Registry, backend: str, base: str) -> str:
 
 
 def default_matrix(registry: Registry) -> Matrix:
-    """The main job: the default model on every installed engine, concurrency 1 and 8, short prompts."""
+    """The main job: the default model on every installed engine, concurrency 1 and 8, short prompts, and two
+    small evals so the seed table's quality columns are filled: ARC-Easy (loglikelihood on engines with prompt
+    logprobs, else generation) on 200 documents and GSM8K on 50."""
     installed = tuple(name for name in backends.names() if backends.availability(name) is None)
     if not installed:
         raise BackendError("no backend is installed; run: pip install 'servebench[transformers]'")
@@ -165,6 +167,8 @@ def default_matrix(registry: Registry) -> Matrix:
         name="default",
         models=(registry.default,),
         backends=installed,
-        scenarios=(LoadScenario(),),
+        scenarios=(LoadScenario(),
+                   EvalScenario(name="arc-easy", task="arc-easy", limit=200),
+                   EvalScenario(name="gsm8k", task="math-absdiff", limit=50)),
         native_variants=True,
     )

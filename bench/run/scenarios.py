@@ -23,7 +23,6 @@ from bench.load.runner import measured_server_rows, run_load
 from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
-from bench.run.cells import scenario_skip_reason
 from bench.run.probes import KVInfo, MemorySampler, kv_info, prefix_hit_rate, speculative_figures
 from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario
 from servers.launch import LaunchError, ServerHandle
@@ -99,10 +98,7 @@ class CellRun:
 
 
 def _arrival(point: LoadPoint) -> ConcurrencyArrival | PoissonArrival:
-    if point.concurrency is not None:
-        return ConcurrencyArrival(n=point.concurrency)
-    assert point.rate is not None
-    return PoissonArrival(rate=point.rate)
+    return point.arrival()
 
 
 def run_load_scenario(scenario: LoadScenario, run: CellRun) -> dict[str, Any]:
@@ -203,19 +199,7 @@ def run_speculative_scenario(scenario: SpeculativeScenario, run: CellRun, method
 
 
 def run_eval_scenario(scenario: EvalScenario, run: CellRun) -> dict[str, Any]:
-    """The task through the endpoint; the eval's own summary.
+    """The task through the endpoint (:func:`bench.run.eval_scenario.run_eval_scenario`)."""
+    from bench.run.eval_scenario import run_eval_scenario as run_eval
 
-    An eval the engine cannot serve (loglikelihood without prompt logprobs) is recorded as skipped, with
-    the reason, and no request is sent; it carries no ``kind``, so the report has no result to show.
-    """
-    from bench.evals.runner import run_eval
-
-    reason = scenario_skip_reason(run.handle.spec.backend, scenario)
-    if reason is not None:
-        run.say(f"{scenario.name} · skipped: {reason}")
-        return {"status": "skipped", "reason": reason}
-    run.check_alive()
-    run.say(f"{scenario.name} · {scenario.task}")
-    config = scenario.eval_config(run.handle.url, run.handle.model, run.seed)
-    result = run_eval(config, run.cell_dir / scenario.name).model_dump(mode="json")
-    return {"kind": "eval", "result": result, "rss_peak_gib": run.memory.take_peak()}
+    return run_eval(scenario, run)

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
-from bench.evals.config import EvalConfig, TaskName
+from bench.evals.config import EvalConfig, EvalMode, TaskName
+from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
 from bench.load.sweep import SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import SLO
@@ -37,6 +38,13 @@ class LoadPoint(BaseModel):
         if (self.concurrency is None) == (self.rate is None):
             raise ValueError("give exactly one of concurrency or rate")
         return self
+
+    def arrival(self) -> ConcurrencyArrival | PoissonArrival:
+        """The arrival process of this load: closed-loop concurrency or Poisson at the rate."""
+        if self.concurrency is not None:
+            return ConcurrencyArrival(n=self.concurrency)
+        assert self.rate is not None
+        return PoissonArrival(rate=self.rate)
 
     @property
     def label(self) -> str:
@@ -142,16 +150,38 @@ class SpeculativeScenario(_Scenario):
                 for method in self.methods]
 
 
+# Documents an eval scenario evaluates unless the matrix says otherwise: enough that a difference of a few
+# points is more than noise (issue #16); loglikelihood ARC is cheap (no generation), so it gets more.
+DEFAULT_EVAL_LIMIT = 200
+DEFAULT_ARC_LOGLIKELIHOOD_LIMIT = 500
+
+
+class UnderLoad(LoadPoint):
+    """Run the eval a second time while ``bench load`` holds the server at this load (MLPerf's accuracy mode).
+
+    Greedy decoding should give the same answers under load; any difference is reported as a finding about
+    the engine (batch-dependent numerics, a dropped request, a truncated reply).
+    """
+
+    workload: Workload = Field(default_factory=lambda: RandomWorkload(input_tokens=64, output_tokens=32))
+    api: Literal["chat", "completions"] = "completions"
+    settle_s: float = Field(default=2.0, ge=0, description="load runs this long before the eval starts")
+
+
 class EvalScenario(_Scenario):
     """A quality task through the same endpoint."""
 
     kind: Literal["eval"] = "eval"
     name: str = "eval"
     task: TaskName
-    limit: int = Field(default=20, ge=1)
-    shots: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1, description=f"None: {DEFAULT_ARC_LOGLIKELIHOOD_LIMIT} for ARC "
+                              f"loglikelihood, else {DEFAULT_EVAL_LIMIT} (HumanEval has 164)")
+    shots: int | None = Field(default=None, ge=0, description="None: 5 for ARC generate (completion API), else 0")
     api: Literal["chat", "completion"] = "completion"
-    mode: Literal["generate", "loglikelihood"] = "generate"
+    mode: EvalMode = Field(default="auto", description="ARC: auto is loglikelihood on engines that return prompt "
+                           "logprobs, else generate")
+    under_load: UnderLoad | None = Field(default=None, description="also run the eval under this load and "
+                                         "report both scores")
     concurrency: int = Field(default=4, ge=1)
     max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default budget")
     stream: bool = Field(default=False, description="stream replies to measure TTFT as well")
@@ -172,10 +202,21 @@ class EvalScenario(_Scenario):
             raise ValueError("; ".join(str(error["msg"]) for error in exc.errors())) from None
         return self
 
-    def eval_config(self, url: str, model: str, seed: int) -> EvalConfig:
-        """The ``bench eval`` config this scenario runs against one server (same names, same meaning)."""
-        fields = self.model_dump(exclude={"kind", "name"})
-        return EvalConfig.model_validate({"url": url, "model": model, "seed": seed, **fields})
+    def eval_config(self, url: str, model: str, seed: int, prompt_logprobs: bool | None = None) -> EvalConfig:
+        """The ``bench eval`` config this scenario runs against one server (same names, same meaning).
+
+        ``prompt_logprobs`` (the engine's capability, when known) resolves ``mode: auto`` for ARC; the default
+        ``limit`` follows the resolved mode.
+        """
+        fields = self.model_dump(exclude={"kind", "name", "under_load"})
+        config = EvalConfig.model_validate({"url": url, "model": model, "seed": seed, **fields})
+        if prompt_logprobs is not None and config.wants_loglikelihood_probe():
+            config = config.with_mode("loglikelihood" if prompt_logprobs else "generate")
+        if self.limit is None:
+            loglikelihood = config.is_arc and config.mode in ("auto", "loglikelihood") and config.api == "completion"
+            limit = DEFAULT_ARC_LOGLIKELIHOOD_LIMIT if loglikelihood else DEFAULT_EVAL_LIMIT
+            config = config.model_copy(update={"limit": limit})
+        return config
 
 
 Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | EvalScenario,

@@ -18,20 +18,21 @@ def build_task(config: EvalConfig, sandbox: SandboxInfo | None = None) -> Task[A
     budget = config.generation_budget()
     if config.task == "math-absdiff":
         return MathAbsDiffTask(
-            source=config.math_source, data=config.data, shots=config.shots, api=config.api, max_tokens=budget
+            source=config.math_source, data=config.data, shots=config.shot_count(), api=config.api,
+            max_tokens=budget,
         )
     if config.task in ("arc-challenge", "arc-easy"):
         subset = config.task.replace("-", "_")
         return ArcTask(
             subset=subset,
-            mode=config.mode,
-            shots=config.shots,
+            mode=config.task_mode(),
+            shots=config.shot_count(),
             api=config.api,
             max_tokens=budget,
             seed=config.seed,
         )
     if config.task == "squad":
-        return SquadTask(shots=config.shots, api=config.api, max_tokens=budget, seed=config.seed)
+        return SquadTask(shots=config.shot_count(), api=config.api, max_tokens=budget, seed=config.seed)
     if sandbox is None:
         raise ValueError("humaneval needs a sandbox (bench.evals.sandbox.probe_sandbox())")
     return HumanEvalTask(api=config.api, max_tokens=budget, timeout_s=config.code_timeout_s, sandbox=sandbox)

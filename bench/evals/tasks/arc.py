@@ -1,7 +1,9 @@
 """ARC-Challenge / ARC-Easy (test split), generative or by loglikelihood over the choices.
 
-*generate*: the prompt lists the choices as ``A.``..``E.``; the first standalone letter of the reply is the
-answer; accuracy and macro-F1 over the letters. *loglikelihood*: each choice text is scored after
+*generate*: the prompt lists the choices as ``A.``..``E.``; the first standalone letter of the reply's first
+non-blank line is the answer (leading newlines are skipped, never taken as the answer's end); accuracy and
+macro-F1 over the letters. In completion mode it is 5-shot by default (oe-eval's ARC MC format): at zero
+shots the bundled instruct model ends its reply at once. *loglikelihood*: each choice text is scored after
 ``Question: ...\\nAnswer:`` (lm-eval's ``arc_easy`` format: the choice follows one space); the choice with
 the highest summed logprob wins (``acc``), and per character of the scored continuation for ``acc_norm``
 (its leading space included, as lm-eval's ``multiple_choice`` divides).
@@ -17,13 +19,15 @@ from typing import Literal
 
 from bench.evals.data import read_requests, unique_docs
 from bench.evals.scoring import macro_f1, mean
-from bench.evals.tasks.base import ApiKind, Choices, Prompt, Reply, Scored, pick_shots, sample_docs
+from bench.evals.tasks.base import ApiKind, Choices, Prompt, Reply, Scored, answer_line, pick_shots, sample_docs
 
 ArcMode = Literal["generate", "loglikelihood"]
 LETTERS = "ABCDE"
 _LETTER = re.compile(r"(?<![A-Za-z])([A-E])(?![A-Za-z])")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?([A-E])(?![A-Za-z])", re.IGNORECASE)
 _INSTRUCTION = "Answer the multiple-choice question with the letter of the correct choice only.\n\n"
+# A completion that starts the next question has ended its answer; "\n" would end one that starts with a newline.
+_NEXT_QUESTION = ("\nQuestion:",)
 
 
 @dataclass(frozen=True)
@@ -99,14 +103,16 @@ class ArcTask:
             max_tokens=self.max_tokens,
             shots=tuple((s.mc_question(), " " + s.gold_letter) for s in examples),
             instruction=_INSTRUCTION if self.api == "chat" else "",
-            stop=("\n",) if self.api == "completion" else (),
+            stop=_NEXT_QUESTION if self.api == "completion" else (),
         )
 
     async def score(self, doc: ArcDoc, reply: Reply) -> Scored:
         """Correctness of the chosen letter; for loglikelihood also the length-normalized choice."""
         if self.mode == "loglikelihood":
             return _score_loglikelihood(doc, reply)
-        letter = extract_letter(reply.text, len(doc.choices))
+        # A completion goes on with the next question after its answer: only its first line is the answer.
+        text = answer_line(reply.text) if self.api == "completion" else reply.text
+        letter = extract_letter(text, len(doc.choices))
         return Scored(letter, float(letter == doc.gold_letter), doc.gold_letter, {"pred": letter})
 
     def aggregate(self, scored: Sequence[Scored]) -> dict[str, float | None]:

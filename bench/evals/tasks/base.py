@@ -105,6 +105,11 @@ class Task(Protocol[DocT]):
         ...
 
 
+def answer_line(text: str) -> str:
+    """The first non-blank line of a reply, stripped: leading whitespace or newlines never end an answer."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def sample_docs(docs: Sequence[DocT], limit: int | None, seed: int) -> list[DocT]:
     """A seeded random subset of ``docs`` (all of them, shuffled, when ``limit`` is None)."""
     order = list(docs)

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from bench.evals.data import read_config, read_requests, unique_docs
 from bench.evals.scoring import max_over_golds, mean, squad_exact, squad_f1
-from bench.evals.tasks.base import ApiKind, Prompt, Reply, Scored, pick_shots, sample_docs
+from bench.evals.tasks.base import ApiKind, Prompt, Reply, Scored, answer_line, pick_shots, sample_docs
 
 _TASK, _VARIANT = "squad", "bpb_5shot"
+_NEXT_PROMPT = ("\nTitle:", "\nBackground:", "\nQuestion:")  # where a completion starts the next document
 _CHAT_INSTRUCTION = "Answer with a short span copied from the background text, nothing else.\n\n"
 
 
@@ -32,12 +33,6 @@ def read_squad() -> list[SquadDoc]:
         SquadDoc(str(row["doc"]["id"]), row["doc"]["query"], tuple(row["doc"]["answers_text"]))
         for row in unique_docs(read_requests(_TASK, _VARIANT))
     ]
-
-
-def first_line(text: str) -> str:
-    """The reply up to its first line break, stripped."""
-    stripped = text.strip()
-    return stripped.split("\n", 1)[0].strip()
 
 
 class SquadTask:
@@ -69,15 +64,16 @@ class SquadTask:
             max_tokens=self.max_tokens,
             shots=tuple((s.query, " " + s.answers[0]) for s in examples),
             instruction=instruction,
-            stop=("\n",) if self.api == "completion" else (),
+            # Not "\n": a reply that starts with a newline would end before its answer (issue #16).
+            stop=_NEXT_PROMPT if self.api == "completion" else (),
         )
 
     async def score(self, doc: SquadDoc, reply: Reply) -> Scored:
         """Best EM and F1 over the gold answers."""
-        answer = first_line(reply.text)
+        answer = answer_line(reply.text)
         f1 = max_over_golds(squad_f1, answer, doc.answers)
         exact = max_over_golds(squad_exact, answer, doc.answers)
-        return Scored(answer, f1, list(doc.answers), {"exact_match": exact, "f1": f1})
+        return Scored(answer or None, f1, list(doc.answers), {"exact_match": exact, "f1": f1})
 
     def aggregate(self, scored: Sequence[Scored]) -> dict[str, float | None]:
         """Mean F1 and mean exact match."""
