@@ -77,6 +77,7 @@ def test_no_request_succeeded_exits_non_zero(peer: str, tmp_path: Path) -> None:
     assert "none of the 3 requests succeeded" in output and cause in output
     records = read_records(tmp_path / "requests.jsonl")
     assert len(records) == 3 and all(r.error and cause in r.error for r in records)
+    assert all(r.attempts == 1 for r in records)  # neither a refused connection nor a 500 is resent
     assert json.loads((tmp_path / "summary.json").read_text())["num_ok"] == 0
 
 
