@@ -55,3 +55,10 @@ def test_a_planted_key_is_sent_and_written_nowhere(secured_server: ServerHandle,
     written = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert {"load_config.json", "requests.jsonl", "summary.json", "sweep.json"} <= set(written)
     assert _files_holding(tmp_path, KEY) == []
+
+
+def test_a_started_server_gets_its_key_in_its_environment_not_its_command_line(secured_server: ServerHandle) -> None:
+    """``ps`` shows every user a command line; /proc/<pid>/environ only to the process's owner."""
+    proc = Path(f"/proc/{secured_server.process.pid}")
+    assert KEY.encode() not in (proc / "cmdline").read_bytes()
+    assert f"SERVEBENCH_API_KEY={KEY}".encode() in (proc / "environ").read_bytes().split(b"\0")
