@@ -26,6 +26,13 @@ DONE = b"[DONE]"
 MAX_USAGE_TOKENS = 1 << 20
 # How much of an offending payload an error message quotes.
 QUOTE_BYTES = 200
+# The longest event (or unfinished line) a stream may hold; past it the stream is refused, so a server that
+# never sends a line end cannot make the client buffer without bound.
+MAX_EVENT_BYTES = 16 << 20
+
+
+class SSEError(ValueError):
+    """A stream the decoder refuses (an event past :data:`MAX_EVENT_BYTES`)."""
 
 
 class SSEDecoder:
@@ -35,14 +42,18 @@ class SSEDecoder:
     and comments are skipped.
     """
 
-    __slots__ = ("_buf", "_data")
+    __slots__ = ("_buf", "_data", "_size")
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._size = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """Add bytes read from the stream; return the payloads of every event they complete."""
+        """Add bytes read from the stream; return the payloads of every event they complete.
+
+        Raises :class:`SSEError` when an event or an unfinished line grows past :data:`MAX_EVENT_BYTES`.
+        """
         buf = self._buf + chunk
         if b"\r" in buf:
             # A trailing lone CR may be the first half of CRLF: keep it for the next read.
@@ -61,6 +72,8 @@ class SSEDecoder:
             self._line(buf[start:nl], out)
             start = nl + 1
         self._buf = buf[start:]
+        if len(self._buf) + self._size > MAX_EVENT_BYTES:
+            raise SSEError(f"stream event longer than {MAX_EVENT_BYTES} bytes")
         return out
 
     def close(self) -> list[bytes]:
@@ -78,13 +91,20 @@ class SSEDecoder:
             if self._data:
                 out.append(b"\n".join(self._data))
                 self._data = []
+                self._size = 0
             return
         if line.startswith(b"data:"):
             value = line[5:]
-            self._data.append(value[1:] if value.startswith(b" ") else value)
+            self._add_data(value[1:] if value.startswith(b" ") else value)
         elif line == b"data":
-            self._data.append(b"")
+            self._add_data(b"")
         # comments (":...") and other fields are ignored on purpose
+
+    def _add_data(self, value: bytes) -> None:
+        self._data.append(value)
+        self._size += len(value) + 1
+        if self._size > MAX_EVENT_BYTES:
+            raise SSEError(f"stream event longer than {MAX_EVENT_BYTES} bytes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from bench.load.records import StreamObservation, make_record
-from bench.sse import SSEDecoder, parse_openai_chunk
+from bench.sse import MAX_EVENT_BYTES, SSEDecoder, SSEError, parse_openai_chunk
 
 STREAM = (
     b": keep-alive comment\n\n"
@@ -120,3 +120,15 @@ def test_no_json_value_makes_the_parser_raise() -> None:
 
 def test_vllm_legacy_error_event() -> None:
     assert parse_openai_chunk(b'{"object": "error", "message": "boom", "code": 400}').error == "boom"
+
+
+def test_an_endless_line_or_event_is_refused_not_buffered() -> None:
+    dec = SSEDecoder()
+    dec.feed(b"data: " + b"x" * (MAX_EVENT_BYTES // 2))
+    with pytest.raises(SSEError):
+        dec.feed(b"x" * (MAX_EVENT_BYTES // 2 + 1))  # still no line end
+    dec = SSEDecoder()
+    line = b"data: " + b"y" * (1 << 20) + b"\n"
+    with pytest.raises(SSEError):
+        for _ in range(17):  # 17 MiB of data lines and never the blank line that ends the event
+            dec.feed(line)

@@ -125,8 +125,8 @@ async def _send_once(session: aiohttp.ClientSession, url: str, body: bytes, now:
                      headers: dict[str, str] | None, obs: StreamObservation) -> None:
     async with session.post(url, data=body, headers=headers) as resp:
         obs.http_status = resp.status
-        if resp.status != 200:
-            text = await resp.text(errors="replace")
+        if resp.status != 200:  # only the start of the body: a hostile one may be any size
+            text = (await resp.content.read(ERROR_CHARS * 4)).decode(errors="replace")
             obs.error = f"HTTP {resp.status}: {text[:ERROR_CHARS]}"
         else:
             await _read_stream(resp, obs, now)
