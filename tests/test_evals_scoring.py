@@ -169,15 +169,17 @@ async def test_arc_loglikelihood_scoring_matches_lm_eval_rules() -> None:
     assert summary["acc"] == 0.0 and summary["acc_norm"] == 1.0
 
 
-async def test_arc_acc_norm_counts_the_leading_space_as_lm_eval_does() -> None:
-    """lm-eval divides by len(" " + choice), so -0.9/2 = -0.45 beats -1.5/3 = -0.5 and choice 0 wins.
+async def test_arc_acc_norm_divides_by_the_choice_without_the_delimiter_as_lm_eval_does() -> None:
+    """lm-eval 0.4.13 divides by len(choice) (``doc_to_choice``, no leading space): -0.9/1 = -0.9 against
+    -1.5/2 = -0.75, so choice 1 wins. With the space it would be -0.9/2 = -0.45 against -1.5/3 = -0.5: choice 0.
 
-    Dividing by the bare choice would give -0.9/1 = -0.9 against -1.5/2 = -0.75: choice 1.
+    tests/test_evals_lm_eval.py checks this against lm-eval itself: with the space, 2 of 100 ARC-Easy
+    outcomes differed.
     """
     task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completion", max_tokens=1, seed=0)
-    doc = ArcDoc("q", "Q?", ("a", "bc"), gold=0)
+    doc = ArcDoc("q", "Q?", ("a", "bc"), gold=1)
     scored = await task.score(doc, Reply(choice_logprobs=(-0.9, -1.5)))
-    assert scored.fields["acc_norm"] == 1.0
+    assert scored.fields["acc_norm"] == 1.0 and scored.fields["pred_norm"] == "B"
 
 
 def test_prompt_rendering() -> None:

@@ -265,3 +265,25 @@ def test_scenarios_skipped_inside_a_cell_that_ran_are_listed_with_the_reason(tmp
     assert "| r | vllm__m__default__s0 | – | skipped | backend 'vllm' does not support" in problems
     assert "skipped inside a cell that ran" in problems
     assert "arc-ll" in (run / "report.html").read_text()
+
+
+def test_eval_no_answer_share_is_shown_and_over_20_percent_flagged(tmp_path: Path) -> None:
+    """A seed whose answers were mostly not extractable is FLAGGED, never averaged into the seed table."""
+    run = make_run(tmp_path, "r1")
+    cells = run / "cells"
+    for seed, rate in ((0, 0.05), (1, 0.45)):
+        cell = json.loads((cells / f"transformers__m__default__s{seed}" / "cell.json").read_text())
+        cell["scenarios"]["arc"]["result"].update(no_answer_rate=rate, no_answer_flag=rate > 0.2, mode="generate")
+        if seed == 0:
+            loaded = {**cell["scenarios"]["arc"]["result"], "value": 0.45}
+            cell["scenarios"]["arc"]["under_load"] = {"load": "r2", "result": loaded, "delta": -0.05,
+                                                      "changed_answers": 1, "compared": 8}
+        (cells / f"transformers__m__default__s{seed}" / "cell.json").write_text(json.dumps(cell))
+    write_report([run], run)
+    md = (run / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| r1 | transformers | m | default | 2 |"))
+    assert "FLAGGED: >20% no answer (other seeds 0.500)" in row  # seed 1 (0.7) left out of the mean
+    quality = [line for line in md.splitlines() if "| arc-easy | generate |" in line]
+    assert len(quality) == 2
+    assert "| 5% |" in quality[0] and "0.450 (Δ -0.050), 1/8 answers changed @ r2" in quality[0]
+    assert "| 45% FLAGGED |" in quality[1]

@@ -82,12 +82,20 @@ def seed_section(runs: list[RunData], headline: str | None, gpu_hour_usd: float 
     for _run, table in tables:
         for (run_id, backend, model, options), s in sorted(table.items()):
             rows.append([run_id, backend, model, options, str(len(s.seeds)),
-                         *[_pm(s.quality.get(t, []), 3) for t in shown], *_seed_cells(s)])
+                         *[_quality_cell(s, t) for t in shown], *_seed_cells(s)])
     price = f"${gpu_hour_usd:g}/h" if gpu_hour_usd is not None else "no --gpu-hour-usd given"
     note = (f"Mean ± sample std over seeds. Max throughput at the SLO: the best output tokens/s of any load "
             f"point where ≥90% of requests met every SLO (every point when no SLO is set). Cost at that "
             f"throughput, {price} per GPU (× tensor × pipeline × data parallel size).")
     return Section("Summary across seeds", header, rows, note)
+
+
+def _quality_cell(s: SeedStats, task: str) -> str:
+    """Mean ± std of the task's score; a seed with over 20% unextractable answers shows as FLAGGED instead."""
+    value = _pm(s.quality.get(task, []), 3)
+    if task not in s.flagged:
+        return value
+    return "FLAGGED: >20% no answer" + ("" if value == "–" else f" (other seeds {value})")
 
 
 def _seed_cells(s: SeedStats) -> list[str]:
@@ -233,8 +241,25 @@ def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
     return Section("Speculative decoding", SPEC_HEADER, rows, note), ups
 
 
-EVAL_HEADER = ("run", "backend", "model", "options", "seed", "task", "metric", "value", "95% CI", "n", "errors",
-               "latency p50 ms")
+EVAL_HEADER = ("run", "backend", "model", "options", "seed", "task", "mode", "metric", "value", "95% CI", "n",
+               "errors", "no answer", "latency p50 ms", "under load")
+
+
+def _no_answer_cell(result: dict[str, Any]) -> str:
+    rate = result.get("no_answer_rate")
+    if rate is None:
+        return "–"
+    return f"{rate:.0%}" + (" FLAGGED" if result.get("no_answer_flag") else "")
+
+
+def _under_load_cell(under: dict[str, Any] | None) -> str:
+    """The loaded score beside the idle one: value, difference, answers that changed, at which load."""
+    if not under:
+        return "–"
+    value, delta = under["result"].get("value"), under.get("delta")
+    diff = "" if delta is None else f" (Δ {delta:+.3f})"
+    changed = f"{under.get('changed_answers')}/{under.get('compared')} answers changed"
+    return f"{_fmt(value, 3)}{diff}, {changed} @ {under['load']}"
 
 
 def eval_section(runs: list[RunData]) -> Section:
@@ -246,9 +271,14 @@ def eval_section(runs: list[RunData]) -> Section:
             ci = res.get("ci95")
             p50 = ((res.get("latency") or {}).get("e2e_s") or {}).get("p50")
             rows.append([run.run_id, e.key.backend, e.key.model, e.key.options, str(e.key.seed), str(res.get("task")),
-                         str(res.get("metric")), _fmt(res.get("value"), 3), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "–",
-                         str(res.get("n_samples")), str(res.get("n_errors")), _fmt(p50 * 1e3 if p50 else None)])
-    return Section("Quality", EVAL_HEADER, rows)
+                         str(res.get("mode")), str(res.get("metric")), _fmt(res.get("value"), 3),
+                         f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "–", str(res.get("n_samples")), str(res.get("n_errors")),
+                         _no_answer_cell(res), _fmt(p50 * 1e3 if p50 else None), _under_load_cell(e.under_load)])
+    note = ("no answer: the share of samples with no extractable answer (an empty reply, no letter, no number); "
+            "over 20% is FLAGGED and the seed table shows no score for it. under load: the same eval while bench "
+            "load held the server at the given load; greedy decoding should change no answer, so a changed answer "
+            "is a finding about the engine.")
+    return Section("Quality", EVAL_HEADER, rows, note)
 
 
 def problems_section(runs: list[RunData]) -> Section:

@@ -123,6 +123,12 @@ class EvalRow:
     key: CellKey
     scenario: str
     result: dict[str, Any]
+    under_load: dict[str, Any] | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """More than 20% of the samples had no extractable answer: the score is not the model's quality."""
+        return bool(self.result.get("no_answer_flag"))
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,7 @@ def _add_spec(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any],
 
 def _add_eval(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
               scenario: dict[str, Any]) -> None:
-    data.evals.append(EvalRow(key, name, scenario["result"]))
+    data.evals.append(EvalRow(key, name, scenario["result"], scenario.get("under_load")))
 
 
 _ADDERS = {"load": _add_load, "kv-cache": _add_kv, "speculative": _add_spec, "eval": _add_eval}
@@ -364,6 +370,7 @@ class SeedStats:
     """Per-seed values of one configuration (each list has one entry per seed that produced it)."""
 
     quality: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    flagged: set[str] = field(default_factory=set)  # tasks with a seed whose answers were mostly not extractable
     ttft_ms: list[float] = field(default_factory=list)
     tpot_ms: list[float] = field(default_factory=list)
     max_tok_s: list[float] = field(default_factory=list)
@@ -385,7 +392,10 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
     table: dict[tuple[str, ...], SeedStats] = defaultdict(SeedStats)
     for e in run.evals:
         value = e.result.get("value")
-        if value is not None:
+        if e.flagged:  # shown as flagged, never averaged in as if it were the model's score
+            table[e.key.group].flagged.add(str(e.result.get("task")))
+            table[e.key.group].seeds.add(e.key.seed)
+        elif value is not None:
             table[e.key.group].quality[str(e.result.get("task"))].append(float(value))
             table[e.key.group].seeds.add(e.key.seed)
     by_cell = loads_by_cell(run)

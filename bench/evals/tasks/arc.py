@@ -5,8 +5,9 @@ non-blank line is the answer (leading newlines are skipped, never taken as the a
 macro-F1 over the letters. In completion mode it is 5-shot by default (oe-eval's ARC MC format): at zero
 shots the bundled instruct model ends its reply at once. *loglikelihood*: each choice text is scored after
 ``Question: ...\\nAnswer:`` (lm-eval's ``arc_easy`` format: the choice follows one space); the choice with
-the highest summed logprob wins (``acc``), and per character of the scored continuation for ``acc_norm``
-(its leading space included, as lm-eval's ``multiple_choice`` divides).
+the highest summed logprob wins (``acc``), and per character of the choice text for ``acc_norm``: lm-eval
+0.4.x divides by ``len(choice)`` of ``doc_to_choice``, its target delimiter (the leading space) excluded,
+although it scores the continuation with the space (``lm_eval/api/task.py``, ``process_results``).
 Few-shot examples come from the validation split.
 """
 
@@ -136,12 +137,13 @@ def continuations(doc: ArcDoc) -> tuple[str, ...]:
 def _score_loglikelihood(doc: ArcDoc, reply: Reply) -> Scored:
     logprobs = reply.choice_logprobs
     best = max(range(len(logprobs)), key=lambda i: logprobs[i])
-    # lm-eval's acc_norm: the sum over len(continuation) in characters, the delimiter's space included
-    normed = [lp / len(text) for lp, text in zip(logprobs, continuations(doc), strict=True)]
+    # lm-eval's acc_norm: the sum over len(choice) in characters, without the delimiter's space it scored
+    normed = [lp / len(text) for lp, text in zip(logprobs, doc.choices, strict=True)]
     best_norm = max(range(len(normed)), key=lambda i: normed[i])
     return Scored(
         LETTERS[best],
         float(best == doc.gold),
         doc.gold_letter,
-        {"pred": LETTERS[best], "acc_norm": float(best_norm == doc.gold), "logprobs": list(logprobs)},
+        {"pred": LETTERS[best], "pred_norm": LETTERS[best_norm], "acc_norm": float(best_norm == doc.gold),
+         "logprobs": list(logprobs)},
     )
