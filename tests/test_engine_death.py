@@ -192,8 +192,8 @@ def test_running_requests_fail_health_fails_and_new_requests_get_503(hf_registry
 
 def test_bench_eval_stops_at_a_dead_engine_and_keeps_its_samples(hf_registry: Registry, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    args = ["eval", "--url", "", "--model", MODEL, "--task", "arc-easy", "--limit", "20", "--concurrency", "1",
-            "--max-duration-s", "60", "--out", str(out)]  # bounded even if the stop failed
+    args = ["eval", "--url", "", "--model", MODEL, "--task", "arc-easy", "--mode", "generate", "--limit", "20",
+            "--concurrency", "1", "--max-duration-s", "60", "--out", str(out)]  # bounded even if the stop failed
     with live_server(hf_registry) as server:
         args[2] = server.url
         # ARC generation takes at most 8 forward calls per sample (prefill + 7 decode steps), at least 1:

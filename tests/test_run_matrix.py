@@ -92,13 +92,13 @@ def test_eval_scenario_takes_bench_evals_options_and_passes_them_through(tmp_pat
     scenarios = [{"kind": "eval", "name": "m500", "task": "math-absdiff", "math_source": "math500", "stream": True},
                  {"kind": "eval", "name": "om", "task": "math-absdiff", "data": str(data)},
                  {"kind": "eval", "name": "he", "task": "humaneval", "allow_code_execution": True,
-                  "allow_network_in_sandbox": True}]
+                  "allow_network_in_sandbox": True}]  # the old name of allow_weak_sandbox still reads
     m = validate_matrix(_matrix(scenarios=scenarios))
     m500, om, he = (s for s in m.scenarios if isinstance(s, EvalScenario))
     config = m500.eval_config("http://127.0.0.1:8123", "served-name", 7)
     assert (config.math_source, config.stream, config.data) == ("math500", True, None)
     assert (config.url, config.model, config.seed, config.task, config.limit) == (
-        "http://127.0.0.1:8123/v1", "served-name", 7, "math-absdiff", 20)
+        "http://127.0.0.1:8123/v1", "served-name", 7, "math-absdiff", 200)
     assert om.eval_config("http://h", "m", 0).data == data
     he_config = he.eval_config("http://h", "m", 0)
     assert he_config.allow_code_execution and he_config.allow_weak_sandbox and not he_config.stream
@@ -115,7 +115,7 @@ class _Captured(Exception):
 
 def test_run_eval_scenario_passes_the_config_or_records_the_skip(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.evals import runner
+    from bench.run import eval_scenario as runner
     from bench.run.probes import MemorySampler
     from bench.run.scenarios import CellRun, run_eval_scenario
 
@@ -137,6 +137,12 @@ def test_run_eval_scenario_passes_the_config_or_records_the_skip(tmp_path: Path,
         config, out_dir = got.value.args
         assert (config.url, config.model, config.seed) == ("http://127.0.0.1:8123/v1", "served", 3)
         assert (config.math_source, config.stream) == ("math500", True) and out_dir == tmp_path / "m500"
+        assert config.limit == 200  # the default size of a bench run eval
+        arc = EvalScenario(name="arc", task="arc-easy")  # mode auto: the engine's capability decides
+        for backend, mode, limit in (("transformers", "loglikelihood", 500), ("llamacpp", "generate", 200)):
+            with pytest.raises(_Captured) as got:
+                run_eval_scenario(arc, cell_run(backend))
+            assert (got.value.args[0].mode, got.value.args[0].limit) == (mode, limit)
         ll = EvalScenario(name="arc-ll", task="arc-easy", mode="loglikelihood")
         record = run_eval_scenario(ll, cell_run("llamacpp"))  # no request is sent: capture would raise
         assert record["status"] == "skipped" and "echo" in record["reason"] and "kind" not in record
@@ -227,7 +233,10 @@ def test_loglikelihood_eval_is_skipped_on_an_engine_without_prompt_logprobs(regi
 def test_default_matrix_is_small(registry: Registry) -> None:
     m = default_matrix(registry)
     assert "transformers" in m.backends and m.native_variants
-    assert [s.kind for s in m.scenarios] == ["load"]
+    assert [s.kind for s in m.scenarios] == ["load", "eval", "eval"]
+    arc, gsm8k = (s.eval_config("http://h", "m", 0, prompt_logprobs=True) for s in m.scenarios[1:])
+    assert (arc.task, arc.mode, arc.limit) == ("arc-easy", "loglikelihood", 200)
+    assert (gsm8k.task, gsm8k.math_source, gsm8k.limit) == ("math-absdiff", "gsm8k", 50)
     load = m.scenarios[0]
     assert isinstance(load, LoadScenario)
     assert [p.concurrency for p in load.points] == [1, 8] and load.requests_per_point <= 16
