@@ -1,16 +1,8 @@
-"""Sample the server's ``/metrics`` and NVML beside the records, on the records' clock.
+"""Sample the server's ``/metrics`` and NVML beside the records, on the records' clock (I/O only).
 
 Rows go to ``server_metrics.jsonl`` (``{"t": ..., "values": {name: value}}``, label sets summed,
-histogram buckets dropped) and ``gpu.jsonl`` (one row per GPU per sample). The functions that turn
-rows into summary figures are pure. Metric names understood:
-
-- vLLM (and servebench's server, which reuses vLLM's names): ``vllm:kv_cache_usage_perc``
-  (older ``vllm:gpu_cache_usage_perc``), ``vllm:prefix_cache_queries_total`` /
-  ``vllm:prefix_cache_hits_total``, ``vllm:spec_decode_num_drafts_total`` /
-  ``..._num_draft_tokens_total`` / ``..._num_accepted_tokens_total``, ``vllm:num_requests_running``,
-  ``vllm:num_requests_waiting``, ``vllm:generation_tokens_total``;
-- llama-server: ``llamacpp:kv_cache_usage_ratio``, ``llamacpp:requests_processing``,
-  ``llamacpp:requests_deferred``, ``llamacpp:tokens_predicted_total``.
+histogram buckets dropped) and ``gpu.jsonl`` (one row per GPU per sample). The pure functions that turn
+rows into figures (and the metric names understood) live in :mod:`bench.metrics.server`.
 
 NVML (``pynvml``, from ``nvidia-ml-py``: ``pip install -e '.[gpu]'``) gives memory, power and the
 energy counter. Without a GPU the GPU part is skipped quietly; with one visible (the driver's
@@ -22,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -31,167 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from backends.gpu import NVIDIA_DRIVER_FILES, nvidia_driver_file
+from bench.metrics.server import parse_prometheus
 
 log = logging.getLogger(__name__)
-
-KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
-RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
-WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred")
-GEN_TOKENS = ("vllm:generation_tokens_total", "llamacpp:tokens_predicted_total")
-PREFIX_QUERIES, PREFIX_HITS = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
-SPEC_DRAFTS = "vllm:spec_decode_num_drafts_total"
-SPEC_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
-SPEC_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
-
-# Peak DRAM bandwidth in GB/s by a substring of the NVML device name (first match wins).
-PEAK_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
-    ("GH200", 4000.0),  # before H200, which its name contains
-    ("H200", 4800.0),
-    ("H100 PCIe", 2000.0),
-    ("H100 NVL", 3900.0),
-    ("H100", 3350.0),
-    ("B200", 8000.0),
-    ("A100-SXM4-80GB", 2039.0),
-    ("A100 80GB PCIe", 1935.0),
-    ("A100", 1555.0),
-    ("L40S", 864.0),
-    ("L40", 864.0),
-    ("L4", 300.0),
-    ("A10G", 600.0),
-    ("A10", 600.0),
-    ("RTX 4090", 1008.0),
-    ("RTX 3090", 936.0),
-    ("V100", 900.0),
-    ("T4", 320.0),
-)
-
-
-# ---- pure parsing and summarising -------------------------------------------------------------
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Flatten Prometheus text: each sample name summed over its label sets; buckets dropped."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if "le" in sample.labels or "quantile" in sample.labels:
-                continue
-            out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
-    return out
-
-
-def _first(values: dict[str, float], names: Sequence[str]) -> float | None:
-    for name in names:
-        if name in values:
-            return values[name]
-    return None
-
-
-def counter_delta(rows: Sequence[dict[str, Any]], name: str) -> float | None:
-    """A counter's last − first value over scrape rows (None with fewer than two samples of it)."""
-    seen = [r["values"][name] for r in rows if name in r.get("values", {})]
-    return seen[-1] - seen[0] if len(seen) >= 2 else None
-
-
-def first_counter_delta(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> float | None:
-    """:func:`counter_delta` of the first of ``names`` (one counter under each engine's name) that has one."""
-    return next((d for name in names if (d := counter_delta(rows, name)) is not None), None)
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return None if num is None or not den else num / den
-
-
-def summarize_server(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """Peaks and rates over the rows given (counters as last − first); pass :func:`window_rows` of the
-    measured window so that warm-up requests are left out."""
-
-    def peak(names: Sequence[str]) -> float | None:
-        vals = [v for r in rows if (v := _first(r["values"], names)) is not None]
-        return max(vals) if vals else None
-
-    drafts = counter_delta(rows, SPEC_DRAFTS)
-    accepted = counter_delta(rows, SPEC_ACCEPTED)
-    return {
-        "kv_cache_usage_peak": peak(KV_USAGE),
-        "requests_running_peak": peak(RUNNING),
-        "requests_waiting_peak": peak(WAITING),
-        "prefix_cache_hit_rate": _ratio(counter_delta(rows, PREFIX_HITS), counter_delta(rows, PREFIX_QUERIES)),
-        "spec_acceptance_rate": _ratio(accepted, counter_delta(rows, SPEC_DRAFT_TOKENS)),
-        "spec_acceptance_length": None if (r := _ratio(accepted, drafts)) is None else 1.0 + r,
-        "server_generation_tokens": first_counter_delta(rows, GEN_TOKENS),
-    }
-
-
-def window_rows(rows: Sequence[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
-    """The rows of one series that cover ``[start, end]``: the last sample at or before ``start`` (the
-    counters' baseline), every sample inside, and the first at or after ``end``.
-
-    Counter deltas over these rows count what the server did in the window plus the gaps to the
-    bracketing samples; the runner takes a sample right before the first measured request is sent, so
-    that the baseline falls on the warm-up boundary.
-    """
-    ordered = sorted(rows, key=lambda r: r["t"])
-    before = [r for r in ordered if r["t"] <= start]
-    inside = [r for r in ordered if start < r["t"] < end]
-    after = [r for r in ordered if r["t"] >= end and r["t"] > start]
-    return before[-1:] + inside + after[:1]
-
-
-def window_gpu_rows(rows: Sequence[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
-    """:func:`window_rows` of each GPU's series (``gpu.jsonl`` has one row per GPU per sample)."""
-    return [r for gpu in sorted({r["gpu"] for r in rows})
-            for r in window_rows([x for x in rows if x["gpu"] == gpu], start, end)]
-
-
-def peak_bandwidth_gbs(gpu_name: str) -> float | None:
-    """Peak memory bandwidth of a GPU from :data:`PEAK_BANDWIDTH_GBS` (None if unknown)."""
-    for key, bw in PEAK_BANDWIDTH_GBS:
-        if key.lower() in gpu_name.lower():
-            return bw
-    return None
-
-
-def summarize_gpu(rows: Sequence[dict[str, Any]], output_tokens: int) -> dict[str, float | None]:
-    """GPU memory peak (GiB, summed over GPUs per sample time) and joules per output token."""
-    if not rows:
-        return {}
-    by_t: dict[float, float] = {}
-    for r in rows:
-        by_t[r["t"]] = by_t.get(r["t"], 0.0) + r["mem_used_bytes"]
-    energy = 0.0
-    for gpu in {r["gpu"] for r in rows}:
-        mine = [r for r in rows if r["gpu"] == gpu]
-        energy += _gpu_energy(mine)
-    return {
-        "gpu_mem_peak_gib": max(by_t.values()) / 2**30,
-        "gpu_energy_j": energy,
-        "joules_per_output_token": energy / output_tokens if output_tokens else None,
-    }
-
-
-def _gpu_energy(rows: Sequence[dict[str, Any]]) -> float:
-    """Energy counter delta when NVML has one, else the power integral (trapezoid)."""
-    counters = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
-    if len(counters) >= 2:
-        return float(counters[-1] - counters[0])
-    total = 0.0
-    for a, b in itertools.pairwise(rows):
-        total += (b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2
-    return total
-
-
-def mbu(model_bytes: int | None, tpot_mean_s: float | None, peak_gbs: float | None) -> float | None:
-    """Model bandwidth utilisation: weights read per decode step × steps per second / peak bandwidth.
-
-    One decode step reads every weight once, and a running request advances one token per step, so
-    steps/s ≈ 1 / mean TPOT. KV-cache reads are not counted (a lower bound).
-    """
-    if not model_bytes or not tpot_mean_s or not peak_gbs:
-        return None
-    return model_bytes / tpot_mean_s / (peak_gbs * 1e9)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -204,23 +37,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             with contextlib.suppress(ValueError):
                 rows.append(json.loads(line))
     return rows
-
-
-def model_bytes_of(model: str) -> int | None:
-    """Size of a models.yaml checkpoint's weight files (best effort; None when unknown)."""
-    try:
-        from bench.models.registry import load_registry
-
-        path = load_registry().path_of(model)
-    except Exception:
-        return None
-    if path.is_file():
-        return path.stat().st_size
-    files = [p for ext in ("*.safetensors", "*.gguf", "*.bin") for p in path.glob(ext)]
-    return sum(p.stat().st_size for p in files) or None
-
-
-# ---- sampling (I/O) ---------------------------------------------------------------------------
 
 
 # Files the NVIDIA driver creates: when one exists, a GPU is there for NVML to read.

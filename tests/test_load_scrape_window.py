@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,15 +11,17 @@ from typing import Any
 import pytest
 
 from bench.load.records import RequestRecord, read_records
-from bench.load.runner import (
-    MEASURED_MARK,
-    measured_server_rows,
-    measured_window,
-    rebuild_summary,
-    run_load_async,
+from bench.load.runner import MEASURED_MARK, measured_server_rows, rebuild_summary, run_load_async
+from bench.metrics import measured_window, summarize
+from bench.metrics.server import (
+    server_figures,
+    summarize_gpu,
+    summarize_server,
     tokens_in_window,
+    window_gpu_rows,
+    window_rows,
 )
-from bench.scrape import read_rows, summarize_gpu, summarize_server, window_gpu_rows, window_rows
+from bench.scrape import read_rows
 from tests.helpers import calibration_config, scripted_server
 
 GEN = "vllm:generation_tokens_total"
@@ -102,3 +105,17 @@ def test_mbu_divides_by_the_bandwidth_of_every_gpu_the_model_is_split_over(tmp_p
         config = calibration_config("http://127.0.0.1:9", model_bytes=8_000_000_000, server_gpus=gpus)
         summary = rebuild_summary(tmp_path, config=config)
         assert summary.server["mbu"] == pytest.approx(expected)
+
+
+def test_throughput_and_server_figures_share_one_window() -> None:
+    # The first measured request waited 0.5 s in the client: the window opens at its send, for the
+    # throughput's duration and for the scrape rows alike.
+    late = dataclasses.replace(_record(1, 1.5, 5, warmup=False), scheduled_t=1.0)
+    records = [_record(0, 0.0, 5, warmup=True), late, _record(2, 2.0, 5, warmup=False)]
+    window = measured_window(records)
+    assert window == pytest.approx((1.5, 2.51))
+    summary = summarize(records)
+    assert summary.duration_s == pytest.approx(window.duration)
+    rows = [_row(t, 10 * t) for t in (0.0, 1.0, 1.5, 2.0, 3.0)]
+    figures = server_figures(rows, [], records, window, output_tokens=0, tpot_mean_ms=None)
+    assert figures["server_generation_tokens"] == pytest.approx(30 - 15)  # from the 1.5 s sample to the 3 s one

@@ -6,14 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from bench.run.probes import (
-    MemorySampler,
-    kv_from_log,
-    kv_from_metrics,
-    prefix_hit_rate,
-    speculative_figures,
-    tree_rss_bytes,
-)
+from bench.metrics.server import prefix_hit_rate, speculative_figures
+from bench.run.probes import MemorySampler, kv_from_log, kv_from_metrics, tree_rss_bytes
 from bench.run.scenarios import fits, repetitive_prompts
 
 VLLM_LOG = (

@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.load.calibration import calibration_server
-from bench.scrape import (
-    Scraper,
-    _Nvml,
-    cuda_device_visible,
-    mbu,
-    parse_prometheus,
-    peak_bandwidth_gbs,
-    read_rows,
-    summarize_gpu,
-    summarize_server,
-)
+from bench.metrics.server import mbu, parse_prometheus, peak_bandwidth_gbs, summarize_gpu, summarize_server
+from bench.scrape import Scraper, _Nvml, cuda_device_visible, read_rows
 
 VLLM = """\
 # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.

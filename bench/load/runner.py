@@ -34,18 +34,10 @@ from bench.load.executor import Executor, Job
 from bench.load.records import JsonlAppender, RequestRecord, read_records, token_source_warning
 from bench.load.tokenizer import Tokenizer, load_tokenizer
 from bench.load.workloads import Prompt, TextBuilder, materialize
-from bench.metrics import SLO, LoadSummary, summarize
-from bench.scrape import (
-    Scraper,
-    mbu,
-    model_bytes_of,
-    peak_bandwidth_gbs,
-    read_rows,
-    summarize_gpu,
-    summarize_server,
-    window_gpu_rows,
-    window_rows,
-)
+from bench.metrics import SLO, LoadSummary, measured_window, summarize
+from bench.metrics.server import server_figures, window_rows
+from bench.models.registry import model_bytes_of
+from bench.scrape import Scraper, read_rows
 
 log = logging.getLogger(__name__)
 # Time between starting the side tasks (scraper, display) and the first request, so their setup
@@ -280,22 +272,6 @@ def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | 
     return summary
 
 
-def measured_window(records: Sequence[RequestRecord]) -> tuple[float, float] | None:
-    """From the first measured request's send to the end of the last one's stream (None without any):
-    the window the server-side figures cover, so that warm-up requests are left out of them."""
-    measured = [r for r in records if not r.warmup]
-    if not measured:
-        return None
-    return min(r.sent_t for r in measured), max(max(r.end_t, r.closed_t or r.end_t) for r in measured)
-
-
-def tokens_in_window(records: Sequence[RequestRecord], window: tuple[float, float]) -> int:
-    """Output tokens that arrived inside ``window``, warm-up requests included: what the GPU's energy over
-    the window was spent on."""
-    start, end = window
-    return sum(1 for r in records for t in r.token_times if start <= t <= end)
-
-
 def measured_server_rows(out_dir: Path) -> list[dict[str, Any]]:
     """The ``server_metrics.jsonl`` rows of a load folder that cover its measured window."""
     rows = read_rows(out_dir / "server_metrics.jsonl")
@@ -307,20 +283,15 @@ def measured_server_rows(out_dir: Path) -> list[dict[str, Any]]:
 def _server_figures(
     out_dir: Path, summary: LoadSummary, config: LoadConfig | None, records: Sequence[RequestRecord] = ()
 ) -> dict[str, float | None]:
-    server_rows = read_rows(out_dir / "server_metrics.jsonl")
-    gpu_rows = read_rows(out_dir / "gpu.jsonl")
-    window = measured_window(records)
-    tokens = summary.total_output_tokens
-    if window is not None:
-        server_rows, gpu_rows = window_rows(server_rows, *window), window_gpu_rows(gpu_rows, *window)
-        tokens = tokens_in_window(records, window)
-    figures = summarize_server(server_rows)
-    figures.update(summarize_gpu(gpu_rows, tokens))
-    peak = config.gpu_peak_bandwidth_gbs if config else None
-    if peak is None and gpu_rows:
-        peak = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))
-    size = (config.model_bytes or model_bytes_of(config.model)) if config else None
-    tpot_mean = summary.tpot_ms.mean / 1e3 if summary.tpot_ms.mean else None
-    gpus = config.server_gpus if config else 1
-    figures["mbu"] = mbu(size, tpot_mean, peak * gpus if peak else None)
-    return {k: v for k, v in figures.items() if v is not None}
+    """Read the scrape files and the model's size (I/O), then the pure figures over the measured window."""
+    return server_figures(
+        read_rows(out_dir / "server_metrics.jsonl"),
+        read_rows(out_dir / "gpu.jsonl"),
+        records,
+        measured_window(records),
+        output_tokens=summary.total_output_tokens,
+        tpot_mean_ms=summary.tpot_ms.mean,
+        model_bytes=(config.model_bytes or model_bytes_of(config.model)) if config else None,
+        peak_gbs=config.gpu_peak_bandwidth_gbs if config else None,
+        gpus=config.server_gpus if config else 1,
+    )

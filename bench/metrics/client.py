@@ -1,4 +1,4 @@
-"""Pure metric functions over :class:`~bench.load.records.RequestRecord` (no I/O, no clock, no printing).
+"""Pure client-side metric functions over :class:`~bench.load.records.RequestRecord` (no I/O, no clock, no printing).
 
 Each metric is defined once here and in ``docs/metrics.md``; times are seconds in the per-request
 functions and milliseconds in :class:`LoadSummary`.
@@ -8,6 +8,7 @@ functions and milliseconds in :class:`LoadSummary`.
 - ITL  = per token: a chunk's gap to the previous chunk split evenly over the tokens it carries
 - E2E  = last token − sent; E2E (sched) = last token − scheduled (corrects coordinated omission)
 - queue = sent − scheduled (client-side waiting)
+- duration = the measured window: first measured send → end of the last measured stream
 - offered rate = requests scheduled after the first instant / scheduling window
 - sustained rate = offered rate / slope of completion time against scheduled time
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -185,13 +187,29 @@ def stats_ms(values_s: Iterable[float | None]) -> Stats:
     )
 
 
-def measured_window(records: Sequence[RequestRecord]) -> float:
-    """Run duration: first scheduled send to last token of the measured requests (seconds)."""
-    if not records:
-        return 0.0
-    start = min(r.scheduled_t for r in records)
-    end = max(max(r.end_t, r.closed_t or r.end_t) for r in records)
-    return max(end - start, 0.0)
+class Window(NamedTuple):
+    """The measured window, in the records' clock (seconds)."""
+
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        """``end − start``, never negative."""
+        return max(self.end - self.start, 0.0)
+
+
+def measured_window(records: Sequence[RequestRecord]) -> Window | None:
+    """The one window every figure of a run covers: the first measured request's send to the end of the
+    last measured request's stream (None without any). Warm-up requests are left out.
+
+    Throughput divides by its duration, and the server-side figures (:mod:`bench.metrics.server`) take
+    their scrape rows over it.
+    """
+    measured = [r for r in records if not r.warmup]
+    if not measured:
+        return None
+    return Window(min(r.sent_t for r in measured), max(max(r.end_t, r.closed_t or r.end_t) for r in measured))
 
 
 def offered_rate(records: Sequence[RequestRecord]) -> float | None:
@@ -244,7 +262,8 @@ def summarize(records: Sequence[RequestRecord], slo: SLO | None = None) -> LoadS
     slo = slo or SLO()
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
-    duration = measured_window(measured)
+    window = measured_window(measured)
+    duration = window.duration if window is not None else 0.0
     out_tokens = sum(num_output_tokens(r) for r in ok)
     in_tokens = sum(r.prompt_tokens or 0 for r in ok)
     good = sum(1 for r in ok if meets_slo(r, slo)) if slo.is_set() else None

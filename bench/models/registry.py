@@ -147,6 +147,18 @@ def load_registry(path: Path | None = None) -> Registry:
         raise RegistryError(f"model registry {exc}") from None
 
 
+def model_bytes_of(model: str, path: Path | None = None) -> int | None:
+    """Size of a models.yaml checkpoint's weight files (best effort: None when unknown or unresolvable)."""
+    try:
+        where = load_registry(path).path_of(model)
+    except Exception:  # not in the registry, not prepared yet, no registry here: MBU is then unknown
+        return None
+    if where.is_file():
+        return where.stat().st_size
+    files = [p for ext in ("*.safetensors", "*.gguf", "*.bin") for p in where.glob(ext)]
+    return sum(p.stat().st_size for p in files) or None
+
+
 def append_entry(entry: ModelEntry, path: Path | None = None) -> Registry:
     """Add ``entry`` to models.yaml (text append keeps the file's comments); returns the new registry.
 

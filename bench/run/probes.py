@@ -5,9 +5,8 @@ Engines report these differently, so each figure is read where its engine puts i
 - KV capacity in tokens: servebench's ``servebench:kv_cache_capacity_tokens`` gauge; vLLM's log line
   ``KV cache size: N tokens`` and ``Available KV cache memory: X GiB``; llama-server's log lines
   ``n_ctx = N`` and ``KV buffer size = X MiB``.
-- Prefix-cache hits and speculative acceptance: counters in ``/metrics`` (vLLM's ``vllm:prefix_cache_*`` and
-  ``vllm:spec_decode_*``; llama-server's ``llamacpp:prompt_tokens_cached_total`` and
-  ``llamacpp:spec_decode_*``), taken as last − first over a load run's scrape rows.
+- Prefix-cache hits and speculative acceptance: counters in ``/metrics``, summarised by
+  :mod:`bench.metrics.server` over a load run's measured window (in its ``summary.json``).
 - Memory: resident set size of the server's whole process tree (vLLM runs its engine in a child), sampled
   in a thread; on a GPU the scrape's NVML figures are used instead.
 """
@@ -17,14 +16,11 @@ from __future__ import annotations
 import re
 import threading
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-
-from bench.scrape import counter_delta, first_counter_delta
 
 GIB = float(1 << 30)
 _VLLM_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
@@ -91,36 +87,6 @@ def kv_info(metrics_url: str, log_path: Path, gpus: int = 1) -> KVInfo:
     if found is None:
         found = kv_from_log(log_path.read_text(errors="replace") if log_path.exists() else "", gpus)
     return found or KVInfo(None, None, "not reported")
-
-
-# ---- counters from scrape rows (pure) ----------------------------------------------------------
-
-
-def prefix_hit_rate(rows: Sequence[dict[str, Any]]) -> float | None:
-    """Prompt tokens served from the prefix cache / prompt tokens, over the rows' window."""
-    hits = counter_delta(rows, "vllm:prefix_cache_hits_total")
-    queries = counter_delta(rows, "vllm:prefix_cache_queries_total")
-    if hits is not None and queries:
-        return hits / queries
-    cached = counter_delta(rows, "llamacpp:prompt_tokens_cached_total")
-    processed = counter_delta(rows, "llamacpp:prompt_tokens_total")  # excludes cached tokens
-    if cached is not None and processed is not None and cached + processed > 0:
-        return cached / (cached + processed)
-    return None
-
-
-def speculative_figures(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """Acceptance rate (accepted / drafted tokens) and mean acceptance length (1 + accepted / drafts)."""
-    drafted = first_counter_delta(rows, ("vllm:spec_decode_num_draft_tokens_total",
-                                  "llamacpp:spec_decode_num_draft_tokens_total"))
-    accepted = first_counter_delta(rows, ("vllm:spec_decode_num_accepted_tokens_total",
-                                   "llamacpp:spec_decode_num_accepted_tokens_total"))
-    drafts = first_counter_delta(rows, ("vllm:spec_decode_num_drafts_total",
-                                        "llamacpp:spec_decode_num_drafts_total"))
-    rate = accepted / drafted if accepted is not None and drafted else None
-    length = 1.0 + accepted / drafts if accepted is not None and drafts else None
-    return {"spec_acceptance_rate": rate, "spec_acceptance_length": length,
-            "spec_draft_tokens": drafted, "spec_accepted_tokens": accepted}
 
 
 # ---- process memory (I/O, in a thread) ---------------------------------------------------------

@@ -19,11 +19,11 @@ from rich.progress import Progress
 
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig
-from bench.load.runner import measured_server_rows, run_load
+from bench.load.runner import run_load
 from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
-from bench.run.probes import KVInfo, MemorySampler, kv_info, prefix_hit_rate, speculative_figures
+from bench.run.probes import KVInfo, MemorySampler, kv_info
 from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario
 from servers.launch import LaunchError, ServerHandle
 
@@ -87,13 +87,11 @@ class CellRun:
                           seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus)
 
     def point(self, summary: LoadSummary, folder: Path) -> dict[str, Any]:
-        """A load point's record: the summary, where its files are, peak RSS and server counters."""
-        rows = measured_server_rows(folder)  # warm-up requests left out
+        """A load point's record: the summary (server counters over its measured window included), where its
+        files are and peak RSS."""
         data = summary.model_dump(mode="json")
         data["dir"] = str(folder.relative_to(self.cell_dir))
         data["rss_peak_gib"] = self.memory.take_peak()
-        data["server"] = {**data.get("server", {}), "prefix_cache_hit_rate": prefix_hit_rate(rows),
-                          **speculative_figures(rows)}
         return data
 
 

@@ -1,0 +1,238 @@
+"""Pure server-side figures over scrape rows (no I/O): what ``bench.scrape`` sampled, summarised.
+
+Rows are ``{"t": ..., "values": {name: value}}`` (``server_metrics.jsonl``) and one row per GPU per sample
+(``gpu.jsonl``). Every figure covers the one measured window of :func:`bench.metrics.client.measured_window`:
+pass the rows through :func:`window_rows` / :func:`window_gpu_rows` first. Metric names understood:
+
+- vLLM (and servebench's server, which reuses vLLM's names): ``vllm:kv_cache_usage_perc``
+  (older ``vllm:gpu_cache_usage_perc``), ``vllm:prefix_cache_queries_total`` /
+  ``vllm:prefix_cache_hits_total``, ``vllm:spec_decode_num_drafts_total`` /
+  ``..._num_draft_tokens_total`` / ``..._num_accepted_tokens_total``, ``vllm:num_requests_running``,
+  ``vllm:num_requests_waiting``, ``vllm:generation_tokens_total``;
+- llama-server: ``llamacpp:kv_cache_usage_ratio``, ``llamacpp:requests_processing``,
+  ``llamacpp:requests_deferred``, ``llamacpp:tokens_predicted_total``, ``llamacpp:prompt_tokens_total`` /
+  ``llamacpp:prompt_tokens_cached_total`` and the ``llamacpp:spec_decode_*`` counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from bench.load.records import RequestRecord
+from bench.metrics.client import Window
+
+Row = dict[str, Any]
+
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
+RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
+WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred")
+GEN_TOKENS = ("vllm:generation_tokens_total", "llamacpp:tokens_predicted_total")
+PREFIX_QUERIES, PREFIX_HITS = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
+LLAMA_PROMPT, LLAMA_CACHED = "llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total"
+SPEC_DRAFTS = ("vllm:spec_decode_num_drafts_total", "llamacpp:spec_decode_num_drafts_total")
+SPEC_DRAFT_TOKENS = ("vllm:spec_decode_num_draft_tokens_total", "llamacpp:spec_decode_num_draft_tokens_total")
+SPEC_ACCEPTED = ("vllm:spec_decode_num_accepted_tokens_total", "llamacpp:spec_decode_num_accepted_tokens_total")
+
+# Peak DRAM bandwidth in GB/s by a substring of the NVML device name (first match wins).
+PEAK_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
+    ("GH200", 4000.0),  # before H200, which its name contains
+    ("H200", 4800.0),
+    ("H100 PCIe", 2000.0),
+    ("H100 NVL", 3900.0),
+    ("H100", 3350.0),
+    ("B200", 8000.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),
+    ("L40S", 864.0),
+    ("L40", 864.0),
+    ("L4", 300.0),
+    ("A10G", 600.0),
+    ("A10", 600.0),
+    ("RTX 4090", 1008.0),
+    ("RTX 3090", 936.0),
+    ("V100", 900.0),
+    ("T4", 320.0),
+)
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Flatten Prometheus text: each sample name summed over its label sets; buckets dropped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "le" in sample.labels or "quantile" in sample.labels:
+                continue
+            out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+    return out
+
+
+# ---- the window --------------------------------------------------------------------------------
+
+
+def window_rows(rows: Sequence[Row], start: float, end: float) -> list[Row]:
+    """The rows of one series that cover ``[start, end]``: the last sample at or before ``start`` (the
+    counters' baseline), every sample inside, and the first at or after ``end``.
+
+    Counter deltas over these rows count what the server did in the window plus the gaps to the
+    bracketing samples; the runner takes a sample right before the first measured request is sent, so
+    that the baseline falls on the warm-up boundary.
+    """
+    ordered = sorted(rows, key=lambda r: r["t"])
+    before = [r for r in ordered if r["t"] <= start]
+    inside = [r for r in ordered if start < r["t"] < end]
+    after = [r for r in ordered if r["t"] >= end and r["t"] > start]
+    return before[-1:] + inside + after[:1]
+
+
+def window_gpu_rows(rows: Sequence[Row], start: float, end: float) -> list[Row]:
+    """:func:`window_rows` of each GPU's series (``gpu.jsonl`` has one row per GPU per sample)."""
+    return [r for gpu in sorted({r["gpu"] for r in rows})
+            for r in window_rows([x for x in rows if x["gpu"] == gpu], start, end)]
+
+
+def tokens_in_window(records: Sequence[RequestRecord], window: Window) -> int:
+    """Output tokens that arrived inside ``window``, warm-up requests included: what the GPU's energy over
+    the window was spent on."""
+    start, end = window
+    return sum(1 for r in records for t in r.token_times if start <= t <= end)
+
+
+# ---- counters ----------------------------------------------------------------------------------
+
+
+def counter_delta(rows: Sequence[Row], name: str) -> float | None:
+    """A counter's last − first value over scrape rows (None with fewer than two samples of it)."""
+    seen = [r["values"][name] for r in rows if name in r.get("values", {})]
+    return seen[-1] - seen[0] if len(seen) >= 2 else None
+
+
+def first_counter_delta(rows: Sequence[Row], names: Sequence[str]) -> float | None:
+    """:func:`counter_delta` of the first of ``names`` (one counter under each engine's name) that has one."""
+    return next((d for name in names if (d := counter_delta(rows, name)) is not None), None)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+def prefix_hit_rate(rows: Sequence[Row]) -> float | None:
+    """Prompt tokens served from the prefix cache / prompt tokens, over the rows' window."""
+    rate = _ratio(counter_delta(rows, PREFIX_HITS), counter_delta(rows, PREFIX_QUERIES))
+    if rate is not None:
+        return rate
+    cached = counter_delta(rows, LLAMA_CACHED)
+    processed = counter_delta(rows, LLAMA_PROMPT)  # excludes cached tokens
+    if cached is not None and processed is not None and cached + processed > 0:
+        return cached / (cached + processed)
+    return None
+
+
+def speculative_figures(rows: Sequence[Row]) -> dict[str, float | None]:
+    """Acceptance rate (accepted / drafted tokens) and mean acceptance length (1 + accepted / drafts)."""
+    drafted = first_counter_delta(rows, SPEC_DRAFT_TOKENS)
+    accepted = first_counter_delta(rows, SPEC_ACCEPTED)
+    length = _ratio(accepted, first_counter_delta(rows, SPEC_DRAFTS))
+    return {"spec_acceptance_rate": _ratio(accepted, drafted),
+            "spec_acceptance_length": None if length is None else 1.0 + length,
+            "spec_draft_tokens": drafted, "spec_accepted_tokens": accepted}
+
+
+def summarize_server(rows: Sequence[Row]) -> dict[str, float | None]:
+    """Peaks and rates over the rows given (counters as last − first); pass :func:`window_rows` of the
+    measured window so that warm-up requests are left out."""
+
+    def peak(names: Sequence[str]) -> float | None:
+        vals = [v for r in rows if (v := _first(r["values"], names)) is not None]
+        return max(vals) if vals else None
+
+    return {
+        "kv_cache_usage_peak": peak(KV_USAGE),
+        "requests_running_peak": peak(RUNNING),
+        "requests_waiting_peak": peak(WAITING),
+        "prefix_cache_hit_rate": prefix_hit_rate(rows),
+        **speculative_figures(rows),
+        "server_generation_tokens": first_counter_delta(rows, GEN_TOKENS),
+    }
+
+
+def _first(values: dict[str, float], names: Sequence[str]) -> float | None:
+    return next((values[name] for name in names if name in values), None)
+
+
+# ---- GPU ---------------------------------------------------------------------------------------
+
+
+def peak_bandwidth_gbs(gpu_name: str) -> float | None:
+    """Peak memory bandwidth of a GPU from :data:`PEAK_BANDWIDTH_GBS` (None if unknown)."""
+    return next((bw for key, bw in PEAK_BANDWIDTH_GBS if key.lower() in gpu_name.lower()), None)
+
+
+def summarize_gpu(rows: Sequence[Row], output_tokens: int) -> dict[str, float | None]:
+    """GPU memory peak (GiB, summed over GPUs per sample time) and joules per output token."""
+    if not rows:
+        return {}
+    by_t: dict[float, float] = {}
+    for r in rows:
+        by_t[r["t"]] = by_t.get(r["t"], 0.0) + r["mem_used_bytes"]
+    energy = sum(_gpu_energy([r for r in rows if r["gpu"] == gpu]) for gpu in {r["gpu"] for r in rows})
+    return {
+        "gpu_mem_peak_gib": max(by_t.values()) / 2**30,
+        "gpu_energy_j": energy,
+        "joules_per_output_token": energy / output_tokens if output_tokens else None,
+    }
+
+
+def _gpu_energy(rows: Sequence[Row]) -> float:
+    """Energy counter delta when NVML has one, else the power integral (trapezoid)."""
+    counters = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
+    if len(counters) >= 2:
+        return float(counters[-1] - counters[0])
+    return float(sum((b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2 for a, b in itertools.pairwise(rows)))
+
+
+def mbu(model_bytes: int | None, tpot_mean_s: float | None, peak_gbs: float | None) -> float | None:
+    """Model bandwidth utilisation: weights read per decode step × steps per second / peak bandwidth.
+
+    One decode step reads every weight once, and a running request advances one token per step, so
+    steps/s ≈ 1 / mean TPOT. KV-cache reads are not counted (a lower bound).
+    """
+    if not model_bytes or not tpot_mean_s or not peak_gbs:
+        return None
+    return model_bytes / tpot_mean_s / (peak_gbs * 1e9)
+
+
+# ---- everything over one window ----------------------------------------------------------------
+
+
+def server_figures(
+    server_rows: Sequence[Row],
+    gpu_rows: Sequence[Row],
+    records: Sequence[RequestRecord],
+    window: Window | None,
+    *,
+    output_tokens: int,
+    tpot_mean_ms: float | None,
+    model_bytes: int | None = None,
+    peak_gbs: float | None = None,
+    gpus: int = 1,
+) -> dict[str, float | None]:
+    """Every server-side figure over the measured ``window`` (all rows when None); Nones dropped.
+
+    ``peak_gbs`` is one GPU's bandwidth (looked up by the first GPU row's name when not given); the model
+    is split over ``gpus`` of them. ``output_tokens`` is used only when there is no window.
+    """
+    if window is not None:
+        server_rows, gpu_rows = window_rows(server_rows, *window), window_gpu_rows(gpu_rows, *window)
+        output_tokens = tokens_in_window(records, window)
+    figures = summarize_server(server_rows)
+    figures.update(summarize_gpu(gpu_rows, output_tokens))
+    if peak_gbs is None and gpu_rows:
+        peak_gbs = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))
+    tpot_mean = tpot_mean_ms / 1e3 if tpot_mean_ms else None
+    figures["mbu"] = mbu(model_bytes, tpot_mean, peak_gbs * gpus if peak_gbs else None)
+    return {k: v for k, v in figures.items() if v is not None}
