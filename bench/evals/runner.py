@@ -362,6 +362,7 @@ async def arun_eval(config: EvalConfig, out_dir: Path) -> EvalSummary:
 async def _run_with(config: EvalConfig, client: EndpointClient, out_dir: Path) -> EvalSummary:
     sandbox = _sandbox_for(config)  # refuses (humaneval without a sandbox) before any request is sent
     config, mode_note = await resolve_mode(config, client)
+    config = config.model_copy(update={"shots": config.shot_count()})  # the summary records what ran
     task = build_task(config, sandbox)
     try:
         docs = task.load(config.limit, config.seed)
