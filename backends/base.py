@@ -62,22 +62,26 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kv_cache_dtype: KVCacheDtype = "auto"
-    speculative: str = Field(default="none", description="none | ngram | draft:<model> | eagle:<path>")
+    kv_cache_dtype: KVCacheDtype = Field(
+        default="auto", description="KV-cache dtype: auto, fp8, q8, q6, q4 or k<bits>v<bits> (key/value bits apart, "
+        "e.g. k8v4).")
+    speculative: str = Field(default="none", description="Speculative decoding: none, ngram, draft:<model>, "
+                             "eagle:<path>.")
     num_speculative_tokens: int | None = Field(
-        default=None, ge=1, le=16,
-        description=f"draft tokens per speculative step; None: {DEFAULT_NUM_SPECULATIVE_TOKENS}. Needs speculative")
-    prefix_caching: bool = False
-    max_batch: int = Field(default=8, ge=1)
-    max_model_len: int | None = Field(default=None, ge=16)
-    dtype: Dtype = "auto"
-    quantization: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(default=None, ge=1, description="CPU threads for the engine")
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    pipeline_parallel_size: int = Field(default=1, ge=1)
-    data_parallel_size: int = Field(default=1, ge=1)
-    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+        default=None, ge=1, le=16, description=f"Tokens proposed per speculative step (default "
+        f"{DEFAULT_NUM_SPECULATIVE_TOKENS}); needs --speculative.")
+    prefix_caching: bool = Field(default=False, description="Reuse the KV cache of a shared prompt prefix.")
+    max_batch: int = Field(default=8, ge=1, description="Sequences decoded together.")
+    max_model_len: int | None = Field(default=None, ge=16, description="Context window to serve.")
+    dtype: Dtype = Field(default="auto", description="Weights and activations dtype.")
+    quantization: str | None = Field(default=None, description="Quantization method passed to the engine.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the engine runs.")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for the engine.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per model replica (vLLM).")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages (vLLM).")
+    data_parallel_size: int = Field(default=1, ge=1, description="Model replicas (vLLM).")
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1,
+                                              description="Bytes reserved for the KV cache (vLLM).")
 
     @field_validator("speculative")
     @classmethod

@@ -1,8 +1,13 @@
-"""``bench serve``: one OpenAI-compatible endpoint over any backend."""
+"""``bench serve``: one OpenAI-compatible endpoint over any backend.
+
+The engine flags are generated from :class:`backends.base.EngineOptions` (:mod:`bench.flags`): each option is
+declared once there, with its help and default.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -10,18 +15,16 @@ from rich.console import Console
 
 from backends.base import EngineOptions
 from backends.errors import BackendError
+from bench.flags import command, model_flags
 from bench.models.registry import RegistryError, load_registry
 
-KV_HELP = "KV-cache dtype: auto, fp8, q8, q6, q4 or k<bits>v<bits> (key/value bits apart, e.g. k8v4)."
-SPEC_HELP = "Speculative decoding: none, ngram, draft:<model>, eagle:<path>."
+# ``quantization`` comes from the checkpoint's models.yaml entry or a matrix, not from a flag.
+ENGINE_FLAGS = model_flags(EngineOptions, [n for n in EngineOptions.model_fields if n != "quantization"])
 
 
-def engine_options(**flags: object) -> EngineOptions:
-    """Build the shared option model from CLI flags (None means "not given")."""
-    return EngineOptions.model_validate({k: v for k, v in flags.items() if v is not None})
-
-
+@command(ENGINE_FLAGS)
 def serve(
+    fields: dict[str, Any],
     backend: str = typer.Option("transformers", help="transformers, llamacpp, vllm, exllamav2, exllamav3."),
     model: str = typer.Option(None, help="Model name from models.yaml (default: the registry's default)."),
     host: str = typer.Option("127.0.0.1", help="Bind address."),
@@ -30,20 +33,6 @@ def serve(
     max_queue: int | None = typer.Option(
         None, help="Requests allowed to wait beyond the batch; 429 past it (default 64). In-process engines "
         "only: llamacpp and vllm refuse another value (servebench sets no queue bound on their servers)."),
-    kv_cache_dtype: str = typer.Option(None, help=KV_HELP),
-    speculative: str = typer.Option(None, help=SPEC_HELP),
-    num_speculative_tokens: int = typer.Option(None, help="Tokens proposed per speculative step (default 4); "
-                                               "needs --speculative."),
-    prefix_caching: bool = typer.Option(None, "--prefix-caching/--no-prefix-caching"),
-    max_batch: int = typer.Option(None, help="Sequences decoded together."),
-    max_model_len: int = typer.Option(None, help="Context window to serve."),
-    dtype: str = typer.Option(None, help="auto, float32, float16, bfloat16."),
-    device: str = typer.Option(None, help="auto, cpu, cuda."),
-    threads: int = typer.Option(None, help="CPU threads for the engine."),
-    tensor_parallel_size: int = typer.Option(None, help="GPUs per model replica (vLLM)."),
-    pipeline_parallel_size: int = typer.Option(None, help="Pipeline stages (vLLM)."),
-    data_parallel_size: int = typer.Option(None, help="Model replicas (vLLM)."),
-    kv_cache_memory_bytes: int = typer.Option(None, help="Bytes reserved for the KV cache (vLLM)."),
     options_json: str = typer.Option(None, hidden=True, help="All engine options as JSON (used by bench run)."),
     registry: Path = typer.Option(None, help="models.yaml to use."),
 ) -> None:
@@ -54,13 +43,8 @@ def serve(
     console = Console(stderr=True)
     try:
         check_max_queue(backend, max_queue)  # before anything is loaded
-        options = EngineOptions.model_validate_json(options_json) if options_json else engine_options(
-            kv_cache_dtype=kv_cache_dtype, speculative=speculative, num_speculative_tokens=num_speculative_tokens,
-            prefix_caching=prefix_caching, max_batch=max_batch, max_model_len=max_model_len, dtype=dtype,
-            device=device, threads=threads, tensor_parallel_size=tensor_parallel_size,
-            pipeline_parallel_size=pipeline_parallel_size, data_parallel_size=data_parallel_size,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-        )
+        options = (EngineOptions.model_validate_json(options_json) if options_json
+                   else EngineOptions.model_validate(fields))
         reg = load_registry(registry)
         name = model or reg.default
         spec = build_spec(reg, backend, name, options, host=host, port=port, api_key=api_key)

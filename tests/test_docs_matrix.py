@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from bench.load.sweep import SweepSpec
+from bench.load.config import SweepSpec
 from bench.run.schema import (
     EvalScenario,
     KVCacheScenario,

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import build_app
-from bench.load.cli import SweepAxis
+from bench.load.config import SweepMode, SweepSpec
 from bench.load.records import RequestRecord
-from bench.load.sweep import SweepMode, SweepPoint, SweepSpec, judge, load_sweep, run_sweep
+from bench.load.sweep import SweepPoint, judge, load_sweep, run_sweep
 from bench.metrics import SLO, LoadSummary, offered_rate, summarize, sustained_rate
 from tests.helpers import calibration_config, scripted_server
 
@@ -149,4 +149,3 @@ def test_sweep_mode_is_checked_by_the_cli(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "Invalid value" in result.output and "bogus" in result.output
     assert not (tmp_path / "sweep.json").exists()
-    assert {m.value for m in SweepAxis} == {m.value for m in SweepMode}  # the CLI's light copy

@@ -116,7 +116,7 @@ class GammaArrival(_OpenLoop):
     """
 
     kind: Literal["gamma"] = "gamma"
-    burstiness: float = Field(default=1.0, gt=0)
+    burstiness: float = Field(default=1.0, gt=0, description="gamma shape (1 = Poisson)")
 
     def next_request_time(self, previous: float, rng: random.Random) -> float:
         """``previous + Gamma(k, 1/(rate·k))``."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from bench.load.arrivals import Arrival, ConcurrencyArrival
 from bench.load.workloads import RandomWorkload, Workload
-from bench.metrics import SLO
+from bench.metrics import GOODPUT_TARGET, SLO
 
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 
@@ -23,7 +24,8 @@ class LoadConfig(BaseModel):
     api: Literal["chat", "completions"] = "chat"
     workload: Workload = Field(default_factory=RandomWorkload)
     arrival: Arrival = Field(default_factory=lambda: ConcurrencyArrival(n=1))
-    num_requests: int | None = Field(default=100, ge=1, description="measured requests (warm-up excluded)")
+    num_requests: int | None = Field(default=100, ge=1,
+                                     description="measured requests, warm-up excluded (default 100 unless --duration)")
     duration_s: float | None = Field(default=None, gt=0, description="stop scheduling after this long")
     warmup: int = Field(default=0, ge=0, description="requests sent first and left out of the summary")
     seed: int = 0
@@ -92,3 +94,27 @@ class LoadConfig(BaseModel):
         if self.num_requests is not None:
             return self.num_requests + self.warmup
         return self.prompt_pool + self.warmup
+
+
+class SweepMode(StrEnum):
+    """The load axis a sweep walks."""
+
+    rate = "rate"
+    concurrency = "concurrency"
+
+
+class SweepSpec(BaseModel):
+    """How to walk the load axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: SweepMode = Field(default=SweepMode.rate, description="rate (Poisson) or concurrency")
+    start: float = Field(default=1.0, gt=0, description="the first step's rate or concurrency")
+    factor: float = Field(default=2.0, gt=1, description="each step multiplies the load by this")
+    max_value: float = Field(default=1024.0, gt=0, description="the highest load tried")
+    refine_steps: int = Field(default=2, ge=0, description="bisection steps between the last pass and first fail")
+    goodput_target: float = Field(
+        default=GOODPUT_TARGET, gt=0, le=1, description="fraction of requests meeting all SLOs"
+    )
+    saturation_ratio: float = Field(default=0.8, gt=0, le=1,
+                                    description="rate mode: saturated when sustained < ratio x offered")

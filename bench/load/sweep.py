@@ -21,43 +21,18 @@ A saturated step never passes, whatever its SLOs say.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from rich.console import Console
 
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
-from bench.load.config import LoadConfig
+from bench.load.config import LoadConfig, SweepMode, SweepSpec
 from bench.load.runner import run_load
 from bench.metrics import LoadSummary
 
-
-class SweepMode(StrEnum):
-    """The load axis a sweep walks."""
-
-    rate = "rate"
-    concurrency = "concurrency"
-
-
 # In concurrency mode, a step whose completion rate grew by less than this factor is saturated.
 CONCURRENCY_GAIN = 1.05
-
-
-class SweepSpec(BaseModel):
-    """How to walk the load axis."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mode: SweepMode = SweepMode.rate
-    start: float = Field(default=1.0, gt=0)
-    factor: float = Field(default=2.0, gt=1)
-    max_value: float = Field(default=1024.0, gt=0)
-    refine_steps: int = Field(default=2, ge=0)
-    goodput_target: float = Field(
-        default=0.9, gt=0, le=1, description="fraction of requests meeting all SLOs"
-    )
-    saturation_ratio: float = Field(default=0.8, gt=0, le=1)
 
 
 class SweepPoint(BaseModel):

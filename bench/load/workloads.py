@@ -73,18 +73,18 @@ class RandomWorkload(_Workload):
     """Random text with exact input and output token counts and a unique prefix per request."""
 
     kind: Literal["random"] = "random"
-    input_tokens: int = Field(default=128, ge=1)
-    output_tokens: int = Field(default=128, ge=1)
+    input_tokens: int = Field(default=128, ge=1, description="random: prompt tokens")
+    output_tokens: int = Field(default=128, ge=1, description="output tokens (sharegpt: default the reply length)")
 
 
 class SharedPrefixWorkload(_Workload):
     """``num_prefixes`` shared prefixes of ``prefix_tokens`` followed by a unique suffix."""
 
     kind: Literal["shared-prefix"] = "shared-prefix"
-    prefix_tokens: int = Field(default=512, ge=1)
-    suffix_tokens: int = Field(default=64, ge=1)
+    prefix_tokens: int = Field(default=512, ge=1, description="shared-prefix: shared tokens")
+    suffix_tokens: int = Field(default=64, ge=1, description="shared-prefix: unique tokens")
     output_tokens: int = Field(default=128, ge=1)
-    num_prefixes: int = Field(default=1, ge=1)
+    num_prefixes: int = Field(default=1, ge=1, description="shared-prefix: distinct prefixes")
 
 
 class ShareGPTWorkload(_Workload):

@@ -8,6 +8,7 @@ Each metric is defined once, here and in ``docs/metrics.md``. The client-side na
 """
 
 from bench.metrics.client import (
+    GOODPUT_TARGET,
     PERCENTILES,
     SLO,
     LoadSummary,
@@ -30,6 +31,7 @@ from bench.metrics.client import (
 )
 
 __all__ = [
+    "GOODPUT_TARGET",
     "PERCENTILES",
     "SLO",
     "LoadSummary",

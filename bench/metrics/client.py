@@ -26,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench.load.records import RequestRecord
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+# A load point meets its SLOs when at least this fraction of its requests meets every objective (the sweep's
+# default target, and the report's).
+GOODPUT_TARGET = 0.9
 
 
 class SLO(BaseModel):
@@ -33,9 +36,9 @@ class SLO(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ttft_ms: float | None = Field(default=None, gt=0)
-    tpot_ms: float | None = Field(default=None, gt=0)
-    e2e_ms: float | None = Field(default=None, gt=0)
+    ttft_ms: float | None = Field(default=None, gt=0, description="time to first token (ms)")
+    tpot_ms: float | None = Field(default=None, gt=0, description="time per output token after the first (ms)")
+    e2e_ms: float | None = Field(default=None, gt=0, description="end to end, judged from the scheduled send time")
 
     def is_set(self) -> bool:
         """At least one objective is given."""

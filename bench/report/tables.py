@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
+from bench.metrics import GOODPUT_TARGET
+
 # Quality columns of the seed table: task -> column heading (the task's primary metric is shown).
 QUALITY_COLUMNS: dict[str, str] = {"math-absdiff": "math AbsDiff ↓", "arc-challenge": "ARC-C acc",
                                    "arc-easy": "ARC-E acc", "squad": "SQuAD F1", "humaneval": "HumanEval pass@1"}
-GOODPUT_TARGET = 0.9  # a point meets the SLO when this fraction of its requests meets every objective
 
 
 @dataclass(frozen=True)

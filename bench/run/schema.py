@@ -16,7 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from backends.base import EngineOptions, KVCacheDtype
 from bench.evals.config import EvalConfig, EvalMode, TaskName
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
-from bench.load.sweep import SweepSpec
+from bench.load.config import SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import SLO
 from bench.yamlfile import ConfigFileError, describe, read_yaml
