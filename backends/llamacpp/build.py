@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +36,12 @@ from bench.paths import cache_dir
 
 Flavor = Literal["cpu", "cuda"]
 BINARY = "llama-server"
-BUILD_JOBS = 2
+BUILD_JOBS = 2  # the CPU build's parallelism (a shared 2-core box); the CUDA build uses every core
+# Extra cmake configure flags, appended last (so they win), parsed like a shell line and recorded in build.json:
+# e.g. where cuBLAS lives when the CUDA toolkit lacks it, or -DCMAKE_CUDA_ARCHITECTURES=90.
+CMAKE_ARGS_ENV = "SERVEBENCH_LLAMACPP_CMAKE_ARGS"
+JOBS_ENV = "SERVEBENCH_LLAMACPP_BUILD_JOBS"
+_CUDA_ARCH_FLAG = "-DCMAKE_CUDA_ARCHITECTURES"
 # Bump when the build's layout or flags change, so a build made the old way is not reused.
 SCHEME = "dl1"
 # The targets both consumers need: the server, and the libraries llama-cpp-python loads (libllama comes with
@@ -94,20 +101,74 @@ def server_binary(flavor: Flavor) -> Path:
     return binary_dir(flavor) / BINARY
 
 
-def cmake_flags(flavor: Flavor, variants: list[str] | None = None, backend_dir: Path | None = None) -> list[str]:
+def extra_cmake_args(environ: dict[str, str] | None = None) -> list[str]:
+    """The flags in ``$SERVEBENCH_LLAMACPP_CMAKE_ARGS`` (shell-quoted words; empty when unset)."""
+    env = os.environ if environ is None else environ
+    try:
+        return shlex.split(env.get(CMAKE_ARGS_ENV, ""))
+    except ValueError as exc:
+        raise BuildError(f"${CMAKE_ARGS_ENV} is not a valid shell-quoted list of flags: {exc}") from exc
+
+
+def build_jobs(flavor: Flavor, environ: dict[str, str] | None = None) -> int:
+    """How many compile jobs: ``$SERVEBENCH_LLAMACPP_BUILD_JOBS``, else 2 for CPU and every core for CUDA.
+
+    The CUDA backend is some hundred ``nvcc`` compilations; a machine with a GPU is not the shared 2-core box.
+    """
+    env = os.environ if environ is None else environ
+    wanted = env.get(JOBS_ENV, "").strip()
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise BuildError(f"${JOBS_ENV} must be a positive integer, not {wanted!r}")
+        return int(wanted)
+    return BUILD_JOBS if flavor == "cpu" else max(BUILD_JOBS, os.cpu_count() or BUILD_JOBS)
+
+
+def parse_compute_caps(text: str) -> str | None:
+    """``nvidia-smi --query-gpu=compute_cap`` output (``9.0`` per GPU) as a CUDA architecture list (``90``)."""
+    archs: list[str] = []
+    for line in text.split():
+        major, dot, minor = line.strip().partition(".")
+        if not (dot and major.isdigit() and minor.isdigit()):
+            return None
+        if (arch := major + minor) not in archs:
+            archs.append(arch)
+    return ";".join(sorted(archs, key=int)) or None
+
+
+def cuda_architectures() -> str | None:
+    """The compute capabilities of the visible GPUs (``90`` on an H100), or None where nvidia-smi cannot say."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        result = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_compute_caps(result.stdout) if result.returncode == 0 else None
+
+
+def cmake_flags(flavor: Flavor, variants: list[str] | None = None, backend_dir: Path | None = None,
+                extra: list[str] | None = None, cuda_arch: str | None = None) -> list[str]:
     """The cmake configure flags for ``flavor``, building only ``variants`` of the CPU backend (all if None).
 
     ``backend_dir`` is where ggml looks for its backend libraries at run time (the build's final folder), so
-    the Python binding, whose executable is the interpreter, finds them too.
+    the Python binding, whose executable is the interpreter, finds them too. For CUDA, ``cuda_arch`` (the
+    visible GPUs' compute capabilities) sets ``CMAKE_CUDA_ARCHITECTURES`` unless ``extra`` sets it; without
+    either, ggml compiles its default list of architectures. ``extra`` comes last, so its flags win.
     """
     flags = list(_COMMON_FLAGS)
+    extra = list(extra or [])
     if flavor == "cuda":
         flags.append("-DGGML_CUDA=ON")
+        if cuda_arch and not any(f.split("=")[0].split(":")[0] == _CUDA_ARCH_FLAG for f in extra):
+            flags.append(f"{_CUDA_ARCH_FLAG}={cuda_arch}")
     if variants is not None:
         flags.append(f"-DSERVEBENCH_CPU_VARIANTS={';'.join(variants)}")
     if backend_dir is not None:
         flags.append(f"-DGGML_BACKEND_DIR={backend_dir}")
-    return flags
+    return flags + extra
 
 
 def allow_variant_filter(tree: Path) -> None:
@@ -132,9 +193,9 @@ def _run(cmd: list[str], log: Path) -> None:
         raise BuildError(f"{cmd[0]} failed with code {result.returncode} (full log: {log}):\n{tail}")
 
 
-def _compile(tree: Path, build: Path, flags: list[str], log: Path) -> Path:
+def _compile(tree: Path, build: Path, flags: list[str], log: Path, jobs: int = BUILD_JOBS) -> Path:
     _run(["cmake", "-S", str(tree), "-B", str(build), *flags], log)
-    _run(["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(BUILD_JOBS)], log)
+    _run(["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs)], log)
     out = build / "bin"
     if not (out / BINARY).is_file():
         raise BuildError(f"the build finished but {out / BINARY} is missing (log: {log})")
@@ -174,7 +235,7 @@ def prove_runs(stage: Path, flavor: Flavor, model: Path, progress: Callable[[str
         failed = next((r for r in results if not r.ok), None)
         if failed is None:
             return {"cpu_variant": results[0].variant, "disabled_variants": disabled,
-                    "smoke": [r.what for r in results]}
+                    "smoke": [r.what for r in results], "smoke_detail": [r.detail for r in results]}
         lib = stage / f"libggml-cpu-{failed.variant}.so"
         if failed.killed_by != "SIGILL" or failed.variant in (None, cpu.BASELINE) or not lib.exists():
             raise BuildError(_failure_message(failed))
@@ -190,7 +251,10 @@ def _build(flavor: Flavor, progress: Callable[[str], None]) -> Path:
     tree = llama_cpp_tree()
     allow_variant_filter(tree)
     variants = cpu.variants_for_this_machine()
-    flags = cmake_flags(flavor, variants, dest)
+    extra = extra_cmake_args()
+    cuda_arch = cuda_architectures() if flavor == "cuda" else None
+    flags = cmake_flags(flavor, variants, dest, extra, cuda_arch)
+    jobs = build_jobs(flavor)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}-", dir=dest.parent) as tmp:
         stage = Path(tmp) / "stage"
         stage.mkdir()
@@ -198,12 +262,13 @@ def _build(flavor: Flavor, progress: Callable[[str], None]) -> Path:
         progress(f"building llama.cpp ({flavor}; CPU variants: {', '.join(variants or ['all'])}) from {tree}; "
                  f"this takes several minutes; log: {log}")
         start = time.monotonic()
-        _stage_outputs(_compile(tree, Path(tmp) / "build", flags, log), stage)
+        _stage_outputs(_compile(tree, Path(tmp) / "build", flags, log, jobs), stage)
         seconds = time.monotonic() - start
         proven = prove_runs(stage, flavor, smoke.bundled_gguf(), progress)
         info = {"flavor": flavor, "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "scheme": SCHEME,
-                "cmake_flags": flags, "cpu_variants_built": variants or "all", **proven,
-                "build_seconds": round(seconds, 1), "jobs": BUILD_JOBS}
+                "cmake_flags": flags, "extra_cmake_args": extra, "cuda_arch_detected": cuda_arch,
+                "cpu_variants_built": variants or "all", **proven, "build_seconds": round(seconds, 1),
+                "jobs": jobs}
         (stage / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
         if dest.exists():  # a leftover, from a build that was interrupted by hand, or --rebuild
             shutil.rmtree(dest)

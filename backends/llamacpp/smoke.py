@@ -30,6 +30,9 @@ TOKENS = 4
 TIMEOUT_S = 120.0
 _LOADED_CPU = re.compile(r"loaded CPU backend from (\S+)")
 _VARIANT_FILE = re.compile(r"libggml-cpu-([A-Za-z0-9_]+)\.so")
+_LOADED_BACKEND = re.compile(r"loaded (\w+) backend from")
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_GPU_DEVICE = re.compile(r"Device \d+: ([^\n,]+), compute capability ([\d.]+)")
 
 # Run in a fresh interpreter: a fault kills that process, not the build.
 _BINDING_CODE = """
@@ -101,6 +104,28 @@ def loaded_variant(log: Path) -> str | None:
     return cpu.best_variant(present, cpu.cpu_flags())
 
 
+def gpu_offload_problem(log_text: str) -> str | None:
+    """``None`` when a llama.cpp log shows the model's layers on a GPU backend; else why it ran on the CPU.
+
+    ggml loads its GPU backend as a library at run time and quietly goes on without it when the library does not
+    load (a missing cuBLAS or CUDA runtime, say), so a build whose GPU backend is broken still answers on the CPU.
+    """
+    gpu_backends = sorted({name for name in _LOADED_BACKEND.findall(log_text) if name != "CPU"})
+    if not gpu_backends:
+        return ("no GPU backend was loaded (its library is missing or failed to load, e.g. cuBLAS or the CUDA "
+                "runtime not found): the model ran on the CPU")
+    offloaded = _OFFLOADED.findall(log_text)
+    if not offloaded or int(offloaded[-1][0]) == 0:
+        return f"the {'/'.join(gpu_backends)} backend loaded, but no layers were offloaded to a GPU"
+    return None
+
+
+def gpu_device(log_text: str) -> str | None:
+    """The GPU the CUDA backend found (``NVIDIA H100 80GB HBM3, compute capability 9.0``), if the log names one."""
+    found = _GPU_DEVICE.search(log_text)
+    return f"{found.group(1).strip()}, compute capability {found.group(2)}" if found else None
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -163,6 +188,12 @@ def smoke_server(binary: Path, model: Path, log: Path, *, gpu_layers: bool = Fal
     finally:
         _stop(proc)
     died = proc.returncode if problem is not None and proc.returncode not in (None, 0) else None
+    if problem is None and gpu_layers:
+        text = log.read_text(errors="replace")
+        problem = gpu_offload_problem(text)
+        if problem is None:
+            return SmokeResult("llama-server", True, None, loaded_variant(log),
+                               f"generated tokens for {PROMPT!r} on {gpu_device(text) or 'a GPU'}", log)
     return SmokeResult("llama-server", problem is None, died, loaded_variant(log),
                        problem or f"generated tokens for {PROMPT!r}", log)
 
