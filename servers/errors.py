@@ -129,7 +129,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = OpenAIError(exc.status_code, str(exc.detail), code=None)
+        # 413 comes from servers.limits when a body without Content-Length passes the limit.
+        code = "request_too_large" if exc.status_code == 413 else None
+        err = OpenAIError(exc.status_code, str(exc.detail), code=code)
         return JSONResponse(err.body(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)

@@ -165,7 +165,7 @@ def test_a_refused_request_gives_back_every_slot_and_is_counted(transformers_ser
 def test_a_body_over_the_limit_is_413(transformers_server: ServerHandle) -> None:
     huge = json.dumps(_completion(transformers_server, prompt="x" * (9 * 1024 * 1024))).encode()
     error = _assert_openai_error(_post(transformers_server, "/completions", huge), 413)
-    assert "larger than this server accepts" in error["message"]
+    assert "larger than this server accepts" in error["message"] and error["code"] == "request_too_large"
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: the server counts as the bytes arrive
         yield b'{"model": "m", "prompt": "'
@@ -175,7 +175,7 @@ def test_a_body_over_the_limit_is_413(transformers_server: ServerHandle) -> None
 
     resp = httpx.post(f"{transformers_server.base_url}/completions", content=chunked(), timeout=TIMEOUT,
                       headers={"content-type": "application/json"})
-    _assert_openai_error(resp, 413)
+    assert _assert_openai_error(resp, 413)["code"] == "request_too_large"
 
 
 def test_openapi_lists_the_real_error_responses(transformers_server: ServerHandle) -> None:
