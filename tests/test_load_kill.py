@@ -67,3 +67,16 @@ def test_sigkill_keeps_finished_records(tmp_path: Path) -> None:
     assert summary.num_ok == len(records) < 400
     assert summary.slo.ttft_ms == 1000  # the run's SLOs were saved before the first request
     assert json.loads((out / "summary.json").read_text())["num_ok"] == len(records)
+
+
+def test_summarize_says_when_the_saved_config_no_longer_validates(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bench.cli import build_app
+
+    (tmp_path / "requests.jsonl").write_text("")
+    (tmp_path / "load_config.json").write_text(json.dumps({"config": {"url": "u", "model": "m", "renamed": 1}}))
+    result = CliRunner().invoke(build_app(), ["summarize", str(tmp_path)])
+    assert result.exit_code == 2 and "renamed" in result.output and "--slo" in result.output
+    result = CliRunner().invoke(build_app(), ["summarize", str(tmp_path), "--slo-ttft-ms", "100"])
+    assert result.exit_code == 0, result.output  # the SLOs given: summarised without the saved config

@@ -23,10 +23,13 @@ PLOTS = {"throughput_latency", "latency_cdf", "kv_context", "spec_speedup", "qua
 
 
 def _summary(tok_s: float, ttft: float, tpot: float, **server: Any) -> dict[str, Any]:
-    return {"num_ok": 4, "num_errors": 0, "request_throughput": tok_s / 16, "output_throughput_tok_s": tok_s,
-            "ttft_ms": {"p50": ttft, "p99": ttft * 2}, "tpot_ms": {"p50": tpot}, "itl_ms": {"p50": tpot},
-            "e2e_ms": {"p50": ttft + 15 * tpot, "p99": 2 * (ttft + 15 * tpot)}, "goodput_fraction": None,
-            "rss_peak_gib": 1.25, "server": server}
+    """A load point as bench run writes it (a full LoadSummary, where its files are, peak RSS)."""
+    e2e = {"p50": ttft + 15 * tpot, "p99": 2 * (ttft + 15 * tpot)}
+    return {"num_requests": 4, "num_ok": 4, "num_errors": 0, "duration_s": 64 / tok_s,
+            "request_throughput": tok_s / 16, "output_throughput_tok_s": tok_s, "input_throughput_tok_s": tok_s * 2,
+            "total_prompt_tokens": 128, "total_output_tokens": 64, "ttft_ms": {"p50": ttft, "p99": ttft * 2},
+            "tpot_ms": {"p50": tpot}, "itl_ms": {"p50": tpot}, "e2e_ms": e2e, "e2e_sched_ms": e2e, "queue_ms": {},
+            "goodput_fraction": None, "dir": "no-records", "rss_peak_gib": 1.25, "server": server}
 
 
 def _records(folder: Path, ttft_s: float, tpot_s: float) -> None:
@@ -43,8 +46,10 @@ def _records(folder: Path, ttft_s: float, tpot_s: float) -> None:
 
 
 def _eval(task: str, metric: str, value: float) -> dict[str, Any]:
-    result = {"task": task, "metric": metric, "value": value, "ci95": [value - 0.1, value + 0.1], "n_samples": 8,
-              "n_errors": 0, "latency": {"e2e_s": {"p50": 0.5}}}
+    result = {"task": task, "model": "m", "url": "http://127.0.0.1:9/v1", "api": "completion", "mode": "generate",
+              "metric": metric, "value": value, "higher_is_better": metric != "absdiff_mean",
+              "ci95": [value - 0.1, value + 0.1], "metrics": {metric: value}, "n_samples": 8, "n_errors": 0,
+              "latency": {"e2e_s": {"p50": 0.5}}, "wall_s": 1.0, "samples_file": "samples.jsonl", "config": {}}
     return {"kind": "eval", "result": result}
 
 
@@ -55,6 +60,7 @@ def _cell(run: Path, backend: str, options: str, seed: int, scenarios: dict[str,
     folder.mkdir(parents=True, exist_ok=True)
     record = {"cell_id": cell_id, "backend": backend, "model": "m", "option_set": options,
               "base_option_set": options.split("+")[0], "seed": seed, "status": status,
+              "scenario_names": list(scenarios),
               "options": {"kv_cache_dtype": "auto", "prefix_caching": False, **opts}, "startup_s": 2.0,
               "rss_peak_gib": 1.5, "scenarios": scenarios}
     if status == "skipped":
@@ -70,7 +76,7 @@ def _kv(tokens: int, kv_bytes: float | None, prefix: dict[str, Any] | None = Non
     lengths = {str(n): {**_summary(10, 100 + n, 50 + n / 10), "max_concurrency_fit": {"kv": tokens // (n + 8),
                                                                                       "served": 4}}
                for n in (64, 256)}
-    return {"kind": "kv-cache", "kv": kv, "lengths": lengths, **({"prefix": prefix} if prefix else {})}
+    return {"kind": "kv-cache", "kv": kv, "max_batch": 8, "lengths": lengths, **({"prefix": prefix} if prefix else {})}
 
 
 def _spec(method: str, c1: float, c4: float, accept: float | None = None) -> dict[str, Any]:

@@ -269,7 +269,7 @@ def test_resume_skips_finished_cells(tmp_path: Path, registry: Registry) -> None
     assert read_run_matrix(run_dir) == m
     finished = run_dir / "cells" / f"transformers__{MODEL}__default__s0"
     finished.mkdir(parents=True)
-    marker = {"cell_id": finished.name, "status": "ok", "backend": "transformers", "scenarios": {}, "marker": 1}
+    marker = {**_identity(finished.name), "status": "ok", "startup_s": 1.0, "scenarios": {}, "marker": 1}
     (finished / "cell.json").write_text(json.dumps(marker))
     # A cell that never finished (no valid cell.json) would run again; a finished one is reused as is.
     records = run_matrix(m, registry, run_dir, Console(quiet=True), resume=True)
@@ -316,10 +316,18 @@ def _resume_matrix() -> Matrix:
                             "scenarios": [{"kind": "load"}]})
 
 
+def _identity(cell_id: str) -> dict[str, Any]:
+    """The fields every cell record carries (which model, backend, options and seed)."""
+    backend, model, option_set, seed = cell_id.split("__")
+    return {"cell_id": cell_id, "backend": backend, "model": model, "option_set": option_set, "options": {},
+            "seed": int(seed.removeprefix("s")), "scenario_names": ["load"]}
+
+
 def _record(run_dir: Path, cell_id: str, record: dict[str, Any]) -> None:
     folder = run_dir / "cells" / cell_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cell.json").write_text(json.dumps({"cell_id": cell_id, "backend": "transformers", **record}))
+    startup = {"startup_s": 1.0} if record.get("status") == "ok" else {}
+    (folder / "cell.json").write_text(json.dumps({**_identity(cell_id), **startup, **record}))
 
 
 def test_resume_retries_failed_cells_and_notes_the_resume_in_run_yaml(tmp_path: Path, registry: Registry) -> None:

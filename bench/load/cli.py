@@ -173,9 +173,12 @@ def summarize_cmd(fields: dict[str, Any], run_dir: Path = typer.Argument(..., he
     from rich.console import Console
 
     from bench.load.display import summary_table
-    from bench.load.runner import rebuild_summary
+    from bench.load.runner import SavedConfigError, rebuild_summary
 
-    summary = rebuild_summary(run_dir, SLO(**fields["slo"]) if "slo" in fields else None)
+    try:
+        summary = rebuild_summary(run_dir, SLO(**fields["slo"]) if "slo" in fields else None)
+    except SavedConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
     Console().print(summary_table(summary, f"bench summarize {run_dir}"))
 
 

@@ -248,18 +248,33 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def _load_saved_config(out_dir: Path) -> LoadConfig | None:
+class SavedConfigError(ValueError):
+    """A ``load_config.json`` that no longer validates, where its SLOs would be needed."""
+
+
+def _load_saved_config(out_dir: Path, need_slo: bool) -> LoadConfig | None:
+    """The run's saved config; one that does not validate is an error when its SLOs are needed (no SLO was
+    given), else a warning (the MBU inputs it held are then unknown), never silently dropped."""
     path = out_dir / "load_config.json"
     if not path.exists():
         return None
-    with contextlib.suppress(Exception):
+    try:
         return LoadConfig.model_validate(json.loads(path.read_text())["config"])
-    return None
+    except (ValueError, KeyError, TypeError) as exc:
+        message = f"{path} does not validate as a LoadConfig ({exc})"
+        if need_slo:
+            raise SavedConfigError(f"{message}; give the SLOs (--slo-*) to summarise without it") from exc
+        log.warning("%s; summarising without it", message)
+        return None
 
 
 def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | None = None) -> LoadSummary:
-    """(Re)compute ``summary.json`` from ``requests.jsonl`` and the scrape files in ``out_dir``."""
-    config = config or _load_saved_config(out_dir)
+    """(Re)compute ``summary.json`` from ``requests.jsonl`` and the scrape files in ``out_dir``.
+
+    Without ``config``, the folder's ``load_config.json`` gives the SLOs (unless ``slo`` is given) and the
+    MBU inputs; :class:`SavedConfigError` when it no longer validates and its SLOs are needed.
+    """
+    config = config or _load_saved_config(out_dir, need_slo=slo is None)
     if slo is None:
         slo = config.slo if config is not None else SLO()
     path = out_dir / "requests.jsonl"

@@ -5,7 +5,6 @@ The seed table aggregates one row per (run, backend, model, option set) over see
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from bench.metrics import GOODPUT_TARGET
+from bench.run.results import CELL_FILE, read_cell_file
 
 # Quality columns of the seed table: task -> column heading (the task's primary metric is shown).
 QUALITY_COLUMNS: dict[str, str] = {"math-absdiff": "math AbsDiff ↓", "arc-challenge": "ARC-C acc",
@@ -170,15 +170,14 @@ class RunData:
 
 
 def _cells(run_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted((run_dir / "cells").glob("*/cell.json")):
-        try:
-            yield path.parent, json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
+    """Each cell's record, validated (:class:`~bench.run.results.CellRecordError` names a missing field)."""
+    for path in sorted((run_dir / "cells").glob(f"*/{CELL_FILE}")):
+        yield path.parent, read_cell_file(path).as_dict()
 
 
 def load_run(run_dir: Path) -> RunData:
-    """Read a run folder."""
+    """Read a run folder; a cell record that does not validate raises
+    :class:`~bench.run.results.CellRecordError`."""
     meta: dict[str, Any] = {}
     if (run_dir / "run.yaml").exists():
         meta = yaml.safe_load((run_dir / "run.yaml").read_text()) or {}

@@ -39,6 +39,7 @@ def run(
     from bench.report.render import write_report
     from bench.run.cells import default_matrix, expand, select
     from bench.run.executor import read_run_matrix, run_matrix, write_run_yaml
+    from bench.run.results import CellRecordError
     from bench.run.schema import MatrixError, load_matrix
 
     console = Console()
@@ -74,8 +75,12 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=False)
         write_run_yaml(run_dir, matrix, run_dir.name)
     console.print(f"run folder: {run_dir}")
-    records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None, only=only or (),
-                         retry_failed=retry_failed)
+    try:
+        records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None, only=only or (),
+                             retry_failed=retry_failed)
+    except CellRecordError as exc:  # --resume over a cell.json this version cannot read
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     paths = write_report([run_dir], run_dir, matrix.gpu_hour_usd, matrix.headline())
     ok = sum(r["status"] == "ok" for r in records)
     console.print(f"{ok}/{len(records)} cells ok; report: {paths[0]}")
@@ -103,12 +108,17 @@ def report(
 ) -> None:
     """Write report.md, report.html and plots from run folders."""
     from bench.report.render import write_report
+    from bench.run.results import CellRecordError
 
     missing = [d for d in run_dirs if not (d / "cells").is_dir()]
     if missing:
         Console().print(f"[red]error:[/red] not a run folder (no cells/): {', '.join(map(str, missing))}")
         raise typer.Exit(2)
-    paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd, headline)
+    try:
+        paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd, headline)
+    except CellRecordError as exc:
+        Console().print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     Console().print("\n".join(str(p) for p in paths))
 
 

@@ -24,6 +24,7 @@ from bench.models.registry import Registry
 from bench.run import environment
 from bench.run.cells import Cell, expand, select
 from bench.run.probes import GIB, MemorySampler
+from bench.run.results import CELL_FILE, FINAL, new_record, parse_cell
 from bench.run.scenarios import (
     CellRun,
     run_eval_scenario,
@@ -40,8 +41,6 @@ from bench.run.schema import (
     validate_matrix,
 )
 from servers.launch import build_spec, free_port, running_server
-
-FINAL = ("ok", "failed", "skipped")
 
 
 @dataclass
@@ -100,23 +99,26 @@ def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Seq
 
 
 def read_cell(path: Path) -> dict[str, Any] | None:
-    """A cell's record, or None if it never finished."""
+    """A cell's validated record, or None if it never finished; a record that does not validate raises
+    :class:`~bench.run.results.CellRecordError` naming the field (``--resume`` never trusts it blindly)."""
     try:
-        data: dict[str, Any] = json.loads((path / "cell.json").read_text())
+        data = json.loads((path / CELL_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return data if data.get("status") in FINAL else None
+    if not isinstance(data, dict) or data.get("status") not in FINAL:
+        return None
+    return parse_cell(data, path / CELL_FILE).as_dict()
 
 
 def _write_cell(path: Path, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
-    record = {"cell_id": cell.cell_id, "model": cell.model, "backend": cell.backend,
-              "option_set": cell.option_set.name, "base_option_set": cell.base_option_set,
-              "options": cell.option_set.options.model_dump(mode="json"), "seed": cell.seed,
-              "scenario_names": list(cell.scenarios), "status": status, **extra}
+    record = new_record(
+        cell_id=cell.cell_id, model=cell.model, backend=cell.backend, option_set=cell.option_set.name,
+        base_option_set=cell.base_option_set, options=cell.option_set.options.model_dump(mode="json"),
+        seed=cell.seed, scenario_names=list(cell.scenarios), status=status, **extra).as_dict()
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "cell.json.tmp"
+    tmp = path / f"{CELL_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path / "cell.json")
+    tmp.replace(path / CELL_FILE)
     return record
 
 

@@ -1,0 +1,172 @@
+"""Typed results of ``bench run``: what a cell's ``cell.json`` holds, written by the executor and read back by
+``--resume`` and ``bench report``.
+
+Every reader validates a cell through :class:`CellRecord`, so a renamed or missing key is an error that names
+the file and the field, never an empty "–" in a report. A record carries :data:`SCHEMA_VERSION`; records
+written before it existed (no ``schema_version``: version 0, such as the committed examples under
+``reports/``) have the same shape and are accepted as they are. Each model allows extra keys, so that a
+reader of this version can still open a record a later version added a key to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from bench.evals.config import EvalSummary
+from bench.metrics import LoadSummary
+
+SCHEMA_VERSION = 1
+CELL_FILE = "cell.json"
+FINAL = ("ok", "failed", "skipped")
+
+
+class CellRecordError(ValueError):
+    """A ``cell.json`` that does not hold a cell record of this schema (the message names the field)."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class LoadPoint(LoadSummary):
+    """One ``bench load`` run inside a scenario: its summary plus where its files are and the server's peak RSS.
+
+    Scenarios add their own keys (a sweep step's ``passed``/``saturated``, a speculative point's
+    ``concurrency``, a context length's ``max_concurrency_fit``).
+    """
+
+    dir: str
+    rss_peak_gib: float | None = None
+
+
+class LoadResult(_Open):
+    """A load scenario: fixed points or a sweep (``best``: its highest passing load)."""
+
+    kind: Literal["load"]
+    mode: str
+    best: float | None = None
+    points: dict[str, LoadPoint]
+
+
+class KVCacheResult(_Open):
+    """KV capacity, latency against context length, and the prefix-cache probe (``shared``/``unique``)."""
+
+    kind: Literal["kv-cache"]
+    kv: dict[str, Any]
+    max_batch: int
+    lengths: dict[str, LoadPoint]
+    prefix: dict[str, LoadPoint] | None = None
+
+
+class SpeculativeResult(_Open):
+    """This cell's speculative method at each concurrency."""
+
+    kind: Literal["speculative"]
+    method: str
+    points: dict[str, LoadPoint]
+
+
+class EvalResult(_Open):
+    """An eval's summary, and with ``under_load`` the same eval run beside ``bench load``."""
+
+    kind: Literal["eval"]
+    result: EvalSummary
+    rss_peak_gib: float | None = None
+    under_load: dict[str, Any] | None = None
+
+
+class FailedScenario(_Open):
+    """A scenario that raised; the cell went on with the next one."""
+
+    status: Literal["failed"]
+    kind: str | None = None
+    error: str
+
+
+class SkippedScenario(_Open):
+    """A scenario the engine cannot serve (e.g. loglikelihood without prompt logprobs); nothing was sent."""
+
+    status: Literal["skipped"]
+    reason: str
+
+
+def _scenario_tag(data: Any) -> str | None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    if not isinstance(data, dict):
+        return None
+    status = data.get("status")
+    return status if status in ("failed", "skipped") else data.get("kind")
+
+
+ScenarioResult = Annotated[
+    Annotated[LoadResult, Tag("load")] | Annotated[KVCacheResult, Tag("kv-cache")]
+    | Annotated[SpeculativeResult, Tag("speculative")] | Annotated[EvalResult, Tag("eval")]
+    | Annotated[FailedScenario, Tag("failed")] | Annotated[SkippedScenario, Tag("skipped")],
+    Discriminator(_scenario_tag),
+]
+
+
+class CellRecord(_Open):
+    """One cell of a matrix: which model, backend, options and seed, how it ended, and each scenario's result."""
+
+    schema_version: int = Field(default=0, description="0: written before the schema was versioned")
+    cell_id: str
+    model: str
+    backend: str
+    option_set: str
+    base_option_set: str | None = None
+    options: dict[str, Any]
+    seed: int
+    scenario_names: list[str]
+    status: Literal["ok", "failed", "skipped"]
+    reason: str | None = None
+    error: str | None = None
+    previous_errors: list[str] = Field(default_factory=list)
+    startup_s: float | None = None
+    wall_s: float | None = None
+    model_format: str | None = None
+    rss_peak_gib: float | None = None
+    kv: dict[str, Any] | None = None
+    scenarios: dict[str, ScenarioResult] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_version(self) -> CellRecord:
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is newer than this servebench reads "
+                             f"({SCHEMA_VERSION}); upgrade servebench")
+        if self.status == "ok" and self.startup_s is None:
+            raise ValueError("an ok cell needs startup_s (its server started)")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON data, with only the keys it was given (what ``cell.json`` holds)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def new_record(**fields: Any) -> CellRecord:
+    """A record of this schema version from the executor's fields (validated: a bad field raises)."""
+    return CellRecord.model_validate({"schema_version": SCHEMA_VERSION, **fields})
+
+
+def parse_cell(data: Any, source: Path | str) -> CellRecord:
+    """Validate one cell's data; :class:`CellRecordError` names ``source`` and each bad or missing field."""
+    try:
+        return CellRecord.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {e['msg']}"
+                             for e in exc.errors())
+        raise CellRecordError(f"{source} is not a cell record of schema {SCHEMA_VERSION}: {problems}") from None
+
+
+def read_cell_file(path: Path) -> CellRecord:
+    """The validated record in ``path`` (a ``cell.json``); :class:`CellRecordError` when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CellRecordError(f"{path} is not JSON: {exc}") from None
+    return parse_cell(data, path)
