@@ -29,6 +29,9 @@ from bench.run.schema import EvalScenario, UnderLoad
 if TYPE_CHECKING:
     from bench.run.scenarios import CellRun
 
+LOAD_PROMPT_POOL = 64
+LOAD_START_TIMEOUT_S = 300.0
+
 
 def engine_prompt_logprobs(backend: str) -> bool | None:
     """Whether ``backend`` returns prompt logprobs (``echo``), or None when that is unknown here."""
@@ -63,12 +66,14 @@ def run_eval_scenario(scenario: EvalScenario, run: CellRun) -> dict[str, Any]:
     return record
 
 
-def eval_under_load(spec: UnderLoad, config: EvalConfig, run: CellRun, out: Path, idle: EvalSummary) -> dict[str, Any]:
+def eval_under_load(spec: UnderLoad, config: EvalConfig, run: CellRun, out: Path,
+                    idle: EvalSummary) -> dict[str, Any]:
     """The same eval while ``bench load`` holds the server at ``spec``; compared with the ``idle`` run in ``out``."""
     folder = out / f"under-load-{spec.label}"
     load_config = run.config(api=spec.api, workload=spec.workload, arrival=spec.arrival(), requests=1,
                              duration_s=config.max_duration_s + spec.settle_s)
-    load_config = load_config.model_copy(update={"num_requests": None})  # bounded by duration; cancelled at the end
+    # Bounded by duration and cancelled when the eval ends; a small pool of prompts (cycled) starts it quickly.
+    load_config = load_config.model_copy(update={"num_requests": None, "prompt_pool": LOAD_PROMPT_POOL})
     loaded, load = asyncio.run(eval_beside_load(config, load_config, folder, spec.settle_s))
     changed, compared = changed_answers(out / SAMPLES_FILE, folder / "eval" / SAMPLES_FILE)
     delta = None if loaded.value is None or idle.value is None else loaded.value - idle.value
@@ -79,19 +84,38 @@ def eval_under_load(spec: UnderLoad, config: EvalConfig, run: CellRun, out: Path
 
 async def eval_beside_load(config: EvalConfig, load_config: LoadConfig, folder: Path,
                            settle_s: float) -> tuple[EvalSummary, LoadSummary]:
-    """Start the load, let it settle, run the eval, stop the load; both summaries (the load's from its records)."""
+    """Start the load, wait for its first answer and ``settle_s`` more, run the eval, stop the load.
+
+    Both summaries come back, the load's rebuilt from the records it wrote.
+    """
     load_dir = folder / "load"
     load = asyncio.create_task(run_load_async(load_config, load_dir))
     try:
+        await _until_load_flows(load, load_dir / "requests.jsonl")
         await asyncio.sleep(settle_s)
-        if load.done():  # the load failed to start: say why rather than report an idle score as a loaded one
-            load.result()
         summary = await arun_eval(config, folder / "eval")
     finally:
         load.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await load
     return summary, await asyncio.to_thread(rebuild_summary, load_dir, load_config.slo, load_config)
+
+
+async def _until_load_flows(load: asyncio.Task[LoadSummary], records: Path) -> None:
+    """Return once the load has a finished request on record: preparing prompts and tokenizer takes a while,
+    and an eval that started before would be scored idle. Raise if the load ends or stalls first."""
+    deadline = asyncio.get_running_loop().time() + LOAD_START_TIMEOUT_S
+    while not await asyncio.to_thread(_has_records, records):
+        if load.done():
+            load.result()  # its exception, if it failed
+            raise RuntimeError("bench load ended before the eval under load could start")
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"bench load finished no request in {LOAD_START_TIMEOUT_S:g} s; no eval under load")
+        await asyncio.sleep(0.2)
+
+
+def _has_records(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
 
 
 def _answers(path: Path) -> dict[str, Any]:
