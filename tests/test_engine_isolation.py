@@ -19,6 +19,7 @@ import torch
 
 from backends.base import EngineOptions, GenChunk, GenRequest
 from backends.errors import InvalidRequestError, UnsupportedOptionError
+from backends.transformers.config import validate
 from backends.transformers.engine import PROMPT_CHUNK, TransformersEngine
 from bench.models.registry import Registry
 from tests.conftest import DEFAULT_MODEL
@@ -153,6 +154,9 @@ def test_prompt_logprobs_do_not_stall_the_running_batch(engine: TransformersEngi
 
 
 def test_threads_on_a_gpu_is_refused_before_anything_loads(hf_path: Path) -> None:
+    with pytest.raises(UnsupportedOptionError, match=r"threads=2.*only on CPU"):  # bench serve's check
+        validate(EngineOptions(device="cuda", threads=2), "hf")
+    validate(EngineOptions(device="cpu", threads=2), "hf")
     eng = TransformersEngine("m", hf_path, "hf", EngineOptions(device="cuda", threads=2))
     with pytest.raises(UnsupportedOptionError, match=r"threads=2.*only on CPU"):
         asyncio.run(eng.start())

@@ -65,3 +65,5 @@ def validate(options: EngineOptions, fmt: str) -> None:
         module, extra = FORMAT_MODULES[fmt]
         raise UnsupportedOptionError(NAME, "format", fmt, f"needs {module}: pip install 'servebench[{extra}]'")
     refuse_unsupported(NAME, CAPABILITIES, options, fmt, REFUSALS)
+    if options.device == "cuda" and options.threads is not None:  # device=auto is checked at load, on the device
+        raise UnsupportedOptionError(NAME, "threads", options.threads, "only on CPU; the model runs on cuda")
