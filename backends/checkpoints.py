@@ -10,8 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bench.paths import cache_dir, default_registry_path
-from bench.yamlfile import ConfigFileError, load_model
+from backends.paths import cache_dir, default_registry_path
+from backends.yamlfile import ConfigFileError, load_model
 
 Format = Literal[
     "hf", "gguf", "gptq", "awq", "compressed-tensors", "exl2", "exl3",

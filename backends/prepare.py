@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.models.registry import ModelEntry, Registry, RegistryError
+from backends.checkpoints import ModelEntry, Registry, RegistryError
 
 # llama.cpp ``tokenizer.ggml.pre`` values whose pre-tokenizer splits digits one by one before GPT-2's
 # byte-level regex (llama.cpp's llm_tokenizer_bpe: LLAMA_VOCAB_PRE_TYPE_SMOLLM, _STARCODER).

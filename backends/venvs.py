@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.llamacpp.source import cache_lock
-from bench.paths import venvs_dir
+from backends.paths import venvs_dir
 
 MARKER = ".servebench-ready"
 

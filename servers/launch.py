@@ -23,9 +23,9 @@ from typing import Any
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
+from backends.checkpoints import Registry
 from backends.errors import BackendError, describe_exit
 from backends.llamacpp.build import REBUILD_HINT
-from bench.models.registry import Registry
 from servers.settings import ServerSettings
 
 

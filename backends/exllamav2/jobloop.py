@@ -258,7 +258,7 @@ def draft_spec(options: EngineOptions, draft_path: Path | None) -> DraftSpec:
         return DraftSpec(ngram=True, num_tokens=options.speculative_tokens)
     if method == "draft":
         if draft_path is None:
-            from bench.models.registry import load_registry
+            from backends.checkpoints import load_registry
 
             draft_path = load_registry().path_of(str(options.speculative_target))
         return DraftSpec(draft_path=draft_path, num_tokens=options.speculative_tokens)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from backends.errors import BackendError, describe_exit
 from backends.llamacpp import cpu, smoke
 from backends.llamacpp.source import LLAMA_CPP_PYTHON_VERSION, cache_lock, llama_cpp_tree
-from bench.paths import cache_dir
+from backends.paths import cache_dir
 
 Flavor = Literal["cpu", "cuda"]
 BINARY = "llama-server"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.paths import cache_dir
+from backends.paths import cache_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 

@@ -274,16 +274,13 @@ class TransformersEngine(WorkerEngine[_Seq]):
     def _emit_isolated(self, seq: _Seq, logits: torch.Tensor,
                        prompt_lps: tuple[TokenLogprob | None, ...] | None) -> bool:
         """:meth:`_emit`, where an error (a sampler fault, a detokenizer fault) ends ``seq`` alone."""
-        going_on = False
-
-        def emit() -> None:
-            nonlocal going_on
-            going_on = self._emit(seq, logits, prompt_lps)
-
-        if (exc := self._attempt(emit)) is not None:
+        try:
+            return self._emit(seq, logits, prompt_lps)
+        except Exception as exc:
+            if is_fatal(exc):
+                raise
             self._fail([seq], exc, "sampling")
             return False
-        return going_on
 
     def _emit(self, seq: _Seq, logits: torch.Tensor, prompt_lps: tuple[TokenLogprob | None, ...] | None,
               ) -> bool:

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from backends.base import Capabilities, ServerSpec
+from backends.checkpoints import Registry, load_registry
 from backends.errors import BackendError
 from backends.vllm import config, flags, venv
-from bench.models.registry import Registry, load_registry
 
 
 class GgufTokenizerError(BackendError):
@@ -85,7 +85,7 @@ class VllmLauncher:
         if config.resolve_platform(spec.options) == "cpu":
             venv.ensure_venv()
         if spec.model_format == "gguf" and spec.tokenizer_path is None:
-            from bench.models.prepare import prepare
+            from backends.prepare import prepare
 
             registry = self._registry or load_registry()
             name = gguf_tokenizer_name(spec, registry)

