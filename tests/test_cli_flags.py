@@ -3,6 +3,7 @@ model (or to ``--config``'s file)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,41 @@ def test_a_flag_given_overrides_only_its_own_field_of_the_file() -> None:
 def test_the_goodput_target_is_one_constant() -> None:
     assert SweepSpec().goodput_target == GOODPUT_TARGET
     assert _params("sweep")["goodput_target"].show_default == str(GOODPUT_TARGET)
+
+
+def test_bench_eval_flags_come_from_eval_config() -> None:
+    from bench.evals.cli import EVAL_FLAGS
+    from bench.evals.config import EvalConfig
+
+    params = _params("eval")
+    for f in EVAL_FLAGS:
+        default = EvalConfig.model_fields[f.param].get_default()
+        assert params[f.param].show_default == (False if f.param in ("url", "model", "task") else _shown(default))
+    assert params["chat"].opts == ["--chat"] and params["chat"].secondary_opts == ["--completion"]
+
+
+def test_an_eval_scenario_inherits_bench_evals_options() -> None:
+    from bench.evals.config import EvalOptions
+    from bench.run.schema import EvalScenario
+
+    assert set(EvalOptions.model_fields) <= set(EvalScenario.model_fields)
+    for name, info in EvalOptions.model_fields.items():
+        if name != "limit":  # the matrix's default follows the resolved mode (200, or 500 for ARC loglikelihood)
+            mine = EvalScenario.model_fields[name]
+            assert (mine.annotation, mine.default, mine.description) == (info.annotation, info.default,
+                                                                         info.description), name
+    assert EvalScenario(task="squad").eval_config("http://h", "m", 0).limit == 200
+
+
+def test_the_old_api_spelling_still_reads_as_completions() -> None:
+    from bench.evals.config import EvalConfig
+    from bench.run.executor import read_run_matrix
+    from bench.run.schema import EvalScenario
+
+    with pytest.warns(FutureWarning, match="api: completions"):
+        assert EvalScenario(task="squad", api="completion").api == "completions"  # type: ignore[arg-type]
+    with pytest.warns(FutureWarning):
+        assert EvalConfig(url="u", model="m", task="squad", api="completion").api == "completions"  # type: ignore[arg-type]
+    with pytest.warns(FutureWarning):  # the committed example run was written with the old spelling
+        matrix = read_run_matrix(Path(__file__).resolve().parents[1] / "reports" / "examples" / "cpu-matrix")
+    assert {s.api for s in matrix.scenarios if s.kind == "eval"} == {"completions"}

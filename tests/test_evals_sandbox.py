@@ -84,7 +84,7 @@ def sleeper(marker: str) -> str:
 async def test_humaneval_passes_only_when_check_ran_to_its_end(
     sandbox: SandboxInfo, completion: str, status: str
 ) -> None:
-    task = HumanEvalTask(api="completion", max_tokens=64, timeout_s=3, sandbox=sandbox)
+    task = HumanEvalTask(api="completions", max_tokens=64, timeout_s=3, sandbox=sandbox)
     scored = await task.score(ADD, Reply(text=completion))
     assert scored.fields["status"] == status, scored.fields["detail"]
     assert scored.score == float(status == "passed")

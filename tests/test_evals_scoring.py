@@ -160,7 +160,7 @@ def test_extract_letter_respects_number_of_choices() -> None:
 
 
 async def test_arc_loglikelihood_scoring_matches_lm_eval_rules() -> None:
-    task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completion", max_tokens=1, seed=0)
+    task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completions", max_tokens=1, seed=0)
     doc = ArcDoc("q", "Q?", ("ab", "abcdefgh"), gold=1)
     # acc: raw sum picks choice 0; acc_norm (per character) picks choice 1
     scored = await task.score(doc, Reply(choice_logprobs=(-2.0, -3.0)))
@@ -176,7 +176,7 @@ async def test_arc_acc_norm_divides_by_the_choice_without_the_delimiter_as_lm_ev
     tests/test_evals_lm_eval.py checks this against lm-eval itself: with the space, 2 of 100 ARC-Easy
     outcomes differed.
     """
-    task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completion", max_tokens=1, seed=0)
+    task = ArcTask(subset="arc_easy", mode="loglikelihood", shots=0, api="completions", max_tokens=1, seed=0)
     doc = ArcDoc("q", "Q?", ("a", "bc"), gold=1)
     scored = await task.score(doc, Reply(choice_logprobs=(-0.9, -1.5)))
     assert scored.fields["acc_norm"] == 1.0 and scored.fields["pred_norm"] == "B"

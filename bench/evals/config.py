@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bench.api import Api
+
 TaskName = Literal["math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval"]
 TASK_NAMES: tuple[str, ...] = ("math-absdiff", "arc-challenge", "arc-easy", "squad", "humaneval")
 
@@ -24,27 +26,29 @@ DEFAULT_MAX_TOKENS: dict[str, int] = {
 }
 
 
-class EvalConfig(BaseModel):
-    """One eval of one task against one OpenAI-compatible endpoint."""
+class EvalOptions(BaseModel):
+    """What an eval runs and how: every option ``bench eval`` and a matrix's eval scenario share.
+
+    Declared once, here: :class:`EvalConfig` adds the endpoint and the seed, ``bench eval``'s flags are
+    generated from these fields, and :class:`bench.run.schema.EvalScenario` inherits them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field(description="server root or its /v1 base, e.g. http://127.0.0.1:8000")
-    model: str = Field(description="model name to put in requests")
-    task: TaskName
-    limit: int | None = Field(default=50, ge=1, description="documents to evaluate (None: all)")
-    seed: int = 0
-    shots: int | None = Field(default=None, ge=0, description="None: 5 for ARC generate in completion mode, else 0")
-    api: Literal["chat", "completion"] = "completion"
-    mode: EvalMode = Field(default="auto", description="ARC: auto is loglikelihood where the endpoint returns "
-                           "prompt logprobs (completion API), else generate; other tasks always generate")
-    concurrency: int = Field(default=4, ge=1, le=1024)
-    api_key: str | None = Field(default=None, exclude=True, repr=False)
-    max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default")
+    task: TaskName = Field(description="math-absdiff | arc-challenge | arc-easy | squad | humaneval")
+    limit: int | None = Field(default=50, ge=1, description="documents to evaluate, a seeded sample (None: all)")
+    shots: int | None = Field(default=None, ge=0, description="few-shot examples per prompt (default: 5 for ARC "
+                              "generate in completion mode, else 0)")
+    api: Api = "completions"
+    mode: EvalMode = Field(default="auto", description="ARC only: auto (loglikelihood where the endpoint returns "
+                           "prompt logprobs, else generate) | generate | loglikelihood; other tasks always generate")
+    concurrency: int = Field(default=4, ge=1, le=1024, description="requests in flight at once")
+    max_tokens: int | None = Field(default=None, ge=1, description="generation budget (default: per task)")
     stream: bool = Field(default=False, description="stream replies to measure TTFT as well")
-    math_source: Literal["gsm8k", "math500"] = "gsm8k"
-    data: Path | None = Field(default=None, description="OpenMath-style JSONL (problem, expected_answer)")
-    allow_code_execution: bool = False
+    math_source: Literal["gsm8k", "math500"] = Field(default="gsm8k", description="math-absdiff: gsm8k | math500")
+    data: Path | None = Field(default=None, description="math-absdiff: OpenMath-style JSONL (problem, "
+                              "expected_answer)")
+    allow_code_execution: bool = Field(default=False, description="humaneval: run generated code (sandboxed)")
     allow_weak_sandbox: bool = Field(
         default=False,
         validation_alias=AliasChoices("allow_weak_sandbox", "allow_network_in_sandbox"),
@@ -55,8 +59,17 @@ class EvalConfig(BaseModel):
     request_timeout_s: float = Field(default=300.0, gt=0)
     busy_retries: int = Field(default=4, ge=0, description="retries of a request refused with 429/503 (not a dead "
                               "engine's 503) or whose connection dropped")
-    max_duration_s: float = Field(default=3600.0, gt=0, description="the whole run is cancelled after this")
+    max_duration_s: float = Field(default=3600.0, gt=0, description="stop the whole eval after this many seconds")
     bootstrap_resamples: int = Field(default=1000, ge=10)
+
+
+class EvalConfig(EvalOptions):
+    """One eval of one task against one OpenAI-compatible endpoint."""
+
+    url: str = Field(description="endpoint root or its /v1 base, e.g. http://127.0.0.1:8000")
+    model: str = Field(description="model name to put in requests")
+    seed: int = Field(default=0, description="sampling and few-shot seed")
+    api_key: str | None = Field(default=None, exclude=True, repr=False, description="bearer token for the endpoint")
 
     @field_validator("url")
     @classmethod
@@ -83,7 +96,7 @@ class EvalConfig(BaseModel):
 
     def wants_loglikelihood_probe(self) -> bool:
         """``auto`` on ARC through the completion API: ask the endpoint whether it returns prompt logprobs."""
-        return self.mode == "auto" and self.is_arc and self.api == "completion"
+        return self.mode == "auto" and self.is_arc and self.api == "completions"
 
     def with_mode(self, mode: Literal["generate", "loglikelihood"]) -> EvalConfig:
         """This config with ``mode`` resolved (``auto`` replaced)."""
@@ -97,7 +110,7 @@ class EvalConfig(BaseModel):
         """``shots``, or the task's default."""
         if self.shots is not None:
             return self.shots
-        arc_generate = self.is_arc and self.task_mode() == "generate" and self.api == "completion"
+        arc_generate = self.is_arc and self.task_mode() == "generate" and self.api == "completions"
         return ARC_GENERATE_SHOTS if arc_generate else 0
 
     def generation_budget(self) -> int:

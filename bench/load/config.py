@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from bench.api import Api
 from bench.load.arrivals import Arrival, ConcurrencyArrival
 from bench.load.workloads import RandomWorkload, Workload
 from bench.metrics import GOODPUT_TARGET, SLO
@@ -21,7 +22,7 @@ class LoadConfig(BaseModel):
 
     url: str = Field(description="server root or its /v1 base, e.g. http://127.0.0.1:8000")
     model: str = Field(description="model name sent in requests")
-    api: Literal["chat", "completions"] = "chat"
+    api: Api = "chat"
     workload: Workload = Field(default_factory=RandomWorkload)
     arrival: Arrival = Field(default_factory=lambda: ConcurrencyArrival(n=1))
     num_requests: int | None = Field(default=100, ge=1,

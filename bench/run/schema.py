@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
-from bench.evals.config import EvalConfig, EvalMode, TaskName
+from bench.api import Api
+from bench.evals.config import EvalConfig, EvalOptions
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
 from bench.load.config import SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
@@ -67,7 +68,7 @@ class LoadScenario(_Scenario):
 
     kind: Literal["load"] = "load"
     name: str = "load"
-    api: Literal["chat", "completions"] = "completions"
+    api: Api = "completions"
     workload: Workload = Field(default_factory=lambda: RandomWorkload(input_tokens=64, output_tokens=32))
     points: tuple[LoadPoint, ...] = (LoadPoint(concurrency=1), LoadPoint(concurrency=8))
     sweep: SweepSpec | None = Field(default=None, description="walk the load axis instead of fixed points")
@@ -100,7 +101,7 @@ class KVCacheScenario(_Scenario):
 
     kind: Literal["kv-cache"] = "kv-cache"
     name: str = "kv-cache"
-    api: Literal["chat", "completions"] = "completions"
+    api: Api = "completions"
     context_lengths: tuple[int, ...] = Field(default=(128, 512), min_length=1)
     output_tokens: int = Field(default=16, ge=2)
     requests_per_length: int = Field(default=4, ge=1)
@@ -123,7 +124,7 @@ class SpeculativeScenario(_Scenario):
 
     kind: Literal["speculative"] = "speculative"
     name: str = "speculative"
-    api: Literal["chat", "completions"] = "completions"
+    api: Api = "completions"
     methods: tuple[str, ...] = Field(default=("none", "ngram"), min_length=1)
     num_speculative_tokens: int = Field(default=4, ge=1, le=16)
     concurrencies: tuple[int, ...] = Field(default=(1, 4), min_length=1)
@@ -164,35 +165,20 @@ class UnderLoad(LoadPoint):
     """
 
     workload: Workload = Field(default_factory=lambda: RandomWorkload(input_tokens=64, output_tokens=32))
-    api: Literal["chat", "completions"] = "completions"
+    api: Api = "completions"
     settle_s: float = Field(default=2.0, ge=0, description="load runs this long before the eval starts")
 
 
-class EvalScenario(_Scenario):
-    """A quality task through the same endpoint."""
+class EvalScenario(_Scenario, EvalOptions):
+    """A quality task through the same endpoint: ``bench eval``'s options (:class:`EvalOptions`, inherited, so
+    each is declared once), with a default ``limit`` that follows the resolved mode."""
 
     kind: Literal["eval"] = "eval"
     name: str = "eval"
-    task: TaskName
     limit: int | None = Field(default=None, ge=1, description=f"None: {DEFAULT_ARC_LOGLIKELIHOOD_LIMIT} for ARC "
                               f"loglikelihood, else {DEFAULT_EVAL_LIMIT} (HumanEval has 164)")
-    shots: int | None = Field(default=None, ge=0, description="None: 5 for ARC generate (completion API), else 0")
-    api: Literal["chat", "completion"] = "completion"
-    mode: EvalMode = Field(default="auto", description="ARC: auto is loglikelihood on engines that return prompt "
-                           "logprobs, else generate")
     under_load: UnderLoad | None = Field(default=None, description="also run the eval under this load and "
                                          "report both scores")
-    concurrency: int = Field(default=4, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1, description="None: the task's default budget")
-    stream: bool = Field(default=False, description="stream replies to measure TTFT as well")
-    math_source: Literal["gsm8k", "math500"] = "gsm8k"
-    data: Path | None = Field(default=None, description="math-absdiff: OpenMath-style JSONL (problem, "
-                              "expected_answer)")
-    allow_code_execution: bool = Field(default=False, description="humaneval: run generated code (sandboxed)")
-    allow_weak_sandbox: bool = Field(
-        default=False, validation_alias=AliasChoices("allow_weak_sandbox", "allow_network_in_sandbox"),
-        description="humaneval: run the code even where the isolated sandbox cannot be had (rlimits, private "
-        "temp folder and timeout only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalScenario:
@@ -213,7 +199,7 @@ class EvalScenario(_Scenario):
         if prompt_logprobs is not None and config.wants_loglikelihood_probe():
             config = config.with_mode("loglikelihood" if prompt_logprobs else "generate")
         if self.limit is None:
-            loglikelihood = config.is_arc and config.mode in ("auto", "loglikelihood") and config.api == "completion"
+            loglikelihood = config.is_arc and config.mode in ("auto", "loglikelihood") and config.api == "completions"
             limit = DEFAULT_ARC_LOGLIKELIHOOD_LIMIT if loglikelihood else DEFAULT_EVAL_LIMIT
             config = config.model_copy(update={"limit": limit})
         return config

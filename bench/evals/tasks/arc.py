@@ -104,7 +104,7 @@ class ArcTask:
             max_tokens=self.max_tokens,
             shots=tuple((s.mc_question(), " " + s.gold_letter) for s in examples),
             instruction=_INSTRUCTION if self.api == "chat" else "",
-            stop=_NEXT_QUESTION if self.api == "completion" else (),
+            stop=_NEXT_QUESTION if self.api == "completions" else (),
         )
 
     async def score(self, doc: ArcDoc, reply: Reply) -> Scored:
@@ -112,7 +112,7 @@ class ArcTask:
         if self.mode == "loglikelihood":
             return _score_loglikelihood(doc, reply)
         # A completion goes on with the next question after its answer: only its first line is the answer.
-        text = answer_line(reply.text) if self.api == "completion" else reply.text
+        text = answer_line(reply.text) if self.api == "completions" else reply.text
         letter = extract_letter(text, len(doc.choices))
         return Scored(letter, float(letter == doc.gold_letter), doc.gold_letter, {"pred": letter})
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-ApiKind = Literal["chat", "completion"]
+ApiKind = Literal["chat", "completions"]  # bench.api.Api, once validated
 
 
 @dataclass(frozen=True)

@@ -58,14 +58,14 @@ class SquadTask:
     def to_request(self, doc: SquadDoc) -> Prompt:
         """oe-eval's SQuAD prompt with the shots' first gold answer."""
         examples = pick_shots(self._pool, doc.id, self.shots, self.seed) if self.shots else []
-        instruction = self._description if self.api == "completion" else _CHAT_INSTRUCTION
+        instruction = self._description if self.api == "completions" else _CHAT_INSTRUCTION
         return Prompt(
             query=doc.query,
             max_tokens=self.max_tokens,
             shots=tuple((s.query, " " + s.answers[0]) for s in examples),
             instruction=instruction,
             # Not "\n": a reply that starts with a newline would end before its answer (issue #16).
-            stop=_NEXT_PROMPT if self.api == "completion" else (),
+            stop=_NEXT_PROMPT if self.api == "completions" else (),
         )
 
     async def score(self, doc: SquadDoc, reply: Reply) -> Scored:
