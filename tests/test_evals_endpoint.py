@@ -118,7 +118,11 @@ def test_arc_generate_gets_answers_from_the_bundled_model(transformers_server: A
 
 
 def test_eval_beside_load_reports_both_runs(transformers_server: Any, hf_registry: Registry, tmp_path: Path) -> None:
-    """The under_load option's core: the eval while bench load holds the server at 2 req/s, then the comparison."""
+    """The under_load option's core: the eval while bench load keeps one request in flight, then the comparison.
+
+    One, not a rate: the fixture's server admits 8 sequences, and on this shared CPU a Poisson rate that the
+    server cannot keep up with fills it, so the eval's 4-prompt requests would be refused (429).
+    """
     from bench.load.config import LoadConfig
     from bench.run.eval_scenario import changed_answers, eval_beside_load
 
@@ -127,7 +131,7 @@ def test_eval_beside_load_reports_both_runs(transformers_server: Any, hf_registr
     load = LoadConfig.model_validate({
         "url": transformers_server.url, "model": transformers_server.model, "api": "completions",
         "workload": {"kind": "random", "input_tokens": 32, "output_tokens": 16}, "num_requests": None,
-        "duration_s": 300, "arrival": {"kind": "poisson", "rate": 2.0}, "seed": 1})
+        "duration_s": 300, "arrival": {"kind": "concurrency", "n": 1}, "seed": 1})
     loaded, load_summary = asyncio.run(eval_beside_load(config, load, tmp_path / "loaded", settle_s=1.0))
     _check_complete(tmp_path / "loaded" / "eval", 6)
     assert load_summary.num_ok >= 1 and (tmp_path / "loaded" / "load" / "requests.jsonl").exists()
