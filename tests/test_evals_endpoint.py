@@ -60,6 +60,7 @@ def test_arc_generate_and_squad_through_server(transformers_server: Any, tmp_pat
     samples = _check_complete(tmp_path / "squad", 4)
     assert squad.value is not None and 0.0 <= squad.value <= 1.0
     assert 0.0 <= (squad.metrics["exact_match"] or 0.0) <= squad.value
+    assert squad.mode == "generate" and squad.mode_note is None  # auto means generate outside ARC
     assert all(isinstance(s["gold"], list) and s["gold"] for s in samples)
 
 

@@ -282,8 +282,10 @@ async def resolve_mode(config: EvalConfig, client: EndpointClient) -> tuple[Eval
     Any other failure of the probe (a busy or unreachable server) keeps loglikelihood: the run then records
     those failures per sample as usual.
     """
-    if not config.wants_loglikelihood_probe():
-        return config, None
+    if not config.wants_loglikelihood_probe():  # other tasks, and chat, always generate
+        chat_arc = config.is_arc and config.mode == "auto"
+        note = "auto: generate (loglikelihood needs the completion API)" if chat_arc else None
+        return config.with_mode(config.task_mode()), note
     try:
         await client.loglikelihood(_PROBE)
     except Exception as exc:
