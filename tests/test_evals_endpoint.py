@@ -90,7 +90,7 @@ def test_humaneval_is_opt_in_and_runs_sandboxed(transformers_server: Any, tmp_pa
     samples = _check_complete(tmp_path / "he", 2)
     assert summary.sandbox and "timeout" in summary.sandbox
     assert summary.value in (0.0, 0.5, 1.0)
-    assert all(s["fields"]["status"] in ("passed", "failed", "timeout") for s in samples)
+    assert all(s["fields"]["status"] in ("passed", "failed", "exited-early", "timeout") for s in samples)
 
 
 def test_failed_requests_are_recorded_not_raised(transformers_server: Any, tmp_path: Path) -> None:
@@ -116,6 +116,17 @@ def test_arc_generate_gets_answers_from_the_bundled_model(transformers_server: A
     assert summary.config["shots"] == 5 and all(s["prompt"].count("Question:") == 6 for s in samples)
     assert summary.no_answer_rate is not None and summary.no_answer_rate <= 0.2, [s["output"] for s in samples]
     assert not summary.no_answer_flag
+
+
+def test_zero_shot_arc_generation_is_flagged_not_scored_silently(transformers_server: Any, tmp_path: Path) -> None:
+    """At 0 shots the bundled instruct model mostly ends its reply at once: the CLI and the summary flag it."""
+    args = ["eval", "--url", transformers_server.url, "--model", transformers_server.model, "--task", "arc-easy",
+            "--mode", "generate", "--shots", "0", "--limit", "8", "--seed", "3", "--out", str(tmp_path)]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["no_answer_flag"] and summary["no_answer_rate"] > 0.2
+    assert "FLAGGED" in result.output and "no extractable answer" in result.output
 
 
 def test_eval_beside_load_reports_both_runs(transformers_server: Any, hf_registry: Registry, tmp_path: Path) -> None:
