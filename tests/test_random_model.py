@@ -117,7 +117,8 @@ def test_sweep_inside_bench_run_on_the_random_model(tiny_registry: Path, tmp_pat
         assert point["num_ok"] == 6 and {"passed", "saturated"} <= set(point) and point["dir"] == f"sweep/rate-{value}"
         assert (run / "cells" / cell["cell_id"] / point["dir"] / "requests.jsonl").exists()
     assert sweep["best"] is None or sweep["points"][f"{sweep['best']:g}"]["passed"]
-    assert cell["kv"]["capacity_tokens"] == 4 * 256  # the engine's gauge: max_batch x max_model_len
+    # The Transformers engine's cache grows with the batch: it has no fixed capacity, and none is made up.
+    assert (cell.get("kv") or {}).get("capacity_tokens") is None
     second = subprocess.run([sys.executable, "-m", "bench", "run", "--resume", str(run)], capture_output=True,
                             text=True, timeout=900, check=False, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
