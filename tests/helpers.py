@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +39,26 @@ def scripted_server(log_dir: Path | None = None, tokens_per_chunk: int = 1) -> I
 def moderate_load() -> bool:
     """Whether the 1-minute load average is below the core count (tight timing checks hold only then)."""
     return os.getloadavg()[0] < (os.cpu_count() or 1)
+
+
+# The part of a stand-in llama-server that answers /health and /completion as the real one does.
+_STAND_IN_SERVE = r'''
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class H(http.server.BaseHTTPRequestHandler):
+    def _send(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self): self._send({"status": "ok"})
+    def do_POST(self): self._send({"content": " 5", "tokens_predicted": 4})
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def stand_in_llama_server(path: Path, preamble: str) -> Path:
+    """Write an executable stand-in for a llama.cpp build's ``llama-server`` at ``path``: it runs ``preamble``
+    (Python; it may print log lines or kill itself, as a broken binary would), then serves like the real one."""
+    path.write_text(f"#!{sys.executable}\nimport http.server, json, os, signal, sys\n{preamble}\n{_STAND_IN_SERVE}")
+    path.chmod(0o755)
+    return path

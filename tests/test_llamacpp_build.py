@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from backends.errors import describe_exit
 from backends.llamacpp import cpu, smoke
 from backends.llamacpp.build import BuildError, cmake_flags, prove_runs
 from servers.launch import LaunchError, ServerHandle
+from tests.helpers import stand_in_llama_server
 
 AVX2 = frozenset(["sse4_2", "avx", "f16c", "fma", "avx2", "bmi2"])
 AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
@@ -68,33 +68,20 @@ def test_cmake_flags_are_portable() -> None:
 
 # A stand-in llama-server: it says which CPU variant ggml "loaded" (the widest lib beside it) and, when that is
 # the faulting one, kills itself with SIGILL as a binary with unsupported instructions does; else it serves.
-STAND_IN = r'''#!{python}
-import http.server, json, os, signal, sys
+STAND_IN = """
 here = os.path.dirname(os.path.abspath(__file__))
 libs = sorted(f for f in os.listdir(here) if f.startswith("libggml-cpu-"))
 widest = "libggml-cpu-zen4.so" if "libggml-cpu-zen4.so" in libs else libs[0]
-print(f"load_backend: loaded CPU backend from {{os.path.join(here, widest)}}", flush=True)
-if widest == {faulting!r}:
+print(f"load_backend: loaded CPU backend from {os.path.join(here, widest)}", flush=True)
+if widest == FAULTING:
     os.kill(os.getpid(), signal.SIGILL)
-port = int(sys.argv[sys.argv.index("--port") + 1])
-class H(http.server.BaseHTTPRequestHandler):
-    def _send(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
-        self.wfile.write(data)
-    def do_GET(self): self._send({{"status": "ok"}})
-    def do_POST(self): self._send({{"content": " 5", "tokens_predicted": 4}})
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-'''
+"""
 
 
 def _stage(tmp_path: Path, faulting: str) -> Path:
     for lib in ("libggml-cpu-x64.so", "libggml-cpu-zen4.so"):
         (tmp_path / lib).write_bytes(b"")
-    server = tmp_path / "llama-server"
-    server.write_text(STAND_IN.format(python=sys.executable, faulting=faulting))
-    server.chmod(0o755)
+    stand_in_llama_server(tmp_path / "llama-server", f"FAULTING = {faulting!r}\n{STAND_IN}")
     return tmp_path
 
 

@@ -5,7 +5,6 @@ proof that the model really ran on the GPU rather than on the CPU that ggml fall
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from backends.llamacpp.build import (
     extra_cmake_args,
     parse_compute_caps,
 )
+from tests.helpers import stand_in_llama_server
 
 CUBLAS = "/site/nvidia/cu13"
 ENV_ARGS = (f"-DCMAKE_CUDA_ARCHITECTURES=90 -DCUDA_cublas_LIBRARY={CUBLAS}/lib/libcublas.so "
@@ -82,28 +82,9 @@ def test_gpu_offload_is_read_from_the_log() -> None:
     assert smoke.gpu_device(cpu_only) is None
 
 
-# A stand-in llama-server that prints the given log lines, then serves a completion.
-STAND_IN = r'''#!{python}
-import http.server, json, sys
-print({log!r}, flush=True)
-port = int(sys.argv[sys.argv.index("--port") + 1])
-class H(http.server.BaseHTTPRequestHandler):
-    def _send(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
-        self.wfile.write(data)
-    def do_GET(self): self._send({{"status": "ok"}})
-    def do_POST(self): self._send({{"content": " 5", "tokens_predicted": 4}})
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-'''
-
-
 def _server(tmp_path: Path, log: str) -> Path:
-    server = tmp_path / "llama-server"
-    server.write_text(STAND_IN.format(python=sys.executable, log=log))
-    server.chmod(0o755)
-    return server
+    """A stand-in llama-server that prints the given log lines, then serves a completion."""
+    return stand_in_llama_server(tmp_path / "llama-server", f"print({log!r}, flush=True)")
 
 
 def test_a_cuda_smoke_that_ran_on_the_cpu_fails(tmp_path: Path) -> None:
