@@ -13,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 
 from bench.load.records import RequestRecord
-from bench.metrics import LoadSummary, Stats, ttft
+from bench.metrics import ClientHealth, LoadSummary, Stats, ttft
+from bench.metrics.health import behind_advice
 
 
 @dataclass
@@ -72,6 +73,16 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _client_rows(head: Table, c: ClientHealth) -> None:
+    """Client lag and CPU, and a red line when the client fell behind."""
+    busy = ", ".join(f"{100 * b:.0f}%" for b in c.cpu_busy)
+    head.add_row("client loop lag p50 / p99 / max", f"{_fmt(c.lag_p50_ms)} / {_fmt(c.lag_p99_ms)} / "
+                 f"{_fmt(c.lag_max_ms)} ms (limit {_fmt(c.lag_limit_ms)} ms)")  # fmt: skip
+    head.add_row("client CPU per worker", busy or "-")
+    verdict = f"[red]BEHIND[/red]: {behind_advice(c)}" if c.behind else "kept up"
+    head.add_row("client", verdict)
+
+
 def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     """The end-of-run table: throughput, goodput and latency percentiles in ms."""
     head = Table(title=title, show_header=False)
@@ -91,6 +102,8 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     for key, value in s.server.items():
         if value is not None:
             head.add_row(f"server: {key}", f"{value:.4g}")
+    if s.client is not None:
+        _client_rows(head, s.client)
     for err, count in s.errors.items():
         head.add_row(f"error x{count}", err)
     lat = Table(title="latency (ms)")

@@ -31,10 +31,12 @@ from bench.load.clock import Clock, MonotonicClock
 from bench.load.config import LoadConfig
 from bench.load.display import Progress, live_progress, summary_table
 from bench.load.executor import Executor, Job
+from bench.load.health import HEALTH_FILE, read_health, watch_client
 from bench.load.records import JsonlAppender, RequestRecord, read_records, token_source_warning
 from bench.load.tokenizer import Tokenizer, load_tokenizer
 from bench.load.workloads import Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, measured_window, summarize
+from bench.metrics.health import behind_advice, client_health
 from bench.metrics.server import server_figures, window_rows
 from bench.models.registry import model_bytes_of
 from bench.scrape import Scraper, read_rows
@@ -87,7 +89,14 @@ async def run_load_async(
     if console is not None:
         console.print(summary_table(summary, f"bench load: {config.arrival.describe()}"))
     warn_token_sources(summary, console)
+    warn_client_behind(summary, console)
     return summary
+
+
+def warn_client_behind(summary: LoadSummary, console: Console | None) -> None:
+    """A warning when the client fell behind (its lag is then in the timings it recorded)."""
+    if summary.client is not None and summary.client.behind:
+        _warn(console, behind_advice(summary.client))
 
 
 def warn_token_sources(summary: LoadSummary, console: Console | None) -> None:
@@ -98,8 +107,9 @@ def warn_token_sources(summary: LoadSummary, console: Console | None) -> None:
 
 
 def _fresh_records_file(out_dir: Path) -> Path:
-    """Create ``out_dir`` and an empty ``requests.jsonl`` (a new run replaces old records)."""
+    """Create ``out_dir`` and an empty ``requests.jsonl`` (a new run replaces old records and client health)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / HEALTH_FILE).unlink(missing_ok=True)
     path = out_dir / "requests.jsonl"
     path.write_bytes(b"")
     return path
@@ -166,7 +176,8 @@ async def _run_inline(job: Job, path: Path, clock: Clock, progress: Progress, sc
 
         executor = Executor(job, clock, write, boundary)
         t0 = clock.now() + START_LEAD_S
-        await executor.run(t0)
+        async with watch_client(job.worker, clock.now, path.parent / HEALTH_FILE):
+            await executor.run(t0)
     return t0
 
 
@@ -218,7 +229,8 @@ def _worker_main(job: Job, path: str, ready: Any, start: Any, t0_box: Any) -> No
             executor = Executor(job, MonotonicClock(), sink.write)
             ready.put(job.worker)
             await asyncio.to_thread(start.wait)
-            await executor.run(float(t0_box.value))
+            async with watch_client(job.worker, executor.clock.now, Path(path).parent / HEALTH_FILE):
+                await executor.run(float(t0_box.value))
 
     try:
         import uvloop
@@ -283,6 +295,7 @@ def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | 
     records = read_records(path)
     summary = summarize(records, slo)
     summary.server = _server_figures(out_dir, summary, config, records)
+    summary.client = client_health(read_health(out_dir / HEALTH_FILE), measured_window(records), summary.itl_ms.mean)
     _write_json(out_dir / "summary.json", summary.model_dump(mode="json"))
     return summary
 

@@ -1,6 +1,7 @@
 """The one home of servebench's metrics: pure functions, no I/O, no clock, no printing.
 
 - :mod:`bench.metrics.client`: request records → latency, throughput, goodput (and the measured window);
+- :mod:`bench.metrics.health`: the client's own event-loop lag and CPU use → did it keep up;
 - :mod:`bench.metrics.server`: scrape rows → server-side figures (KV cache, prefix cache, speculative
   acceptance, GPU memory and energy, MBU) over that same window.
 
@@ -29,14 +30,17 @@ from bench.metrics.client import (
     tpot,
     ttft,
 )
+from bench.metrics.health import ClientHealth, client_health
 
 __all__ = [
     "GOODPUT_TARGET",
     "PERCENTILES",
     "SLO",
+    "ClientHealth",
     "LoadSummary",
     "Stats",
     "Window",
+    "client_health",
     "completion_slope",
     "e2e",
     "e2e_from_schedule",

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.load.records import RequestRecord
+from bench.metrics.health import ClientHealth
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 # A load point meets its SLOs when at least this fraction of its requests meets every objective (the sweep's
@@ -94,6 +95,7 @@ class LoadSummary(BaseModel):
     token_count_sources: dict[str, int] = Field(default_factory=dict)
     errors: dict[str, int] = Field(default_factory=dict)
     server: dict[str, float | None] = Field(default_factory=dict)
+    client: ClientHealth | None = Field(default=None, description="the load client's own lag and CPU use")
 
 
 # ---- per-request metrics (seconds) -------------------------------------------------------------
