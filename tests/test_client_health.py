@@ -49,7 +49,13 @@ def test_a_stalled_loop_is_flagged() -> None:
     h = client_health([worker([0.2] * 90 + [30.0] * 10)], None, itl_mean_ms=20.0)
     assert h is not None and h.behind
     assert h.lag_p99_ms == pytest.approx(30.0)
-    assert "event-loop lag p99 30.0 ms > 10.0 ms" in h.reasons[0]
+    assert h.lag_stalls == 10 and "event-loop lag p99 30.0 ms: 10 of 100 samples > 10.0 ms" in h.reasons[0]
+
+
+def test_one_hiccup_in_a_short_run_is_not_a_verdict() -> None:
+    h = client_health([worker([0.2] * 12 + [30.0, 30.0])], None, itl_mean_ms=20.0)
+    assert h is not None and h.lag_p99_ms is not None and h.lag_p99_ms > 10.0
+    assert h.lag_stalls == 2 and not h.behind
 
 
 def test_a_cpu_bound_worker_is_flagged() -> None:

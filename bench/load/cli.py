@@ -16,13 +16,14 @@ from pydantic import ValidationError
 
 from bench.flags import Flag, command, deep_merge, flag, kind_flag, model_flags
 from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival
-from bench.load.config import LoadConfig, SweepSpec
+from bench.load.config import LoadConfig, RepeatSpec, SweepSpec
 from bench.load.workloads import RandomWorkload, SharedPrefixWorkload, ShareGPTWorkload, Workload
 from bench.metrics import SLO
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from bench.load.repeats import RunOne
     from bench.metrics import LoadSummary
 
 OPEN_LOOP = ("poisson", "constant", "gamma")
@@ -70,6 +71,7 @@ LOAD_FLAGS = [
     flag(GammaArrival, "burstiness", path=("arrival", "burstiness")),
     MAX_CONCURRENCY,
     *_slo_flags(),
+    *model_flags(RepeatSpec, list(RepeatSpec.model_fields), prefix=("repeat",)),
 ]
 SWEEP_FLAGS = [
     *_config_flags(["url", "model", "api", "num_requests", "warmup", "seed", "tokenizer", "workers", "api_key",
@@ -137,24 +139,53 @@ def load_cmd(
     ),
     out: Path = typer.Option(Path("results/load"), "--out", help="output folder"),
 ) -> None:
-    """Drive an OpenAI-compatible endpoint; write requests.jsonl and summary.json to --out."""
+    """Drive an OpenAI-compatible endpoint; write requests.jsonl and summary.json to --out.
+
+    With --repeats N, each run goes to its own folder under --out, and repeats.json holds the spread.
+    """
     from rich.console import Console
 
     from bench.load.runner import run_load
 
+    try:
+        repeat = RepeatSpec.model_validate(fields.pop("repeat", {}))
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
     cfg = load_config(fields, _read_yaml(config))
     console = Console()
-    if engine is Engine.locust:
-        from bench.load.locust.engine import run_locust
-
-        try:
-            summary = run_locust(cfg, out, console)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    else:
-        summary = run_load(cfg, out, console)
+    run_one = _locust_run if engine is Engine.locust else run_load
+    if repeat.repeating:
+        _load_repeats(cfg, repeat, out, run_one, console)
+        return
+    summary = run_one(cfg, out, console)
     console.print(f"records: {out / 'requests.jsonl'}  summary: {out / 'summary.json'}")
     fail_without_success(summary, console)
+
+
+def _locust_run(cfg: LoadConfig, out: Path, console: Console | None) -> LoadSummary:
+    """One run through locust (a config locust cannot run is a bad parameter)."""
+    from bench.load.locust.engine import run_locust
+
+    try:
+        return run_locust(cfg, out, console)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _load_repeats(cfg: LoadConfig, repeat: RepeatSpec, out: Path, run_one: RunOne, console: Console) -> None:
+    """``--repeats``: the warm-up runs, the measured runs, the spread table; status 1 when a run measured nothing."""
+    from bench.load.display import spread_table
+    from bench.load.repeats import run_repeats
+
+    result = run_repeats(cfg, repeat, out, run_one, console)
+    warm = [s.output_throughput_tok_s for s in result.warmup]
+    console.print(spread_table(result.spread, f"bench load: {result.repeats} runs of {cfg.arrival.describe()}", warm))
+    if result.client_behind:
+        console.print(f"[yellow]warning:[/yellow] the client fell behind in {result.client_behind} of "
+                      f"{result.repeats} runs (see each run's summary)")  # fmt: skip
+    console.print(f"runs: {out}/repeat-*  spread: {out / 'repeats.json'}")
+    for summary in result.runs:
+        fail_without_success(summary, console)
 
 
 def fail_without_success(summary: LoadSummary, console: Console) -> None:

@@ -119,3 +119,28 @@ class SweepSpec(BaseModel):
     )
     saturation_ratio: float = Field(default=0.8, gt=0, le=1,
                                     description="rate mode: saturated when sustained < ratio x offered")
+
+
+class RepeatSpec(BaseModel):
+    """How often to run one load point, and how many whole runs to throw away first (``--repeats``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repeats: int = Field(default=1, ge=1, le=100,
+                         description="measured runs of the load point, run i with seed + i; 2 or more report "
+                                     "mean, std and a 95% interval of throughput, TTFT and TPOT")
+    warmup_runs: int | None = Field(default=None, ge=0, le=10,
+                                    description="whole runs sent first and left out of the spread (the first "
+                                                "run after a server start is the slowest); default 1 with "
+                                                "--repeats 2 or more, else 0")
+
+    def warmups(self) -> int:
+        """Warm-up runs to send: the given number, else 1 when repeating."""
+        if self.warmup_runs is not None:
+            return self.warmup_runs
+        return 1 if self.repeats > 1 else 0
+
+    @property
+    def repeating(self) -> bool:
+        """More than the single plain run of ``bench load``."""
+        return self.repeats > 1 or self.warmups() > 0

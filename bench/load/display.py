@@ -15,6 +15,7 @@ from rich.table import Table
 from bench.load.records import RequestRecord
 from bench.metrics import ClientHealth, LoadSummary, Stats, ttft
 from bench.metrics.health import behind_advice
+from bench.metrics.spread import Spread
 
 
 @dataclass
@@ -123,3 +124,18 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     grid.add_row(head)
     grid.add_row(lat)
     return grid
+
+
+def spread_table(spreads: dict[str, Spread], title: str, warmup: list[float] | None = None) -> Table:
+    """Mean, std, 95% interval and the per-run values of each figure over repeated runs."""
+    table = Table(title=title)
+    for col in ("figure", "mean", "std", "95% interval", "runs"):
+        table.add_column(col, justify="left" if col in ("figure", "runs") else "right")
+    for name, sp in spreads.items():
+        interval = "-" if sp.ci95_low is None else f"{sp.ci95_low:.4g} .. {sp.ci95_high:.4g}"
+        mean = "-" if sp.mean is None else f"{sp.mean:.4g}"
+        std = "-" if sp.std is None else f"{sp.std:.3g}"
+        table.add_row(name, mean, std, interval, ", ".join(f"{v:.4g}" for v in sp.values))
+    if warmup:
+        table.caption = "warm-up runs (left out), output tok/s: " + ", ".join(f"{v:.4g}" for v in warmup)
+    return table
