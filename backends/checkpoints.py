@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backends import hub as hublib
 from backends.paths import cache_dir, default_registry_path
 from backends.yamlfile import ConfigFileError, load_model
 
@@ -27,15 +29,22 @@ class ModelEntry(BaseModel):
     """One checkpoint in models.yaml.
 
     ``path`` may contain ``{cache}`` (the servebench cache folder); ``package`` names a resource
-    inside an installed package as ``package/relative/file``.
+    inside an installed package as ``package/relative/file``; ``hub`` names a Hugging Face repo
+    (``ORG/NAME``), fetched into the hub cache at ``revision`` (``file``: one GGUF of a GGUF repo, or a
+    glob; ``allow_patterns``: which files of a snapshot). A hub entry may leave ``format`` out: it is read
+    from the repo's files, and a given one that differs is an error.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    format: Format
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+    format: Format | None = None
     path: str | None = None
     package: str | None = None
+    hub: str | None = Field(default=None, pattern=hublib.REPO_ID.pattern)
+    revision: str | None = None
+    file: str | None = None
+    allow_patterns: tuple[str, ...] | None = None
     tokenizer: str | None = None
     derived_from: str | None = None
     recipe: dict[str, Any] | None = None
@@ -43,20 +52,49 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _one_location(self) -> ModelEntry:
-        if (self.path is None) == (self.package is None):
-            raise ValueError("give exactly one of 'path' or 'package'")
+        if sum(x is not None for x in (self.path, self.package, self.hub)) != 1:
+            raise ValueError("give exactly one of 'path', 'package' or 'hub'")
+        hub_only = [k for k in ("revision", "file", "allow_patterns") if getattr(self, k) is not None]
+        if self.hub is None and hub_only:
+            raise ValueError(f"{', '.join(hub_only)} only apply to a 'hub' entry")
+        if self.hub is None and self.format is None:
+            raise ValueError("'format' is required (only a 'hub' entry may leave it out: it is read from the repo)")
         return self
 
+    def snapshot(self, *, local_only: bool = False) -> hublib.HubSnapshot:
+        """A hub entry's checkpoint, downloaded into (or found in) the hub cache, its format checked.
+
+        ``local_only``: look in the cache only, never at the network.
+        """
+        if self.hub is None:
+            raise RegistryError(f"model {self.name!r} is not a hub entry")
+        try:
+            return hublib.fetch(self.hub, revision=self.revision, file=self.file, allow_patterns=self.allow_patterns,
+                             expected=self.format, local_only=local_only)
+        except hublib.HubError as exc:
+            raise RegistryError(f"model {self.name!r}: {exc}") from exc
+
     def location(self, registry_dir: Path) -> Path:
-        """Where the checkpoint should be, whether or not it exists yet."""
+        """Where the checkpoint should be, whether or not it exists yet (a hub entry: its cached snapshot)."""
+        if self.hub is not None:
+            return self._cached_location()
         if self.package is not None:
             return _package_resource(self.package)
         assert self.path is not None
         raw = Path(self.path.replace("{cache}", str(cache_dir()))).expanduser()
         return raw if raw.is_absolute() else (registry_dir / raw)
 
+    def _cached_location(self) -> Path:
+        """The snapshot when it is cached (no network), else the hub cache folder it would go to."""
+        try:
+            return self.snapshot(local_only=True).path
+        except RegistryError:
+            return hublib.cache_folder(self.hub or "")
+
     def resolve(self, registry_dir: Path) -> Path:
-        """The checkpoint's path; a missing one raises with what to do about it."""
+        """The checkpoint's path; a missing one raises with what to do about it (a hub entry downloads)."""
+        if self.hub is not None:
+            return self.snapshot().path
         where = self.location(registry_dir)
         if where.exists():
             return where
@@ -137,6 +175,51 @@ class Registry(BaseModel):
         """Intended checkpoint path of ``name`` (may not exist yet)."""
         return self.get(name).location(self.source.parent)
 
+    def checkpoint(self, name: str) -> tuple[Path, Format]:
+        """The resolved path and format of ``name`` (a hub entry is fetched and its format read from it)."""
+        entry = self.get(name)
+        if entry.hub is None:
+            assert entry.format is not None  # the entry's validator requires it
+            return entry.resolve(self.source.parent), entry.format
+        snap = entry.snapshot()
+        return snap.path, snap.format  # type: ignore[return-value]  # detect_format returns a Format
+
+    def format_of(self, name: str) -> Format:
+        """The format of ``name``: the entry's, else (a hub entry without one) read from the repo."""
+        entry = self.get(name)
+        return entry.format if entry.format is not None else self.checkpoint(name)[1]
+
+    def provenance(self, name: str) -> dict[str, str] | None:
+        """For a hub entry, its repo, revision and the snapshot's commit (what ``run.yaml`` records)."""
+        entry = self.get(name)
+        return entry.snapshot().provenance() if entry.hub is not None else None
+
+    def with_model(self, name: str) -> Registry:
+        """This registry, plus a transient hub entry when ``name`` is an ``ORG/NAME`` repo id it does not list.
+
+        ``bench serve|run|eval|quantize|train --model ORG/NAME`` works without a models.yaml entry this way;
+        ``bench models add`` writes one.
+        """
+        if any(m.name == name for m in self.models) or not hublib.is_repo_id(name):
+            return self
+        return self.model_copy(update={"models": (*self.models, hub_entry(name))})
+
+    def with_models(self, names: Iterable[str]) -> Registry:
+        """:meth:`with_model` for each name."""
+        registry = self
+        for name in names:
+            registry = registry.with_model(name)
+        return registry
+
+
+def hub_entry(repo: str, *, name: str | None = None, revision: str | None = None, file: str | None = None,
+              fmt: Format | None = None) -> ModelEntry:
+    """A ``hub:`` entry for ``repo`` (named after the repo unless ``name`` is given)."""
+    try:
+        return ModelEntry(name=name or repo, hub=repo, revision=revision, file=file, format=fmt)
+    except ValueError as exc:
+        raise RegistryError(f"cannot make a hub entry for {repo!r}: {exc}") from None
+
 
 def load_registry(path: Path | None = None) -> Registry:
     """Read and validate models.yaml; errors name the offending key."""
@@ -168,7 +251,7 @@ def append_entry(entry: ModelEntry, path: Path | None = None) -> Registry:
     registry = load_registry(path)
     if not registry.check_new(entry):
         return registry
-    body = entry.model_dump(exclude_none=True, mode="json")
+    body = entry.model_dump(exclude_defaults=True, mode="json")
     text = yaml.safe_dump([body], sort_keys=False, default_flow_style=False)
     indented = "".join(f"  {line}\n" for line in text.splitlines())
     with path.open("a") as fh:

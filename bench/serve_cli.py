@@ -16,7 +16,7 @@ from rich.console import Console
 from backends.base import EngineOptions
 from backends.errors import BackendError
 from bench.flags import command, model_flags
-from bench.models.registry import RegistryError, load_registry
+from bench.models.registry import Registry, RegistryError, load_registry
 
 # ``quantization`` comes from the checkpoint's models.yaml entry or a matrix, not from a flag.
 ENGINE_FLAGS = model_flags(EngineOptions, [n for n in EngineOptions.model_fields if n != "quantization"])
@@ -26,7 +26,8 @@ ENGINE_FLAGS = model_flags(EngineOptions, [n for n in EngineOptions.model_fields
 def serve(
     fields: dict[str, Any],
     backend: str = typer.Option("transformers", help="transformers, llamacpp, vllm, exllamav2, exllamav3."),
-    model: str = typer.Option(None, help="Model name from models.yaml (default: the registry's default)."),
+    model: str = typer.Option(None, help="Model name from models.yaml, or a Hugging Face repo id ORG/NAME "
+                              "(fetched into the hub cache; default: the registry's default)."),
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(8000, help="Port."),
     api_key: str = typer.Option(None, help="Require this bearer key on /v1.", envvar="SERVEBENCH_API_KEY"),
@@ -45,9 +46,11 @@ def serve(
         check_max_queue(backend, max_queue)  # before anything is loaded
         options = (EngineOptions.model_validate_json(options_json) if options_json
                    else EngineOptions.model_validate(fields))
-        reg = load_registry(registry)
-        name = model or reg.default
+        listed = load_registry(registry)
+        name = model or listed.default
+        reg = listed.with_model(name)
         spec = build_spec(reg, backend, name, options, host=host, port=port, api_key=api_key)
+        _print_provenance(console, reg, name)
         settings = ServerSettings(host=host, port=port, api_key=api_key, served_model_name=name,
                                   max_queue=DEFAULT_MAX_QUEUE if max_queue is None else max_queue,
                                   max_concurrency=options.max_batch)
@@ -61,6 +64,14 @@ def serve(
     except (BackendError, LaunchError, RuntimeError) as exc:  # build, venv or start-up failures
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+
+
+def _print_provenance(console: Console, reg: Registry, name: str) -> None:
+    """Say which repo, revision and commit a hub model is (build_spec has fetched it already)."""
+    found = reg.provenance(name)
+    if found:
+        console.print(f"{name}: hub {found['repo']} revision {found['revision']} commit {found['commit']} "
+                      f"({found['path']})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -87,16 +87,23 @@ def free_port() -> int:
 
 def build_spec(registry: Registry, backend: str, model: str, options: EngineOptions, *, host: str = "127.0.0.1",
                port: int = 8000, api_key: str | None = None, log_path: Path | None = None) -> ServerSpec:
-    """Resolve the model and check the backend can serve it with these options (fails fast)."""
+    """Resolve the model and check the backend can serve it with these options (fails fast).
+
+    A hub entry is fetched into the hub cache here, so every engine (native servers included) gets the same
+    local snapshot; a format the entry declares is checked against the backend before any download.
+    """
     entry = registry.get(model)
-    backends.validate(backend, options, entry.format)
+    if entry.format is not None:
+        backends.validate(backend, options, entry.format)
+    model_path, fmt = registry.checkpoint(model)
+    backends.validate(backend, options, fmt)
     draft = None
     if options.speculative_method == "draft" and options.speculative_target:
         draft = registry.path_of(options.speculative_target)
     tokenizer = registry.path_of(entry.tokenizer) if entry.tokenizer else None
-    return ServerSpec(backend=backend, model_name=model, model_path=registry.path_of(model), options=options,
+    return ServerSpec(backend=backend, model_name=model, model_path=model_path, options=options,
                       host=host, port=port, api_key=api_key, log_path=log_path, tokenizer_path=tokenizer,
-                      draft_path=draft, model_format=entry.format)
+                      draft_path=draft, model_format=fmt)
 
 
 def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:

@@ -49,7 +49,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 def test_bad_format_and_missing_location(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="format"):
         load_registry(write(tmp_path, "default: m\nmodels:\n  - {name: m, format: safetensors, path: x}\n"))
-    with pytest.raises(RegistryError, match="exactly one of 'path' or 'package'"):
+    with pytest.raises(RegistryError, match="exactly one of 'path', 'package' or 'hub'"):
         load_registry(write(tmp_path, "default: m\nmodels:\n  - {name: m, format: hf}\n"))
 
 

@@ -1,4 +1,4 @@
-"""``bench models list|show|prepare``."""
+"""``bench models list|show|prepare|random|add``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def list_models(registry: Path | None = _REGISTRY_OPT) -> None:
         where = reg.location_of(entry.name)
         mark = "[green]yes[/green]" if where.exists() else "[yellow]no[/yellow]"
         default = " (default)" if entry.name == reg.default else ""
-        table.add_row(entry.name + default, entry.format, entry.derived_from or "", mark, str(where))
+        table.add_row(entry.name + default, entry.format or "(from repo)", entry.derived_from or "", mark, str(where))
     console.print(table)
 
 
@@ -43,7 +43,7 @@ def show_model(name: str, registry: Path | None = _REGISTRY_OPT) -> None:
         entry = reg.get(name)
     except RegistryError as exc:
         _fail(console, exc)
-    data = entry.model_dump(exclude_none=True, mode="json")
+    data = entry.model_dump(exclude_defaults=True, mode="json")
     data["resolved_path"] = str(reg.location_of(name))
     data["ready"] = reg.location_of(name).exists()
     console.print(yaml.safe_dump(data, sort_keys=False).rstrip())
@@ -104,6 +104,43 @@ def random_model(
     console.print(f"made  {name}  {target}  ({shape}, random weights: speed runs only)")
 
 
+def add_model(
+    repo: str = typer.Argument(..., help="Hugging Face repo id, ORG/NAME."),
+    file: str | None = typer.Option(None, "--file", help="One file of the repo (a GGUF of a GGUF repo), or a glob."),
+    name: str | None = typer.Option(None, "--name", help="Entry name (default: the file's stem, else NAME)."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (a commit pins it)."),
+    fmt: str | None = typer.Option(None, "--format", help="Expected format (default: read from the repo)."),
+    fetch: bool = typer.Option(True, "--fetch/--no-fetch", help="Download now (into the hub cache) and record the "
+                               "format read from the files; --no-fetch writes the entry only."),
+    registry: Path | None = _REGISTRY_OPT,
+) -> None:
+    """Add a ``hub:`` entry to models.yaml for a Hugging Face repo."""
+    from backends.checkpoints import append_entry, hub_entry
+
+    console = Console()
+    try:
+        reg = load_registry(registry)
+        entry = hub_entry(repo, name=name or _default_name(repo, file), revision=revision, file=file,
+                          fmt=fmt)  # type: ignore[arg-type]  # the model validates the format's spelling
+        reg.check_new(entry)  # before a download
+        if fetch:
+            snap = entry.snapshot()
+            entry = entry.model_copy(update={"format": snap.format})
+            console.print(f"fetched {repo} revision {snap.revision} commit {snap.commit}: {snap.format}, {snap.path}",
+                          soft_wrap=True)
+        append_entry(entry, reg.source)
+    except RegistryError as exc:
+        _fail(console, exc)
+    console.print(f"added  {entry.name}  (hub {repo}) to {reg.source}")
+
+
+def _default_name(repo: str, file: str | None) -> str:
+    """The file's stem for one named file, else the repo's NAME."""
+    if file and not any(c in file for c in "*?["):
+        return Path(file).stem
+    return repo.split("/", 1)[1]
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``models`` command group."""
     group = typer.Typer(help="The model registry (models.yaml).", no_args_is_help=True)
@@ -111,4 +148,5 @@ def register(app: typer.Typer) -> None:
     group.command("show")(show_model)
     group.command("prepare")(prepare_models)
     group.command("random")(random_model)
+    group.command("add")(add_model)
     app.add_typer(group, name="models")

@@ -32,7 +32,7 @@ class To(StrEnum):
 
 
 def quantize_command(
-    model: str = typer.Option(..., "--model", help="Source checkpoint (an HF entry of models.yaml)."),
+    model: str = typer.Option(..., "--model", help="Source checkpoint: an HF entry of models.yaml, or ORG/NAME."),
     to: To = typer.Option(..., "--to", help="Target format."),
     name: str | None = typer.Option(None, "--name", help="Entry to write (default MODEL-TARGET)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Default: {cache}/models/quantized/NAME."),
@@ -50,7 +50,7 @@ def quantize_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"made {result.entry.name} ({result.entry.format}) in {result.seconds:.1f}s: {result.path}")
-    backend = NATIVE_BACKEND.get(result.entry.format, "transformers")
+    backend = NATIVE_BACKEND.get(result.entry.format or "hf", "transformers")
     console.print(f"serve it: bench serve --backend {backend} --model {result.entry.name}")
 
 

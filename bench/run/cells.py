@@ -102,7 +102,7 @@ def _skip_reason(registry: Registry, backend: str, model: str, option_set: Optio
         reason = backends.availability(backend)
         if reason:
             return f"{backend} is not available: {reason}"
-        backends.validate(backend, option_set.options, registry.get(model).format)
+        backends.validate(backend, option_set.options, registry.format_of(model))
     except BackendError as exc:
         return str(exc)
     except Exception as exc:  # registry errors name the model and what to do

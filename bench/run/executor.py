@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,32 @@ def _upgrade(matrix: dict[str, Any]) -> dict[str, Any]:
     return matrix
 
 
-def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str) -> None:
-    """The resolved config plus the environment; a run is reproducible from it."""
-    data = {"run_id": run_id, "created_unix": time.time(), "matrix": matrix.model_dump(mode="json"),
-            "environment": environment.capture()}
+def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str,
+                   hub_models: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """The resolved config plus the environment; a run is reproducible from it.
+
+    ``hub_models``: each hub model's repo, revision and snapshot commit (:func:`hub_provenance`).
+    """
+    data: dict[str, Any] = {"run_id": run_id, "created_unix": time.time(), "matrix": matrix.model_dump(mode="json"),
+                            "environment": environment.capture()}
+    if hub_models:
+        data["hub_models"] = {name: dict(found) for name, found in hub_models.items()}
     (run_dir / "run.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def hub_provenance(registry: Registry, models: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Repo, revision and snapshot commit of each hub model among ``models`` (fetched now, so every cell serves
+    that one snapshot); a model that cannot be fetched is recorded with the error, and its cells fail alone."""
+    found: dict[str, dict[str, str]] = {}
+    for name in dict.fromkeys(models):
+        try:
+            provenance = registry.provenance(name)
+        except Exception as exc:  # the cell records the same error when it starts; the run goes on
+            found[name] = {"error": str(exc)}
+            continue
+        if provenance is not None:
+            found[name] = provenance
+    return found
 
 
 def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Sequence[str]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from backends.checkpoints import hub_entry
 from bench.models.registry import ModelEntry, Registry, RegistryError, append_entry, load_registry
 from bench.paths import cache_dir
 
@@ -55,14 +56,20 @@ def register(registry_file: Path | None, *, name: str, fmt: str, path: Path, der
 
 
 def hf_source(registry_file: Path | None, model: str) -> tuple[Registry, Path]:
-    """The registry and the HF checkpoint folder of ``model``; other formats are refused with advice."""
+    """The registry and the HF checkpoint folder of ``model``; other formats are refused with advice.
+
+    ``model`` may be a Hugging Face repo id that models.yaml lacks: its ``hub:`` entry is added first, so the
+    entry written for the new checkpoint can name it in ``derived_from``.
+    """
     try:
         registry = load_registry(registry_file)
-        entry = registry.get(model)
-        if entry.format != "hf":
+        if registry.with_model(model) is not registry:
+            registry = append_entry(hub_entry(model), registry.source)
+        path, fmt = registry.checkpoint(model)
+        if fmt != "hf":
             hf = [m.name for m in registry.derived(model) if m.format == "hf"]
             hint = f" Use {hf[0]!r}." if hf else ""
-            raise ArtifactError(f"model {model!r} is {entry.format}; this needs an HF checkpoint.{hint}")
-        return registry, registry.path_of(model)
+            raise ArtifactError(f"model {model!r} is {fmt}; this needs an HF checkpoint.{hint}")
+        return registry, path
     except RegistryError as exc:
         raise ArtifactError(str(exc)) from exc

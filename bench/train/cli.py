@@ -36,7 +36,7 @@ _REGISTRY_OPT = typer.Option(None, "--registry", help="models.yaml to append to 
 
 def train_command(
     method: Method = typer.Option(..., "--method", help="full, lora, dora, vera, qlora or qat."),
-    model: str = typer.Option(..., "--model", help="Base checkpoint (an HF entry of models.yaml)."),
+    model: str = typer.Option(..., "--model", help="Base checkpoint: an HF entry of models.yaml, or ORG/NAME."),
     data: Path = typer.Option(..., "--data", help='Chat SFT JSONL: one {"messages": [...]} per line.'),
     rank: int | None = typer.Option(None, "--rank", help="Adapter rank (default 16; VeRA 256)."),
     alpha: int | None = typer.Option(None, "--alpha", help="LoRA alpha (default 2 x rank)."),
