@@ -256,6 +256,7 @@ class ServerSpec:
     tokenizer_path: Path | None = None
     draft_path: Path | None = None
     model_format: str = "hf"
+    trust_remote_code: bool = False  # the checkpoint's own Python may run (its entry and the user both said so)
 
 
 @runtime_checkable

@@ -32,7 +32,8 @@ class ModelEntry(BaseModel):
     inside an installed package as ``package/relative/file``; ``hub`` names a Hugging Face repo
     (``ORG/NAME``), fetched into the hub cache at ``revision`` (``file``: one GGUF of a GGUF repo, or a
     glob; ``allow_patterns``: which files of a snapshot). A hub entry may leave ``format`` out: it is read
-    from the repo's files, and a given one that differs is an error.
+    from the repo's files, and a given one that differs is an error. ``trust_remote_code`` lets the repo's
+    own Python run, and only when the user also passes ``--trust-remote-code`` (:func:`remote_code`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +46,7 @@ class ModelEntry(BaseModel):
     revision: str | None = None
     file: str | None = None
     allow_patterns: tuple[str, ...] | None = None
+    trust_remote_code: bool = False
     tokenizer: str | None = None
     derived_from: str | None = None
     recipe: dict[str, Any] | None = None
@@ -210,6 +212,18 @@ class Registry(BaseModel):
         for name in names:
             registry = registry.with_model(name)
         return registry
+
+
+def remote_code(entry: ModelEntry, requested: bool) -> bool:
+    """Whether a checkpoint's own Python code may run: only when its entry says so AND the user asked.
+
+    Asking for an entry that does not allow it is an error (the entry is where the decision is recorded).
+    """
+    if requested and not entry.trust_remote_code:
+        raise RegistryError(f"--trust-remote-code was given but model {entry.name!r} does not allow it: add "
+                            f"`trust_remote_code: true` to its models.yaml entry (bench models add ... then edit it) "
+                            f"after reading the repo's code")
+    return requested and entry.trust_remote_code
 
 
 def hub_entry(repo: str, *, name: str | None = None, revision: str | None = None, file: str | None = None,

@@ -34,6 +34,9 @@ def serve(
     max_queue: int | None = typer.Option(
         None, help="Requests allowed to wait beyond the batch; 429 past it (default 64). In-process engines "
         "only: llamacpp and vllm refuse another value (servebench sets no queue bound on their servers)."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Let the checkpoint's own Python code run; its models.yaml entry must "
+        "say trust_remote_code: true as well (never the default)."),
     options_json: str = typer.Option(None, hidden=True, help="All engine options as JSON (used by bench run)."),
     registry: Path = typer.Option(None, help="models.yaml to use."),
 ) -> None:
@@ -49,7 +52,8 @@ def serve(
         listed = load_registry(registry)
         name = model or listed.default
         reg = listed.with_model(name)
-        spec = build_spec(reg, backend, name, options, host=host, port=port, api_key=api_key)
+        spec = build_spec(reg, backend, name, options, host=host, port=port, api_key=api_key,
+                          trust_remote_code=trust_remote_code)
         _print_provenance(console, reg, name)
         settings = ServerSettings(host=host, port=port, api_key=api_key, served_model_name=name,
                                   max_queue=DEFAULT_MAX_QUEUE if max_queue is None else max_queue,

@@ -23,7 +23,7 @@ from typing import Any
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
-from backends.checkpoints import Registry
+from backends.checkpoints import Registry, remote_code
 from backends.errors import BackendError, describe_exit
 from backends.llamacpp.build import REBUILD_HINT
 from servers.settings import ServerSettings
@@ -50,6 +50,10 @@ _NO_MAX_QUEUE = MappingProxyType({
             "0.32; it counts waiting and running requests and answers 503 past it), is not among the flags "
             "servebench translates",
 })
+
+
+# Backends that pass trust_remote_code on (transformers' from_pretrained, vLLM's --trust-remote-code).
+_REMOTE_CODE_BACKENDS = ("transformers", "vllm")
 
 
 # What to do when a native server is killed by SIGILL (its binary uses instructions this CPU lacks).
@@ -86,13 +90,19 @@ def free_port() -> int:
 
 
 def build_spec(registry: Registry, backend: str, model: str, options: EngineOptions, *, host: str = "127.0.0.1",
-               port: int = 8000, api_key: str | None = None, log_path: Path | None = None) -> ServerSpec:
+               port: int = 8000, api_key: str | None = None, log_path: Path | None = None,
+               trust_remote_code: bool = False) -> ServerSpec:
     """Resolve the model and check the backend can serve it with these options (fails fast).
 
     A hub entry is fetched into the hub cache here, so every engine (native servers included) gets the same
     local snapshot; a format the entry declares is checked against the backend before any download.
+    ``trust_remote_code`` is the user's ``--trust-remote-code``; the entry must allow it too.
     """
     entry = registry.get(model)
+    remote = remote_code(entry, trust_remote_code)
+    if remote and backend not in _REMOTE_CODE_BACKENDS:
+        raise NativeServerOptionError(f"--trust-remote-code: backend {backend!r} cannot run a checkpoint's own code; "
+                                      f"use {' or '.join(_REMOTE_CODE_BACKENDS)}")
     if entry.format is not None:
         backends.validate(backend, options, entry.format)
     model_path, fmt = registry.checkpoint(model)
@@ -103,7 +113,7 @@ def build_spec(registry: Registry, backend: str, model: str, options: EngineOpti
     tokenizer = registry.path_of(entry.tokenizer) if entry.tokenizer else None
     return ServerSpec(backend=backend, model_name=model, model_path=model_path, options=options,
                       host=host, port=port, api_key=api_key, log_path=log_path, tokenizer_path=tokenizer,
-                      draft_path=draft, model_format=fmt)
+                      draft_path=draft, model_format=fmt, trust_remote_code=remote)
 
 
 def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
@@ -117,8 +127,9 @@ def serve_forever(spec: ServerSpec, settings: ServerSettings) -> None:
     from servers.app import create_app
 
     engine_cls = backends.load_class(spec.backend)
+    remote = {"trust_remote_code": True} if spec.trust_remote_code else {}  # only transformers takes it
     engine = engine_cls(spec.model_name, spec.model_path, spec.model_format, spec.options,
-                        tokenizer_path=spec.tokenizer_path, draft_path=spec.draft_path)
+                        tokenizer_path=spec.tokenizer_path, draft_path=spec.draft_path, **remote)
     app = create_app(engine, settings)
     print(f"serving {spec.model_name} on {spec.backend} at http://{settings.host}:{settings.port}/v1", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
@@ -260,6 +271,8 @@ def _serve_command(spec: ServerSpec, settings: ServerSettings, registry_path: Pa
     cmd = [sys.executable, "-m", "bench", "serve", "--backend", spec.backend, "--model", spec.model_name,
            "--host", spec.host, "--port", str(spec.port), "--registry", str(registry_path),
            "--max-queue", str(settings.max_queue), "--options-json", EngineOptions(**opts).model_dump_json()]
+    if spec.trust_remote_code:
+        cmd.append("--trust-remote-code")
     return cmd  # the key, if any, travels in SERVE_API_KEY_ENV (start_server)
 
 

@@ -290,3 +290,32 @@ def test_quantize_takes_a_repo_id_and_registers_it_as_the_source(offline: Path, 
     assert reg.get(HF_REPO).hub == HF_REPO
     made = reg.get("hub-made-q8_0")
     assert (made.format, made.derived_from) == ("gguf", HF_REPO) and reg.path_of("hub-made-q8_0").is_file()
+
+
+def test_remote_code_needs_the_entry_and_the_flag(offline: Path, registry: Registry) -> None:
+    from backends.base import EngineOptions
+    from backends.vllm import flags
+    from servers.launch import NativeServerOptionError, _serve_command, build_spec
+    from servers.settings import ServerSettings
+
+    allowed = hub_entry(HF_REPO, name="remote-ok").model_copy(update={"trust_remote_code": True})
+    reg = registry.model_copy(update={"models": (*registry.models, allowed, hub_entry(Q8_REPO, name="q8"))})
+    options = EngineOptions()
+    assert not build_spec(reg, "transformers", "remote-ok", options).trust_remote_code  # the entry alone: no
+    spec = build_spec(reg, "transformers", "remote-ok", options, trust_remote_code=True)
+    assert spec.trust_remote_code
+    settings = ServerSettings(served_model_name="remote-ok")
+    assert "--trust-remote-code" in _serve_command(spec, settings, reg.source)
+    assert "--trust-remote-code" in flags.server_args(spec, "cpu")
+    assert "--trust-remote-code" not in flags.server_args(build_spec(reg, "transformers", "remote-ok", options), "cpu")
+    with pytest.raises(RegistryError, match=r"does not allow it: add `trust_remote_code: true`"):
+        build_spec(reg.with_model(HF_REPO), "transformers", HF_REPO, options, trust_remote_code=True)
+    q8 = allowed.model_copy(update={"name": "q8-remote", "hub": Q8_REPO})
+    with pytest.raises(NativeServerOptionError, match="cannot run a checkpoint's own code"):
+        build_spec(reg.model_copy(update={"models": (*reg.models, q8)}), "llamacpp", "q8-remote", options,
+                   trust_remote_code=True)
+
+
+def test_serve_refuses_remote_code_the_entry_does_not_allow(offline: Path) -> None:
+    done = CliRunner().invoke(build_app(), ["serve", "--model", HF_REPO, "--trust-remote-code"])
+    assert done.exit_code == 2 and "does not allow it" in " ".join(done.output.split())

@@ -62,10 +62,12 @@ class TransformersEngine(WorkerEngine[_Seq]):
     capabilities: Capabilities = CAPABILITIES
 
     def __init__(self, model_name: str, path: Path, fmt: str, options: EngineOptions,
-                 tokenizer_path: Path | None = None, draft_path: Path | None = None) -> None:
+                 tokenizer_path: Path | None = None, draft_path: Path | None = None,
+                 trust_remote_code: bool = False) -> None:
         if draft_path is not None:  # config.validate refuses speculative decoding before we get here
             raise ValueError("the transformers engine does not do speculative decoding")
         super().__init__(model_name, path, fmt, options, tokenizer_path)
+        self._remote_code = trust_remote_code  # servers.launch.build_spec: the entry and the user both allowed it
         self._batch: kv.KVBatch | None = None
         self._chunking: list[_Seq] = []  # prompt-logprobs requests being prefilled, oldest first
         self._admitting: list[_Seq] = []  # requests of the prefill now running
@@ -88,14 +90,16 @@ class TransformersEngine(WorkerEngine[_Seq]):
 
         device = self._device()
         self._set_threads(device)
-        kwargs: dict[str, object] = {"dtype": self._dtype(device)}
-        folder, tok_folder, tok_kwargs = str(self.path), str(self.tokenizer_path or self.path), {}
+        remote: dict[str, object] = {"trust_remote_code": True} if self._remote_code else {}
+        kwargs: dict[str, object] = {"dtype": self._dtype(device), **remote}
+        folder, tok_folder = str(self.path), str(self.tokenizer_path or self.path)
+        tok_kwargs: dict[str, object] = dict(remote)
         if self.format == "gguf":
             folder = str(self.path.parent)
             kwargs.update(gguf_file=self.path.name, quantization_config=GgufConfig(dequantize=True))
             if self.tokenizer_path is None:
                 tok_folder, tok_kwargs = folder, {"gguf_file": self.path.name}
-        config_kwargs = {"gguf_file": self.path.name} if self.format == "gguf" else {}
+        config_kwargs = {"gguf_file": self.path.name, **remote} if self.format == "gguf" else dict(remote)
         self.max_model_len = self._context_window(AutoConfig.from_pretrained(folder, **config_kwargs))
         quantization = load_time_quantization(self.format, kwargs["dtype"])
         if quantization is not None:  # bnb/torchao quantize while loading, straight onto the device

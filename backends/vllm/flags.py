@@ -93,6 +93,8 @@ def server_args(spec: ServerSpec, target: Platform, tokenizer: Path | None = Non
         args += ["--quantization", quant]
     if tokenizer is not None:
         args += ["--tokenizer", str(tokenizer)]
+    if spec.trust_remote_code:
+        args.append("--trust-remote-code")
     speculative = speculative_config(spec)
     if speculative:
         args += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
