@@ -21,6 +21,8 @@ from bench.load.config import LoadConfig
 from bench.load.display import summary_table
 from bench.load.health import HEALTH_FILE, LagSampler, WorkerHealth, read_health
 from bench.load.runner import run_load_async
+from bench.load.sweep import client_verdict
+from bench.metrics import summarize
 from bench.metrics.health import CPU_BUSY_LIMIT, LAG_FLOOR_MS, client_health, lag_limit_ms
 from tests.helpers import calibration_config
 
@@ -153,3 +155,12 @@ async def test_worker_processes_write_their_health(slow_url: str, tmp_path: Path
     s = await run_load_async(cfg, tmp_path)
     assert s.num_ok == 4 and s.client is not None and s.client.workers == 2
     assert sorted(w.worker for w in read_health(tmp_path / HEALTH_FILE)) == [0, 1]
+
+
+def test_sweep_rows_say_whether_the_client_kept_up() -> None:
+    behind = client_health([worker([30.0] * 10)], None, itl_mean_ms=20.0)
+    ok = client_health([worker([0.1] * 10)], None, itl_mean_ms=20.0)
+    base = summarize([])
+    assert client_verdict(base.model_copy(update={"client": behind})) == "behind"
+    assert client_verdict(base.model_copy(update={"client": ok})) == "ok"
+    assert client_verdict(base) == "-"

@@ -235,4 +235,8 @@ def sweep_cmd(fields: dict[str, Any], out: Path = typer.Option(Path("results/swe
     for row in rows:
         table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
+    behind = [p.value for p in result.points if p.summary.client is not None and p.summary.client.behind]
+    if behind:
+        console.print(f"[yellow]warning:[/yellow] the client fell behind at {behind}: those steps' latencies include "
+                      "its own lag; rerun with more --workers")  # fmt: skip
     console.print(f"curve: {out / 'sweep.json'}  plot: {out / 'sweep.png'}")

@@ -16,6 +16,7 @@ from bench.load.records import RequestRecord
 from bench.metrics import ClientHealth, LoadSummary, Stats, ttft
 from bench.metrics.health import behind_advice
 from bench.metrics.spread import Spread
+from bench.metrics.steady import SteadyState
 
 
 @dataclass
@@ -84,6 +85,13 @@ def _client_rows(head: Table, c: ClientHealth) -> None:
     head.add_row("client", verdict)
 
 
+def _steady_row(head: Table, st: SteadyState) -> None:
+    """Output tok/s of the sending window's first and last thirds, and whether they agree."""
+    verdict = "steady" if st.steady else "[yellow]NOT STEADY[/yellow] (warm up longer, or the load is too high)"
+    rates = f"{st.first_third_tok_s:.1f} / {st.last_third_tok_s:.1f}"
+    head.add_row("output tok/s first / last third", f"{rates}: {verdict}")
+
+
 def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     """The end-of-run table: throughput, goodput and latency percentiles in ms."""
     head = Table(title=title, show_header=False)
@@ -105,6 +113,8 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
             head.add_row(f"server: {key}", f"{value:.4g}")
     if s.client is not None:
         _client_rows(head, s.client)
+    if s.steady_state is not None:
+        _steady_row(head, s.steady_state)
     for err, count in s.errors.items():
         head.add_row(f"error x{count}", err)
     lat = Table(title="latency (ms)")

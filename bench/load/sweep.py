@@ -178,9 +178,17 @@ def sweep_rows(result: SweepResult) -> list[dict[str, object]]:
             "goodput": p.summary.goodput,
             "ttft_p99": p.summary.ttft_ms.p99,
             "tpot_p99": p.summary.tpot_ms.p99,
+            "client": client_verdict(p.summary),
         }
         for p in result.points
     ]
+
+
+def client_verdict(summary: LoadSummary) -> str:
+    """``behind`` when the step's client fell behind (its timings then include its own lag), else ``ok``."""
+    if summary.client is None:
+        return "-"
+    return "behind" if summary.client.behind else "ok"
 
 
 def load_sweep(path: Path) -> SweepResult:

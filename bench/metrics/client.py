@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.load.records import RequestRecord
 from bench.metrics.health import ClientHealth
+from bench.metrics.steady import SteadyState, steady_state
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 # A load point meets its SLOs when at least this fraction of its requests meets every objective (the sweep's
@@ -96,6 +97,9 @@ class LoadSummary(BaseModel):
     errors: dict[str, int] = Field(default_factory=dict)
     server: dict[str, float | None] = Field(default_factory=dict)
     client: ClientHealth | None = Field(default=None, description="the load client's own lag and CPU use")
+    steady_state: SteadyState | None = Field(
+        default=None, description="output tok/s in the first vs the last third of the sending window"
+    )
 
 
 # ---- per-request metrics (seconds) -------------------------------------------------------------
@@ -297,6 +301,7 @@ def summarize(records: Sequence[RequestRecord], slo: SLO | None = None) -> LoadS
         goodput_fraction=None if good is None or not measured else good / len(measured),
         token_count_sources=dict(Counter(r.token_count_source for r in ok)),
         errors=dict(Counter(_short(r.error) for r in measured if r.error).most_common(10)),
+        steady_state=steady_state(measured),
     )
 
 
