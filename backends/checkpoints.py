@@ -186,10 +186,15 @@ class Registry(BaseModel):
         snap = entry.snapshot()
         return snap.path, snap.format  # type: ignore[return-value]  # detect_format returns a Format
 
-    def format_of(self, name: str) -> Format:
-        """The format of ``name``: the entry's, else (a hub entry without one) read from the repo."""
+    def known_format(self, name: str) -> Format | None:
+        """The format of ``name`` without a download: the entry's, else a cached snapshot's, else None."""
         entry = self.get(name)
-        return entry.format if entry.format is not None else self.checkpoint(name)[1]
+        if entry.format is not None or entry.hub is None:
+            return entry.format
+        try:
+            return entry.snapshot(local_only=True).format  # type: ignore[return-value]  # a Format
+        except RegistryError:
+            return None
 
     def provenance(self, name: str) -> dict[str, str] | None:
         """For a hub entry, its repo, revision and the snapshot's commit (what ``run.yaml`` records)."""

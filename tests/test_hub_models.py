@@ -319,3 +319,17 @@ def test_remote_code_needs_the_entry_and_the_flag(offline: Path, registry: Regis
 def test_serve_refuses_remote_code_the_entry_does_not_allow(offline: Path) -> None:
     done = CliRunner().invoke(build_app(), ["serve", "--model", HF_REPO, "--trust-remote-code"])
     assert done.exit_code == 2 and "does not allow it" in " ".join(done.output.split())
+
+
+def test_matrix_expansion_downloads_nothing(offline: Path, registry: Registry) -> None:
+    """``bench run --dry-run`` lists hub cells without fetching: a cached snapshot's format is checked now, one not
+    downloaded yet when its cell starts (offline, a fetch of Qwen3 would fail and skip its cells)."""
+    from bench.run.cells import default_matrix, expand
+
+    models = (HF_REPO, "Qwen/Qwen3-0.6B")
+    matrix = default_matrix(registry).model_copy(update={"models": models, "backends": ("transformers", "llamacpp")})
+    reasons = {(c.backend, c.model): c.skip_reason for c in expand(matrix, registry.with_models(models))}
+    assert reasons[("transformers", HF_REPO)] is None
+    assert "hf" in (reasons[("llamacpp", HF_REPO)] or "")  # llama.cpp serves GGUF only: known from the cache
+    assert reasons[("transformers", "Qwen/Qwen3-0.6B")] is None
+    assert reasons[("llamacpp", "Qwen/Qwen3-0.6B")] is None

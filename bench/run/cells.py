@@ -102,7 +102,9 @@ def _skip_reason(registry: Registry, backend: str, model: str, option_set: Optio
         reason = backends.availability(backend)
         if reason:
             return f"{backend} is not available: {reason}"
-        backends.validate(backend, option_set.options, registry.format_of(model))
+        fmt = registry.known_format(model)  # a hub model not downloaded yet is checked when its cell starts
+        if fmt is not None:
+            backends.validate(backend, option_set.options, fmt)
     except BackendError as exc:
         return str(exc)
     except Exception as exc:  # registry errors name the model and what to do
