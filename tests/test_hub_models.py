@@ -333,3 +333,20 @@ def test_matrix_expansion_downloads_nothing(offline: Path, registry: Registry) -
     assert "hf" in (reasons[("llamacpp", HF_REPO)] or "")  # llama.cpp serves GGUF only: known from the cache
     assert reasons[("transformers", "Qwen/Qwen3-0.6B")] is None
     assert reasons[("llamacpp", "Qwen/Qwen3-0.6B")] is None
+
+
+def test_the_seed_plan_expands_offline_without_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/seed-plan.yaml over benchmarks/seed-models.yaml: valid, and its dry run touches no hub."""
+    from bench.run.cells import expand
+    from bench.run.schema import load_matrix
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    reg = load_registry(root / "seed-models.yaml")
+    matrix = load_matrix(root / "seed-plan.yaml")
+    cells = expand(matrix, reg.with_models(matrix.models))
+    assert len(cells) == len(matrix.models) * len(matrix.backends) == 45
+    skipped = {(c.backend, c.model): c.skip_reason or "" for c in cells}
+    assert "format='awq'" in skipped[("llamacpp", "qwen3-8b-awq")]
+    assert not (tmp_path / "empty").exists()  # nothing was fetched
