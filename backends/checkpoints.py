@@ -186,6 +186,19 @@ class Registry(BaseModel):
         snap = entry.snapshot()
         return snap.path, snap.format  # type: ignore[return-value]  # detect_format returns a Format
 
+    def local_path(self, name: str) -> Path | None:
+        """The checkpoint of ``name`` if it is here, without a download (a hub entry: its cached snapshot).
+
+        A listed path that is missing raises like :meth:`path_of`; a hub entry not cached is None.
+        """
+        entry = self.get(name)
+        if entry.hub is None:
+            return self.path_of(name)
+        try:
+            return entry.snapshot(local_only=True).path
+        except RegistryError:
+            return None
+
     def known_format(self, name: str) -> Format | None:
         """The format of ``name`` without a download: the entry's, else a cached snapshot's, else None."""
         entry = self.get(name)
@@ -252,8 +265,10 @@ def load_registry(path: Path | None = None) -> Registry:
 def model_bytes_of(model: str, path: Path | None = None) -> int | None:
     """Size of a models.yaml checkpoint's weight files (best effort: None when unknown or unresolvable)."""
     try:
-        where = load_registry(path).path_of(model)
+        where = load_registry(path).with_model(model).local_path(model)
     except Exception:  # not in the registry, not prepared yet, no registry here: MBU is then unknown
+        return None
+    if where is None:  # a hub model not in this machine's hub cache
         return None
     if where.is_file():
         return where.stat().st_size

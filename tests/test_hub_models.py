@@ -350,3 +350,17 @@ def test_the_seed_plan_expands_offline_without_downloading(tmp_path: Path, monke
     skipped = {(c.backend, c.model): c.skip_reason or "" for c in cells}
     assert "format='awq'" in skipped[("llamacpp", "qwen3-8b-awq")]
     assert not (tmp_path / "empty").exists()  # nothing was fetched
+
+
+def test_bench_load_finds_a_served_hub_models_tokenizer_and_size_in_the_cache(offline: Path,
+                                                                               prepared: Registry) -> None:
+    """``bench load --model ORG/NAME`` counts tokens with the cached snapshot's tokenizer (never downloads one)."""
+    from backends.checkpoints import model_bytes_of
+    from bench.load.tokenizer import load_tokenizer
+
+    tokenizer, where = load_tokenizer(None, HF_REPO)
+    assert tokenizer is not None and where == str(_snapshot(offline, HF_REPO))
+    weights = prepared.path_of("smollm2-135m-instruct-hf") / "model.safetensors"
+    assert model_bytes_of(HF_REPO) == weights.stat().st_size
+    assert model_bytes_of("Qwen/Qwen3-0.6B") is None  # not cached here: unknown, not fetched
+    assert load_tokenizer(None, "Qwen/Qwen3-0.6B")[0] is None

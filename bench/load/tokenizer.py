@@ -51,7 +51,7 @@ def _resolve(name: str) -> Path | None:
     try:
         from bench.models.registry import load_registry
 
-        return load_registry().path_of(name)
+        return load_registry().with_model(name).local_path(name)  # a hub model: its cached snapshot, no download
     except Exception as exc:  # an unprepared or unknown model: try the next candidate
         log.debug("tokenizer candidate %s: %s", name, exc)
         return None
