@@ -45,8 +45,14 @@ INDEX_WIDTH = 7
 
 
 def marker(tag: str, index: int) -> str:
-    """The unique marker of request ``index`` in a prompt tagged ``tag``: ``{tag}{index:07d}:``."""
-    return f"{tag}{index:0{INDEX_WIDTH}d}:"
+    """The unique marker of request ``index`` in a prompt tagged ``tag``: the index's 7 digits reversed, then
+    the tag (``"3000000 Request 1:"`` for request 3 of seed 1).
+
+    Reversed, the digit that changes with every request comes first, so two prompts part at their first
+    content token and share no block of a prefix cache (with the index first and in order, ``Request 1-000000``
+    was the same 10 tokens in every prompt: with a chat template's header, two 16-token blocks).
+    """
+    return f"{index:0{INDEX_WIDTH}d}"[::-1] + f" {tag}:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +186,7 @@ def materialize(
 def _random_prompt(w: RandomWorkload, i: int, builder: TextBuilder, seed: int) -> Prompt:
     rng = random.Random(f"{seed}:{i}")
     n = builder.body_target(w.input_tokens)
-    tag = f"Request {seed}-"
+    tag = f"Request {seed}"
     text, exact = builder.exact(marker(tag, i), n, rng)
     return Prompt(text, w.output_tokens, w.input_tokens, exact, _kept(tag, i, text))
 
@@ -196,7 +202,7 @@ def _shared_prefix(w: SharedPrefixWorkload, count: int, builder: TextBuilder, se
         for g in range(w.num_prefixes)
     ]
     total = builder.body_target(w.prefix_tokens + w.suffix_tokens)
-    tag = "Question "
+    tag = "Question"
     out = []
     for i in range(count):
         head = f"{prefixes[i % w.num_prefixes]} {marker(tag, i)}"
