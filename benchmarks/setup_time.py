@@ -2,7 +2,8 @@
 
 - cold: a fresh clone with an empty servebench cache (``$SERVEBENCH_CACHE``, ``$SERVEBENCH_VENVS``) and pip's
   cache switched off, so every package is fetched and llama.cpp is compiled anew (Debian's Chromium is
-  installed system-wide and is not removed);
+  installed system-wide and is not removed); with ``--pip-cache``, pip's wheel cache is used as it is (a
+  machine that has installed these packages before, as CI's repeat runs do);
 - warm: the same clone set up again, everything cached.
 
 Each run's per-step seconds come from the bootstrap's own record (``.venv/setup-times.json``)::
@@ -48,16 +49,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--workdir", type=Path, help="where to clone (default: a temporary folder)")
+    parser.add_argument("--pip-cache", action="store_true", help="let pip use its wheel cache (default: off)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="servebench-setup-"))
     clone = work / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    env = {**os.environ, "SERVEBENCH_CACHE": str(work / "cache"), "SERVEBENCH_VENVS": str(work / "venvs"),
-           "PIP_NO_CACHE_DIR": "1"}
+    env = {**os.environ, "SERVEBENCH_CACHE": str(work / "cache"), "SERVEBENCH_VENVS": str(work / "venvs")}
+    if not args.pip_cache:
+        env["PIP_NO_CACHE_DIR"] = "1"
     log = work / "setup.log"
     runs = {"cold": _setup(clone, env, log)}
     runs["warm"] = _setup(clone, env, log)
-    print(f"{os.cpu_count()} cores; clone and caches in {work}; log: {log}\n")
+    pip = "pip's wheel cache used" if args.pip_cache else "pip's cache off"
+    print(f"{os.cpu_count()} cores; {pip}; load average {os.getloadavg()[0]:.1f}; clone and caches in {work}; "
+          f"log: {log}\n")
     print(_table(runs))
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2) + "\n")
