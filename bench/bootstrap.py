@@ -163,7 +163,13 @@ def main(argv: Sequence[str]) -> int:
     if action not in {"setup", "run", "test"}:
         print("usage: python3 -m bench.bootstrap [setup|run|test] [extra args]", file=sys.stderr)
         return 2
-    setup()
+    try:
+        setup()
+    except subprocess.CalledProcessError as exc:  # the step printed its own reason above
+        cmd = " ".join(str(c) for c in exc.cmd)
+        print(f"[bootstrap] setup failed: `{cmd}` exited with code {exc.returncode} (its reason is printed "
+              "above); nothing after it was run", file=sys.stderr)
+        return 1
     extra = list(argv[1:])
     if action == "run":
         return subprocess.call([str(_python()), "-m", "bench", "run", *extra], cwd=ROOT)
