@@ -23,7 +23,7 @@ from bench.load.health import HEALTH_FILE, LagSampler, WorkerHealth, read_health
 from bench.load.runner import run_load_async
 from bench.load.sweep import client_verdict
 from bench.metrics import summarize
-from bench.metrics.health import CPU_BUSY_LIMIT, LAG_FLOOR_MS, client_health, lag_limit_ms
+from bench.metrics.health import CPU_BUSY_LIMIT, LAG_FLOOR_MS, behind_advice, client_health, lag_limit_ms
 from tests.helpers import calibration_config
 
 ITL_MS = 40.0  # the scripted token gap: the lag limit is then 20 ms, far above a healthy loop's jitter
@@ -146,7 +146,7 @@ async def test_blocked_loop_is_detected_and_flagged(slow_url: str, tmp_path: Pat
     console = Console(record=True, width=300)
     console.print(summary_table(s))
     text = console.export_text()
-    assert "BEHIND" in text and "--workers 2" in text
+    assert "BEHIND" in text and "--workers 2" in behind_advice(s.client)  # the burner kept the worker busy
 
 
 async def test_worker_processes_write_their_health(slow_url: str, tmp_path: Path) -> None:
@@ -164,3 +164,11 @@ def test_sweep_rows_say_whether_the_client_kept_up() -> None:
     assert client_verdict(base.model_copy(update={"client": behind})) == "behind"
     assert client_verdict(base.model_copy(update={"client": ok})) == "ok"
     assert client_verdict(base) == "-"
+
+
+def test_advice_tells_a_busy_client_from_a_starved_one() -> None:
+    busy = client_health([worker([30.0] * 10, cpu_s=0.95)], None, itl_mean_ms=20.0)
+    idle = client_health([worker([30.0] * 10, cpu_s=0.2)], None, itl_mean_ms=20.0)
+    assert busy is not None and idle is not None
+    assert behind_advice(busy).endswith("(--workers 2)") and "free cores" not in behind_advice(busy)
+    assert "on the CPU 20% of the time" in behind_advice(idle) and "free cores for it" in behind_advice(idle)

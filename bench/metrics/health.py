@@ -113,6 +113,17 @@ def behind_reasons(stalls: int, samples: int, lag_p99_ms: float | None, limit_ms
 
 
 def behind_advice(health: ClientHealth) -> str:
-    """One line for the summary: what fell behind and what to do about it."""
-    return (f"client fell behind ({'; '.join(health.reasons)}): its timings include its own lag; "
-            f"rerun with more client processes (--workers {2 * health.workers})")  # fmt: skip
+    """One line for the summary: what fell behind and what to do about it.
+
+    A worker on the CPU ``CPU_BUSY_LIMIT`` of the time was busy with its own work: more worker processes help.
+    A lagging worker that was on the CPU less than that either did its work in bursts or waited for a core
+    the host gave to other processes (the server on the same host, other jobs), where more workers would not
+    help: the line says both.
+    """
+    head = f"client fell behind ({'; '.join(health.reasons)}): its timings include its own lag; "
+    more = f"rerun with more client processes (--workers {2 * health.workers})"
+    busy = health.cpu_busy_max
+    if busy is None or busy >= CPU_BUSY_LIMIT:
+        return head + more
+    return head + (f"its busiest worker was on the CPU {busy:.0%} of the time: with free cores, {more}; "
+                   "without, it waited for a core other processes held, so free cores for it")  # fmt: skip
