@@ -319,6 +319,7 @@ def _server_figures(
         measured_window(records),
         output_tokens=summary.total_output_tokens,
         tpot_mean_ms=summary.tpot_ms.mean,
+        client_ms={"ttft": summary.ttft_ms.mean, "itl": summary.itl_ms.mean},
         model_bytes=(config.model_bytes or model_bytes_of(config.model)) if config else None,
         peak_gbs=config.gpu_peak_bandwidth_gbs if config else None,
         gpus=config.server_gpus if config else 1,

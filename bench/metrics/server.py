@@ -35,6 +35,22 @@ SPEC_DRAFTS = ("vllm:spec_decode_num_drafts_total", "llamacpp:spec_decode_num_dr
 SPEC_DRAFT_TOKENS = ("vllm:spec_decode_num_draft_tokens_total", "llamacpp:spec_decode_num_draft_tokens_total")
 SPEC_ACCEPTED = ("vllm:spec_decode_num_accepted_tokens_total", "llamacpp:spec_decode_num_accepted_tokens_total")
 
+# The server's own latency histograms (seconds), by figure: vLLM's names (servebench's server uses them too).
+# Their mean over the window is Δ<name>_sum / Δ<name>_count.
+LATENCY_HISTOGRAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("server_ttft_mean_ms", ("vllm:time_to_first_token_seconds",)),
+    ("server_itl_mean_ms", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")),
+    ("server_tpot_mean_ms", ("vllm:request_time_per_output_token_seconds",)),
+    ("server_e2e_mean_ms", ("vllm:e2e_request_latency_seconds",)),
+    ("server_queue_mean_ms", ("vllm:request_queue_time_seconds",)),
+)
+# Client figure (ms) minus the server's own: the time between the engine and the client's socket.
+GAPS: tuple[tuple[str, str, str], ...] = (
+    ("ttft_gap_ms", "ttft", "server_ttft_mean_ms"),
+    ("itl_gap_ms", "itl", "server_itl_mean_ms"),
+    ("tpot_gap_ms", "tpot", "server_tpot_mean_ms"),
+)
+
 # Peak DRAM bandwidth in GB/s by a substring of the NVML device name (first match wins).
 PEAK_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
     ("GH200", 4000.0),  # before H200, which its name contains
@@ -142,6 +158,29 @@ def speculative_figures(rows: Sequence[Row]) -> dict[str, float | None]:
             "spec_draft_tokens": drafted, "spec_accepted_tokens": accepted}
 
 
+def histogram_mean(rows: Sequence[Row], name: str) -> float | None:
+    """A histogram's mean over the rows' window: Δ``name_sum`` / Δ``name_count`` (None without observations)."""
+    return _ratio(counter_delta(rows, name + "_sum"), counter_delta(rows, name + "_count"))
+
+
+def server_latencies(rows: Sequence[Row]) -> dict[str, float | None]:
+    """The server's own mean TTFT, ITL, TPOT, E2E and queue time (ms) over the rows' window."""
+    out: dict[str, float | None] = {}
+    for key, names in LATENCY_HISTOGRAMS:
+        mean = next((m for name in names if (m := histogram_mean(rows, name)) is not None), None)
+        out[key] = None if mean is None else mean * 1e3
+    return out
+
+
+def latency_gaps(figures: dict[str, float | None], client_ms: dict[str, float | None]) -> dict[str, float | None]:
+    """Client mean − server mean per figure (ms): what the HTTP frontend, the network and the client added."""
+    out: dict[str, float | None] = {}
+    for key, client_key, server_key in GAPS:
+        client, server = client_ms.get(client_key), figures.get(server_key)
+        out[key] = None if client is None or server is None else client - server
+    return out
+
+
 def summarize_server(rows: Sequence[Row]) -> dict[str, float | None]:
     """Peaks and rates over the rows given (counters as last − first); pass :func:`window_rows` of the
     measured window so that warm-up requests are left out."""
@@ -157,6 +196,7 @@ def summarize_server(rows: Sequence[Row]) -> dict[str, float | None]:
         "prefix_cache_hit_rate": prefix_hit_rate(rows),
         **speculative_figures(rows),
         "server_generation_tokens": first_counter_delta(rows, GEN_TOKENS),
+        **server_latencies(rows),
     }
 
 
@@ -220,8 +260,11 @@ def server_figures(
     model_bytes: int | None = None,
     peak_gbs: float | None = None,
     gpus: int = 1,
+    client_ms: dict[str, float | None] | None = None,
 ) -> dict[str, float | None]:
     """Every server-side figure over the measured ``window`` (all rows when None); Nones dropped.
+
+    ``client_ms`` (the client's mean ``ttft``, ``itl``, ``tpot`` in ms) gives the gaps to the server's own.
 
     ``peak_gbs`` is one GPU's bandwidth (looked up by the first GPU row's name when not given); the model
     is split over ``gpus`` of them. ``output_tokens`` is used only when there is no window.
@@ -235,4 +278,5 @@ def server_figures(
         peak_gbs = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))
     tpot_mean = tpot_mean_ms / 1e3 if tpot_mean_ms else None
     figures["mbu"] = mbu(model_bytes, tpot_mean, peak_gbs * gpus if peak_gbs else None)
+    figures.update(latency_gaps(figures, {"tpot": tpot_mean_ms, **(client_ms or {})}))
     return {k: v for k, v in figures.items() if v is not None}
