@@ -364,3 +364,14 @@ def test_bench_load_finds_a_served_hub_models_tokenizer_and_size_in_the_cache(of
     assert model_bytes_of(HF_REPO) == weights.stat().st_size
     assert model_bytes_of("Qwen/Qwen3-0.6B") is None  # not cached here: unknown, not fetched
     assert load_tokenizer(None, "Qwen/Qwen3-0.6B")[0] is None
+
+
+def test_vllm_asks_for_a_tokenizer_beside_a_hub_gguf(offline: Path, registry: Registry) -> None:
+    """vLLM (GPU) serves a GGUF with an HF tokenizer: a bare --model ORG/NAME GGUF is told to name one."""
+    from backends.base import EngineOptions, ServerSpec
+    from backends.vllm.launcher import GgufTokenizerError, VllmLauncher
+
+    path, fmt = registry.with_model(Q8_REPO).checkpoint(Q8_REPO)
+    spec = ServerSpec(backend="vllm", model_name=Q8_REPO, model_path=path, options=EngineOptions(), model_format=fmt)
+    with pytest.raises(GgufTokenizerError, match=r"set `tokenizer:` in models\.yaml"):
+        VllmLauncher(registry).command(spec)

@@ -61,7 +61,7 @@ class VllmLauncher:
             return spec.tokenizer_path
         if spec.tokenizer_path is not None:
             return spec.tokenizer_path
-        registry = self._registry or load_registry()
+        registry = (self._registry or load_registry()).with_model(spec.model_name)  # --model ORG/NAME too
         return registry.location_of(gguf_tokenizer_name(spec, registry))
 
     def command(self, spec: ServerSpec) -> list[str]:
