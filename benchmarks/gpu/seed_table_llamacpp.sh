@@ -10,8 +10,13 @@
 #     machine (checked against derived.sha256 made there), then `bench run --only` the llama.cpp cells: first the
 #     base cells (SLO sweep + evals), then `--resume` for the KV-dtype and n-gram cells, each under a timeout
 #     that leaves time to pack the run folder into $OUT (seed-table-run.tar.gz).
+# Settings: PHASES ("base variants" by default; "variants" alone skips the base cells), RUN_ID, and RESUME_FROM,
+# a run folder in the working tree (e.g. reports/gpu-seed-table-h100/gpu-seed-table-llamacpp) that is copied in
+# and continued with --resume instead of starting a new run.
 # See reports/gpu-seed-table-h100/README.md for the calls and what they carried.
 set -uo pipefail
+REPO=$PWD
+PHASES=${PHASES:-base variants}
 W=/tmp/llcuda
 OUTDIR=${OUT:-$W/out}
 LIMIT=${CALL_LIMIT_S:-585}
@@ -63,11 +68,16 @@ RUNS=$W/runs
 RUN_ID=${RUN_ID:-gpu-seed-table-llamacpp}
 RUN_DIR=$RUNS/$RUN_ID
 mkdir -p "$RUNS"
+if [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ]; then
+    cp -r "$REPO/$RESUME_FROM" "$RUN_DIR" && say "continuing $RESUME_FROM"
+fi
 MATRIX=benchmarks/gpu/seed-table.yaml
 # 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
 BASE=(--only 'llamacpp__*__gpu__s0')
 VARIANTS=(--only 'llamacpp__*__gpu+kv-q8__s0' --only 'llamacpp__*__gpu+kv-q4__s0' --only 'llamacpp__*__gpu+spec-ngram__s0')
-if [ ! -d "$RUN_DIR" ]; then
+if [[ " $PHASES " != *" base "* ]]; then
+    say "base cells not asked for (PHASES=$PHASES)"
+elif [ ! -d "$RUN_DIR" ]; then
     say "bench run ${BASE[*]}"
     timeout $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-base.log" | grep -vE '^\s*$' | tail -40
@@ -77,7 +87,7 @@ else
     timeout $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-base.log" | tail -40
 fi
-if [ $((LIMIT - SECONDS)) -gt 90 ]; then
+if [[ " $PHASES " == *" variants "* ]] && [ $((LIMIT - SECONDS)) -gt 90 ]; then
     say "bench run --resume ${VARIANTS[*]}"
     timeout $((LIMIT - SECONDS - 40)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${VARIANTS[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-variants.log" | tail -40
