@@ -58,6 +58,7 @@ from bench.evals.tasks.math import read_openmath_jsonl
         ("3^2 + 4^2 = 25", 25.0),
         ("10^{400} is too big, 7 is not", 7.0),  # an overflowing power is no number
         ("5 eggs and 90^\\circ", 90.0),
+        ("It is 12, or " + "9" * 400, None),  # a run-on answer past a float's range is no answer, not inf
     ],
 )
 def test_extract_number(text: str, expected: float | None) -> None:

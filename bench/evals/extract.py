@@ -11,6 +11,7 @@ Gold answers are parsed strictly: the whole string must be one number (:func:`pa
 
 from __future__ import annotations
 
+import math
 import re
 
 # A minus sign counts only where it cannot be subtraction ("5-3" is 5 and 3).
@@ -109,10 +110,15 @@ def _values(text: str) -> list[float]:
     return [value for value in values if value is not None]
 
 
+def _answer(value: float) -> float | None:
+    """A number as an answer: one past a float's range (a run-on string of digits) is no answer, not infinity."""
+    return value if math.isfinite(value) else None
+
+
 def last_number(text: str) -> float | None:
     """The value of the last number (or fraction) in ``text``; ``None`` when there is none."""
     found = _values(text)
-    return found[-1] if found else None
+    return _answer(found[-1]) if found else None
 
 
 def last_boxed(text: str) -> str | None:
@@ -136,7 +142,7 @@ def _stated_number(text: str) -> float | None:
     if value is not None:
         return value
     found = _values(text)
-    return found[0] if found else None
+    return _answer(found[0]) if found else None
 
 
 def extract_number(text: str) -> float | None:
