@@ -293,3 +293,12 @@ def test_eval_no_answer_share_is_shown_and_over_20_percent_flagged(tmp_path: Pat
     assert len(quality) == 2
     assert "| 5% |" in quality[0] and "0.450 (Δ -0.050), 1/8 answers changed @ r2" in quality[0]
     assert "| 45% FLAGGED |" in quality[1]
+
+
+def test_load_rows_say_whether_the_client_kept_up_and_throughput_held() -> None:
+    from bench.report.render import health_cells
+
+    behind = {"client": {"behind": True}, "steady_state": {"steady": False}, "server": {"tpot_gap_ms": 3.456}}
+    assert health_cells(behind) == ["BEHIND", "NO", "3.46"]
+    assert health_cells({"client": {"behind": False}, "steady_state": {"steady": True}}) == ["ok", "yes", "–"]
+    assert health_cells({}) == ["–", "–", "–"]  # results from before these figures existed

@@ -104,7 +104,8 @@ def _seed_cells(s: SeedStats) -> list[str]:
 
 LOAD_HEADER = ("run", "backend", "model", "options", "seed", "scenario", "load", "ok/err", "req/s", "out tok/s",
                "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL p50 ms", "E2E p50 ms", "E2E p99 ms",
-               "goodput req/s", "meets SLO", "peak RSS GiB", "startup s", "$/1M out tok")
+               "goodput req/s", "meets SLO", "peak RSS GiB", "startup s", "$/1M out tok", "client", "steady",
+               "TPOT gap ms")
 
 
 def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
@@ -121,8 +122,18 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
                 _fmt(r.stat("e2e_ms", "p99")), _fmt(s.get("goodput"), 2), "yes" if r.meets_slo() else "no",
                 _fmt(s.get("rss_peak_gib"), 2), _fmt(r.startup_s),
                 _fmt(cost_per_million(r.throughput, gpu_hour_usd, run.devices(r.key)), 2),
+                *health_cells(s),
             ])
     return Section("Latency and throughput", LOAD_HEADER, rows)
+
+
+def health_cells(summary: dict[str, Any]) -> list[str]:
+    """Whether the client kept up, whether throughput held (first vs last third), and the client − server
+    TPOT gap (docs/metrics.md): "BEHIND" and "NO" mark a number that measured the client or a warm-up."""
+    client, steady = summary.get("client") or {}, summary.get("steady_state") or {}
+    kept = "–" if not client else "BEHIND" if client.get("behind") else "ok"
+    held = "–" if not steady else "yes" if steady.get("steady") else "NO"
+    return [kept, held, _fmt((summary.get("server") or {}).get("tpot_gap_ms"), 2)]
 
 
 SCALING_HEADER = ("run", "backend", "model", "options", "seed", "GPUs", "best load", "req/s", "out tok/s",
