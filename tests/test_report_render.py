@@ -302,3 +302,10 @@ def test_load_rows_say_whether_the_client_kept_up_and_throughput_held() -> None:
     assert health_cells(behind) == ["BEHIND", "NO", "3.46"]
     assert health_cells({"client": {"behind": False}, "steady_state": {"steady": True}}) == ["ok", "yes", "–"]
     assert health_cells({}) == ["–", "–", "–"]  # results from before these figures existed
+
+
+def test_seed_cells_give_the_95_percent_interval() -> None:
+    from bench.report.render import _pm
+
+    assert _pm([30.0, 32.0]) == "31.0 ± 1.4 (95%: 18.3–43.7)"  # t(0.975, 1) = 12.706
+    assert _pm([30.0]) == "30.0" and _pm([]) == "–"

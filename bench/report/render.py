@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.metrics.spread import spread
 from bench.report import plots
 from bench.report.tables import (
     QUALITY_COLUMNS,
@@ -56,11 +57,15 @@ def _pct(value: Any) -> str:
 
 
 def _pm(values: list[float], digits: int = 1) -> str:
+    """Mean ± sample std, and the 95% interval of the mean with two seeds or more."""
     found = mean_std(values)
     if found is None:
         return "–"
     mean, std = found
-    return _fmt(mean, digits) if std is None else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+    if std is None:
+        return _fmt(mean, digits)
+    sp = spread(values)
+    return f"{_fmt(mean, digits)} ± {_fmt(std, digits)} (95%: {_fmt(sp.ci95_low, digits)}–{_fmt(sp.ci95_high, digits)})"
 
 
 # ---- sections ----------------------------------------------------------------------------------
@@ -84,7 +89,9 @@ def seed_section(runs: list[RunData], headline: str | None, gpu_hour_usd: float 
             rows.append([run_id, backend, model, options, str(len(s.seeds)),
                          *[_quality_cell(s, t) for t in shown], *_seed_cells(s)])
     price = f"${gpu_hour_usd:g}/h" if gpu_hour_usd is not None else "no --gpu-hour-usd given"
-    note = (f"Mean ± sample std over seeds. Max throughput at the SLO: the best output tokens/s of any load "
+    note = (f"Mean ± sample std over seeds, and the 95% interval of the mean (Student's t; two configurations "
+            f"whose intervals overlap are within noise of each other). Max throughput at the SLO: the best "
+            f"output tokens/s of any load "
             f"point where ≥90% of requests met every SLO (every point when no SLO is set). Cost at that "
             f"throughput, {price} per GPU (× tensor × pipeline × data parallel size).")
     return Section("Summary across seeds", header, rows, note)
