@@ -35,6 +35,7 @@ from rich.console import Console
 from bench.load.arrivals import ConcurrencyArrival
 from bench.load.config import LoadConfig
 from bench.load.display import Progress, live_progress, summary_table
+from bench.load.health import HEALTH_FILE
 from bench.load.locust.settings import API_KEY_ENV, write_prompts
 from bench.load.records import RequestRecord
 from bench.load.runner import prepare_prompts, rebuild_summary, warn_token_sources
@@ -189,6 +190,7 @@ async def run_locust_async(config: LoadConfig, out_dir: Path, console: Console |
 def _prepare(plan: LocustPlan, console: Console | None) -> None:
     plan.locust_dir.mkdir(parents=True, exist_ok=True)
     (plan.out_dir / "requests.jsonl").write_bytes(b"")
+    (plan.out_dir / HEALTH_FILE).unlink(missing_ok=True)  # locust measures no client health: none from an old run
     write_prompts(plan.locust_dir / "prompts.jsonl", prepare_prompts(plan.config, console))
 
 
