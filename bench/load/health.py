@@ -33,8 +33,11 @@ class WorkerHealth:
     wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
+        """JSON-ready fields, times to the microsecond (a long run has many samples)."""
+        d = asdict(self)
+        d["lag_t"] = [round(t, 6) for t in self.lag_t]
+        d["lag_s"] = [round(x, 6) for x in self.lag_s]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkerHealth:
