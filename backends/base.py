@@ -251,7 +251,7 @@ class ServerSpec:
     options: EngineOptions
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a printed spec or an error message
     log_path: Path | None = None
     tokenizer_path: Path | None = None
     draft_path: Path | None = None

@@ -81,6 +81,16 @@ def test_no_request_succeeded_exits_non_zero(peer: str, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["num_ok"] == 0
 
 
+def test_a_sweep_where_no_step_succeeded_exits_non_zero(tmp_path: Path) -> None:
+    with calibration_server(fault="status-500") as url:
+        result = CliRunner().invoke(build_app(), [
+            "sweep", "--url", url, "--model", "calibration", "--input-tokens", "8",
+            "--output-tokens", "4", "--num-requests", "2", "--slo-ttft-ms", "1000", "--mode", "concurrency",
+            "--start", "1", "--max", "2", "--refine", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "none of the 2 requests succeeded" in result.output and "HTTP 500" in result.output
+
+
 def test_request_timeout_bounds_a_server_that_never_answers(tmp_path: Path) -> None:
     with calibration_server(fault="hang") as url:
         start = time.monotonic()

@@ -41,6 +41,14 @@ def test_the_config_never_dumps_the_key() -> None:
     assert LoadConfig(url="http://127.0.0.1:1", model="m", api_key="").key() is None  # type: ignore[arg-type]
 
 
+def test_a_printed_server_spec_holds_no_key() -> None:
+    from backends.base import EngineOptions, ServerSpec
+
+    spec = ServerSpec(backend="llamacpp", model_name="m", model_path=Path("m.gguf"), options=EngineOptions(),
+                      api_key=KEY)
+    assert spec.api_key == KEY and KEY not in repr(spec) and KEY not in str(spec)
+
+
 def test_a_planted_key_is_sent_and_written_nowhere(secured_server: ServerHandle, calib_url: str,
                                                   tmp_path: Path) -> None:
     """Against the real server behind --api-key (it answers 401 without the key), from the flag and from

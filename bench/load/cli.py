@@ -240,3 +240,5 @@ def sweep_cmd(fields: dict[str, Any], out: Path = typer.Option(Path("results/swe
         console.print(f"[yellow]warning:[/yellow] the client fell behind at {behind}: those steps' latencies include "
                       "its own lag; rerun with more --workers")  # fmt: skip
     console.print(f"curve: {out / 'sweep.json'}  plot: {out / 'sweep.png'}")
+    if result.points and all(point.summary.num_ok == 0 for point in result.points):
+        fail_without_success(result.points[0].summary, console)  # no step measured anything
