@@ -12,7 +12,9 @@ same CLOCK_MONOTONIC the client records on), so a benchmark can measure the clie
 ``--fault KIND --fault-every N`` makes every N-th completion request (counted per process) misbehave, to
 test how the client survives a hostile peer: ``hang`` (never answer), ``status-500``, ``drop`` (close the
 connection without a response, :data:`DROP_AFTER_S` after the request) or ``malformed`` (a 200 stream with a
-well-formed JSON chunk of the wrong shape, cycling through :data:`MALFORMED_CHUNKS`).
+well-formed JSON chunk of the wrong shape, cycling through :data:`MALFORMED_CHUNKS`) or ``close-after`` (a
+normal answer, then the connection closed without ``Connection: close``, as llama-server does after every
+streamed answer).
 
 Run it in its own process: ``python -m bench.load.calibration --port 8123 --ttft-ms 20 --itl-ms 5``.
 It is a small hand-written HTTP/1.1 server (keep-alive, chunked encoding) so that it is not the
@@ -37,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Fault = Literal["hang", "status-500", "drop", "malformed"]
-FAULTS: tuple[Fault, ...] = ("hang", "status-500", "drop", "malformed")
+Fault = Literal["hang", "status-500", "drop", "malformed", "close-after"]
+FAULTS: tuple[Fault, ...] = ("hang", "status-500", "drop", "malformed", "close-after")
 # Well-formed JSON of the wrong shape, sent by the ``malformed`` fault in turn.
 MALFORMED_CHUNKS: tuple[bytes, ...] = (
     b'{"choices":"x"}',
@@ -210,11 +212,14 @@ async def _handle_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
     if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
         fault = st.next_fault()
-        if fault is not None:
+        if fault is not None and fault != "close-after":
             return await _misbehave(fault, reader, writer, st.faulted)
         req = json.loads(body or b"{}")
         rid = headers.get("x-request-id") or f"r{time.perf_counter_ns()}"
         await _stream(writer, req, path.endswith("chat/completions"), rid, st)
+        if fault == "close-after":
+            await writer.drain()
+            return False  # closed unannounced: the client took the connection to be reusable
     elif path == "/calib/log":
         _reply(writer, 200, json.dumps(st.log).encode())
         if method == "DELETE":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,10 @@ READ_BUFSIZE = 1 << 18
 # Bound on opening one TCP connection; the request's own timeout bounds everything else.
 CONNECT_TIMEOUT_S = 30.0
 ERROR_CHARS = 300
+# Stale-connection resends after which a sender stops reusing connections (see :class:`Sender`).
+STALE_LIMIT = 3
+
+log = logging.getLogger(__name__)
 
 
 def make_session(
@@ -60,6 +65,11 @@ class Sender:
     ``max_retries`` times, each time over a new connection from a session that never reuses one, so a
     resend cannot meet another stale connection. Nothing is resent silently: the observation counts the
     attempts and the request keeps its first send time (aiohttp itself never resends a POST).
+
+    A server that closes its connections unannounced again and again (llama-server does after every
+    streamed answer, without ``Connection: close``) would otherwise cost every other request a failed first
+    attempt; after :data:`STALE_LIMIT` such resends the sender stops reusing connections for the rest of
+    its run, and says so once.
     """
 
     def __init__(self, pooled: aiohttp.ClientSession, fresh: aiohttp.ClientSession, timeout_s: float,
@@ -68,6 +78,18 @@ class Sender:
         self.fresh = fresh
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.stale_resends = 0
+
+    @property
+    def reuses_connections(self) -> bool:
+        """Whether first attempts still go over pooled keep-alive connections."""
+        return self.stale_resends < STALE_LIMIT
+
+    def _count_stale(self) -> None:
+        self.stale_resends += 1
+        if self.stale_resends == STALE_LIMIT:
+            log.warning("the server closed %d kept-alive connections without saying so; every request from now "
+                        "on gets a connection of its own", STALE_LIMIT)
 
     async def stream(
         self, url: str, body: bytes, now: Callable[[], float], headers: dict[str, str] | None = None
@@ -93,13 +115,14 @@ class Sender:
                         obs: StreamObservation) -> None:
         for attempt in range(1, self.max_retries + 2):
             obs.attempts = attempt
-            session = self.pooled if attempt == 1 else self.fresh
+            session = self.pooled if attempt == 1 and self.reuses_connections else self.fresh
             try:
                 await _send_once(session, url, body, now, headers, obs)
             except aiohttp.ClientConnectorError as exc:  # no connection, so nothing was sent: no resend
                 obs.error = describe_error(exc)
             except _STALE_CONNECTION as exc:
                 if attempt <= self.max_retries and obs.http_status is None:
+                    self._count_stale()
                     continue  # the server never answered: send again over a new connection
                 obs.error = describe_error(exc)
             except _REQUEST_ERRORS as exc:
