@@ -29,5 +29,7 @@ async def test_exact_lengths_against_real_server(transformers_server: Any, api: 
     assert {r.token_count_source for r in records} == {"usage"}
     assert {r.output_tokens for r in records} == {8}  # ignore_eos + min_tokens force the length
     assert {r.prompt_tokens for r in records} == {48}  # chat template tokens included in the target
+    check = s.prompt_tokens_check  # the server counts our prompts as our tokenizer did
+    assert check is not None and check.checked == 4 and not check.mismatch and check.ours == check.server == 4 * 48
     assert (tmp_path / "server_metrics.jsonl").stat().st_size > 0
     assert "requests_running_peak" in s.server

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench.load.records import StreamObservation, make_record, read_records, token_source_warning
+from bench.load.records import RequestRecord, StreamObservation, make_record, read_records, token_source_warning
 from bench.load.runner import run_load_async
 from bench.load.tokenizer import Tokenizer, load_tokenizer
 from tests.helpers import calibration_config, scripted_server
@@ -96,3 +96,29 @@ async def test_usage_is_preferred_and_silent(chunky_url: str, bundled_tokenizer:
     s = await run_load_async(cfg, tmp_path, Console(file=out, width=300))
     assert s.token_count_sources == {"usage": 4} and s.total_output_tokens == 4 * 16
     assert "no usage" not in out.getvalue()
+
+
+async def test_a_server_that_counts_prompts_otherwise_is_flagged(chunky_url: str, bundled_tokenizer: Tokenizer,
+                                                                 tmp_path: Path) -> None:
+    """The calibration server counts a prompt's whitespace words, not the model's tokens: a tokenizer mismatch."""
+    cfg = calibration_config(chunky_url, arrival={"kind": "concurrency", "n": 2}, num_requests=4, tokenizer=BUNDLED)
+    out = io.StringIO()
+    s = await run_load_async(cfg, tmp_path, Console(file=out, width=400))
+    check = s.prompt_tokens_check
+    assert check is not None and check.checked == 4 and check.mismatch and check.ours == 4 * 16
+    assert check.ours != check.server
+    assert "prompts' lengths are not what the server sees" in out.getvalue()
+
+
+def test_prompt_token_check_tolerates_two_percent() -> None:
+    from bench.metrics.prompt_check import prompt_token_check
+
+    def rec(index: int, ours: int | None, server: int) -> RequestRecord:
+        return RequestRecord(request_id=str(index), index=index, scheduled_t=0.0, sent_t=0.0, end_t=1.0,
+                             first_token_t=0.5, prompt_tokens=server, counted_input_tokens=ours)
+
+    assert prompt_token_check([rec(0, None, 100)]) is None  # no exact count of ours: nothing to compare
+    close = prompt_token_check([rec(0, 100, 100), rec(1, 98, 100)])
+    assert close is not None and not close.mismatch and close.checked == 2
+    off = prompt_token_check([rec(0, 100, 100), rec(1, 90, 100)])
+    assert off is not None and off.mismatch and off.max_diff_fraction == pytest.approx(0.1)

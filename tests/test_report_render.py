@@ -299,9 +299,11 @@ def test_load_rows_say_whether_the_client_kept_up_and_throughput_held() -> None:
     from bench.report.render import health_cells
 
     behind = {"client": {"behind": True}, "steady_state": {"steady": False}, "server": {"tpot_gap_ms": 3.456}}
-    assert health_cells(behind) == ["BEHIND", "NO", "3.46"]
-    assert health_cells({"client": {"behind": False}, "steady_state": {"steady": True}}) == ["ok", "yes", "–"]
-    assert health_cells({}) == ["–", "–", "–"]  # results from before these figures existed
+    assert health_cells(behind) == ["BEHIND", "NO", "3.46", "–"]
+    assert health_cells({"client": {"behind": False}, "steady_state": {"steady": True}}) == ["ok", "yes", "–", "–"]
+    assert health_cells({}) == ["–", "–", "–", "–"]  # results from before these figures existed
+    assert health_cells({"prompt_tokens_check": {"mismatch": True}})[-1] == "MISMATCH"
+    assert health_cells({"prompt_tokens_check": {"mismatch": False}})[-1] == "ok"
 
 
 def test_seed_cells_give_the_95_percent_interval() -> None:

@@ -115,6 +115,11 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
         _client_rows(head, s.client)
     if s.steady_state is not None:
         _steady_row(head, s.steady_state)
+    if s.prompt_tokens_check is not None:
+        check = s.prompt_tokens_check
+        verdict = "MISMATCH" if check.mismatch else "ok"
+        head.add_row("prompt tokens (ours / server's)",
+                     f"{check.ours} / {check.server} over {check.checked} requests: {verdict}")
     for err, count in s.errors.items():
         head.add_row(f"error x{count}", err)
     lat = Table(title="latency (ms)")

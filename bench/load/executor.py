@@ -151,8 +151,7 @@ class Executor:
             "warmup": index < job.config.warmup,
             "worker": job.worker,
             "workload": job.config.workload.kind,
-            "target_input_tokens": prompt.input_tokens,
-            "target_output_tokens": prompt.output_tokens,
+            **prompt.record_meta(),
         }
         record = make_record(
             obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta,

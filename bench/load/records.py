@@ -53,6 +53,7 @@ class RequestRecord:
     workload: str = ""
     target_input_tokens: int | None = None
     target_output_tokens: int | None = None
+    counted_input_tokens: int | None = None  # our tokenizer's count (chat template included), where exact
 
     @property
     def ok(self) -> bool:

@@ -90,7 +90,15 @@ async def run_load_async(
         console.print(summary_table(summary, f"bench load: {config.arrival.describe()}"))
     warn_token_sources(summary, console)
     warn_client_behind(summary, console)
+    warn_prompt_tokens(summary, console)
     return summary
+
+
+def warn_prompt_tokens(summary: LoadSummary, console: Console | None) -> None:
+    """A warning when the server counts our prompts otherwise than our tokenizer did."""
+    check = summary.prompt_tokens_check
+    if check is not None and check.mismatch:
+        _warn(console, check.describe())
 
 
 def warn_client_behind(summary: LoadSummary, console: Console | None) -> None:

@@ -70,6 +70,12 @@ class Prompt:
     exact: bool = False
     tag: str = ""
 
+    def record_meta(self) -> dict[str, int | None]:
+        """What a request's record says of its prompt: the lengths asked for, and our own count of the input
+        where the tokenizer made it exact (the server's count is checked against it)."""
+        return {"target_input_tokens": self.input_tokens, "target_output_tokens": self.output_tokens,
+                "counted_input_tokens": self.input_tokens if self.exact else None}
+
 
 class _Workload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.load.records import RequestRecord
 from bench.metrics.health import ClientHealth
+from bench.metrics.prompt_check import PromptTokenCheck, prompt_token_check
 from bench.metrics.steady import SteadyState, steady_state
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -99,6 +100,9 @@ class LoadSummary(BaseModel):
     client: ClientHealth | None = Field(default=None, description="the load client's own lag and CPU use")
     steady_state: SteadyState | None = Field(
         default=None, description="output tok/s in the first vs the last third of the sending window"
+    )
+    prompt_tokens_check: PromptTokenCheck | None = Field(
+        default=None, description="our tokenizer's count of the first prompts against the server's usage"
     )
 
 
@@ -302,6 +306,7 @@ def summarize(records: Sequence[RequestRecord], slo: SLO | None = None) -> LoadS
         token_count_sources=dict(Counter(r.token_count_source for r in ok)),
         errors=dict(Counter(_short(r.error) for r in measured if r.error).most_common(10)),
         steady_state=steady_state(measured),
+        prompt_tokens_check=prompt_token_check(measured),
     )
 
 

@@ -112,7 +112,7 @@ def _seed_cells(s: SeedStats) -> list[str]:
 LOAD_HEADER = ("run", "backend", "model", "options", "seed", "scenario", "load", "ok/err", "req/s", "out tok/s",
                "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL p50 ms", "E2E p50 ms", "E2E p99 ms",
                "goodput req/s", "meets SLO", "peak RSS GiB", "startup s", "$/1M out tok", "client", "steady",
-               "TPOT gap ms")
+               "TPOT gap ms", "prompt tokens")
 
 
 def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
@@ -135,12 +135,15 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
 
 
 def health_cells(summary: dict[str, Any]) -> list[str]:
-    """Whether the client kept up, whether throughput held (first vs last third), and the client − server
-    TPOT gap (docs/metrics.md): "BEHIND" and "NO" mark a number that measured the client or a warm-up."""
+    """Whether the client kept up, whether throughput held (first vs last third), the client − server TPOT gap,
+    and whether the server counted our prompts as our tokenizer did (docs/metrics.md): "BEHIND", "NO" and
+    "MISMATCH" mark a number that measured the client, a warm-up, or prompts of other lengths than asked."""
     client, steady = summary.get("client") or {}, summary.get("steady_state") or {}
+    prompts = summary.get("prompt_tokens_check") or {}
     kept = "–" if not client else "BEHIND" if client.get("behind") else "ok"
     held = "–" if not steady else "yes" if steady.get("steady") else "NO"
-    return [kept, held, _fmt((summary.get("server") or {}).get("tpot_gap_ms"), 2)]
+    counted = "–" if not prompts else "MISMATCH" if prompts.get("mismatch") else "ok"
+    return [kept, held, _fmt((summary.get("server") or {}).get("tpot_gap_ms"), 2), counted]
 
 
 SCALING_HEADER = ("run", "backend", "model", "options", "seed", "GPUs", "best load", "req/s", "out tok/s",

@@ -260,8 +260,7 @@ class LLMUser(User):
             "warmup": index < state.settings.warmup,
             "worker": state.worker,
             "workload": state.settings.workload.kind,
-            "target_input_tokens": prompt.input_tokens,
-            "target_output_tokens": prompt.output_tokens,
+            **prompt.record_meta(),
         }
         return make_record(obs, request_id=rid, index=index, scheduled_t=scheduled, sent_t=sent_t, meta=meta,
                            count_tokens=state.count_tokens)
