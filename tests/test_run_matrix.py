@@ -385,7 +385,7 @@ def test_bench_run_resume_with_only_retries_the_matching_failed_cell(tmp_path: P
 
 
 def test_resume_reads_a_run_yaml_written_before_the_draft_length_became_optional(registry: Registry) -> None:
-    run_dir = Path(__file__).parents[1] / "reports" / "examples" / "cpu-matrix"
+    run_dir = Path(__file__).parent / "data" / "run-before-schema-changes"  # the example's run.yaml before a rerun
     written = yaml.safe_load((run_dir / "run.yaml").read_text())["matrix"]["option_sets"][0]["options"]
     assert (written["speculative"], written["num_speculative_tokens"]) == ("none", 4)  # the old default, written
     matrix = read_run_matrix(run_dir)
