@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,24 @@ def stand_in_llama_server(path: Path, preamble: str) -> Path:
     path.write_text(f"#!{sys.executable}\nimport http.server, json, os, signal, sys\n{preamble}\n{_STAND_IN_SERVE}")
     path.chmod(0o755)
     return path
+
+
+def server_metric(url: str, name: str, timeout: float = 30.0) -> float:
+    """The value of ``name`` (the first labelled sample) on the server's /metrics."""
+    import httpx
+
+    for line in httpx.get(f"{url}/metrics", timeout=timeout).text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_server_idle(url: str, timeout_s: float) -> None:
+    """Wait until our server has no request in flight and none running in its engine."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (server_metric(url, "servebench:requests_in_flight") == 0
+                and server_metric(url, "vllm:num_requests_running") == 0):
+            return
+        time.sleep(0.1)
+    raise AssertionError("server still busy")

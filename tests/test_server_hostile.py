@@ -18,6 +18,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from servers.launch import ServerHandle
+from tests.helpers import server_metric, wait_server_idle
 
 TIMEOUT = httpx.Timeout(120, connect=10)
 # (label, JSON body fields) of completion requests the server must refuse with 400, and what the message says.
@@ -44,19 +45,11 @@ def _post(server: ServerHandle, path: str, body: dict[str, Any] | bytes) -> http
 
 
 def _metric(server: ServerHandle, name: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text.splitlines():
-        if line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    return server_metric(server.url, name)
 
 
 def _wait_idle(server: ServerHandle, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _metric(server, "servebench:requests_in_flight") == 0 and _metric(server, "vllm:num_requests_running") == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("server still busy")
+    wait_server_idle(server.url, timeout_s)
 
 
 def _tracebacks(server: ServerHandle) -> int:

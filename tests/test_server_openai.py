@@ -12,6 +12,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from servers.launch import ServerHandle
+from tests.helpers import server_metric, wait_server_idle
 
 
 @pytest.fixture(scope="module")
@@ -164,19 +165,11 @@ def test_unsupported_sampling_option_is_refused(client: OpenAI, transformers_ser
 
 
 def _gauge(server: ServerHandle, name: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    return server_metric(server.url, name)
 
 
 def _wait_idle(server: ServerHandle, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _gauge(server, "servebench:requests_in_flight") == 0 and _gauge(server, "vllm:num_requests_running") == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("server still busy")
+    wait_server_idle(server.url, timeout_s)
 
 
 def test_disconnect_mid_stream_frees_the_slot(transformers_server: ServerHandle) -> None:
