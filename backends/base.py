@@ -80,6 +80,8 @@ class EngineOptions(BaseModel):
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per model replica (vLLM).")
     pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages (vLLM).")
     data_parallel_size: int = Field(default=1, ge=1, description="Model replicas (vLLM).")
+    api_server_count: int = Field(default=1, ge=1, description="HTTP frontend processes in front of the engine "
+                                  "(vLLM on GPU): more than 1 tells a frontend limit from an engine limit.")
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1,
                                               description="Bytes reserved for the KV cache (vLLM).")
 
@@ -125,6 +127,8 @@ class Capabilities:
     batching: Literal["continuous", "static", "none"] = "continuous"
     devices: tuple[str, ...] = ("cpu",)
     parallelism: tuple[str, ...] = ()
+    # The engine can put several HTTP frontend processes in front of one engine (``api_server_count``).
+    api_servers: bool = False
     notes: str = ""
     # Logprobs of the prompt's own tokens (``echo=true`` with ``logprobs`` on ``/v1/completions``):
     # loglikelihood evals (``bench eval --mode loglikelihood``, lm-eval) need them.

@@ -2,7 +2,8 @@
 
 An engine refuses, with :class:`backends.errors.UnsupportedOptionError`, a format, KV-cache dtype or speculative
 method outside its :class:`backends.base.Capabilities`, prefix caching it lacks, parallelism of a kind it does
-not list, and any option it names in ``reasons`` among those it takes no value for (:data:`FIXED_OPTIONS`).
+not list, several HTTP frontends (``api_server_count``) where it has one, and any option it names in ``reasons``
+among those it takes no value for (:data:`FIXED_OPTIONS`).
 Checks only one engine makes stay in that engine's ``config.py``.
 """
 
@@ -55,3 +56,7 @@ def _refuse_outside_capabilities(engine: str, caps: Capabilities, options: Engin
     parallel = (options.tensor_parallel_size, options.pipeline_parallel_size, options.data_parallel_size)
     if any(size != 1 and kind not in caps.parallelism for kind, size in zip(PARALLEL_KINDS, parallel, strict=True)):
         raise UnsupportedOptionError(engine, "parallelism", parallel, reasons.get("parallelism", caps.parallelism))
+    if options.api_server_count != 1 and not caps.api_servers:
+        raise UnsupportedOptionError(engine, "api_server_count", options.api_server_count,
+                                     reasons.get("api_server_count", "1 (one HTTP frontend, in the engine's own "
+                                                 "process or server)"))

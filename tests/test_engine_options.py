@@ -92,3 +92,19 @@ def test_cli_refuses_q6_where_the_engine_lacks_it() -> None:
                                 env={"COLUMNS": "250"})
     assert result.exit_code == 2
     assert "backend 'llamacpp' does not support kv_cache_dtype='q6'" in result.output
+
+
+@pytest.mark.parametrize("backend", ["transformers", "llamacpp", "exllamav2", "exllamav3"])
+def test_engines_with_one_frontend_refuse_api_server_count(backend: str) -> None:
+    with pytest.raises(UnsupportedOptionError) as info:
+        registry.validate(backend, EngineOptions(device="cuda", api_server_count=2), FORMATS[backend])
+    assert info.value.option == "api_server_count"
+    expected = f"backend {backend!r} does not support api_server_count=2; supported: 1 (one HTTP frontend"
+    assert expected in str(info.value)
+
+
+def test_serve_cli_refuses_api_server_count_for_llamacpp() -> None:
+    result = CliRunner().invoke(build_app(), ["serve", "--backend", "llamacpp", "--api-server-count", "2"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 2
+    assert "backend 'llamacpp' does not support api_server_count=2" in result.output

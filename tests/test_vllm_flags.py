@@ -91,7 +91,7 @@ def test_defaults_omit_optional_flags(launcher: VllmLauncher) -> None:
     cmd = launcher.command(cpu())
     for flag in ("--api-key", "--max-model-len", "--kv-cache-dtype", "--quantization", "--tokenizer",
                  "--speculative-config", "--tensor-parallel-size", "--pipeline-parallel-size",
-                 "--data-parallel-size"):
+                 "--data-parallel-size", "--api-server-count"):
         assert flag not in cmd
     assert flag_value(cmd, "--dtype") == "auto"
 
@@ -202,6 +202,13 @@ def test_parallel_sizes_on_gpu(launcher: VllmLauncher, tp: int, pp: int, dp: int
         assert size != 1 or flag not in cmd
 
 
+def test_api_server_count_on_gpu(launcher: VllmLauncher) -> None:
+    cmd = launcher.command(gpu(api_server_count=4))
+    assert cmd[2:4] == ["vllm.entrypoints.cli.main", "serve"]  # `vllm serve` is what starts several frontends
+    assert flag_value(cmd, "--api-server-count") == "4"
+    assert "--api-server-count" not in launcher.command(gpu(api_server_count=1))
+
+
 # --- environment --------------------------------------------------------------------------------------------
 
 def test_cpu_environment_threads_and_kv(launcher: VllmLauncher) -> None:
@@ -244,6 +251,15 @@ def test_int_kv_cache_refused(kv: str) -> None:
 def test_parallelism_refused_on_cpu(option: str) -> None:
     with pytest.raises(UnsupportedOptionError, match=rf"{option}=2.*1 on CPU"):
         backends.validate("vllm", EngineOptions.model_validate({"device": "cpu", option: 2}), "hf")
+
+
+def test_api_server_count_refused_on_cpu() -> None:
+    with pytest.raises(UnsupportedOptionError, match=r"api_server_count=2; supported: 1 on CPU .*device=cuda"):
+        backends.validate("vllm", EngineOptions(device="cpu", api_server_count=2), "hf")
+
+
+def test_api_server_count_accepted_on_gpu(with_vllm: None) -> None:
+    backends.validate("vllm", EngineOptions(device="cuda", api_server_count=4, data_parallel_size=2), "hf")
 
 
 def test_parallelism_accepted_on_gpu(with_vllm: None) -> None:

