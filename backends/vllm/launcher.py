@@ -67,7 +67,7 @@ class VllmLauncher:
     def command(self, spec: ServerSpec) -> list[str]:
         """The server's command line (no side effects)."""
         target = config.resolve_platform(spec.options)
-        python = venv.venv_python() if target == "cpu" else flags.gpu_python()
+        python = venv.venv_python() if target == "cpu" else (config.cuda_python() or flags.gpu_python())
         program = flags.entrypoint(python, spec.model_path, target)
         return program + flags.server_args(spec, target, self._tokenizer(spec))
 
