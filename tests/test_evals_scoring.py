@@ -14,7 +14,7 @@ from bench.evals.extract import extract_number, last_boxed, numbers_equal, parse
 from bench.evals.scoring import bootstrap_ci, macro_f1, normalize_answer, squad_exact, squad_f1
 from bench.evals.tasks import build_task
 from bench.evals.tasks.arc import ArcDoc, ArcTask, extract_letter
-from bench.evals.tasks.base import Prompt, Reply
+from bench.evals.tasks.base import Prompt, Reply, Scored
 from bench.evals.tasks.math import read_openmath_jsonl
 
 
@@ -244,3 +244,41 @@ def test_openmath_jsonl(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     docs = read_openmath_jsonl(path)
     assert [d.gold for d in docs] == [2.0, 0.25]
+
+
+def _math_scored(diffs: list[float | None], exact: list[float]) -> list[Scored]:
+    return [Scored(extracted=None if d is None else "x", score=d, gold="0",
+                   fields={"absdiff": d, "exact_match": e}) for d, e in zip(diffs, exact, strict=True)]
+
+
+def test_math_headline_is_robust_to_run_on_numbers() -> None:
+    """One run-on reply (a number near 1e82, as SmolLM2 gave on GSM8K) leaves the median and the log-scale mean
+    where the other documents put them; the plain mean stays finite even at a float's limit."""
+    task = build_task(EvalConfig(url="http://h", model="m", task="math-absdiff"))
+    assert task.primary_metric == "absdiff_median" and task.higher_is_better is False
+    scored = _math_scored([0.0, 9.0, 99.0, 5e82, None], [1.0, 0.0, 0.0, 0.0, 0.0])
+    metrics = task.aggregate(scored)
+    assert metrics["absdiff_median"] == pytest.approx(54.0)  # (9 + 99) / 2
+    # log10(1 + d): 0, 1, 2 and 82.7 -> mean (0 + 1 + 2 + 82.699) / 4
+    assert metrics["absdiff_log10_mean"] == pytest.approx((0 + 1 + 2 + math.log10(1 + 5e82)) / 4)
+    assert metrics["absdiff_mean"] == pytest.approx(5e82 / 4)
+    assert metrics["exact_match"] == pytest.approx(0.2)  # over all five, the unanswered one counts as wrong
+    assert metrics["extracted_rate"] == pytest.approx(0.8)
+    huge = task.aggregate(_math_scored([1.7e308, 1.7e308, 3.0], [0.0, 0.0, 1.0]))
+    assert all(v is None or math.isfinite(v) for v in huge.values())
+    assert huge["absdiff_median"] == 1.7e308 and huge["absdiff_log10_mean"] == pytest.approx((2 * 308.23 + 0.602) / 3,
+                                                                                              abs=0.01)
+
+
+def test_math_aggregate_never_gives_inf_or_nan() -> None:
+    """inf in a sample (older records) is left out like no answer; nothing is inf or nan, and no answer at all
+    gives None rather than nan."""
+    task = build_task(EvalConfig(url="http://h", model="m", task="math-absdiff"))
+    metrics = task.aggregate(_math_scored([math.inf, 4.0], [0.0, 0.0]))
+    assert metrics["absdiff_median"] == 4.0 and metrics["absdiff_mean"] == 4.0
+    empty = task.aggregate(_math_scored([None, None], [0.0, 0.0]))
+    assert empty["absdiff_median"] is None and empty["absdiff_log10_mean"] is None and empty["absdiff_mean"] is None
+    assert empty["exact_match"] == 0.0
+    ci = bootstrap_ci(_math_scored([1.0, 5e82, 3.0, 1e300], [0.0] * 4),
+                      lambda s: task.aggregate(s)["absdiff_median"], resamples=200)
+    assert ci is not None and all(math.isfinite(v) for v in ci)

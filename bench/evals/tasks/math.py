@@ -1,13 +1,21 @@
 """``math-absdiff``: GSM8K, the numeric part of MATH-500, or a user's OpenMath-style JSONL.
 
 The score of a sample is ``|predicted - gold|`` of the numeric answers (lower is better); exact-match
-accuracy is reported beside it. Few-shot examples are the standard chain-of-thought exemplars that
+accuracy is reported beside it. The headline is the *median* absolute difference: a small model's run-on
+replies ("12345678910111213...") give differences near 1e80, and one of them decides a plain mean (a mean of
+5e82 over 200 GSM8K documents, inf on a GPU run). Beside it, ``absdiff_log10_mean`` is the mean of
+``log10(1 + |predicted - gold|)``, the mean order of magnitude of the error (numeric-estimation evals score
+on this log scale, e.g. the Fermi-problems benchmark, Kalyan et al. 2021), and ``absdiff_mean`` is the plain
+mean where it is finite. lm-evaluation-harness scores GSM8K by exact match alone; ``exact_match`` is that.
+
+Few-shot examples are the standard chain-of-thought exemplars that
 oe-eval ships in its prompts (8 for GSM8K, 4 Minerva ones for MATH), taken in order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +96,7 @@ class MathAbsDiffTask:
     """Numeric math answers scored by absolute difference."""
 
     name = "math-absdiff"
-    primary_metric = "absdiff_mean"
+    primary_metric = "absdiff_median"
     higher_is_better = False
 
     def __init__(
@@ -138,11 +146,21 @@ class MathAbsDiffTask:
         )
 
     def aggregate(self, scored: Sequence[Scored]) -> dict[str, float | None]:
-        """Mean/median absolute difference over extracted answers; exact match over all samples."""
-        diffs = [s.score for s in scored if s.score is not None]
+        """Median, log-scale mean and (finite) plain mean of the absolute difference over extracted answers;
+        exact match over all samples. No value is inf or nan."""
+        diffs = [s.score for s in scored if s.score is not None and math.isfinite(s.score)]
         return {
-            "absdiff_mean": mean(diffs),
             "absdiff_median": statistics.median(diffs) if diffs else None,
+            "absdiff_log10_mean": mean([math.log10(1.0 + d) for d in diffs]),
+            "absdiff_mean": finite_mean(diffs),
             "exact_match": mean([s.fields["exact_match"] for s in scored]),
             "extracted_rate": len(diffs) / len(scored) if scored else None,
         }
+
+
+def finite_mean(values: Sequence[float]) -> float | None:
+    """The arithmetic mean, or None where it overflows a float (values near 1e308) or there are none."""
+    total = 0.0
+    for value in values:
+        total += value / len(values)  # divided first: a sum of several 1e308 would be inf
+    return total if values and math.isfinite(total) else None
