@@ -11,8 +11,12 @@
 #     base cells (SLO sweep + evals), then `--resume` for the KV-dtype and n-gram cells, each under a timeout
 #     that leaves time to pack the run folder into $OUT (seed-table-run.tar.gz).
 # Settings: PHASES ("base variants" by default; "variants" alone skips the base cells), RUN_ID, and RESUME_FROM,
-# a run folder in the working tree (e.g. reports/gpu-seed-table-h100/gpu-seed-table-llamacpp) that is copied in
+# a run folder in the working tree (e.g. reports/gpu-seed-table-h100/gpu-seed-table) that is copied in
 # and continued with --resume instead of starting a new run.
+# ENGINE (llamacpp by default; vllm, transformers) picks whose cells run, MODEL (a glob, default *) which models,
+# BASE_SETS / VARIANT_SETS which option sets (defaults per engine below). STAGE is the staged folder
+# (.stage/seed-table); for vLLM it holds only the gguf wheel, since the staged vLLM bundle in /tmp/site
+# (shared/device/README.md) already has the server stack at the versions vLLM wants.
 # See reports/gpu-seed-table-h100/README.md for the calls and what they carried.
 set -uo pipefail
 REPO=$PWD
@@ -20,7 +24,16 @@ PHASES=${PHASES:-base variants}
 W=/tmp/llcuda
 OUTDIR=${OUT:-$W/out}
 LIMIT=${CALL_LIMIT_S:-585}
-ST=.stage/seed-table
+ST=${STAGE:-.stage/seed-table}
+ENGINE=${ENGINE:-llamacpp}
+MODEL=${MODEL:-*}
+case $ENGINE in
+    llamacpp) DEF_VARIANTS="gpu+kv-q8 gpu+kv-q4 gpu+spec-ngram" ;;
+    vllm) DEF_VARIANTS="gpu+kv-fp8 gpu+spec-ngram" ;;
+    *) DEF_VARIANTS="" ;;
+esac
+BASE_SETS=${BASE_SETS:-gpu}
+VARIANT_SETS=${VARIANT_SETS:-$DEF_VARIANTS}
 mkdir -p "$W" "$OUTDIR"
 LOG=$OUTDIR/seed-table.log
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
@@ -57,7 +70,7 @@ GG=$SERVEBENCH_CACHE/models/smollm2-135m-instruct/r2/gguf
 if [ ! -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
     say "bench models prepare (HF bf16 -> GGUF F16 -> Q8_0, Q4_K_M) on this machine"
     # llama-cpp-python's Python part over the CUDA build's libllama (same 0.3.36 source) for llama_model_quantize
-    PYTHONPATH=$PYTHONPATH:$W/llcpy LLAMA_CPP_LIB_PATH=$DEST timeout $((LIMIT - SECONDS - 200)) \
+    PYTHONPATH=$PYTHONPATH:$W/llcpy LLAMA_CPP_LIB_PATH=$DEST timeout -s INT $((LIMIT - SECONDS - 200)) \
         python3 -m bench models prepare smollm2-135m-instruct --registry "$W/models.yaml" 2>&1 | tail -30 | tee -a "$LOG"
     (cd "$GG" && sha256sum -c "$W/derived.sha256") 2>&1 | tee -a "$LOG" "$OUTDIR/derived-sha256-check.txt"
 fi
@@ -73,23 +86,24 @@ if [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ]; then
 fi
 MATRIX=benchmarks/gpu/seed-table.yaml
 # 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
-BASE=(--only 'llamacpp__*__gpu__s0')
-VARIANTS=(--only 'llamacpp__*__gpu+kv-q8__s0' --only 'llamacpp__*__gpu+kv-q4__s0' --only 'llamacpp__*__gpu+spec-ngram__s0')
+BASE=(); VARIANTS=()
+for set in $BASE_SETS; do BASE+=(--only "${ENGINE}__${MODEL}__${set}__s0"); done
+for set in $VARIANT_SETS; do VARIANTS+=(--only "${ENGINE}__${MODEL}__${set}__s0"); done
 if [[ " $PHASES " != *" base "* ]]; then
     say "base cells not asked for (PHASES=$PHASES)"
 elif [ ! -d "$RUN_DIR" ]; then
     say "bench run ${BASE[*]}"
-    timeout $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
+    timeout -s INT $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-base.log" | grep -vE '^\s*$' | tail -40
     say "base cells: rc ${PIPESTATUS[0]}"
 else
     say "bench run --resume (base)"
-    timeout $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
+    timeout -s INT $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-base.log" | tail -40
 fi
-if [[ " $PHASES " == *" variants "* ]] && [ $((LIMIT - SECONDS)) -gt 90 ]; then
+if [[ " $PHASES " == *" variants "* ]] && [ ${#VARIANTS[@]} -gt 0 ] && [ $((LIMIT - SECONDS)) -gt 90 ]; then
     say "bench run --resume ${VARIANTS[*]}"
-    timeout $((LIMIT - SECONDS - 40)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${VARIANTS[@]}" \
+    timeout -s INT $((LIMIT - SECONDS - 40)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${VARIANTS[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-variants.log" | tail -40
     say "variant cells: rc ${PIPESTATUS[0]}"
 fi
