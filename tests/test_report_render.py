@@ -282,7 +282,8 @@ def test_eval_no_answer_share_is_shown_and_over_20_percent_flagged(tmp_path: Pat
         cell["scenarios"]["arc"]["result"].update(no_answer_rate=rate, no_answer_flag=rate > 0.2, mode="generate")
         if seed == 0:
             loaded = {**cell["scenarios"]["arc"]["result"], "value": 0.45}
-            cell["scenarios"]["arc"]["under_load"] = {"load": "r2", "result": loaded, "delta": -0.05,
+            cell["scenarios"]["arc"]["under_load"] = {"load": "r2", "dir": "arc/under-load", "result": loaded,
+                                                      "load_summary": _summary(10, 100, 60), "delta": -0.05,
                                                       "changed_answers": 1, "compared": 8}
         (cells / f"transformers__m__default__s{seed}" / "cell.json").write_text(json.dumps(cell))
     write_report([run], run)
@@ -297,13 +298,24 @@ def test_eval_no_answer_share_is_shown_and_over_20_percent_flagged(tmp_path: Pat
 
 def test_load_rows_say_whether_the_client_kept_up_and_throughput_held() -> None:
     from bench.report.render import health_cells
+    from bench.run.results import LoadPoint
 
-    behind = {"client": {"behind": True}, "steady_state": {"steady": False}, "server": {"tpot_gap_ms": 3.456}}
-    assert health_cells(behind) == ["BEHIND", "NO", "3.46", "–"]
-    assert health_cells({"client": {"behind": False}, "steady_state": {"steady": True}}) == ["ok", "yes", "–", "–"]
-    assert health_cells({}) == ["–", "–", "–", "–"]  # results from before these figures existed
-    assert health_cells({"prompt_tokens_check": {"mismatch": True}})[-1] == "MISMATCH"
-    assert health_cells({"prompt_tokens_check": {"mismatch": False}})[-1] == "ok"
+    def cells(**fields: Any) -> list[str]:
+        return health_cells(LoadPoint.model_validate({**_summary(10, 100, 60), **fields}))
+
+    def steady(held: bool) -> dict[str, Any]:
+        return {"first_third_tok_s": 10.0, "last_third_tok_s": 10.0 if held else 5.0, "ratio": None, "steady": held}
+
+    def prompts(mismatch: bool) -> dict[str, Any]:
+        return {"checked": 4, "ours": 100, "server": 130 if mismatch else 100, "max_diff_fraction": 0.3 if mismatch
+                else 0.0, "mismatch": mismatch}
+
+    behind = cells(client={"workers": 1, "behind": True}, steady_state=steady(False), server={"tpot_gap_ms": 3.456})
+    assert behind == ["BEHIND", "NO", "3.46", "–"]
+    assert cells(client={"workers": 1}, steady_state=steady(True)) == ["ok", "yes", "–", "–"]
+    assert cells() == ["–", "–", "–", "–"]  # results from before these figures existed
+    assert cells(prompt_tokens_check=prompts(True))[-1] == "MISMATCH"
+    assert cells(prompt_tokens_check=prompts(False))[-1] == "ok"
 
 
 def test_seed_cells_give_the_95_percent_interval() -> None:

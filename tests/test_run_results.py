@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -78,3 +79,30 @@ def test_records_carry_the_schema_version_and_a_newer_one_is_refused() -> None:
     bad_scenario = {**IDENTITY, "status": "failed", "error": "x", "scenarios": {"load": {"kind": "load"}}}
     with pytest.raises(CellRecordError, match=r"scenarios\.load\.load\.points"):
         parse_cell(bad_scenario, "cell.json")
+
+
+def _cell_with(kind: str, key: str = "kind") -> tuple[Path, dict[str, Any], str]:
+    """The first committed example cell with a scenario of ``kind`` that has ``key``: path, data, scenario name."""
+    for path in sorted((EXAMPLES[0] / "cells").glob("*/cell.json")):
+        data = json.loads(path.read_text())
+        for name, scenario in data.get("scenarios", {}).items():
+            if scenario.get("kind") == kind and "status" not in scenario and scenario.get(key):
+                return path, data, name
+    raise AssertionError(f"no {kind} scenario in {EXAMPLES[0]}")
+
+
+def test_nested_results_are_typed_so_a_renamed_key_names_its_field() -> None:
+    """The report reads every nested result by attribute: the KV probe, a length's fit, an eval's summary."""
+    path, data, name = _cell_with("kv-cache", "prefix")
+    kv = data["scenarios"][name]
+    kv["prefix"]["shared_prefix"] = kv["prefix"].pop("shared")
+    with pytest.raises(CellRecordError, match=rf"scenarios\.{name}\.kv-cache\.prefix\.shared: Field required"):
+        parse_cell(data, path)
+    path, data, name = _cell_with("kv-cache")
+    next(iter(data["scenarios"][name]["lengths"].values()))["max_concurrency_fit"] = {"kv": "many"}
+    with pytest.raises(CellRecordError, match=r"max_concurrency_fit\.kv"):
+        parse_cell(data, path)
+    path, data, name = _cell_with("eval")
+    data["scenarios"][name]["result"]["score"] = data["scenarios"][name]["result"].pop("value")
+    with pytest.raises(CellRecordError, match=rf"scenarios\.{name}\.eval\.result\.value: Field required"):
+        parse_cell(data, path)

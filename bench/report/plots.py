@@ -19,9 +19,11 @@ import numpy as np
 
 from bench.load.records import read_records
 from bench.metrics import tpot, ttft
-from bench.report.tables import CellKey, EvalRow, KVRow, LoadRow, SpeedUp
+from bench.report.tables import CellKey, EvalRow, KVRow, LoadRow, SpeedUp, StatMetric, summary_stat
+from bench.run.results import KVCapacity
 
 NAN = float("nan")
+LATENCIES: tuple[StatMetric, StatMetric] = ("ttft_ms", "tpot_ms")
 
 
 def _label(key: CellKey, multi_run: bool) -> str:
@@ -40,6 +42,10 @@ def _num(value: float | None) -> float:
     return NAN if value is None else value
 
 
+def _opt_float(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def throughput_latency(rows: list[LoadRow], out: Path, multi_run: bool = False) -> Path | None:
     """Output tokens/s against median TTFT and TPOT, one line per cell and load scenario."""
     if not rows:
@@ -51,7 +57,7 @@ def throughput_latency(rows: list[LoadRow], out: Path, multi_run: bool = False) 
     for label, series in grouped.items():
         series = sorted(series, key=lambda r: r.throughput or 0.0)
         xs = [_num(r.throughput) for r in series]
-        for ax, metric in zip(axes, ("ttft_ms", "tpot_ms"), strict=True):
+        for ax, metric in zip(axes, LATENCIES, strict=True):
             ys = [_num(r.stat(metric, "p50")) for r in series]
             ax.plot(xs, ys, marker="o", label=label)
             for x, y, r in zip(xs, ys, series, strict=True):
@@ -99,7 +105,7 @@ def kv_context(rows: list[KVRow], out: Path, multi_run: bool = False) -> Path | 
     if not rows:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    capacity: dict[str, dict[str, Any]] = {}
+    capacity: dict[str, KVCapacity] = {}
     grouped: dict[str, list[KVRow]] = defaultdict(list)
     for row in rows:
         label = f"{_label(row.key, multi_run)} · s{row.key.seed}"
@@ -109,8 +115,8 @@ def kv_context(rows: list[KVRow], out: Path, multi_run: bool = False) -> Path | 
     for label, series in grouped.items():
         series = sorted(series, key=lambda r: r.length)
         xs = [r.length for r in series]
-        for ax, metric in zip(axes[1:], ("ttft_ms", "tpot_ms"), strict=True):
-            ax.plot(xs, [_num((r.summary.get(metric) or {}).get("p50")) for r in series], marker="o", label=label)
+        for ax, metric in zip(axes[1:], LATENCIES, strict=True):
+            ax.plot(xs, [_num(summary_stat(r.summary, metric, "p50")) for r in series], marker="o", label=label)
     for ax, title in zip(axes[1:], ("TTFT p50 (ms)", "TPOT p50 (ms)"), strict=True):
         ax.set_xlabel("context length (prompt tokens)")
         ax.set_ylabel(title)
@@ -120,16 +126,16 @@ def kv_context(rows: list[KVRow], out: Path, multi_run: bool = False) -> Path | 
     return _save(fig, out, "kv_context")
 
 
-def _capacity_bars(ax: Any, capacity: dict[str, dict[str, Any]]) -> None:
-    per_gib = {k: v.get("tokens_per_gib") for k, v in capacity.items()}
+def _capacity_bars(ax: Any, capacity: dict[str, KVCapacity]) -> None:
+    per_gib: dict[str, float | None] = {k: v.tokens_per_gib for k, v in capacity.items()}
     use_gib = any(per_gib.values())
-    values = per_gib if use_gib else {k: v.get("capacity_tokens") for k, v in capacity.items()}
+    values = per_gib if use_gib else {k: _opt_float(v.capacity_tokens) for k, v in capacity.items()}
     names = list(values)
     ax.barh(range(len(names)), [_num(values[n]) for n in names], color="tab:blue")
     ax.set_yticks(range(len(names)), [n.replace(" · ", "\n", 1) for n in names], fontsize=6)
     ax.set_xlabel("KV tokens per GiB" if use_gib else "KV capacity (tokens)")
     for i, n in enumerate(names):
-        tokens = capacity[n].get("capacity_tokens")
+        tokens = capacity[n].capacity_tokens
         if tokens:
             ax.annotate(f"{tokens:,} tok", (_num(values[n]), i), fontsize=6, xytext=(3, -2),
                         textcoords="offset points")
@@ -163,19 +169,19 @@ def spec_speedup(points: list[SpeedUp], out: Path, multi_run: bool = False) -> P
 
 def quality_latency(rows: list[EvalRow], out: Path, multi_run: bool = False) -> Path | None:
     """Each eval's primary metric against the median latency of its own requests, one panel per task."""
-    rows = [r for r in rows if r.result.get("value") is not None and (r.result.get("latency") or {}).get("e2e_s")]
+    rows = [r for r in rows if r.result.value is not None and r.result.latency.e2e_s]
     if not rows:
         return None
-    tasks = sorted({str(r.result.get("task")) for r in rows})
+    tasks = sorted({r.result.task for r in rows})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        mine = [r for r in rows if r.result.get("task") == task]
+        mine = [r for r in rows if r.result.task == task]
         for r in mine:
-            x = r.result["latency"]["e2e_s"].get("p50", NAN) * 1e3
-            ax.scatter([x], [r.result["value"]], label=f"{_label(r.key, multi_run)} · s{r.key.seed}")
-        ax.set_title(f"{task} ({mine[0].result.get('metric')})", fontsize=9)
+            x = r.result.latency.e2e_s.get("p50", NAN) * 1e3
+            ax.scatter([x], [r.result.value], label=f"{_label(r.key, multi_run)} · s{r.key.seed}")
+        ax.set_title(f"{task} ({mine[0].result.metric})", fontsize=9)
         ax.set_xlabel("request latency p50 (ms)")
-        ax.set_ylabel(str(mine[0].result.get("metric")))
+        ax.set_ylabel(mine[0].result.metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle("Quality against latency")

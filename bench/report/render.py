@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.evals.config import EvalSummary
+from bench.metrics import LoadSummary
 from bench.metrics.spread import spread
 from bench.report import plots
 from bench.report.tables import (
@@ -30,6 +32,7 @@ from bench.report.tables import (
     speedups,
     stops_paying,
 )
+from bench.run.results import UnderLoadResult
 
 METRICS_NOTE = ("Metric definitions: docs/metrics.md (TTFT from send; TPOT excludes the first token; ITL per "
                 "token). Peak memory is the server process tree's RSS on CPU (NVML on GPU). KV capacity comes "
@@ -123,27 +126,26 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
             s = r.summary
             rows.append([
                 run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.scenario, r.point,
-                f"{s.get('num_ok', 0)}/{s.get('num_errors', 0)}", _fmt(s.get("request_throughput"), 2),
+                f"{s.num_ok}/{s.num_errors}", _fmt(s.request_throughput, 2),
                 _fmt(r.throughput), _fmt(r.stat("ttft_ms", "p50")), _fmt(r.stat("ttft_ms", "p99")),
                 _fmt(r.stat("tpot_ms", "p50")), _fmt(r.stat("itl_ms", "p50")), _fmt(r.stat("e2e_ms", "p50")),
-                _fmt(r.stat("e2e_ms", "p99")), _fmt(s.get("goodput"), 2), "yes" if r.meets_slo() else "no",
-                _fmt(s.get("rss_peak_gib"), 2), _fmt(r.startup_s),
+                _fmt(r.stat("e2e_ms", "p99")), _fmt(s.goodput, 2), "yes" if r.meets_slo() else "no",
+                _fmt(s.rss_peak_gib, 2), _fmt(r.startup_s),
                 _fmt(cost_per_million(r.throughput, gpu_hour_usd, run.devices(r.key)), 2),
                 *health_cells(s),
             ])
     return Section("Latency and throughput", LOAD_HEADER, rows)
 
 
-def health_cells(summary: dict[str, Any]) -> list[str]:
+def health_cells(summary: LoadSummary) -> list[str]:
     """Whether the client kept up, whether throughput held (first vs last third), the client − server TPOT gap,
     and whether the server counted our prompts as our tokenizer did (docs/metrics.md): "BEHIND", "NO" and
     "MISMATCH" mark a number that measured the client, a warm-up, or prompts of other lengths than asked."""
-    client, steady = summary.get("client") or {}, summary.get("steady_state") or {}
-    prompts = summary.get("prompt_tokens_check") or {}
-    kept = "–" if not client else "BEHIND" if client.get("behind") else "ok"
-    held = "–" if not steady else "yes" if steady.get("steady") else "NO"
-    counted = "–" if not prompts else "MISMATCH" if prompts.get("mismatch") else "ok"
-    return [kept, held, _fmt((summary.get("server") or {}).get("tpot_gap_ms"), 2), counted]
+    client, steady, prompts = summary.client, summary.steady_state, summary.prompt_tokens_check
+    kept = "–" if client is None else "BEHIND" if client.behind else "ok"
+    held = "–" if steady is None else "yes" if steady.steady else "NO"
+    counted = "–" if prompts is None else "MISMATCH" if prompts.mismatch else "ok"
+    return [kept, held, _fmt(summary.server.get("tpot_gap_ms"), 2), counted]
 
 
 SCALING_HEADER = ("run", "backend", "model", "options", "seed", "GPUs", "best load", "req/s", "out tok/s",
@@ -165,11 +167,11 @@ def scaling_section(runs: list[RunData]) -> Section:
 
 
 def _scaling_cells(r: ScalingRow) -> list[str]:
-    kv = _fmt(r.kv.get("capacity_tokens"), 0)
+    kv = _fmt(r.kv.capacity_tokens, 0)
     b = r.best
     if b is None:
         return ["none met the SLO", "–", "–", "–", "–", "–", "–", "–", kv, "–"]
-    return [f"{b.scenario}/{b.point}", _fmt(b.summary.get("request_throughput"), 2), _fmt(b.throughput),
+    return [f"{b.scenario}/{b.point}", _fmt(b.summary.request_throughput, 2), _fmt(b.throughput),
             _fmt(r.per_device), _fmt(b.stat("ttft_ms", "p50")), _fmt(b.stat("ttft_ms", "p99")),
             _fmt(b.stat("tpot_ms", "p50")), _fmt(b.stat("tpot_ms", "p99")), kv, _fmt(b.startup_s)]
 
@@ -185,17 +187,16 @@ def kv_section(runs: list[RunData]) -> Section:
     for run in runs:
         auto = _auto_density(run.kv)
         for r in sorted(run.kv, key=lambda r: (r.key.backend, r.key.model, r.key.options, r.key.seed, r.length)):
-            dens = r.kv.get("tokens_per_gib")
+            dens = r.kv.tokens_per_gib
             ref = auto.get((r.key.backend, r.key.model, r.key.seed))
             gain = f"{dens / ref:.2f}×" if dens and ref else "–"
-            kv_bytes = r.kv.get("kv_bytes")
-            fit = f"{_fmt(r.fit.get('kv'), 0)} / {_fmt(r.fit.get('served'), 0)}"
+            kv_bytes = r.kv.kv_bytes
+            fit = f"{_fmt(r.fit.kv, 0)} / {_fmt(r.fit.served, 0)}"
             rows.append([run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.kv_dtype,
-                         "on" if r.prefix_caching else "off", _fmt(r.kv.get("capacity_tokens"), 0),
+                         "on" if r.prefix_caching else "off", _fmt(r.kv.capacity_tokens, 0),
                          _fmt(kv_bytes / 2**20 if kv_bytes else None), _fmt(dens, 0), gain, str(r.length),
-                         _fmt((r.summary.get("ttft_ms") or {}).get("p50")),
-                         _fmt((r.summary.get("tpot_ms") or {}).get("p50")), fit,
-                         _fmt(r.summary.get("rss_peak_gib"), 2)])
+                         _fmt(r.summary.ttft_ms.p50), _fmt(r.summary.tpot_ms.p50), fit,
+                         _fmt(r.summary.rss_peak_gib, 2)])
     note = ("Capacity in tokens as the engine reports it; gain = tokens per GiB of KV memory against the same "
             "engine's auto dtype. 'fits': requests of that context (+ output) the KV cache holds at once, and "
             "that capped by max_batch. One request at a time per context length.")
@@ -205,8 +206,8 @@ def kv_section(runs: list[RunData]) -> Section:
 def _auto_density(rows: list[KVRow]) -> dict[tuple[str, str, int], float]:
     found: dict[tuple[str, str, int], float] = {}
     for r in rows:
-        if r.kv_dtype == "auto" and r.kv.get("tokens_per_gib"):
-            found.setdefault((r.key.backend, r.key.model, r.key.seed), float(r.kv["tokens_per_gib"]))
+        if r.kv_dtype == "auto" and r.kv.tokens_per_gib:
+            found.setdefault((r.key.backend, r.key.model, r.key.seed), r.kv.tokens_per_gib)
     return found
 
 
@@ -221,10 +222,9 @@ def prefix_section(runs: list[RunData]) -> Section:
         for p in run.prefix:
             rows.append([run.run_id, p.key.backend, p.key.model, p.key.options, str(p.key.seed),
                          "on" if p.prefix_caching else "off",
-                         _pct((p.shared.get("server") or {}).get("prefix_cache_hit_rate")),
-                         _pct((p.unique.get("server") or {}).get("prefix_cache_hit_rate")),
-                         _fmt((p.shared.get("ttft_ms") or {}).get("p50")),
-                         _fmt((p.unique.get("ttft_ms") or {}).get("p50"))])
+                         _pct(p.shared.server.get("prefix_cache_hit_rate")),
+                         _pct(p.unique.server.get("prefix_cache_hit_rate")),
+                         _fmt(p.shared.ttft_ms.p50), _fmt(p.unique.ttft_ms.p50)])
     note = ("Hit rate from the server's counters (vLLM prefix_cache_hits/queries; llama-server cached / "
             "(cached + processed) prompt tokens).")
     return Section("Prefix cache", PREFIX_HEADER, rows, note)
@@ -247,11 +247,10 @@ def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
         for r in sorted(run.spec, key=lambda r: (r.key.backend, r.key.model, r.method != "none", r.method,
                                                  r.key.seed, r.concurrency)):
             up = index.get((r.key.backend, r.key.model, r.method, r.key.seed, r.concurrency))
-            server = r.summary.get("server") or {}
+            server = r.summary.server
             stop = stops_paying(groups.get((r.key.backend, r.key.model, r.method, r.key.seed), []))
             rows.append([run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.method,
-                         str(r.concurrency), _fmt(r.summary.get("output_throughput_tok_s")),
-                         _fmt((r.summary.get("tpot_ms") or {}).get("p50")),
+                         str(r.concurrency), _fmt(r.summary.output_throughput_tok_s), _fmt(r.summary.tpot_ms.p50),
                          f"{up.speedup:.2f}×" if up and up.speedup else ("1.00×" if r.method == "none" else "–"),
                          f"{up.tpot_ratio:.2f}×" if up and up.tpot_ratio else ("1.00×" if r.method == "none" else "–"),
                          _pct(server.get("spec_acceptance_rate")), _fmt(server.get("spec_acceptance_length"), 2),
@@ -266,21 +265,21 @@ EVAL_HEADER = ("run", "backend", "model", "options", "seed", "task", "mode", "me
                "errors", "no answer", "latency p50 ms", "under load")
 
 
-def _no_answer_cell(result: dict[str, Any]) -> str:
-    rate = result.get("no_answer_rate")
+def _no_answer_cell(result: EvalSummary) -> str:
+    rate = result.no_answer_rate
     if rate is None:
         return "–"
-    return f"{rate:.0%}" + (" FLAGGED" if result.get("no_answer_flag") else "")
+    return f"{rate:.0%}" + (" FLAGGED" if result.no_answer_flag else "")
 
 
-def _under_load_cell(under: dict[str, Any] | None) -> str:
+def _under_load_cell(under: UnderLoadResult | None) -> str:
     """The loaded score beside the idle one: value, difference, answers that changed, at which load."""
-    if not under:
+    if under is None:
         return "–"
-    value, delta = under["result"].get("value"), under.get("delta")
+    delta = under.delta
     diff = "" if delta is None else f" (Δ {delta:+.3f})"
-    changed = f"{under.get('changed_answers')}/{under.get('compared')} answers changed"
-    return f"{_fmt(value, 3)}{diff}, {changed} @ {under['load']}"
+    changed = f"{under.changed_answers}/{under.compared} answers changed"
+    return f"{_fmt(under.result.value, 3)}{diff}, {changed} @ {under.load}"
 
 
 def eval_section(runs: list[RunData]) -> Section:
@@ -289,11 +288,11 @@ def eval_section(runs: list[RunData]) -> Section:
     for run in runs:
         for e in run.evals:
             res = e.result
-            ci = res.get("ci95")
-            p50 = ((res.get("latency") or {}).get("e2e_s") or {}).get("p50")
-            rows.append([run.run_id, e.key.backend, e.key.model, e.key.options, str(e.key.seed), str(res.get("task")),
-                         str(res.get("mode")), str(res.get("metric")), _fmt(res.get("value"), 3),
-                         f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "–", str(res.get("n_samples")), str(res.get("n_errors")),
+            ci = res.ci95
+            p50 = res.latency.e2e_s.get("p50")
+            rows.append([run.run_id, e.key.backend, e.key.model, e.key.options, str(e.key.seed), res.task,
+                         res.mode, res.metric, _fmt(res.value, 3),
+                         f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "–", str(res.n_samples), str(res.n_errors),
                          _no_answer_cell(res), _fmt(p50 * 1e3 if p50 else None), _under_load_cell(e.under_load)])
     note = ("no answer: the share of samples with no extractable answer (an empty reply, no letter, no number); "
             "over 20% is FLAGGED and the seed table shows no score for it. under load: the same eval while bench "

@@ -1,5 +1,7 @@
 """Rows for the report, read from a run folder's ``cells/*/cell.json`` (pure apart from reading files).
 
+Each cell is validated into :class:`~bench.run.results.CellRecord` and read by attribute: a field renamed in
+the results is a type error here (mypy) or a validation error naming it, never an empty "–" in a report.
 The seed table aggregates one row per (run, backend, model, option set) over seeds: mean ± std.
 """
 
@@ -10,12 +12,31 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from bench.metrics import GOODPUT_TARGET
-from bench.run.results import CELL_FILE, read_cell_file
+from bench.evals.config import EvalSummary
+from bench.metrics import GOODPUT_TARGET, LoadSummary
+from bench.run.results import (
+    CELL_FILE,
+    CellRecord,
+    EvalResult,
+    KVCacheResult,
+    KVCapacity,
+    KVFit,
+    LoadPoint,
+    LoadResult,
+    ScenarioResult,
+    SkippedScenario,
+    SpeculativeResult,
+    UnderLoadResult,
+    read_cell_file,
+)
+
+# The latency distributions of a load summary, and the statistics each holds (:class:`bench.metrics.Stats`).
+StatMetric = Literal["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "e2e_sched_ms", "queue_ms"]
+StatKey = Literal["n", "mean", "p50", "p90", "p95", "p99", "min", "max"]
 
 # Quality columns of the seed table: task -> column heading (the task's primary metric is shown).
 QUALITY_COLUMNS: dict[str, str] = {"math-absdiff": "math AbsDiff ↓", "arc-challenge": "ARC-C acc",
@@ -51,27 +72,26 @@ class LoadRow:
     key: CellKey
     scenario: str
     point: str
-    summary: dict[str, Any]
+    summary: LoadPoint
     startup_s: float | None
     records: Path | None = None
-    passed: bool | None = None
 
-    def stat(self, metric: str, key: str) -> float | None:
-        """``summary[metric][key]``, e.g. ``("ttft_ms", "p50")``."""
+    def stat(self, metric: StatMetric, key: StatKey) -> float | None:
+        """``summary.<metric>.<key>``, e.g. ``("ttft_ms", "p50")``."""
         return summary_stat(self.summary, metric, key)
 
     @property
     def throughput(self) -> float | None:
         """Output tokens/s."""
-        return _float(self.summary.get("output_throughput_tok_s"))
+        return self.summary.output_throughput_tok_s
 
     def meets_slo(self) -> bool:
         """Passed the sweep, or enough requests met the SLO (every point passes when no SLO is set)."""
-        if self.passed is not None:
-            return self.passed
-        if not self.summary.get("num_ok"):
+        if self.summary.passed is not None:
+            return self.summary.passed
+        if not self.summary.num_ok:
             return False
-        frac = self.summary.get("goodput_fraction")
+        frac = self.summary.goodput_fraction
         return frac is None or frac >= GOODPUT_TARGET
 
 
@@ -81,10 +101,10 @@ class KVRow:
 
     key: CellKey
     scenario: str
-    kv: dict[str, Any]
+    kv: KVCapacity
     length: int
-    summary: dict[str, Any]
-    fit: dict[str, Any]
+    summary: LoadPoint
+    fit: KVFit
     kv_dtype: str
     prefix_caching: bool
 
@@ -96,8 +116,8 @@ class PrefixRow:
     key: CellKey
     scenario: str
     prefix_caching: bool
-    shared: dict[str, Any]
-    unique: dict[str, Any]
+    shared: LoadPoint
+    unique: LoadPoint
 
 
 @dataclass(frozen=True)
@@ -109,7 +129,7 @@ class SpecRow:
     method: str
     baseline: str  # the option set name of the same configuration without speculation
     concurrency: int
-    summary: dict[str, Any]
+    summary: LoadPoint
 
     @property
     def comparison_key(self) -> tuple[str, str, str, str, int, int]:
@@ -123,13 +143,13 @@ class EvalRow:
 
     key: CellKey
     scenario: str
-    result: dict[str, Any]
-    under_load: dict[str, Any] | None = None
+    result: EvalSummary
+    under_load: UnderLoadResult | None = None
 
     @property
     def flagged(self) -> bool:
         """More than 20% of the samples had no extractable answer: the score is not the model's quality."""
-        return bool(self.result.get("no_answer_flag"))
+        return self.result.no_answer_flag
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,7 @@ class RunData:
     problems: list[CellStatus] = field(default_factory=list)
     cell_memory: dict[CellKey, float] = field(default_factory=dict)
     cell_devices: dict[CellKey, int] = field(default_factory=dict)
-    cell_kv: dict[CellKey, dict[str, Any]] = field(default_factory=dict)
+    cell_kv: dict[CellKey, KVCapacity] = field(default_factory=dict)
 
     def devices(self, key: CellKey) -> int:
         """Accelerators (or engine workers on CPU) the cell's server occupies."""
@@ -169,10 +189,10 @@ class RunData:
         return (self.meta.get("matrix") or {}).get(name)
 
 
-def _cells(run_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+def _cells(run_dir: Path) -> Iterator[tuple[Path, CellRecord]]:
     """Each cell's record, validated (:class:`~bench.run.results.CellRecordError` names a missing field)."""
     for path in sorted((run_dir / "cells").glob(f"*/{CELL_FILE}")):
-        yield path.parent, read_cell_file(path).as_dict()
+        yield path.parent, read_cell_file(path)
 
 
 def load_run(run_dir: Path) -> RunData:
@@ -192,66 +212,48 @@ def _first_line(text: Any) -> str:
     return lines[0] if lines else ""
 
 
-def _add_cell(data: RunData, cell_dir: Path, cell: dict[str, Any]) -> None:
-    key = CellKey(data.run_id, cell["cell_id"], cell["backend"], cell["model"], cell["option_set"],
-                  int(cell.get("seed", 0)))
-    if cell["status"] != "ok":
-        reason = cell.get("reason") or cell.get("error") or ""
-        data.problems.append(CellStatus(data.run_id, cell["cell_id"], cell["status"], _first_line(reason)))
-    if cell.get("rss_peak_gib") is not None:
-        data.cell_memory[key] = float(cell["rss_peak_gib"])
-    data.cell_devices[key] = devices(cell.get("options") or {})
-    if cell.get("kv"):
-        data.cell_kv[key] = cell["kv"]
-    for name, scenario in (cell.get("scenarios") or {}).items():
-        if scenario.get("status") == "skipped":  # e.g. a loglikelihood eval on an engine without prompt logprobs
-            data.problems.append(CellStatus(data.run_id, cell["cell_id"], "skipped",
-                                            _first_line(scenario.get("reason")), name))
-        if scenario.get("status") in ("failed", "skipped"):  # failed ones are named in the cell's error
-            continue
-        adder = _ADDERS.get(scenario.get("kind", ""))
-        if adder is not None:
-            adder(data, key, cell_dir, cell, name, scenario)
+def _add_cell(data: RunData, cell_dir: Path, cell: CellRecord) -> None:
+    key = CellKey(data.run_id, cell.cell_id, cell.backend, cell.model, cell.option_set, cell.seed)
+    if cell.status != "ok":
+        data.problems.append(CellStatus(data.run_id, cell.cell_id, cell.status,
+                                        _first_line(cell.reason or cell.error or "")))
+    if cell.rss_peak_gib is not None:
+        data.cell_memory[key] = cell.rss_peak_gib
+    data.cell_devices[key] = devices(cell.options)
+    if cell.kv is not None:
+        data.cell_kv[key] = cell.kv
+    for name, scenario in cell.scenarios.items():
+        _add_scenario(data, key, cell_dir, cell, name, scenario)
 
 
-def _records(cell_dir: Path, point: dict[str, Any]) -> Path | None:
-    rel = point.get("dir")
-    return cell_dir / rel / "requests.jsonl" if rel else None
+def _add_scenario(data: RunData, key: CellKey, cell_dir: Path, cell: CellRecord, name: str,
+                  scenario: ScenarioResult) -> None:
+    """A scenario's rows; a skipped one is a problem row (e.g. a loglikelihood eval on an engine without prompt
+    logprobs), a failed one is named in the cell's error."""
+    if isinstance(scenario, SkippedScenario):
+        data.problems.append(CellStatus(data.run_id, cell.cell_id, "skipped", _first_line(scenario.reason), name))
+    elif isinstance(scenario, LoadResult):
+        for point, summary in scenario.points.items():
+            data.loads.append(LoadRow(key, name, point, summary, cell.startup_s, cell_dir / summary.dir
+                                      / "requests.jsonl"))
+    elif isinstance(scenario, KVCacheResult):
+        _add_kv(data, key, cell, name, scenario)
+    elif isinstance(scenario, SpeculativeResult):
+        baseline = cell.base_option_set or cell.option_set
+        data.spec.extend(SpecRow(key, name, scenario.method, baseline, summary.concurrency or 0, summary)
+                         for summary in scenario.points.values())
+    elif isinstance(scenario, EvalResult):
+        data.evals.append(EvalRow(key, name, scenario.result, scenario.under_load))
 
 
-def _add_load(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
-              scenario: dict[str, Any]) -> None:
-    for point, summary in scenario["points"].items():
-        data.loads.append(LoadRow(key, name, point, summary, cell.get("startup_s"), _records(cell_dir, summary),
-                                  summary.get("passed")))
-
-
-def _add_kv(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
-            scenario: dict[str, Any]) -> None:
-    opts = cell.get("options") or {}
-    dtype, prefix = str(opts.get("kv_cache_dtype", "auto")), bool(opts.get("prefix_caching", False))
-    for length, summary in scenario.get("lengths", {}).items():
-        data.kv.append(KVRow(key, name, scenario.get("kv") or {}, int(length), summary,
-                             summary.get("max_concurrency_fit") or {}, dtype, prefix))
-    probe = scenario.get("prefix")
-    if probe:
-        data.prefix.append(PrefixRow(key, name, prefix, probe.get("shared") or {}, probe.get("unique") or {}))
-
-
-def _add_spec(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
-              scenario: dict[str, Any]) -> None:
-    baseline = cell.get("base_option_set") or cell["option_set"]
-    for summary in scenario["points"].values():
-        data.spec.append(SpecRow(key, name, scenario.get("method", "none"), baseline,
-                                 int(summary.get("concurrency", 0)), summary))
-
-
-def _add_eval(data: RunData, key: CellKey, cell_dir: Path, cell: dict[str, Any], name: str,
-              scenario: dict[str, Any]) -> None:
-    data.evals.append(EvalRow(key, name, scenario["result"], scenario.get("under_load")))
-
-
-_ADDERS = {"load": _add_load, "kv-cache": _add_kv, "speculative": _add_spec, "eval": _add_eval}
+def _add_kv(data: RunData, key: CellKey, cell: CellRecord, name: str, scenario: KVCacheResult) -> None:
+    dtype = str(cell.options.get("kv_cache_dtype", "auto"))
+    prefix = bool(cell.options.get("prefix_caching", False))
+    for length, summary in scenario.lengths.items():
+        data.kv.append(KVRow(key, name, scenario.kv, int(length), summary,
+                             summary.max_concurrency_fit or KVFit(), dtype, prefix))
+    if scenario.prefix is not None:
+        data.prefix.append(PrefixRow(key, name, prefix, scenario.prefix.shared, scenario.prefix.unique))
 
 
 def devices(options: dict[str, Any]) -> int:
@@ -274,7 +276,7 @@ class ScalingRow:
     key: CellKey
     devices: int
     best: LoadRow | None  # None: no point met the SLO
-    kv: dict[str, Any]
+    kv: KVCapacity
 
     @property
     def per_device(self) -> float | None:
@@ -299,7 +301,7 @@ def best_at_slo(rows: list[LoadRow]) -> LoadRow | None:
 
 def scaling_rows(run: RunData) -> list[ScalingRow]:
     """Per cell: the highest-throughput load point that met the SLO, with the devices it took."""
-    out = [ScalingRow(key, run.devices(key), best_at_slo(rows), run.cell_kv.get(key, {}))
+    out = [ScalingRow(key, run.devices(key), best_at_slo(rows), run.cell_kv.get(key, KVCapacity()))
            for key, rows in loads_by_cell(run).items()]
     return sorted(out, key=lambda r: (r.key.backend, r.key.model, r.devices, r.key.options, r.key.seed))
 
@@ -332,9 +334,9 @@ def speedups(rows: list[SpecRow]) -> list[SpeedUp]:
         ref = base.get(r.comparison_key)
         if r.method == "none" or ref is None:
             continue
-        server = r.summary.get("server") or {}
+        server = r.summary.server
         out.append(SpeedUp(r.key.run, r.key.backend, r.key.model, r.baseline, r.method, r.concurrency,
-                           _ratio(r.summary.get("output_throughput_tok_s"), ref.summary.get("output_throughput_tok_s")),
+                           _ratio(r.summary.output_throughput_tok_s, ref.summary.output_throughput_tok_s),
                            _ratio(summary_stat(ref.summary, "tpot_ms", "p50"),
                                   summary_stat(r.summary, "tpot_ms", "p50")),
                            server.get("spec_acceptance_rate"), server.get("spec_acceptance_length"), r.key.seed))
@@ -349,16 +351,13 @@ def stops_paying(points: list[SpeedUp]) -> int | None:
     return None
 
 
-def summary_stat(summary: dict[str, Any], metric: str, key: str) -> float | None:
-    """``summary[metric][key]`` as a float, or None where the summary lacks it."""
-    return _float((summary.get(metric) or {}).get(key))
-
-
-def _float(value: Any) -> float | None:
+def summary_stat(summary: LoadSummary, metric: StatMetric, key: StatKey) -> float | None:
+    """``summary.<metric>.<key>`` (e.g. TTFT's p50) as a float, or None where the distribution had no value."""
+    value = getattr(getattr(summary, metric), key)
     return None if value is None else float(value)
 
 
-def _ratio(num: Any, den: Any) -> float | None:
+def _ratio(num: float | None, den: float | None) -> float | None:
     return float(num) / float(den) if num is not None and den else None
 
 
@@ -391,19 +390,19 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
     """Per configuration of ``run``: the seed table's values for each seed."""
     table: dict[tuple[str, ...], SeedStats] = defaultdict(SeedStats)
     for e in run.evals:
-        value = e.result.get("value")
+        value = e.result.value
         if e.flagged:  # shown as flagged, never averaged in as if it were the model's score
-            table[e.key.group].flagged.add(str(e.result.get("task")))
+            table[e.key.group].flagged.add(e.result.task)
             table[e.key.group].seeds.add(e.key.seed)
         elif value is not None:
-            table[e.key.group].quality[str(e.result.get("task"))].append(float(value))
+            table[e.key.group].quality[e.result.task].append(float(value))
             table[e.key.group].seeds.add(e.key.seed)
     by_cell = loads_by_cell(run)
     for key, rows in by_cell.items():
         _add_load_stats(table[key.group], rows, headline, gpu_hour_usd, run.devices(key))
         table[key.group].seeds.add(key.seed)
     for key, gib in run.cell_memory.items():
-        if key.group in table and not any(r.summary.get("server", {}).get("gpu_mem_peak_gib") for r in by_cell[key]):
+        if key.group in table and not any(r.summary.server.get("gpu_mem_peak_gib") for r in by_cell[key]):
             table[key.group].memory_gib.append(gib)
     return dict(table)
 
@@ -418,12 +417,12 @@ def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None,
             stats.ttft_ms.append(v)
         if (v := head[0].stat("tpot_ms", "p50")) is not None:
             stats.tpot_ms.append(v)
-        if (mbu := (head[0].summary.get("server") or {}).get("mbu")) is not None:
+        if (mbu := head[0].summary.server.get("mbu")) is not None:
             stats.mbu.append(float(mbu))
     if best is not None and best.throughput:
         stats.max_tok_s.append(best.throughput)
         if (cost := cost_per_million(best.throughput, gpu_hour_usd, gpus)) is not None:
             stats.cost.append(cost)
-    gpu = [g for r in rows if (g := (r.summary.get("server") or {}).get("gpu_mem_peak_gib"))]
+    gpu = [g for r in rows if (g := r.summary.server.get("gpu_mem_peak_gib"))]
     if gpu:
         stats.memory_gib.append(max(gpu))

@@ -32,15 +32,35 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class KVCapacity(_Open):
+    """The KV capacity the engine reports (:class:`bench.run.probes.KVInfo`); None: not reported."""
+
+    capacity_tokens: int | None = None
+    kv_bytes: float | None = None
+    source: str | None = None
+    tokens_per_gib: float | None = None
+
+
+class KVFit(_Open):
+    """Requests of one context length the KV cache holds at once (``kv``), and that capped by max_batch."""
+
+    kv: int | None = None
+    served: int | None = None
+
+
 class LoadPoint(LoadSummary):
     """One ``bench load`` run inside a scenario: its summary plus where its files are and the server's peak RSS.
 
-    Scenarios add their own keys (a sweep step's ``passed``/``saturated``, a speculative point's
-    ``concurrency``, a context length's ``max_concurrency_fit``).
+    Scenarios add their own keys: a sweep step's ``passed``/``saturated``, a speculative point's
+    ``concurrency``, a context length's ``max_concurrency_fit``.
     """
 
     dir: str
     rss_peak_gib: float | None = None
+    passed: bool | None = None
+    saturated: bool | None = None
+    concurrency: int | None = None
+    max_concurrency_fit: KVFit | None = None
 
 
 class LoadResult(_Open):
@@ -52,14 +72,21 @@ class LoadResult(_Open):
     points: dict[str, LoadPoint]
 
 
+class PrefixResult(_Open):
+    """The prefix-cache probe: shared-prefix prompts against unique prompts of the same length."""
+
+    shared: LoadPoint
+    unique: LoadPoint
+
+
 class KVCacheResult(_Open):
     """KV capacity, latency against context length, and the prefix-cache probe (``shared``/``unique``)."""
 
     kind: Literal["kv-cache"]
-    kv: dict[str, Any]
+    kv: KVCapacity
     max_batch: int
     lengths: dict[str, LoadPoint]
-    prefix: dict[str, LoadPoint] | None = None
+    prefix: PrefixResult | None = None
 
 
 class SpeculativeResult(_Open):
@@ -70,13 +97,25 @@ class SpeculativeResult(_Open):
     points: dict[str, LoadPoint]
 
 
+class UnderLoadResult(_Open):
+    """The same eval run while ``bench load`` held the server at ``load``, compared with the idle run."""
+
+    load: str
+    dir: str
+    result: EvalSummary
+    load_summary: LoadSummary
+    delta: float | None
+    changed_answers: int
+    compared: int
+
+
 class EvalResult(_Open):
     """An eval's summary, and with ``under_load`` the same eval run beside ``bench load``."""
 
     kind: Literal["eval"]
     result: EvalSummary
     rss_peak_gib: float | None = None
-    under_load: dict[str, Any] | None = None
+    under_load: UnderLoadResult | None = None
 
 
 class FailedScenario(_Open):
@@ -131,7 +170,7 @@ class CellRecord(_Open):
     wall_s: float | None = None
     model_format: str | None = None
     rss_peak_gib: float | None = None
-    kv: dict[str, Any] | None = None
+    kv: KVCapacity | None = None
     scenarios: dict[str, ScenarioResult] = Field(default_factory=dict)
 
     @model_validator(mode="after")
