@@ -8,11 +8,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from bench.api import Api
-from bench.load.arrivals import Arrival, ConcurrencyArrival
-from bench.load.workloads import RandomWorkload, Workload
+from bench.load.arrivals import Arrival, ConcurrencyArrival, TraceArrival
+from bench.load.workloads import RandomWorkload, TraceWorkload, Workload
 from bench.metrics import GOODPUT_TARGET, SLO
 
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
+# Prompts prepared for a trace replay that no request count bounds: every request of the trace, up to this.
+TRACE_MAX_REQUESTS = 10_000_000
 
 
 class LoadConfig(BaseModel):
@@ -60,11 +62,35 @@ class LoadConfig(BaseModel):
     model_bytes: int | None = Field(default=None, gt=0, description="weights read per decode step, for MBU")
     server_gpus: int = Field(default=1, ge=1, description="GPUs the server splits the model over (tensor × "
                              "pipeline parallel): MBU divides by their summed peak bandwidth")
+    window_s: float = Field(default=5.0, gt=0, description="length of one window of the time series "
+                            "(timeseries.json: rate, in-flight, latency, KV usage and queue per window)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trace_times(cls, data: Any) -> Any:
+        """A trace brings its own times and its own length: its arrival is ``trace`` and, unless a request
+        count is given, every request of the trace is replayed."""
+        if not isinstance(data, dict):
+            return data
+        workload = data.get("workload")
+        kind = workload.get("kind") if isinstance(workload, dict) else getattr(workload, "kind", None)
+        if kind != "trace":
+            return data
+        data = dict(data)
+        data.setdefault("arrival", TraceArrival())
+        data.setdefault("num_requests", None)
+        return data
 
     @model_validator(mode="after")
     def _bounded(self) -> LoadConfig:
-        if self.num_requests is None and self.duration_s is None:
+        trace = isinstance(self.workload, TraceWorkload)
+        if trace != (self.arrival.kind == "trace"):
+            raise ValueError("a trace workload sends at the trace's own times: give no other arrival (--rate, "
+                             "--concurrency), and the trace arrival only with a trace workload")
+        if self.num_requests is None and self.duration_s is None and not trace:
             raise ValueError("give num_requests or duration_s: every run is bounded")
+        if self.workload.kind == "multi-turn" and self.api != "chat":
+            raise ValueError("the multi-turn workload sends chat histories: give api chat")
         return self
 
     def key(self) -> str | None:
@@ -94,6 +120,8 @@ class LoadConfig(BaseModel):
         """How many prompts to prepare (warm-up included)."""
         if self.num_requests is not None:
             return self.num_requests + self.warmup
+        if isinstance(self.workload, TraceWorkload):
+            return TRACE_MAX_REQUESTS
         return self.prompt_pool + self.warmup
 
 

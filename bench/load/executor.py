@@ -108,8 +108,14 @@ class Executor:
             return False
         return self._deadline is None or scheduled <= self._deadline
 
+    def _timetable(self) -> Iterator[float]:
+        """Offsets of the requests from the run's start: a trace's own times, else the arrival process's."""
+        if self.job.prompts and self.job.prompts[0].at_s is not None:
+            return iter([p.at_s or 0.0 for p in self.job.prompts])
+        return self.job.config.arrival.offsets(self.job.config.seed)
+
     async def _open_loop(self, t0: float) -> None:
-        offsets = self.job.config.arrival.offsets(self.job.config.seed)
+        offsets = self._timetable()
         workers, me = self.job.workers, self.job.worker
         for index, offset in enumerate(offsets):
             if index % workers != me:

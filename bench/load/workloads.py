@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.load.tokenizer import Tokenizer, chat_overhead
+from bench.load.traces import MOONCAKE_BLOCK_TOKENS, TraceFormat, TraceRow, read_trace, schedule
 
 _WORD = re.compile(r"^ [a-z]{2,12}$")
 # Used only when no tokenizer is available (approximate lengths); short, common, one token each in
@@ -62,6 +63,7 @@ class Prompt:
     ``tag`` is set when ``text`` holds a unique marker ``marker(tag, i)`` for the prompt's index
     ``i``; a request that reuses the prompt for another index swaps in that index's marker, so
     that no two requests of a run send the same text (empty: the prompt has no marker).
+    ``at_s`` is the request's own send time (s from the run's start) where the workload has one (a trace).
     """
 
     text: str
@@ -69,6 +71,7 @@ class Prompt:
     input_tokens: int | None = None
     exact: bool = False
     tag: str = ""
+    at_s: float | None = None
 
     def record_meta(self) -> dict[str, int | None]:
         """What a request's record says of its prompt: the lengths asked for, and our own count of the input
@@ -122,8 +125,28 @@ class JsonlWorkload(_Workload):
     output_tokens: int = Field(default=128, ge=1, description="when a line has no output length")
 
 
+class TraceWorkload(_Workload):
+    """The requests of a production trace (:mod:`bench.load.traces`): each one's input and output length, and
+    its time, which the run keeps (the arrival is the trace's own). Requests that name the same hash id get
+    the same block of ``block_tokens`` tokens there, so shared ids become shared prefixes."""
+
+    kind: Literal["trace"] = "trace"
+    path: Path = Field(description="trace: the trace file")
+    format: TraceFormat | None = Field(default=None, description="trace: azure, burstgpt or mooncake "
+                                       "(default: from the file)")
+    time_scale: float = Field(default=1.0, gt=0, description="trace: its times are multiplied by this "
+                              "(0.5 replays twice as fast)")
+    max_duration_s: float | None = Field(default=None, gt=0, description="trace: replay only the requests "
+                                         "in its first S seconds (scaled)")
+    block_tokens: int = Field(default=MOONCAKE_BLOCK_TOKENS, ge=1, description="trace: tokens per hash id")
+
+    def rows(self) -> list[TraceRow]:
+        """The trace's requests as this workload replays them (scaled, cut to the maximum duration)."""
+        return schedule(read_trace(self.path, self.format), self.time_scale, self.max_duration_s)
+
+
 Workload = Annotated[
-    RandomWorkload | SharedPrefixWorkload | ShareGPTWorkload | JsonlWorkload,
+    RandomWorkload | SharedPrefixWorkload | ShareGPTWorkload | JsonlWorkload | TraceWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -186,6 +209,8 @@ def materialize(
         return _shared_prefix(workload, count, builder, seed)
     if isinstance(workload, ShareGPTWorkload):
         return _cycle(list(_sharegpt(workload, builder, count)), count, "sharegpt")
+    if isinstance(workload, TraceWorkload):
+        return _trace(workload, count, builder, seed)
     return _cycle(list(_jsonl(workload, builder, count)), count, "jsonl")
 
 
@@ -215,6 +240,56 @@ def _shared_prefix(w: SharedPrefixWorkload, count: int, builder: TextBuilder, se
         text, exact = builder.exact(head, total, random.Random(f"{seed}:{i}"))
         out.append(Prompt(text, w.output_tokens, w.prefix_tokens + w.suffix_tokens, exact, _kept(tag, i, text)))
     return out
+
+
+def _trace(w: TraceWorkload, count: int, builder: TextBuilder, seed: int) -> list[Prompt]:
+    """One prompt per trace request (at most ``count``), each carrying its time; never cycled."""
+    blocks = _Blocks(builder, w.block_tokens, seed)
+    tag = f"Trace {seed}"
+    out = []
+    for i, row in enumerate(w.rows()[:count]):
+        n = builder.body_target(row.input_tokens)
+        rng = random.Random(f"{seed}:trace:{i}")
+        head = blocks.prefix(row.hash_ids, n) if row.hash_ids else marker(tag, i)
+        text, exact = builder.exact(head, n, rng)
+        kept = "" if row.hash_ids else _kept(tag, i, text)
+        out.append(Prompt(text, max(row.output_tokens, 1), row.input_tokens, exact, kept, at_s=row.at_s))
+    return out
+
+
+class _Blocks:
+    """The text of each hash id: ``block_tokens`` random words, the same for every request that names the id
+    (by token ids where a tokenizer is known, so a block keeps its tokens wherever it appears)."""
+
+    def __init__(self, builder: TextBuilder, block_tokens: int, seed: int) -> None:
+        self.builder, self.block_tokens, self.seed = builder, block_tokens, seed
+        self._ids: dict[int, list[int]] = {}
+        self._text: dict[int, str] = {}
+
+    def _words(self, block: int, n: int) -> str:
+        rng = random.Random(f"{self.seed}:block:{block}")
+        return "".join(rng.choice(self.builder.words) for _ in range(n))
+
+    def _block_ids(self, block: int) -> list[int]:
+        if block not in self._ids:
+            tok = self.builder.tokenizer
+            assert tok is not None
+            self._ids[block] = tok.encode(self._words(block, self.block_tokens), add_special_tokens=False)[
+                : self.block_tokens]
+        return self._ids[block]
+
+    def prefix(self, hash_ids: tuple[int, ...], n: int) -> str:
+        """The blocks of ``hash_ids`` in order, cut to ``n`` tokens (the rest of the prompt follows them)."""
+        tok = self.builder.tokenizer
+        if tok is None:
+            text = "".join(self._text.setdefault(h, self._words(h, self.block_tokens)) for h in hash_ids)
+            return "".join(" " + word for word in text.split()[:n])
+        ids: list[int] = []
+        for block in hash_ids:
+            if len(ids) >= n:
+                break
+            ids += self._block_ids(block)
+        return tok.decode(ids[:n])
 
 
 def _cycle(prompts: list[Prompt], count: int, name: str) -> list[Prompt]:
