@@ -99,3 +99,35 @@ def test_a_cuda_smoke_on_the_gpu_names_the_card(tmp_path: Path) -> None:
     server = _server(tmp_path, GPU_LOG)
     result = smoke.smoke_server(server, tmp_path / "m.gguf", tmp_path / "smoke.log", gpu_layers=True, timeout_s=30)
     assert result.ok and result.detail.endswith("on NVIDIA H100 80GB HBM3, compute capability 9.0")
+
+
+def test_a_failed_cuda_build_is_not_retried_for_each_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.llamacpp import build
+
+    monkeypatch.setenv("SERVEBENCH_CACHE", str(tmp_path))
+    calls: list[str] = []
+
+    def failing(flavor: build.Flavor, progress: object) -> Path:
+        calls.append(flavor)
+        raise BuildError("nvcc not found")
+
+    monkeypatch.setattr(build, "_build", failing)
+    with pytest.raises(BuildError, match="nvcc not found"):
+        build.ensure_server("cuda")
+    assert build.failed_marker("cuda").read_text() == "nvcc not found\n"
+    with pytest.raises(BuildError, match=r"failed on this machine before .* nvcc not found\. To try again"):
+        build.ensure_server("cuda")  # a server start: fails at once
+    assert calls == ["cuda"]
+    with pytest.raises(BuildError, match="nvcc not found"):
+        build.ensure_server("cpu")
+    with pytest.raises(BuildError, match="nvcc not found"):
+        build.ensure_server("cpu")  # a CPU build is tried again; it leaves no marker
+    assert calls == ["cuda", "cpu", "cpu"] and not build.failed_marker("cpu").exists()
+
+    def working(flavor: build.Flavor, progress: object) -> Path:
+        calls.append(flavor)
+        return build.server_binary(flavor)
+
+    monkeypatch.setattr(build, "_build", working)
+    build.ensure_server("cuda", retry_failed=True)  # the build command tries again, and a success clears it
+    assert calls[-1] == "cuda" and not build.failed_marker("cuda").exists()

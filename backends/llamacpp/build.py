@@ -277,15 +277,55 @@ def _build(flavor: Flavor, progress: Callable[[str], None]) -> Path:
     return dest / BINARY
 
 
-def ensure_server(flavor: Flavor, progress: Callable[[str], None] = print, rebuild: bool = False) -> Path:
-    """The ``llama-server`` binary of ``flavor``, building it on first use (idempotent, safe in parallel)."""
+def failed_marker(flavor: Flavor) -> Path:
+    """Where a failed CUDA build leaves its reason (beside where the build would be)."""
+    dest = binary_dir(flavor)
+    return dest.with_name(dest.name + ".failed")
+
+
+def _refuse_known_failure(flavor: Flavor) -> None:
+    marker = failed_marker(flavor)
+    if flavor == "cuda" and marker.is_file():
+        reason = marker.read_text().strip().splitlines()[:3]
+        raise BuildError(f"the CUDA build of llama.cpp failed on this machine before ({marker}), so it is not tried "
+                         f"again for each server: {' '.join(reason)}. To try again: python -m backends.llamacpp.build "
+                         "--flavor cuda")
+
+
+def _build_recording_failure(flavor: Flavor, progress: Callable[[str], None]) -> Path:
+    """:func:`_build`; a CUDA build that fails leaves its reason in :func:`failed_marker`, one that works clears it.
+
+    A CUDA build fails for reasons of the machine (no nvcc or cuBLAS, a toolkit the driver cannot run) that the
+    next server start would meet again after minutes of compiling; a CPU build failure stops the bootstrap.
+    """
+    marker = failed_marker(flavor)
+    try:
+        built = _build(flavor, progress)
+    except Exception as exc:
+        if flavor == "cuda":
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{exc}\n")
+        raise
+    marker.unlink(missing_ok=True)
+    return built
+
+
+def ensure_server(flavor: Flavor, progress: Callable[[str], None] = print, rebuild: bool = False,
+                  retry_failed: bool = False) -> Path:
+    """The ``llama-server`` binary of ``flavor``, building it on first use (idempotent, safe in parallel).
+
+    Where a CUDA build failed before, this raises at once with that reason unless ``rebuild`` or ``retry_failed``
+    (the build command sets it), so a matrix does not compile again for every llama.cpp cell.
+    """
     binary = server_binary(flavor)
     if binary.is_file() and not rebuild:
         return binary
+    if not (rebuild or retry_failed):
+        _refuse_known_failure(flavor)
     with cache_lock(f"llama-server-{flavor}"):
         if binary.is_file() and not rebuild:
             return binary
-        return _build(flavor, progress)
+        return _build_recording_failure(flavor, progress)
 
 
 def binding_lib_dir() -> Path | None:
@@ -330,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     flavor: Flavor = args.flavor or ("cuda" if cuda_buildable() else "cpu")
     try:
-        print(ensure_server(flavor, rebuild=args.rebuild))
+        print(ensure_server(flavor, rebuild=args.rebuild, retry_failed=True))
         install_binding(flavor)
     except (BuildError, smoke.SmokeSetupError) as exc:
         raise SystemExit(f"error: {exc}") from exc
