@@ -263,6 +263,8 @@ def plan_lines(action: str, choice: DeviceChoice, extra: Sequence[str]) -> list[
             needs = f" (needs {gpu.needs})" if gpu.needs else ""
             lines.append(f"  {i}. {gpu.name} [{_status(gpu.done)}]{needs}: {gpu.what}")
             lines += [f"       $ {shlex.join(cmd)}" for cmd in gpu.commands]
+            if gpu.undo:
+                lines.append(f"       if it fails: $ {shlex.join(gpu.undo)}")
     if action in ("run", "plan"):
         lines.append("then: " + " ".join(matrix_command(choice, extra)) + "  (writes reports/<run-id>/)")
     elif action == "test":

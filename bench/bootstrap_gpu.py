@@ -95,6 +95,7 @@ class GpuStep:
     needs: str | None = None  # a GPU step that must have succeeded first
     marker: Path | None = None  # written with ``stamp`` after success (for steps with no cache of their own)
     stamp: str = ""
+    undo: tuple[str, ...] = ()  # run after a failure, so that bench run skips the engine instead of retrying it
 
 
 def _marker_done(marker: Path, stamp: str) -> Callable[[], bool]:
@@ -113,7 +114,10 @@ def _exllama_step(python: str, venv: Path, stamp: str, extra: str, version: str,
         extra, f"{extra} {version} into .venv (an in-process engine), its CUDA kernels compiled now rather than "
                f"at the first cell (nvcc needed; {built_in})",
         ((python, "-m", "pip", "install", "-q", "-e", f".[{extra}]"), (python, "-c", check)),
-        _marker_done(marker, stamp), env, marker=marker, stamp=stamp)
+        _marker_done(marker, stamp), env, marker=marker, stamp=stamp,
+        # installed but unbuilt, every cell would compile the kernels again (minutes) and fail; uninstalled, its
+        # cells are skipped as "not installed" and the reason is in the record
+        undo=(python, "-m", "pip", "uninstall", "-y", "-q", extra))
 
 
 def gpu_steps(python: str, venv: Path, registry: Path, stamp: str, choice: DeviceChoice) -> list[GpuStep]:
@@ -162,6 +166,8 @@ class GpuRunner:
         for cmd in step.commands:
             failure = self._run_logged(step, cmd)
             if failure is not None:
+                if step.undo:
+                    self._run_logged(step, step.undo)
                 self._record(step, "failed", started, failure)
                 return
         if step.marker is not None:

@@ -116,6 +116,7 @@ def test_gpu_steps_compile_for_the_cards_found(tmp_path: Path) -> None:
                                                           DeviceChoice("cuda", "test", H100))}
     assert list(steps) == GPU_STEPS
     assert steps["exllamav2"].env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert steps["exllamav3"].undo[-4:] == ("uninstall", "-y", "-q", "exllamav3")
     assert steps[GPU_STEPS[-1]].needs == "exllamav2"
     registry = tmp_path / "models.yaml"
     registry.write_text("models:\n  - name: smollm2-135m-instruct-hf-fp8\n    format: compressed-tensors\n")
@@ -125,8 +126,9 @@ def test_gpu_steps_compile_for_the_cards_found(tmp_path: Path) -> None:
 
 def _step(name: str, code: str, tmp_path: Path, needs: str | None = None) -> GpuStep:
     marker = tmp_path / f"{name}.done"
+    undo = (sys.executable, "-c", f"open({str(tmp_path / (name + '.undone'))!r}, 'w')")
     return GpuStep(name, name, ((sys.executable, "-c", code),), lambda: marker.is_file() and marker.read_text() == "s",
-                   needs=needs, marker=marker, stamp="s")
+                   needs=needs, marker=marker, stamp="s", undo=undo)
 
 
 def test_a_failed_gpu_step_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
@@ -143,6 +145,7 @@ def test_a_failed_gpu_step_is_recorded_and_the_others_go_on(tmp_path: Path) -> N
     assert "exited with code 3" in failed["exllamav2"] and failed["exllamav2"].endswith("nvcc not found")
     assert failed["exl2 checkpoint"] == "not run: it needs exllamav2, which failed"
     assert "nvcc not found" in (tmp_path / "logs" / "exllamav2.log").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.undone")) == ["exllamav2.undone"]  # its undo ran, no other
     runner.write(tmp_path / "gpu-setup.json", DeviceChoice("cuda", "test", H100))
     record = json.loads((tmp_path / "gpu-setup.json").read_text())
     assert record["device"] == "cuda" and record["gpus"].startswith("1x NVIDIA H100")
