@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from bench.cli import build_app
-from bench.load.config import SweepMode, SweepSpec
+from bench.load import sweep
+from bench.load.calibration import calibration_server
+from bench.load.config import LoadConfig, SweepMode, SweepSpec
+from bench.load.health import WorkerHealth
 from bench.load.records import RequestRecord
-from bench.load.sweep import SweepPoint, judge, load_sweep, run_sweep
+from bench.load.runner import run_load_async
+from bench.load.sweep import SweepPoint, judge, load_sweep, median_run, point_verdict, run_sweep
 from bench.metrics import SLO, LoadSummary, offered_rate, summarize, sustained_rate
+from bench.metrics.health import client_health
 from tests.helpers import calibration_config, scripted_server
+from tests.test_client_health import burner
 
 
 def request(index: int, scheduled: float, sent: float, end: float, tokens: int = 16) -> RequestRecord:
@@ -149,3 +157,70 @@ def test_sweep_mode_is_checked_by_the_cli(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "Invalid value" in result.output and "bogus" in result.output
     assert not (tmp_path / "sweep.json").exists()
+
+
+# --- repeats per step, and the client falling behind ------------------------------------------------------
+
+def health_summary(tok_s: float, behind: bool) -> LoadSummary:
+    lag = 30.0 if behind else 0.2
+    health = client_health([WorkerHealth(0, [float(t) for t in range(20)], [lag / 1e3] * 20, 0.1, 1.0)], None, 20.0)
+    return summarize([]).model_copy(update={"client": health, "output_throughput_tok_s": tok_s})
+
+
+def test_a_repeated_step_is_judged_on_its_median_run_and_behind_in_any() -> None:
+    runs = [health_summary(300.0, False), health_summary(100.0, True), health_summary(200.0, False)]
+    assert median_run(runs).output_throughput_tok_s == 200.0
+    assert median_run(runs[:2]).output_throughput_tok_s == 100.0  # the lower middle of an even count
+    point = SweepPoint(value=4, passed=True, saturated=False, summary=median_run(runs), repeats=3, runs_behind=1)
+    assert point.client_behind and point_verdict(point) == "behind (1/3 runs)"
+    one = SweepPoint(value=4, passed=True, saturated=False, summary=runs[1])
+    assert one.client_behind and point_verdict(one) == "behind"
+
+
+@pytest.fixture(scope="module")
+def slow_url() -> Iterator[str]:
+    with calibration_server(ttft_ms=20.0, itl_ms=40.0) as url:  # lag bound 20 ms: far above a healthy loop's
+        yield url
+
+
+SWEEP_ARGS = ["sweep", "--model", "calibration", "--tokenizer", "", "--num-requests", "8", "--input-tokens", "16",
+              "--output-tokens", "8", "--mode", "concurrency", "--start", "2", "--max", "2", "--slo-e2e-ms", "60000"]
+
+
+def test_sweep_repeats_every_step_and_keeps_its_spread(slow_url: str, tmp_path: Path) -> None:
+    args = [*SWEEP_ARGS, "--url", slow_url, "--repeats", "2", "--warmup-runs", "0", "--out", str(tmp_path)]
+    result = CliRunner().invoke(build_app(), args, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    got = load_sweep(tmp_path / "sweep.json")
+    (step,) = got.points
+    assert step.repeats == 2 and step.spread is not None
+    tput = step.spread["output_throughput_tok_s"]
+    assert tput.n == 2 and tput.ci95_low is not None and got.behind_steps == []
+    assert (tmp_path / "concurrency-2" / "repeat-1" / "summary.json").exists()
+    assert "tok_s ±95%" in result.output
+
+
+def starved_run_load(cfg: LoadConfig, out: Path, console: Console | None = None) -> LoadSummary:
+    """A real run whose single client process shares its event loop with a CPU burner."""
+
+    async def starved() -> LoadSummary:
+        stop = asyncio.Event()
+        task = asyncio.create_task(burner(stop))
+        try:
+            return await run_load_async(cfg, out, console)
+        finally:
+            stop.set()
+            await task
+
+    return asyncio.run(starved())
+
+
+def test_a_step_whose_client_fell_behind_fails_the_sweep(slow_url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sweep, "run_load", starved_run_load)
+    result = CliRunner().invoke(build_app(), [*SWEEP_ARGS, "--url", slow_url, "--out", str(tmp_path)],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == sweep.CLIENT_BEHIND_EXIT == 3, result.output
+    assert "the client fell behind at concurrency 2" in result.output and "--workers 2" in result.output
+    assert "--workers auto" in result.output
+    assert load_sweep(tmp_path / "sweep.json").behind_steps == [2.0]

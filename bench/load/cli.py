@@ -15,9 +15,10 @@ import typer
 from pydantic import ValidationError
 
 from bench.flags import Flag, command, deep_merge, flag, kind_flag, model_flags
-from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival, ScheduleArrival
+from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival
+from bench.load.autoworkers import AUTO, AUTO_FILE
 from bench.load.config import LoadConfig, RepeatSpec, SweepSpec
-from bench.load.workloads import RandomWorkload, SharedPrefixWorkload, ShareGPTWorkload, TraceWorkload, Workload
+from bench.load.workloads import RandomWorkload, SharedPrefixWorkload, ShareGPTWorkload, Workload
 from bench.metrics import SLO
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ class Engine(StrEnum):
 
 def _config_flags(names: list[str]) -> list[Flag]:
     """``LoadConfig`` flags; the few whose flag name differs from the field keep their old names."""
-    renamed = {"duration_s": "duration", "force_output_len": "ignore_eos", "request_timeout_s": "request_timeout",
-               "window_s": "window"}
+    renamed = {"duration_s": "duration", "force_output_len": "ignore_eos", "request_timeout_s": "request_timeout"}
     flags = model_flags(LoadConfig, [n for n in names if n != "api_key"], params=renamed)
     if "api_key" in names:
         flags.append(flag(LoadConfig, "api_key", envvar="OPENAI_API_KEY",
@@ -52,11 +52,6 @@ def _workload_flags(shared_prefix: bool) -> list[Flag]:
              flag(ShareGPTWorkload, "path", param="dataset_path", path=(*at, "path"), help="sharegpt/jsonl file")]
     if shared_prefix:
         flags += model_flags(SharedPrefixWorkload, ["prefix_tokens", "suffix_tokens", "num_prefixes"], prefix=at)
-        flags += [flag(TraceWorkload, "path", param="trace", path=(*at, "path"),
-                       help="trace file to replay (with --workload trace)"),
-                  *model_flags(TraceWorkload, ["format", "time_scale", "max_duration_s", "block_tokens"], prefix=at,
-                               params={"format": "trace_format", "max_duration_s": "max_duration",
-                                       "block_tokens": "trace_block_tokens"})]
     return flags
 
 
@@ -64,23 +59,23 @@ def _slo_flags() -> list[Flag]:
     return model_flags(SLO, list(SLO.model_fields), prefix=("slo",), params={n: f"slo_{n}" for n in SLO.model_fields})
 
 
+WORKERS_HELP = (f"{LoadConfig.model_fields['workers'].description}, or auto: probe the target load with 1, 2, 4, ... "
+                "workers (up to the cores) and take the first whose client kept up (workers_auto.json says why)")
+WORKERS = Flag(("workers",), "workers", str | None,
+               typer.Option(None, "--workers", help=WORKERS_HELP, show_default="1"))
 MAX_CONCURRENCY = flag(PoissonArrival, "max_concurrency", path=("arrival", "max_concurrency"),
                        help="cap in-flight requests (with --rate; sweep: at every step)")
 LOAD_FLAGS = [
     *_config_flags(["url", "model", "api", "num_requests", "duration_s", "warmup", "seed", "tokenizer",
-                    "force_output_len", "logprobs_token_count", "workers", "scrape", "api_key", "request_timeout_s",
+                    "force_output_len", "logprobs_token_count", "scrape", "api_key", "request_timeout_s",
                     "gpu_peak_bandwidth_gbs", "server_gpus"]),
+    WORKERS,
     *_workload_flags(shared_prefix=True),
     flag(ConcurrencyArrival, "n", param="concurrency", path=("arrival", "n"), help="closed loop: N users"),
     flag(PoissonArrival, "rate", path=("arrival", "rate"), help="open loop: requests/s"),
     kind_flag(Arrival, "arrival", ("arrival",), kinds=OPEN_LOOP, default="poisson", help="with --rate"),
     flag(GammaArrival, "burstiness", path=("arrival", "burstiness")),
     MAX_CONCURRENCY,
-    Flag(("arrival", "schedule"), "rate_schedule", str | None,
-         typer.Option(None, "--rate-schedule", help="open loop at a rate that changes: AT:RATE,... in seconds and "
-                      "requests/s, steps (0:5,60:20,120:40) or a linear ramp (ramp:0:5,120:40); the last rate holds "
-                      "until --duration or --num-requests ends the run")),
-    flag(ScheduleArrival, "process", param="schedule_process", path=("arrival", "process")),
     *_slo_flags(),
     *model_flags(RepeatSpec, list(RepeatSpec.model_fields), prefix=("repeat",)),
 ]
@@ -92,6 +87,7 @@ SWEEP_FLAGS = [
     *_slo_flags(),
     *model_flags(SweepSpec, list(SweepSpec.model_fields), prefix=("sweep",),
                  params={"max_value": "max", "refine_steps": "refine"}),
+    *model_flags(RepeatSpec, list(RepeatSpec.model_fields), prefix=("repeat",)),
 ]
 
 
@@ -114,28 +110,50 @@ def load_config(fields: dict[str, Any], file_fields: dict[str, Any] | None = Non
         raise typer.BadParameter(str(exc)) from None
 
 
+def take_workers(fields: dict[str, Any]) -> bool:
+    """Whether ``--workers auto`` was given (then removed from ``fields``); a number is checked and kept."""
+    value = fields.get("workers")
+    if value is None:
+        return False
+    if str(value).strip().lower() == AUTO:
+        del fields["workers"]
+        return True
+    try:
+        fields["workers"] = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"--workers takes a number or {AUTO}, not {value!r}") from None
+    return False
+
+
+def _auto_workers(cfg: LoadConfig, out: Path, console: Console) -> LoadConfig:
+    """``--workers auto``: probe, print the choice and why, and return ``cfg`` with the chosen count."""
+    from bench.load.autoworkers import choose_workers
+    from bench.load.runner import run_load
+
+    choice = choose_workers(cfg, out, run_load, console)
+    console.print(f"[bold]--workers auto[/bold] chose {choice.why} (probes: "
+                  f"{', '.join(f'{p.workers}={_verdict(p.behind)}' for p in choice.probes)}; {out / AUTO_FILE})")
+    return cfg.model_copy(update={"workers": choice.chosen})
+
+
+def _verdict(behind: bool | None) -> str:
+    return "?" if behind is None else ("behind" if behind else "ok")
+
+
 def _kinds(fields: dict[str, Any], file_fields: dict[str, Any]) -> dict[str, Any]:
     """The workload and arrival given, each with its ``kind`` (the file's, else the flags' default)."""
     out: dict[str, Any] = {}
     workload, arrival = fields.get("workload"), dict(fields.get("arrival", {}))
     if workload:
         out["workload"] = {"kind": (file_fields.get("workload") or {}).get("kind", "random"), **workload}
-    if sum(key in arrival for key in ("n", "rate", "schedule")) > 1:
-        raise typer.BadParameter("give one of --concurrency, --rate or --rate-schedule")
+    if "n" in arrival and "rate" in arrival:
+        raise typer.BadParameter("give --concurrency or --rate, not both")
     if "n" in arrival:
         out["arrival"] = {"kind": "concurrency", **arrival}
-    elif "schedule" in arrival:
-        out["arrival"] = {"kind": "schedule", **arrival}
-    elif arrival and "rate" not in arrival and _workload_kind(fields, file_fields) == "trace":
-        out["arrival"] = {"kind": "trace", **arrival}  # --max-concurrency over a trace's own times
     elif arrival:
         file_kind = (file_fields.get("arrival") or {}).get("kind")
         out["arrival"] = {"kind": file_kind if file_kind in OPEN_LOOP else "poisson", **arrival}
     return out
-
-
-def _workload_kind(fields: dict[str, Any], file_fields: dict[str, Any]) -> str | None:
-    return str((fields.get("workload") or {}).get("kind") or (file_fields.get("workload") or {}).get("kind") or "")
 
 
 def _read_yaml(path: Path | None) -> dict[str, Any]:
@@ -170,9 +188,14 @@ def load_cmd(
         repeat = RepeatSpec.model_validate(fields.pop("repeat", {}))
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
+    auto = take_workers(fields)
+    if auto and engine is Engine.locust:
+        raise typer.BadParameter("--workers auto probes the native client's health; give --engine locust a number")
     cfg = load_config(fields, _read_yaml(config))
     console = Console()
     run_one = _locust_run if engine is Engine.locust else run_load
+    if auto:
+        cfg = _auto_workers(cfg, out, console)
     if repeat.repeating:
         _load_repeats(cfg, repeat, out, run_one, console)
         return
@@ -234,7 +257,11 @@ def summarize_cmd(fields: dict[str, Any], run_dir: Path = typer.Argument(..., he
 
 @command(SWEEP_FLAGS)
 def sweep_cmd(fields: dict[str, Any], out: Path = typer.Option(Path("results/sweep"), "--out")) -> None:
-    """Find the highest rate or concurrency meeting the SLOs; writes sweep.json and sweep.png."""
+    """Find the highest rate or concurrency meeting the SLOs; writes sweep.json and sweep.png.
+
+    With --repeats N every step runs N times and keeps its spread. Exit status 3 when the client fell behind
+    at any step (its latencies there include the client's own lag), 1 when no step measured anything.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -242,11 +269,15 @@ def sweep_cmd(fields: dict[str, Any], out: Path = typer.Option(Path("results/swe
 
     if not fields.get("slo"):
         raise typer.BadParameter("a sweep needs at least one of --slo-ttft-ms, --slo-tpot-ms, --slo-e2e-ms")
-    spec = SweepSpec.model_validate(fields.pop("sweep", {}))
+    try:
+        spec = SweepSpec.model_validate(fields.pop("sweep", {}))
+        repeat = RepeatSpec.model_validate(fields.pop("repeat", {}))
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
     arrival = {"kind": "poisson", "rate": 1.0, **fields.pop("arrival", {})}
     base = load_config({**fields, "arrival": arrival})
     console = Console()
-    result = run_sweep(base, spec, out, console)
+    result = run_sweep(base, spec, out, console, repeat)
     table = Table(title=f"bench sweep ({spec.mode.value}); best = {result.best}")
     rows = sweep_rows(result)
     for col in rows[0] if rows else []:
@@ -254,10 +285,20 @@ def sweep_cmd(fields: dict[str, Any], out: Path = typer.Option(Path("results/swe
     for row in rows:
         table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
-    behind = [p.value for p in result.points if p.summary.client is not None and p.summary.client.behind]
-    if behind:
-        console.print(f"[yellow]warning:[/yellow] the client fell behind at {behind}: those steps' latencies include "
-                      "its own lag; rerun with more --workers")  # fmt: skip
     console.print(f"curve: {out / 'sweep.json'}  plot: {out / 'sweep.png'}")
     if result.points and all(point.summary.num_ok == 0 for point in result.points):
         fail_without_success(result.points[0].summary, console)  # no step measured anything
+    fail_when_behind(result.behind_steps, spec.mode.value, base.workers, console)
+
+
+def fail_when_behind(steps: list[float], mode: str, workers: int, console: Console) -> None:
+    """Exit with :data:`~bench.load.sweep.CLIENT_BEHIND_EXIT` naming the steps whose client fell behind."""
+    from bench.load.sweep import CLIENT_BEHIND_EXIT
+
+    if not steps:
+        return
+    named = ", ".join(f"{mode} {v:g}" for v in steps)
+    console.print(f"[red]error:[/red] the client fell behind at {named}: those steps' latencies include its own "
+                  f"lag. Rerun with more client processes (--workers {2 * workers}), or let "
+                  f"`bench load --workers auto` find the count at the highest of those loads")  # fmt: skip
+    raise typer.Exit(CLIENT_BEHIND_EXIT)

@@ -16,6 +16,11 @@ requests' latency (which biases short runs low):
   the rate of sends after the first instant) grew by less than 5% over the previous step.
 
 A saturated step never passes, whatever its SLOs say.
+
+With ``--repeats N`` (:mod:`bench.load.repeats`) every step runs N times after its warm-up runs, in
+``<step>/repeat-<i>``; the step keeps the spread of its figures and is judged on its median run by output
+throughput. A step whose client fell behind in any run is named in ``behind_steps``, and ``bench sweep``
+exits with :data:`CLIENT_BEHIND_EXIT`: its latencies include the client's own lag.
 """
 
 from __future__ import annotations
@@ -23,16 +28,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.console import Console
 
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
-from bench.load.config import LoadConfig, SweepMode, SweepSpec
+from bench.load.config import LoadConfig, RepeatSpec, SweepMode, SweepSpec
+from bench.load.repeats import run_repeats
 from bench.load.runner import run_load
 from bench.metrics import LoadSummary
+from bench.metrics.spread import Spread
 
 # In concurrency mode, a step whose completion rate grew by less than this factor is saturated.
 CONCURRENCY_GAIN = 1.05
+# ``bench sweep``'s exit status when the client fell behind at any step (1: no step measured anything; 2: usage).
+CLIENT_BEHIND_EXIT = 3
 
 
 class SweepPoint(BaseModel):
@@ -42,7 +51,15 @@ class SweepPoint(BaseModel):
     passed: bool
     saturated: bool
     slo_met: bool | None = None
-    summary: LoadSummary
+    summary: LoadSummary = Field(description="the step's run (with --repeats, its median run by output tok/s)")
+    repeats: int = 1
+    spread: dict[str, Spread] | None = Field(default=None, description="--repeats: spread over the measured runs")
+    runs_behind: int = Field(default=0, description="measured runs whose client fell behind")
+
+    @property
+    def client_behind(self) -> bool:
+        """Whether the client fell behind in any measured run of this step."""
+        return self.runs_behind > 0 or (self.summary.client is not None and self.summary.client.behind)
 
 
 class SweepResult(BaseModel):
@@ -51,6 +68,7 @@ class SweepResult(BaseModel):
     mode: str
     best: float | None
     points: list[SweepPoint]
+    behind_steps: list[float] = Field(default_factory=list, description="steps whose client fell behind")
 
 
 def _config_at(base: LoadConfig, spec: SweepSpec, value: float) -> LoadConfig:
@@ -87,21 +105,44 @@ def judge(
     return slo_met(summary, spec) and not saturated, saturated
 
 
+def median_run(runs: list[LoadSummary]) -> LoadSummary:
+    """The run with the median output throughput (the lower middle one of an even count); pure."""
+    ranked = sorted(runs, key=lambda s: s.output_throughput_tok_s)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def _measure(cfg: LoadConfig, out: Path, repeat: RepeatSpec | None,
+             console: Console | None) -> dict[str, object]:
+    """One step's run, or its repeated runs: the SweepPoint fields they give."""
+    if repeat is None or not repeat.repeating:
+        summary = run_load(cfg, out, console)
+        return {"summary": summary, "runs_behind": int(summary.client is not None and summary.client.behind)}
+    result = run_repeats(cfg, repeat, out, run_load, console)
+    return {"summary": median_run(result.runs), "repeats": result.repeats, "spread": result.spread,
+            "runs_behind": result.client_behind}  # fmt: skip
+
+
 def run_sweep(
-    base: LoadConfig, spec: SweepSpec, out_dir: Path, console: Console | None = None
+    base: LoadConfig, spec: SweepSpec, out_dir: Path, console: Console | None = None,
+    repeat: RepeatSpec | None = None,
 ) -> SweepResult:
-    """Walk up the load axis, then bisect; writes ``sweep.json`` and ``sweep.png`` to ``out_dir``."""
+    """Walk up the load axis, then bisect; writes ``sweep.json`` and ``sweep.png`` to ``out_dir``.
+
+    ``repeat``: run every step that many times (after its warm-up runs) and keep the spread.
+    """
     points: list[SweepPoint] = []
 
     def step(value: float) -> SweepPoint:
         label = f"{spec.mode}-{value:g}"
         if console is not None:
             console.rule(f"sweep step {label}")
-        summary = run_load(_config_at(base, spec, value), out_dir / label, console)
+        measured = _measure(_config_at(base, spec, value), out_dir / label, repeat, console)
+        summary = measured["summary"]
+        assert isinstance(summary, LoadSummary)
         previous = max((p for p in points if p.value < value), key=lambda p: p.value, default=None)
         passed, saturated = judge(summary, spec, previous)
-        point = SweepPoint(
-            value=value, passed=passed, saturated=saturated, slo_met=slo_met(summary, spec), summary=summary
+        point = SweepPoint.model_validate(
+            {"value": value, "passed": passed, "saturated": saturated, "slo_met": slo_met(summary, spec), **measured}
         )
         points.append(point)
         return point
@@ -125,7 +166,9 @@ def run_sweep(
         point = step(mid)
         lo, hi = (mid, hi) if point.passed else (lo, mid)
     best = max((p.value for p in points if p.passed), default=None)
-    result = SweepResult(mode=spec.mode.value, best=best, points=sorted(points, key=lambda p: p.value))
+    ordered = sorted(points, key=lambda p: p.value)
+    result = SweepResult(mode=spec.mode.value, best=best, points=ordered,
+                         behind_steps=[p.value for p in ordered if p.client_behind])
     (out_dir / "sweep.json").write_text(result.model_dump_json(indent=2))
     plot_sweep(result, out_dir / "sweep.png")
     return result
@@ -178,10 +221,27 @@ def sweep_rows(result: SweepResult) -> list[dict[str, object]]:
             "goodput": p.summary.goodput,
             "ttft_p99": p.summary.ttft_ms.p99,
             "tpot_p99": p.summary.tpot_ms.p99,
-            "client": client_verdict(p.summary),
+            "client": point_verdict(p),
+            **_spread_cells(p),
         }
         for p in result.points
     ]
+
+
+def _spread_cells(point: SweepPoint) -> dict[str, object]:
+    """``tok_s ±``: the 95% interval's half width over the step's repeats (only when the step repeated)."""
+    if point.spread is None:
+        return {}
+    sp = point.spread.get("output_throughput_tok_s")
+    half = None if sp is None or sp.ci95_high is None or sp.mean is None else sp.ci95_high - sp.mean
+    return {"runs": point.repeats, "tok_s ±95%": half if half is not None else "-"}
+
+
+def point_verdict(point: SweepPoint) -> str:
+    """:func:`client_verdict` of a step, ``behind`` when any of its repeated runs' client fell behind."""
+    if point.runs_behind > 0 and point.repeats > 1:
+        return f"behind ({point.runs_behind}/{point.repeats} runs)"
+    return "behind" if point.client_behind else client_verdict(point.summary)
 
 
 def client_verdict(summary: LoadSummary) -> str:
