@@ -139,12 +139,26 @@ class _Choice(BaseModel):
     finish_reason: str | None = None
 
 
+class _PromptDetails(BaseModel):
+    """``usage.prompt_tokens_details``: the prompt tokens the server took from its prefix cache."""
+
+    cached_tokens: int | None = Field(default=None, ge=0, le=MAX_USAGE_TOKENS)
+
+
 class _Usage(BaseModel):
     """The token counts of ``usage`` (other fields are ignored)."""
 
     prompt_tokens: int | None = Field(default=None, ge=0, le=MAX_USAGE_TOKENS)
     completion_tokens: int | None = Field(default=None, ge=0, le=MAX_USAGE_TOKENS)
     total_tokens: int | None = Field(default=None, ge=0, le=2 * MAX_USAGE_TOKENS)
+    prompt_tokens_details: _PromptDetails | None = None
+
+    def counts(self) -> dict[str, int]:
+        """The counts given, ``prompt_tokens_details.cached_tokens`` flattened to ``cached_tokens``."""
+        out = self.model_dump(exclude_none=True, exclude={"prompt_tokens_details"})
+        if self.prompt_tokens_details is not None and self.prompt_tokens_details.cached_tokens is not None:
+            out["cached_tokens"] = self.prompt_tokens_details.cached_tokens
+        return out
 
 
 class _Chunk(BaseModel):
@@ -175,7 +189,7 @@ def parse_openai_chunk(payload: bytes) -> StreamDelta:
         return StreamDelta(error=_error_text(chunk.error))
     if chunk.object == "error":
         return StreamDelta(error=_error_text(chunk.message if chunk.message is not None else "error event"))
-    usage = chunk.usage.model_dump(exclude_none=True) if chunk.usage is not None else None
+    usage = chunk.usage.counts() if chunk.usage is not None else None
     if not chunk.choices:
         return StreamDelta(usage=usage)
     choice = chunk.choices[0]

@@ -18,7 +18,7 @@ from bench.flags import Flag, command, deep_merge, flag, kind_flag, model_flags
 from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival
 from bench.load.autoworkers import AUTO, AUTO_FILE
 from bench.load.config import LoadConfig, RepeatSpec, SweepSpec
-from bench.load.workloads import RandomWorkload, SharedPrefixWorkload, ShareGPTWorkload, Workload
+from bench.load.workloads import MultiTurnWorkload, RandomWorkload, SharedPrefixWorkload, ShareGPTWorkload, Workload
 from bench.metrics import SLO
 
 if TYPE_CHECKING:
@@ -52,6 +52,10 @@ def _workload_flags(shared_prefix: bool) -> list[Flag]:
              flag(ShareGPTWorkload, "path", param="dataset_path", path=(*at, "path"), help="sharegpt/jsonl file")]
     if shared_prefix:
         flags += model_flags(SharedPrefixWorkload, ["prefix_tokens", "suffix_tokens", "num_prefixes"], prefix=at)
+        flags += model_flags(MultiTurnWorkload, ["source", "turns", "user_tokens", "think_time_s", "think",
+                                                 "max_context_tokens"], prefix=at,
+                             params={"source": "conversation_source", "think_time_s": "think_time",
+                                     "max_context_tokens": "max_context"})
     return flags
 
 

@@ -178,6 +178,22 @@ def build_body(
     extra: dict[str, Any],
 ) -> bytes:
     """The JSON request body for ``/v1/chat/completions`` or ``/v1/completions``."""
+    fields = body_fields(api, model, text, max_tokens, force_output_len=force_output_len, logprobs=logprobs,
+                         extra=extra)
+    return json.dumps(fields).encode()
+
+
+def body_fields(
+    api: str,
+    model: str,
+    text: str,
+    max_tokens: int,
+    *,
+    force_output_len: bool,
+    logprobs: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The fields of :func:`build_body`, before encoding (a chat body holds ``text`` as its one user message)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
@@ -197,7 +213,7 @@ def build_body(
         body["ignore_eos"] = True
         body["min_tokens"] = max_tokens
     body.update(extra)
-    return json.dumps(body).encode()
+    return body
 
 
 def body_for_index(bodies: Sequence[bytes], prompts: Sequence[Prompt], index: int) -> bytes:

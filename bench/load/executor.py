@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from bench.load.client import Sender, body_for_index, build_body, open_sender
 from bench.load.clock import Clock
 from bench.load.config import LoadConfig
+from bench.load.conversations import Conversation, TemplateCounts
 from bench.load.records import RequestRecord, make_record
+from bench.load.sessions import SessionDriver
 from bench.load.tokenizer import Tokenizer, token_counter
 from bench.load.workloads import Prompt
 
@@ -39,6 +41,8 @@ class Job:
     workers: int = 1
     bodies: list[bytes] = field(default_factory=list)
     tokenizer: Tokenizer | None = None
+    conversations: list[Conversation] = field(default_factory=list)  # multi-turn: the sessions' user messages
+    template: TemplateCounts | None = None  # multi-turn: the chat template's tokens, for counting prompts
 
     def __post_init__(self) -> None:
         if not self.bodies:
@@ -90,7 +94,9 @@ class Executor:
         limit = per_worker_cap or DEFAULT_CONNECTION_LIMIT
         async with open_sender(limit, cfg.request_timeout_s, cfg.max_retries, headers) as sender:
             self._sender = sender
-            if cfg.arrival.closed_loop:
+            if self.job.conversations:
+                await SessionDriver(self, sender).run(t0, per_worker_cap)
+            elif cfg.arrival.closed_loop:
                 await self._closed_loop(t0, per_worker_cap or 1)
             else:
                 if per_worker_cap is not None:
@@ -103,9 +109,19 @@ class Executor:
         """Global request indices of this worker, in order."""
         return itertools.count(self.job.worker, self.job.workers)
 
-    def _in_bounds(self, index: int, scheduled: float) -> bool:
+    @property
+    def count_tokens(self) -> Callable[[str], int] | None:
+        """Counts output tokens of a response that came without ``usage`` (None: no tokenizer)."""
+        return self._count_tokens
+
+    def in_bounds(self, index: int, scheduled: float) -> bool:
+        """Request ``index``, due at ``scheduled``, is within the run's count and duration."""
         if self.limit is not None and index >= self.limit:
             return False
+        return self.in_time(scheduled)
+
+    def in_time(self, scheduled: float) -> bool:
+        """``scheduled`` is before the run's deadline (always, for a run bounded by count only)."""
         return self._deadline is None or scheduled <= self._deadline
 
     def _timetable(self) -> Iterator[float]:
@@ -121,7 +137,7 @@ class Executor:
             if index % workers != me:
                 continue
             scheduled = t0 + offset
-            if not self._in_bounds(index, scheduled):
+            if not self.in_bounds(index, scheduled):
                 return
             await self.clock.sleep_until(scheduled)
             task = asyncio.create_task(self._one(index, scheduled))
@@ -136,7 +152,7 @@ class Executor:
             while True:
                 index = next(indices)
                 scheduled = self.clock.now()
-                if not self._in_bounds(index, scheduled):
+                if not self.in_bounds(index, scheduled):
                     return
                 await self._one(index, scheduled)
 

@@ -54,6 +54,9 @@ class RequestRecord:
     target_input_tokens: int | None = None
     target_output_tokens: int | None = None
     counted_input_tokens: int | None = None  # our tokenizer's count (chat template included), where exact
+    cached_tokens: int | None = None  # prompt tokens the server took from its prefix cache (its usage says so)
+    session: int | None = None  # multi-turn: the conversation this request is a turn of
+    turn: int | None = None  # multi-turn: the turn's index in its conversation, from 0
 
     @property
     def ok(self) -> bool:
@@ -212,6 +215,7 @@ def make_record(
         token_times=times,
         closed_t=obs.closed_t,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        cached_tokens=_int_or_none(usage.get("cached_tokens")),
         output_tokens=output_tokens,
         token_count_source=source,
         n_chunks=len(obs.chunk_times),

@@ -29,15 +29,18 @@ from rich.console import Console
 
 from bench.load.clock import Clock, MonotonicClock
 from bench.load.config import LoadConfig
+from bench.load.conversations import Conversation, TemplateCounts
 from bench.load.display import Progress, live_progress, summary_table
 from bench.load.executor import Executor, Job
 from bench.load.health import HEALTH_FILE, read_health, watch_client
 from bench.load.records import JsonlAppender, RequestRecord, read_records, token_source_warning
+from bench.load.sessions import session_inputs
 from bench.load.tokenizer import Tokenizer, load_tokenizer
-from bench.load.workloads import Prompt, TextBuilder, materialize
+from bench.load.workloads import MultiTurnWorkload, Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, measured_window, summarize
-from bench.metrics.health import behind_advice, client_health
+from bench.metrics.health import behind_advice, client_health, sessions_behind_reason, with_reason
 from bench.metrics.server import server_figures, window_rows
+from bench.metrics.sessions import by_turn, session_figures
 from bench.models.registry import model_bytes_of
 from bench.scrape import Scraper, read_rows
 
@@ -66,6 +69,7 @@ async def run_load_async(
     clock = clock or MonotonicClock()
     records_path = await asyncio.to_thread(_fresh_records_file, out_dir)
     prompts, tokenizer = await asyncio.to_thread(prepare, config, console)
+    conversations, template = await asyncio.to_thread(prepare_sessions, config, tokenizer)
     run_id = uuid.uuid4().hex[:8]
     _raise_nofile_limit()
     progress = Progress(total=config.total_requests() if config.num_requests is not None else None)
@@ -74,7 +78,8 @@ async def run_load_async(
     meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None, "finished": False}
     # Written first so that a killed run can still be summarised with its SLOs.
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
-    jobs = [Job(config, prompts, run_id, w, config.workers, tokenizer=tokenizer) for w in range(config.workers)]
+    jobs = [Job(config, prompts, run_id, w, config.workers, tokenizer=tokenizer, conversations=conversations,
+                template=template) for w in range(config.workers)]  # fmt: skip
     try:
         if len(jobs) == 1:
             meta["t0"] = await _run_inline(jobs[0], records_path, clock, progress, scraper)
@@ -143,6 +148,14 @@ def prepare(config: LoadConfig, console: Console | None = None) -> tuple[list[Pr
     if tokenizer is not None and inexact:
         _warn(console, f"{inexact} prompts could not be made exactly {config.workload.kind} length")
     return prompts, tokenizer
+
+
+def prepare_sessions(config: LoadConfig,
+                     tokenizer: Tokenizer | None) -> tuple[list[Conversation], TemplateCounts | None]:
+    """A multi-turn run's conversations and chat-template counts (none for the other workloads)."""
+    if not isinstance(config.workload, MultiTurnWorkload):
+        return [], None
+    return session_inputs(config, TextBuilder(tokenizer, "chat"))
 
 
 def _warn(console: Console | None, text: str) -> None:
@@ -304,8 +317,19 @@ def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | 
     summary = summarize(records, slo)
     summary.server = _server_figures(out_dir, summary, config, records)
     summary.client = client_health(read_health(out_dir / HEALTH_FILE), measured_window(records), summary.itl_ms.mean)
+    _session_figures(summary, records, config)
     _write_json(out_dir / "summary.json", summary.model_dump(mode="json"))
     return summary
+
+
+def _session_figures(summary: LoadSummary, records: Sequence[RequestRecord], config: LoadConfig | None) -> None:
+    """Multi-turn runs: TTFT/TPOT by turn, sessions achieved against the target (and a verdict if short)."""
+    summary.turns = by_turn(records)
+    target = config.arrival.in_flight_limit if config is not None else None
+    summary.sessions = session_figures(records, target)
+    if summary.sessions is not None:
+        reason = sessions_behind_reason(summary.sessions.achieved, summary.sessions.target)
+        summary.client = with_reason(summary.client, reason)
 
 
 def measured_server_rows(out_dir: Path) -> list[dict[str, Any]]:

@@ -125,6 +125,30 @@ class JsonlWorkload(_Workload):
     output_tokens: int = Field(default=128, ge=1, description="when a line has no output length")
 
 
+class MultiTurnWorkload(_Workload):
+    """Conversations of ``turns`` turns: each turn sends the whole history plus a new user message (chat API).
+
+    ``source`` is ``synthetic`` (user messages of exactly ``user_tokens`` tokens) or ``sharegpt`` (the human
+    turns of ShareGPT conversations, at most ``turns`` of them). Replies are the server's own, appended to the
+    history; the next turn is sent a think time after the reply ends. See :mod:`bench.load.conversations`.
+    """
+
+    kind: Literal["multi-turn"] = "multi-turn"
+    source: Literal["synthetic", "sharegpt"] = Field(default="synthetic", description="multi-turn: where user "
+                                                     "messages come from")
+    path: Path | None = Field(default=None, description="multi-turn sharegpt: the ShareGPT JSON file")
+    turns: int = Field(default=4, ge=1, le=1000, description="multi-turn: turns per conversation")
+    user_tokens: int = Field(default=64, ge=1, description="multi-turn synthetic: tokens per user message")
+    output_tokens: int | None = Field(default=64, ge=1, description="multi-turn: reply tokens (sharegpt None: "
+                                      "the recorded reply's length)")
+    max_output_tokens: int = Field(default=1024, ge=1, description="multi-turn sharegpt: reply length cap")
+    think_time_s: float = Field(default=0.0, ge=0, description="multi-turn: wait between a reply and the next turn")
+    think: Literal["fixed", "exponential"] = Field(default="fixed", description="multi-turn: think time fixed, "
+                                                   "or exponential with that mean")
+    max_context_tokens: int | None = Field(default=None, ge=16, description="multi-turn: end a conversation "
+                                           "before a turn's prompt plus reply would pass this")
+
+
 class TraceWorkload(_Workload):
     """The requests of a production trace (:mod:`bench.load.traces`): each one's input and output length, and
     its time, which the run keeps (the arrival is the trace's own). Requests that name the same hash id get
@@ -146,7 +170,7 @@ class TraceWorkload(_Workload):
 
 
 Workload = Annotated[
-    RandomWorkload | SharedPrefixWorkload | ShareGPTWorkload | JsonlWorkload | TraceWorkload,
+    RandomWorkload | SharedPrefixWorkload | ShareGPTWorkload | JsonlWorkload | MultiTurnWorkload | TraceWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -211,6 +235,8 @@ def materialize(
         return _cycle(list(_sharegpt(workload, builder, count)), count, "sharegpt")
     if isinstance(workload, TraceWorkload):
         return _trace(workload, count, builder, seed)
+    if isinstance(workload, MultiTurnWorkload):
+        return []  # its user messages are conversations: bench.load.conversations.materialize_conversations
     return _cycle(list(_jsonl(workload, builder, count)), count, "jsonl")
 
 

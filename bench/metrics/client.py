@@ -63,6 +63,33 @@ class Stats(BaseModel):
     max: float | None = None
 
 
+class TurnStats(BaseModel):
+    """One turn index over every session."""
+
+    model_config = ConfigDict(frozen=True)
+
+    turn: int
+    n: int
+    ttft_ms: Stats
+    tpot_ms: Stats
+    prompt_tokens_mean: float | None = None
+    cached_tokens_mean: float | None = None
+    cached_fraction: float | None = Field(default=None, description="Σ cached tokens / Σ prompt tokens, over the "
+                                          "turns whose usage gave cached_tokens")
+
+
+class SessionFigures(BaseModel):
+    """How many sessions ran, and how many were open at once against the target."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sessions: int
+    turns_mean: float
+    target: int | None = Field(default=None, description="sessions asked to be open at once (users)")
+    achieved: float | None = Field(default=None, description="sessions open at once, mean over the sending window")
+    late_ms: Stats = Field(default_factory=Stats, description="turns sent after they were due: sent − scheduled")
+
+
 class LoadSummary(BaseModel):
     """Everything ``bench load`` reports about one run (warm-up requests excluded)."""
 
@@ -104,6 +131,8 @@ class LoadSummary(BaseModel):
     prompt_tokens_check: PromptTokenCheck | None = Field(
         default=None, description="our tokenizer's count of the first prompts against the server's usage"
     )
+    turns: list[TurnStats] = Field(default_factory=list, description="multi-turn: TTFT/TPOT by turn index")
+    sessions: SessionFigures | None = Field(default=None, description="multi-turn: sessions achieved vs target")
 
 
 # ---- per-request metrics (seconds) -------------------------------------------------------------

@@ -112,6 +112,24 @@ def behind_reasons(stalls: int, samples: int, lag_p99_ms: float | None, limit_ms
     return reasons
 
 
+# A multi-turn run whose client kept fewer than this share of the target sessions open fell behind.
+SESSION_SHORTFALL = 0.95
+
+
+def sessions_behind_reason(achieved: float | None, target: int | None) -> str | None:
+    """Why a multi-turn client fell behind: it kept fewer sessions open than asked (None: it kept up)."""
+    if achieved is None or not target or achieved >= SESSION_SHORTFALL * target:
+        return None
+    return f"{achieved:.1f} of {target} target sessions open on average (< {SESSION_SHORTFALL:.0%})"
+
+
+def with_reason(health: ClientHealth | None, reason: str | None) -> ClientHealth | None:
+    """``health`` with one more reason it fell behind (unchanged without one)."""
+    if health is None or reason is None:
+        return health
+    return health.model_copy(update={"behind": True, "reasons": [*health.reasons, reason]})
+
+
 def behind_advice(health: ClientHealth) -> str:
     """One line for the summary: what fell behind and what to do about it.
 
