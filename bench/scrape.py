@@ -1,8 +1,10 @@
 """Sample the server's ``/metrics`` and NVML beside the records, on the records' clock (I/O only).
 
-Rows go to ``server_metrics.jsonl`` (``{"t": ..., "values": {name: value}}``, label sets summed,
-histogram buckets dropped) and ``gpu.jsonl`` (one row per GPU per sample). The pure functions that turn
-rows into figures (and the metric names understood) live in :mod:`bench.metrics.server`.
+Rows go to ``server_metrics.jsonl`` (:class:`~bench.metrics.server.ScrapeRow`: ``{"t": ..., "values":
+{name: value}}``, label sets summed, histogram buckets dropped) and ``gpu.jsonl``
+(:class:`~bench.metrics.server.GpuRow`: one per GPU per sample); :func:`read_server_rows` and
+:func:`read_gpu_rows` validate them on the way back. The pure functions that turn rows into figures (and the
+metric names understood) live in :mod:`bench.metrics.server`.
 
 NVML (``pynvml``, from ``nvidia-ml-py``: ``pip install -e '.[gpu]'``) gives memory, power and the
 energy counter. Without a GPU the GPU part is skipped quietly; with one visible (the driver's
@@ -14,29 +16,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from backends.gpu import NVIDIA_DRIVER_FILES, nvidia_driver_file
-from bench.metrics.server import parse_prometheus
+from bench.metrics.server import GpuRow, ScrapeRow, parse_prometheus
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", ScrapeRow, GpuRow)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a scrape JSONL file (a truncated last line is skipped)."""
+class ScrapeRowError(ValueError):
+    """A complete line of a scrape file that is not a row of its kind (the message names the line and field)."""
+
+
+def read_server_rows(path: Path) -> list[ScrapeRow]:
+    """The validated rows of a ``server_metrics.jsonl`` (none when it is missing)."""
+    return _read_rows(path, ScrapeRow)
+
+
+def read_gpu_rows(path: Path) -> list[GpuRow]:
+    """The validated rows of a ``gpu.jsonl`` (none when it is missing)."""
+    return _read_rows(path, GpuRow)
+
+
+def _read_rows(path: Path, model: type[R]) -> list[R]:
+    """Rows of a scrape JSONL file. A truncated last line (the run was killed mid-write) is skipped; a complete
+    line of the wrong shape raises :class:`ScrapeRowError`."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_bytes().splitlines(keepends=True):
-        if line.endswith(b"\n"):
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
+    for number, line in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        if not line.endswith(b"\n"):
+            continue
+        try:
+            rows.append(model.model_validate_json(line))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(row)'}: {e['msg']}" for e in exc.errors())
+            raise ScrapeRowError(f"{path}:{number} is not a {model.__name__}: {problems}") from None
     return rows
+
+
+def _line(row: ScrapeRow | GpuRow) -> bytes:
+    return (row.model_dump_json(exclude_none=True) + "\n").encode()
 
 
 # Files the NVIDIA driver creates: when one exists, a GPU is there for NVML to read.
@@ -82,7 +109,7 @@ class _Nvml:
     def available(self) -> bool:
         return bool(self.handles)
 
-    def sample(self, t: float) -> list[dict[str, Any]]:
+    def sample(self, t: float, mark: str | None = None) -> list[GpuRow]:
         rows = []
         for i, h in enumerate(self.handles):
             energy: float | None
@@ -90,16 +117,8 @@ class _Nvml:
                 energy = self._nv.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3
             except Exception:
                 energy = None
-            rows.append(
-                {
-                    "t": t,
-                    "gpu": i,
-                    "name": self.names[i],
-                    "mem_used_bytes": self._nv.nvmlDeviceGetMemoryInfo(h).used,
-                    "power_w": self._nv.nvmlDeviceGetPowerUsage(h) / 1e3,
-                    "energy_j": energy,
-                }
-            )
+            rows.append(GpuRow(t=t, gpu=i, name=self.names[i], mem_used_bytes=self._nv.nvmlDeviceGetMemoryInfo(h).used,
+                               power_w=self._nv.nvmlDeviceGetPowerUsage(h) / 1e3, energy_j=energy, mark=mark))
         return rows
 
 
@@ -159,7 +178,6 @@ class Scraper:
             await self._sample(*self._live, mark=label)
 
     async def _sample(self, session: Any, nvml: _Nvml, sfd: int, gfd: int, mark: str | None = None) -> None:
-        tag = {} if mark is None else {"mark": mark}
         if self.metrics_ok:
             try:
                 async with session.get(self.metrics_url) as resp:
@@ -167,13 +185,12 @@ class Scraper:
                         self.metrics_ok = False  # e.g. llama_cpp.server: no /metrics
                         return
                     text = await resp.text()
-                row = {"t": self.now(), "values": parse_prometheus(text), **tag}
-                os.write(sfd, (json.dumps(row) + "\n").encode())
+                os.write(sfd, _line(ScrapeRow(t=self.now(), values=parse_prometheus(text), mark=mark)))
             except Exception as exc:
                 log.debug("scrape %s failed: %s", self.metrics_url, exc)
         if nvml.available:
-            for row in nvml.sample(self.now()):
-                os.write(gfd, (json.dumps({**row, **tag}) + "\n").encode())
+            for row in nvml.sample(self.now(), mark):
+                os.write(gfd, _line(row))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ from bench.load.records import RequestRecord, read_records
 from bench.load.runner import MEASURED_MARK, measured_server_rows, rebuild_summary, run_load_async
 from bench.metrics import measured_window, summarize
 from bench.metrics.server import (
+    GpuRow,
+    ScrapeRow,
     server_figures,
     summarize_gpu,
     summarize_server,
@@ -21,7 +23,7 @@ from bench.metrics.server import (
     window_gpu_rows,
     window_rows,
 )
-from bench.scrape import read_rows
+from bench.scrape import read_server_rows
 from tests.helpers import calibration_config, scripted_server
 
 GEN = "vllm:generation_tokens_total"
@@ -32,9 +34,9 @@ def calib_url() -> Iterator[str]:
     yield from scripted_server()
 
 
-def _row(t: float, tokens: float, **extra: Any) -> dict[str, Any]:
-    return {"t": t, "values": {GEN: tokens, "vllm:prefix_cache_queries_total": 10 * tokens,
-                               "vllm:prefix_cache_hits_total": tokens}, **extra}
+def _row(t: float, tokens: float, **extra: Any) -> ScrapeRow:
+    return ScrapeRow(t=t, values={GEN: tokens, "vllm:prefix_cache_queries_total": 10 * tokens,
+                                  "vllm:prefix_cache_hits_total": tokens}, **extra)
 
 
 def _record(index: int, sent: float, tokens: int, warmup: bool) -> RequestRecord:
@@ -47,10 +49,10 @@ def _record(index: int, sent: float, tokens: int, warmup: bool) -> RequestRecord
 def test_window_takes_the_samples_that_bracket_it() -> None:
     rows = [_row(0.0, 0), _row(1.0, 40), _row(1.5, 50), _row(2.0, 70), _row(3.0, 100), _row(4.0, 100)]
     window = window_rows(list(reversed(rows)), 1.2, 2.5)  # order of the file does not matter
-    assert [r["t"] for r in window] == [1.0, 1.5, 2.0, 3.0]
+    assert [r.t for r in window] == [1.0, 1.5, 2.0, 3.0]
     assert summarize_server(window)["server_generation_tokens"] == 60
     assert summarize_server(rows)["server_generation_tokens"] == 100
-    assert [r["t"] for r in window_rows(rows, 1.0, 3.0)] == [1.0, 1.5, 2.0, 3.0]  # samples on the edges bound it
+    assert [r.t for r in window_rows(rows, 1.0, 3.0)] == [1.0, 1.5, 2.0, 3.0]  # samples on the edges bound it
     assert window_rows(rows, -1.0, 9.0) == rows  # no sample outside: all of them
 
 
@@ -62,10 +64,10 @@ def test_measured_window_and_gpu_energy_leave_warm_up_out() -> None:
     assert window is not None
     assert tokens_in_window(records, window) == 10
     # Two GPUs: 100 W each while the warm-up ran (0 to 1 s), 300 W each during the measured requests.
-    gpu = [{"t": float(t), "gpu": g, "name": "NVIDIA H100", "mem_used_bytes": 2**30, "power_w": 0.0,
-            "energy_j": 100.0 * min(t, 1) + 300.0 * max(t - 1, 0)} for t in (0, 1, 2, 3) for g in (0, 1)]
+    gpu = [GpuRow(t=float(t), gpu=g, name="NVIDIA H100", mem_used_bytes=2**30, power_w=0.0,
+                  energy_j=100.0 * min(t, 1) + 300.0 * max(t - 1, 0)) for t in (0, 1, 2, 3) for g in (0, 1)]
     windowed = window_gpu_rows(gpu, *window)
-    assert [(r["gpu"], r["t"]) for r in windowed] == [(0, 1.0), (0, 2.0), (0, 3.0), (1, 1.0), (1, 2.0), (1, 3.0)]
+    assert [(r.gpu, r.t) for r in windowed] == [(0, 1.0), (0, 2.0), (0, 3.0), (1, 1.0), (1, 2.0), (1, 3.0)]
     assert summarize_gpu(windowed, 10)["joules_per_output_token"] == pytest.approx(2 * 600 / 10)
     assert summarize_gpu(gpu, 10)["joules_per_output_token"] == pytest.approx(2 * 700 / 10)  # what it was
 
@@ -80,18 +82,18 @@ async def test_counter_deltas_leave_the_warm_up_out(calib_url: str, tmp_path: Pa
     summary = await run_load_async(cfg, tmp_path)
     assert summary.num_ok == 4 and summary.num_warmup == 3 and summary.total_output_tokens == 4 * 16
     assert summary.server["server_generation_tokens"] == 4 * 16
-    rows = read_rows(tmp_path / "server_metrics.jsonl")
-    assert [r.get("mark") for r in rows] == [None, MEASURED_MARK, None]
-    assert rows[-1]["values"][GEN] - rows[0]["values"][GEN] == 7 * 16  # the whole run, warm-up included
+    rows = read_server_rows(tmp_path / "server_metrics.jsonl")
+    assert [r.mark for r in rows] == [None, MEASURED_MARK, None]
+    assert rows[-1].values[GEN] - rows[0].values[GEN] == 7 * 16  # the whole run, warm-up included
     records = read_records(tmp_path / "requests.jsonl")
     first_measured = min(r.sent_t for r in records if not r.warmup)
-    assert max(r.end_t for r in records if r.warmup) <= rows[1]["t"] <= first_measured
+    assert max(r.end_t for r in records if r.warmup) <= rows[1].t <= first_measured
     assert measured_server_rows(tmp_path) == rows[1:]
     assert rebuild_summary(tmp_path).server["server_generation_tokens"] == 4 * 16  # recomputed the same way
     # A second run into the same folder replaces the scrape rows, as it replaces the records.
     again = await run_load_async(cfg.model_copy(update={"warmup": 0, "num_requests": 2}), tmp_path)
     assert again.server["server_generation_tokens"] == 2 * 16
-    assert [r.get("mark") for r in read_rows(tmp_path / "server_metrics.jsonl")] == [None, None]
+    assert [r.mark for r in read_server_rows(tmp_path / "server_metrics.jsonl")] == [None, None]
 
 
 def test_mbu_divides_by_the_bandwidth_of_every_gpu_the_model_is_split_over(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from bench.metrics.server import prefix_hit_rate, speculative_figures
+from bench.metrics.server import ScrapeRow, prefix_hit_rate, speculative_figures
 from bench.run.probes import MemorySampler, kv_from_log, kv_from_metrics, tree_rss_bytes
 from bench.run.scenarios import fits, repetitive_prompts
 
@@ -52,8 +52,8 @@ def test_kv_capacity_from_servebench_gauge() -> None:
     assert found is not None and found.capacity_tokens == 4096 and found.tokens_per_gib is None
 
 
-def _rows(*values: dict[str, float]) -> list[dict[str, object]]:
-    return [{"t": float(i), "values": v} for i, v in enumerate(values)]
+def _rows(*values: dict[str, float]) -> list[ScrapeRow]:
+    return [ScrapeRow(t=float(i), values=v) for i, v in enumerate(values)]
 
 
 def test_prefix_hit_rate_for_both_naming_schemes() -> None:

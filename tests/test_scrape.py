@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from bench.load.calibration import calibration_server
-from bench.metrics.server import mbu, parse_prometheus, peak_bandwidth_gbs, summarize_gpu, summarize_server
-from bench.scrape import Scraper, _Nvml, cuda_device_visible, read_rows
+from bench.metrics.server import (
+    GpuRow,
+    ScrapeRow,
+    mbu,
+    parse_prometheus,
+    peak_bandwidth_gbs,
+    summarize_gpu,
+    summarize_server,
+)
+from bench.scrape import Scraper, ScrapeRowError, _Nvml, cuda_device_visible, read_gpu_rows, read_server_rows
 
 VLLM = """\
 # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
@@ -57,8 +65,8 @@ def test_parse_vllm_drops_buckets_and_sums_labels() -> None:
 
 def test_server_summary_uses_counter_deltas() -> None:
     rows = [
-        {"t": 0.0, "values": parse_prometheus(VLLM % {"q": 100, "h": 40, "d": 10, "dt": 30, "a": 20})},
-        {"t": 1.0, "values": parse_prometheus(VLLM % {"q": 300, "h": 190, "d": 20, "dt": 60, "a": 41})},
+        ScrapeRow(t=0.0, values=parse_prometheus(VLLM % {"q": 100, "h": 40, "d": 10, "dt": 30, "a": 20})),
+        ScrapeRow(t=1.0, values=parse_prometheus(VLLM % {"q": 300, "h": 190, "d": 20, "dt": 60, "a": 41})),
     ]
     s = summarize_server(rows)
     assert s["kv_cache_usage_peak"] == 0.25
@@ -68,34 +76,20 @@ def test_server_summary_uses_counter_deltas() -> None:
 
 
 def test_llamacpp_names() -> None:
-    s = summarize_server([{"t": 0.0, "values": parse_prometheus(LLAMACPP)}])
+    s = summarize_server([ScrapeRow(t=0.0, values=parse_prometheus(LLAMACPP))])
     assert s["kv_cache_usage_peak"] == 0.5 and s["requests_running_peak"] == 2
     assert s["prefix_cache_hit_rate"] is None
 
 
 def test_gpu_summary_energy_and_memory() -> None:
     rows = [
-        {
-            "t": 0.0,
-            "gpu": 0,
-            "name": "NVIDIA H100 80GB HBM3",
-            "mem_used_bytes": 2**30,
-            "power_w": 300,
-            "energy_j": 10.0,
-        },
-        {
-            "t": 1.0,
-            "gpu": 0,
-            "name": "NVIDIA H100 80GB HBM3",
-            "mem_used_bytes": 3 * 2**30,
-            "power_w": 500,
-            "energy_j": 410.0,
-        },
+        GpuRow(t=0.0, gpu=0, name="NVIDIA H100 80GB HBM3", mem_used_bytes=2**30, power_w=300, energy_j=10.0),
+        GpuRow(t=1.0, gpu=0, name="NVIDIA H100 80GB HBM3", mem_used_bytes=3 * 2**30, power_w=500, energy_j=410.0),
     ]
     g = summarize_gpu(rows, output_tokens=800)
     assert g["gpu_mem_peak_gib"] == pytest.approx(3.0)
     assert g["joules_per_output_token"] == pytest.approx(0.5)
-    no_counter = [{**r, "energy_j": None} for r in rows]
+    no_counter = [r.model_copy(update={"energy_j": None}) for r in rows]
     assert summarize_gpu(no_counter, 800)["gpu_energy_j"] == pytest.approx(400.0)  # power integral
 
 
@@ -118,11 +112,26 @@ async def test_scraper_samples_on_the_record_clock(tmp_path: Path) -> None:
         await asyncio.sleep(1.0)  # the first sample includes session and NVML set-up
         stop.set()
         await task
-    rows = read_rows(tmp_path / "server_metrics.jsonl")
+    rows = read_server_rows(tmp_path / "server_metrics.jsonl")
     assert len(rows) >= 3
-    assert all(t0 <= r["t"] <= time.perf_counter() for r in rows)
-    assert "vllm:num_requests_running" in rows[0]["values"]
-    assert read_rows(tmp_path / "gpu.jsonl") == []  # no GPU here: skipped cleanly
+    assert all(t0 <= r.t <= time.perf_counter() for r in rows)
+    assert "vllm:num_requests_running" in rows[0].values
+    assert read_gpu_rows(tmp_path / "gpu.jsonl") == []  # no GPU here: skipped cleanly
+
+
+def test_a_scrape_row_of_the_wrong_shape_is_rejected_naming_the_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "server_metrics.jsonl"
+    good = ScrapeRow(t=1.0, values={"vllm:num_requests_running": 2.0}, mark="measured")
+    path.write_text(good.model_dump_json() + "\n" + '{"t": 2.0, "values": {"vllm:num_requests_running": "two"}}\n')
+    with pytest.raises(ScrapeRowError, match=r"server_metrics.jsonl:2 is not a ScrapeRow: values\.vllm:num_requests"
+                       r"_running: Input should be a valid number"):
+        read_server_rows(path)
+    path.write_text(good.model_dump_json() + "\n" + '{"t": 2.0, "value')  # killed mid-write: the last line is skipped
+    assert read_server_rows(path) == [good]
+    gpu = tmp_path / "gpu.jsonl"
+    gpu.write_text('{"t": 0.0, "gpu": 0, "name": "H100", "mem_used_bytes": 1, "power_w": 1.0, "watts": 1}\n')
+    with pytest.raises(ScrapeRowError, match="watts: Extra inputs are not permitted"):
+        read_gpu_rows(gpu)
 
 
 def test_nvml_missing_warns_only_where_a_gpu_is_visible(
@@ -160,12 +169,12 @@ def test_scraper_reads_nvml_on_a_gpu(tmp_path: Path, caplog: pytest.LogCaptureFi
         scraper = asyncio.run(scrape(url))  # no pytest-asyncio needed on the GPU machine
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     gpus = len(scraper.gpu_names)
-    rows = read_rows(tmp_path / "gpu.jsonl")
+    rows = read_gpu_rows(tmp_path / "gpu.jsonl")
     assert gpus >= 1 and all(scraper.gpu_names)
-    assert {r["gpu"] for r in rows} == set(range(gpus)) and len(rows) >= 3 * gpus
-    assert all(r["mem_used_bytes"] > 0 and r["power_w"] > 0 for r in rows)
+    assert {r.gpu for r in rows} == set(range(gpus)) and len(rows) >= 3 * gpus
+    assert all(r.mem_used_bytes > 0 and r.power_w > 0 for r in rows)
     for gpu in range(gpus):
-        energy = [r["energy_j"] for r in rows if r["gpu"] == gpu]
-        assert all(e is None for e in energy) or energy == sorted(energy)
+        energy = [r.energy_j for r in rows if r.gpu == gpu]
+        assert all(e is None for e in energy) or energy == sorted(e or 0.0 for e in energy)
     summary = summarize_gpu(rows, output_tokens=100)
     assert (summary["gpu_mem_peak_gib"] or 0) > 0 and (summary["gpu_energy_j"] or 0) > 0

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from bench.metrics.client import Window
-from bench.metrics.server import histogram_mean, latency_gaps, server_figures, server_latencies
+from bench.metrics.server import ScrapeRow, histogram_mean, latency_gaps, server_figures, server_latencies
 
 TTFT = "vllm:time_to_first_token_seconds"
 ITL = "vllm:inter_token_latency_seconds"
 
 
-def hist_row(t: float, ttft: tuple[float, float], itl: tuple[float, float]) -> dict[str, object]:
+def hist_row(t: float, ttft: tuple[float, float], itl: tuple[float, float]) -> ScrapeRow:
     """A scrape row holding the TTFT and ITL histograms' (sum s, count)."""
-    return {"t": t, "values": {TTFT + "_sum": ttft[0], TTFT + "_count": ttft[1], ITL + "_sum": itl[0],
-                               ITL + "_count": itl[1]}}  # fmt: skip
+    return ScrapeRow(t=t, values={TTFT + "_sum": ttft[0], TTFT + "_count": ttft[1], ITL + "_sum": itl[0],
+                                  ITL + "_count": itl[1]})  # fmt: skip
 
 
 def test_histogram_mean_is_the_delta_of_sum_over_the_delta_of_count() -> None:

@@ -39,10 +39,10 @@ from bench.load.tokenizer import Tokenizer, load_tokenizer
 from bench.load.workloads import MultiTurnWorkload, Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, measured_window, summarize
 from bench.metrics.health import behind_advice, client_health, sessions_behind_reason, with_reason
-from bench.metrics.server import server_figures, window_rows
+from bench.metrics.server import ScrapeRow, server_figures, window_rows
 from bench.metrics.sessions import by_turn, session_figures
 from bench.models.registry import model_bytes_of
-from bench.scrape import Scraper, read_rows
+from bench.scrape import Scraper, read_gpu_rows, read_server_rows
 
 log = logging.getLogger(__name__)
 # Time between starting the side tasks (scraper, display) and the first request, so their setup
@@ -332,9 +332,9 @@ def _session_figures(summary: LoadSummary, records: Sequence[RequestRecord], con
         summary.client = with_reason(summary.client, reason)
 
 
-def measured_server_rows(out_dir: Path) -> list[dict[str, Any]]:
+def measured_server_rows(out_dir: Path) -> list[ScrapeRow]:
     """The ``server_metrics.jsonl`` rows of a load folder that cover its measured window."""
-    rows = read_rows(out_dir / "server_metrics.jsonl")
+    rows = read_server_rows(out_dir / "server_metrics.jsonl")
     path = out_dir / "requests.jsonl"
     window = measured_window(read_records(path)) if path.exists() else None
     return rows if window is None else window_rows(rows, *window)
@@ -345,8 +345,8 @@ def _server_figures(
 ) -> dict[str, float | None]:
     """Read the scrape files and the model's size (I/O), then the pure figures over the measured window."""
     return server_figures(
-        read_rows(out_dir / "server_metrics.jsonl"),
-        read_rows(out_dir / "gpu.jsonl"),
+        read_server_rows(out_dir / "server_metrics.jsonl"),
+        read_gpu_rows(out_dir / "gpu.jsonl"),
         records,
         measured_window(records),
         output_tokens=summary.total_output_tokens,

@@ -1,8 +1,9 @@
 """Pure server-side figures over scrape rows (no I/O): what ``bench.scrape`` sampled, summarised.
 
-Rows are ``{"t": ..., "values": {name: value}}`` (``server_metrics.jsonl``) and one row per GPU per sample
-(``gpu.jsonl``). Every figure covers the one measured window of :func:`bench.metrics.client.measured_window`:
-pass the rows through :func:`window_rows` / :func:`window_gpu_rows` first. Metric names understood:
+Rows are :class:`ScrapeRow` (``server_metrics.jsonl``: ``{"t": ..., "values": {name: value}}``) and
+:class:`GpuRow` (``gpu.jsonl``: one per GPU per sample); the sampler writes them and every reader validates
+them. Every figure covers the one measured window of :func:`bench.metrics.client.measured_window`: pass the rows
+through :func:`window_rows` / :func:`window_gpu_rows` first. Metric names understood:
 
 - vLLM (and servebench's server, which reuses vLLM's names): ``vllm:kv_cache_usage_perc``
   (older ``vllm:gpu_cache_usage_perc``), ``vllm:prefix_cache_queries_total`` /
@@ -18,12 +19,40 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.load.records import RequestRecord
 from bench.metrics.client import Window
 
-Row = dict[str, Any]
+
+class ScrapeRow(BaseModel):
+    """One sample of the server's ``/metrics`` (a line of ``server_metrics.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    t: float = Field(description="the records' clock (seconds)")
+    values: dict[str, float] = Field(description="each sample name summed over its label sets; buckets dropped")
+    mark: str | None = Field(default=None, description="a sample taken at once and labelled, e.g. the warm-up "
+                             "boundary")
+
+
+class GpuRow(BaseModel):
+    """One GPU at one sample time, from NVML (a line of ``gpu.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    t: float
+    gpu: int = Field(description="NVML index")
+    name: str
+    mem_used_bytes: int
+    power_w: float
+    energy_j: float | None = Field(default=None, description="NVML's energy counter; None: not supported")
+    mark: str | None = None
+
+
+Row = TypeVar("Row", ScrapeRow, GpuRow)
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
 RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
@@ -98,17 +127,17 @@ def window_rows(rows: Sequence[Row], start: float, end: float) -> list[Row]:
     bracketing samples; the runner takes a sample right before the first measured request is sent, so
     that the baseline falls on the warm-up boundary.
     """
-    ordered = sorted(rows, key=lambda r: r["t"])
-    before = [r for r in ordered if r["t"] <= start]
-    inside = [r for r in ordered if start < r["t"] < end]
-    after = [r for r in ordered if r["t"] >= end and r["t"] > start]
+    ordered = sorted(rows, key=lambda r: r.t)
+    before = [r for r in ordered if r.t <= start]
+    inside = [r for r in ordered if start < r.t < end]
+    after = [r for r in ordered if r.t >= end and r.t > start]
     return before[-1:] + inside + after[:1]
 
 
-def window_gpu_rows(rows: Sequence[Row], start: float, end: float) -> list[Row]:
+def window_gpu_rows(rows: Sequence[GpuRow], start: float, end: float) -> list[GpuRow]:
     """:func:`window_rows` of each GPU's series (``gpu.jsonl`` has one row per GPU per sample)."""
-    return [r for gpu in sorted({r["gpu"] for r in rows})
-            for r in window_rows([x for x in rows if x["gpu"] == gpu], start, end)]
+    return [r for gpu in sorted({r.gpu for r in rows})
+            for r in window_rows([x for x in rows if x.gpu == gpu], start, end)]
 
 
 def tokens_in_window(records: Sequence[RequestRecord], window: Window) -> int:
@@ -121,13 +150,13 @@ def tokens_in_window(records: Sequence[RequestRecord], window: Window) -> int:
 # ---- counters ----------------------------------------------------------------------------------
 
 
-def counter_delta(rows: Sequence[Row], name: str) -> float | None:
+def counter_delta(rows: Sequence[ScrapeRow], name: str) -> float | None:
     """A counter's last − first value over scrape rows (None with fewer than two samples of it)."""
-    seen = [r["values"][name] for r in rows if name in r.get("values", {})]
+    seen = [r.values[name] for r in rows if name in r.values]
     return seen[-1] - seen[0] if len(seen) >= 2 else None
 
 
-def first_counter_delta(rows: Sequence[Row], names: Sequence[str]) -> float | None:
+def first_counter_delta(rows: Sequence[ScrapeRow], names: Sequence[str]) -> float | None:
     """:func:`counter_delta` of the first of ``names`` (one counter under each engine's name) that has one."""
     return next((d for name in names if (d := counter_delta(rows, name)) is not None), None)
 
@@ -136,7 +165,7 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
-def prefix_hit_rate(rows: Sequence[Row]) -> float | None:
+def prefix_hit_rate(rows: Sequence[ScrapeRow]) -> float | None:
     """Prompt tokens served from the prefix cache / prompt tokens, over the rows' window."""
     rate = _ratio(counter_delta(rows, PREFIX_HITS), counter_delta(rows, PREFIX_QUERIES))
     if rate is not None:
@@ -148,7 +177,7 @@ def prefix_hit_rate(rows: Sequence[Row]) -> float | None:
     return None
 
 
-def speculative_figures(rows: Sequence[Row]) -> dict[str, float | None]:
+def speculative_figures(rows: Sequence[ScrapeRow]) -> dict[str, float | None]:
     """Acceptance rate (accepted / drafted tokens) and mean acceptance length (1 + accepted / drafts)."""
     drafted = first_counter_delta(rows, SPEC_DRAFT_TOKENS)
     accepted = first_counter_delta(rows, SPEC_ACCEPTED)
@@ -158,12 +187,12 @@ def speculative_figures(rows: Sequence[Row]) -> dict[str, float | None]:
             "spec_draft_tokens": drafted, "spec_accepted_tokens": accepted}
 
 
-def histogram_mean(rows: Sequence[Row], name: str) -> float | None:
+def histogram_mean(rows: Sequence[ScrapeRow], name: str) -> float | None:
     """A histogram's mean over the rows' window: Δ``name_sum`` / Δ``name_count`` (None without observations)."""
     return _ratio(counter_delta(rows, name + "_sum"), counter_delta(rows, name + "_count"))
 
 
-def server_latencies(rows: Sequence[Row]) -> dict[str, float | None]:
+def server_latencies(rows: Sequence[ScrapeRow]) -> dict[str, float | None]:
     """The server's own mean TTFT, ITL, TPOT, E2E and queue time (ms) over the rows' window."""
     out: dict[str, float | None] = {}
     for key, names in LATENCY_HISTOGRAMS:
@@ -181,12 +210,12 @@ def latency_gaps(figures: dict[str, float | None], client_ms: dict[str, float | 
     return out
 
 
-def summarize_server(rows: Sequence[Row]) -> dict[str, float | None]:
+def summarize_server(rows: Sequence[ScrapeRow]) -> dict[str, float | None]:
     """Peaks and rates over the rows given (counters as last − first); pass :func:`window_rows` of the
     measured window so that warm-up requests are left out."""
 
     def peak(names: Sequence[str]) -> float | None:
-        vals = [v for r in rows if (v := _first(r["values"], names)) is not None]
+        vals = [v for r in rows if (v := _first(r.values, names)) is not None]
         return max(vals) if vals else None
 
     return {
@@ -212,14 +241,14 @@ def peak_bandwidth_gbs(gpu_name: str) -> float | None:
     return next((bw for key, bw in PEAK_BANDWIDTH_GBS if key.lower() in gpu_name.lower()), None)
 
 
-def summarize_gpu(rows: Sequence[Row], output_tokens: int) -> dict[str, float | None]:
+def summarize_gpu(rows: Sequence[GpuRow], output_tokens: int) -> dict[str, float | None]:
     """GPU memory peak (GiB, summed over GPUs per sample time) and joules per output token."""
     if not rows:
         return {}
     by_t: dict[float, float] = {}
     for r in rows:
-        by_t[r["t"]] = by_t.get(r["t"], 0.0) + r["mem_used_bytes"]
-    energy = sum(_gpu_energy([r for r in rows if r["gpu"] == gpu]) for gpu in {r["gpu"] for r in rows})
+        by_t[r.t] = by_t.get(r.t, 0.0) + r.mem_used_bytes
+    energy = sum(_gpu_energy([r for r in rows if r.gpu == gpu]) for gpu in {r.gpu for r in rows})
     return {
         "gpu_mem_peak_gib": max(by_t.values()) / 2**30,
         "gpu_energy_j": energy,
@@ -227,12 +256,12 @@ def summarize_gpu(rows: Sequence[Row], output_tokens: int) -> dict[str, float | 
     }
 
 
-def _gpu_energy(rows: Sequence[Row]) -> float:
+def _gpu_energy(rows: Sequence[GpuRow]) -> float:
     """Energy counter delta when NVML has one, else the power integral (trapezoid)."""
-    counters = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
+    counters = [r.energy_j for r in rows if r.energy_j is not None]
     if len(counters) >= 2:
         return float(counters[-1] - counters[0])
-    return float(sum((b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2 for a, b in itertools.pairwise(rows)))
+    return float(sum((b.t - a.t) * (a.power_w + b.power_w) / 2 for a, b in itertools.pairwise(rows)))
 
 
 def mbu(model_bytes: int | None, tpot_mean_s: float | None, peak_gbs: float | None) -> float | None:
@@ -250,8 +279,8 @@ def mbu(model_bytes: int | None, tpot_mean_s: float | None, peak_gbs: float | No
 
 
 def server_figures(
-    server_rows: Sequence[Row],
-    gpu_rows: Sequence[Row],
+    server_rows: Sequence[ScrapeRow],
+    gpu_rows: Sequence[GpuRow],
     records: Sequence[RequestRecord],
     window: Window | None,
     *,
@@ -275,7 +304,7 @@ def server_figures(
     figures = summarize_server(server_rows)
     figures.update(summarize_gpu(gpu_rows, output_tokens))
     if peak_gbs is None and gpu_rows:
-        peak_gbs = peak_bandwidth_gbs(str(gpu_rows[0].get("name", "")))
+        peak_gbs = peak_bandwidth_gbs(gpu_rows[0].name)
     tpot_mean = tpot_mean_ms / 1e3 if tpot_mean_ms else None
     figures["mbu"] = mbu(model_bytes, tpot_mean, peak_gbs * gpus if peak_gbs else None)
     figures.update(latency_gaps(figures, {"tpot": tpot_mean_ms, **(client_ms or {})}))
