@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from bench.report.tables import (
     speedups,
     stops_paying,
 )
+from bench.report.verdict import VERDICT_HEADER, verdict_table
 from bench.run.results import UnderLoadResult
 
 METRICS_NOTE = ("Metric definitions: docs/metrics.md (TTFT from send; TPOT excludes the first token; ITL per "
@@ -50,7 +52,7 @@ class Section:
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
+    if value is None or not math.isfinite(float(value)):  # inf/nan (an overflowed mean) is no number to show
         return "–"
     return f"{float(value):,.{digits}f}"
 
@@ -301,6 +303,13 @@ def eval_section(runs: list[RunData]) -> Section:
     return Section("Quality", EVAL_HEADER, rows, note)
 
 
+def verdict_section(runs: list[RunData]) -> Section:
+    """Each quantized entry against its derived_from source on each eval task, paired on the same documents, with
+    the matrix's quality target (bench.report.verdict)."""
+    rows, note = verdict_table([(run.run_dir, run.run_id, run.meta) for run in runs])
+    return Section("Quantized against source: the verdict", VERDICT_HEADER, rows, note)
+
+
 def problems_section(runs: list[RunData]) -> Section:
     """Cells skipped or failed, and scenarios skipped inside cells that ran, with the reason."""
     rows = [[p.run, p.cell, p.scenario or "–", p.status, p.reason] for run in runs for p in run.problems]
@@ -337,7 +346,8 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
     spec, ups = spec_section(runs)
     sections = [seed_section(runs, headline, gpu_hour_usd), scaling_section(runs), load_section(runs, gpu_hour_usd),
                 kv_section(runs),
-                prefix_section(runs), spec, eval_section(runs), problems_section(runs)]
+                prefix_section(runs), spec, eval_section(runs), verdict_section(runs),
+                problems_section(runs)]
     sections = [s for s in sections if s.rows]
     multi = len(runs) > 1
     loads = [r for run in runs for r in run.loads]

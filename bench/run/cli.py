@@ -38,7 +38,7 @@ def run(
     from bench.models.registry import RegistryError, load_registry
     from bench.report.render import write_report
     from bench.run.cells import default_matrix, expand, select
-    from bench.run.executor import hub_provenance, read_run_matrix, run_matrix, write_run_yaml
+    from bench.run.executor import hub_provenance, model_lineage, read_run_matrix, run_matrix, write_run_yaml
     from bench.run.results import CellRecordError
     from bench.run.schema import MatrixError, load_matrix
 
@@ -74,7 +74,8 @@ def run(
     else:
         run_dir = (out or reports_dir()) / (run_id or _new_run_id(matrix.name))
         run_dir.mkdir(parents=True, exist_ok=False)
-        write_run_yaml(run_dir, matrix, run_dir.name, hub_provenance(reg, matrix.models))
+        write_run_yaml(run_dir, matrix, run_dir.name, hub_provenance(reg, matrix.models),
+                       model_lineage(reg, [*matrix.models, *(c.model for c in expand(matrix, reg))]))
     console.print(f"run folder: {run_dir}")
     try:
         records = run_matrix(matrix, reg, run_dir, console, resume=resume is not None, only=only or (),

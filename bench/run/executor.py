@@ -20,7 +20,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.models.registry import Registry
+from bench.models.registry import Registry, RegistryError, model_bytes_of
 from bench.run import environment
 from bench.run.cells import Cell, expand, select
 from bench.run.probes import GIB, MemorySampler
@@ -71,15 +71,19 @@ def _upgrade(matrix: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str,
-                   hub_models: Mapping[str, Mapping[str, str]] | None = None) -> None:
+                   hub_models: Mapping[str, Mapping[str, str]] | None = None,
+                   models: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """The resolved config plus the environment; a run is reproducible from it.
 
     ``hub_models``: each hub model's repo, revision and snapshot commit (:func:`hub_provenance`).
+    ``models``: each served model's lineage (:func:`model_lineage`), which the report's verdict column reads.
     """
     data: dict[str, Any] = {"run_id": run_id, "created_unix": time.time(), "matrix": matrix.model_dump(mode="json"),
                             "environment": environment.capture()}
     if hub_models:
         data["hub_models"] = {name: dict(found) for name, found in hub_models.items()}
+    if models:
+        data["models"] = {name: dict(found) for name, found in models.items()}
     (run_dir / "run.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
@@ -98,10 +102,33 @@ def hub_provenance(registry: Registry, models: Sequence[str]) -> dict[str, dict[
     return found
 
 
-def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Sequence[str]) -> dict[str, Any]:
+def model_lineage(registry: Registry, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each of ``models`` and every entry it was derived from: format, ``derived_from``, recipe and the size of
+    its weight files (None where unknown, e.g. a checkpoint not prepared here). The report pairs each quantized
+    entry with its source from this, as the registry stood when the run began."""
+    found: dict[str, dict[str, Any]] = {}
+    todo = list(dict.fromkeys(models))
+    while todo:
+        name = todo.pop(0)
+        if name in found:
+            continue
+        try:
+            entry = registry.get(name)
+        except RegistryError:  # a transient hub model the cell itself reports on
+            continue
+        found[name] = {"format": entry.format, "derived_from": entry.derived_from, "recipe": entry.recipe,
+                       "weight_bytes": model_bytes_of(name, registry.source)}
+        if entry.derived_from:
+            todo.append(entry.derived_from)
+    return found
+
+
+def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Sequence[str],
+                models: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Append a ``resumes`` entry to ``run.yaml`` (when, ``--only`` patterns, failed cells run again), keeping
     the creation data as it was; a matrix that differs from the one the run started with is recorded in the
-    entry. Returns the entry."""
+    entry, and so is the lineage of the models it serves (``models``, :func:`model_lineage`). Returns the
+    entry."""
     path = run_dir / "run.yaml"
     if not path.exists():  # a folder begun without run.yaml (by hand): start one, so the resume is on record
         write_run_yaml(run_dir, matrix, run_dir.name)
@@ -112,6 +139,8 @@ def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Seq
     resolved = matrix.model_dump(mode="json")
     if resolved != data.get("matrix"):
         entry["matrix"] = resolved
+    if models:
+        entry["models"] = {name: dict(found) for name, found in models.items()}
     data["resumes"] = [*(data.get("resumes") or []), entry]
     tmp = run_dir / "run.yaml.tmp"
     tmp.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -199,7 +228,7 @@ def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Conso
     earlier = {cell.cell_id: read_cell(paths.cell(cell)) if resume else None for cell in cells}
     if resume:
         retried = [cid for cid, rec in earlier.items() if rec is not None and not kept_on_resume(rec, retry_failed)]
-        note_resume(run_dir, matrix, only, retried)
+        note_resume(run_dir, matrix, only, retried, model_lineage(registry, [cell.model for cell in cells]))
     records: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:

@@ -218,6 +218,29 @@ class OptionSet(BaseModel):
     options: EngineOptions = Field(default_factory=EngineOptions)
 
 
+class QualityTarget(BaseModel):
+    """How much quality a quantized entry may lose against its ``derived_from`` source (the report's verdict).
+
+    The drop is measured on each eval task's per-document accuracy (ARC accuracy, SQuAD F1, GSM8K exact match,
+    HumanEval pass@1), paired on the same documents. ``relative``: the drop as a fraction of the source's score
+    (0.03: a source at 0.50 may fall to 0.485); otherwise in the metric's own units (0.03: three points of
+    accuracy). An entry is *within target* when the whole 95% interval of its change lies above ``-max_drop``,
+    *beyond target* when the whole interval lies below it, and *inconclusive* when the interval straddles it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_drop: float = Field(default=0.03, gt=0, description="largest acceptable drop (the research plan: < 3%)")
+    relative: bool = Field(default=True, description="true: a fraction of the source's score; false: points of "
+                           "the metric (accuracy 0-1)")
+
+    def describe(self) -> str:
+        """``relative drop < 3%`` or ``absolute drop < 0.030``."""
+        if self.relative:
+            return f"relative drop < {self.max_drop:.0%}"
+        return f"absolute drop < {self.max_drop:.3f}"
+
+
 class Matrix(BaseModel):
     """models × backends × option sets × scenarios, repeated over seeds."""
 
@@ -234,6 +257,9 @@ class Matrix(BaseModel):
         "'load/c8'); default: the last point of the first load scenario")
     gpu_hour_usd: float | None = Field(default=None, ge=0, description="price for cost per 1M output tokens")
     server_timeout_s: float = Field(default=600.0, gt=0, description="how long a server may take to start")
+    quality_target: QualityTarget = Field(
+        default_factory=QualityTarget, description="the verdict column's target for each quantized entry against "
+        "its derived_from source (default: a relative drop under 3%)")
     native_variants: bool = Field(
         default=False,
         description="serve each backend the variant of each model (itself or an entry derived from it) "

@@ -1,0 +1,276 @@
+"""The verdict column (issue #21): each quantized entry against the entry it was made from, on each eval task.
+
+A *quantized entry* is a models.yaml entry with ``derived_from``; ``bench run`` records each served model's
+lineage in ``run.yaml`` (``models``, and ``resumes[].models`` for cells a resume added). For every eval of such
+an entry the report finds the *source cell*: the same eval (scenario, task, mode) of the ``derived_from`` model
+under the same seed, on the same engine and option set where there is one, else on the same engine, else on
+another engine (said in the table: then the difference holds the engines' difference too).
+
+The two cells' per-document scores (``samples.jsonl``) are paired on the document id, and the change is
+``mean(quantized - source)`` over the documents both scored. Its 95% interval comes from a paired bootstrap:
+documents are resampled, each draw keeping a document's two scores together, so the interval reflects how
+much the two models *disagree*, not how hard the documents are. The per-document score is the task's
+accuracy: ARC accuracy, SQuAD F1, GSM8K exact match (the absolute difference has no scale a "3% drop" could
+apply to), HumanEval pass@1.
+
+The verdict compares the interval with the matrix's :class:`~bench.run.schema.QualityTarget`: *within target*
+when the whole interval lies above ``-max_drop``, *beyond target* when it lies wholly below, *inconclusive*
+when it straddles it (more documents would decide).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.evals.runner import SAMPLES_FILE
+from bench.run.results import CELL_FILE, read_cell_file
+from bench.run.schema import QualityTarget
+
+# The per-document field a task's verdict compares, where it is not the sample's own score.
+VERDICT_FIELD: dict[str, str] = {"math-absdiff": "exact_match"}
+VERDICT_METRIC: dict[str, str] = {"math-absdiff": "exact_match", "arc-easy": "acc", "arc-challenge": "acc",
+                                  "squad": "F1", "humaneval": "pass@1"}
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class EvalCell:
+    """One eval of one cell, with where its per-document scores are."""
+
+    run: str
+    cell: str
+    backend: str
+    model: str
+    options: str
+    seed: int
+    scenario: str
+    task: str
+    mode: str
+    samples: Path
+    rss_peak_gib: float | None
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """Quantized against source on the documents both scored; ``change`` > 0 means the quantized one is better."""
+
+    n: int
+    source_mean: float
+    quant_mean: float
+    change: float
+    change_ci: tuple[float, float] | None
+    relative: float | None  # change / source_mean (None when the source scored 0)
+    relative_ci: tuple[float, float] | None
+
+
+def paired_change(source: Sequence[float], quant: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                  seed: int = 0) -> PairedChange | None:
+    """The mean paired difference ``quant - source`` and its percentile-bootstrap 95% interval, absolute and
+    relative to the source's mean; the two sequences hold one document each at the same index. None without
+    documents; no interval with one."""
+    s, q = np.asarray(source, dtype=float), np.asarray(quant, dtype=float)
+    if len(s) != len(q):
+        raise ValueError(f"paired scores differ in length: {len(s)} and {len(q)}")
+    if not len(s):
+        return None
+    base = float(s.mean())
+    change = float(q.mean()) - base
+    relative = change / base if base else None
+    if len(s) < 2:
+        return PairedChange(len(s), base, float(q.mean()), change, None, relative, None)
+    picks = np.random.default_rng(seed).integers(0, len(s), size=(resamples, len(s)))
+    s_means, q_means = s[picks].mean(axis=1), q[picks].mean(axis=1)
+    changes = q_means - s_means
+    ratios = changes[s_means != 0] / s_means[s_means != 0]
+    return PairedChange(len(s), base, float(q.mean()), change, _interval(changes), relative,
+                        _interval(ratios) if base and len(ratios) else None)
+
+
+def _interval(draws: np.ndarray[Any, Any]) -> tuple[float, float]:
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def verdict(change: PairedChange, target: QualityTarget) -> str:
+    """``within target``, ``beyond target`` or ``inconclusive`` (the interval straddles the target, or there is
+    none): see the module docstring."""
+    interval = change.relative_ci if target.relative else change.change_ci
+    if interval is None:
+        return "inconclusive (no interval)" if change.relative is not None or not target.relative \
+            else "inconclusive (source scores 0)"
+    low, high = interval
+    if low >= -target.max_drop:
+        return "within target"
+    if high < -target.max_drop:
+        return "beyond target"
+    return "inconclusive"
+
+
+# ---- reading a run ------------------------------------------------------------------------------
+
+
+def eval_cells(run_dir: Path, run_id: str) -> Iterator[EvalCell]:
+    """Every eval result of the run's cells (ok or failed cells alike: a failed cell's finished evals count)."""
+    for path in sorted((run_dir / "cells").glob(f"*/{CELL_FILE}")):
+        cell = read_cell_file(path).as_dict()
+        for name, scenario in (cell.get("scenarios") or {}).items():
+            if scenario.get("kind") != "eval":
+                continue
+            result = scenario["result"]
+            yield EvalCell(run_id, cell["cell_id"], cell["backend"], cell["model"], cell["option_set"],
+                           int(cell.get("seed", 0)), name, str(result.get("task")), str(result.get("mode")),
+                           path.parent / name / SAMPLES_FILE, cell.get("rss_peak_gib"))
+
+
+def doc_scores(samples: Path, task: str) -> dict[str, float]:
+    """Per document id, the score the verdict compares (see :data:`VERDICT_FIELD`); failed requests and
+    unscored documents are left out, so they are never paired."""
+    field = VERDICT_FIELD.get(task)
+    scores: dict[str, float] = {}
+    if not samples.exists():
+        return scores
+    for line in samples.read_text(encoding="utf-8").splitlines():
+        sample = json.loads(line)
+        if sample.get("error") is not None:
+            continue
+        value = (sample.get("fields") or {}).get(field) if field else sample.get("score")
+        if value is not None:
+            scores[str(sample["doc_id"])] = float(value)
+    return scores
+
+
+def lineage(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models ``run.yaml`` recorded (at creation, then each resume's additions)."""
+    found: dict[str, dict[str, Any]] = dict(meta.get("models") or {})
+    for resume in meta.get("resumes") or []:
+        for name, entry in (resume.get("models") or {}).items():
+            found.setdefault(name, entry)
+    return found
+
+
+def source_cell(quant: EvalCell, source_model: str, cells: Sequence[EvalCell]) -> tuple[EvalCell, str] | None:
+    """The cell to compare ``quant`` with, and how it was matched: ``same engine/options``, ``same engine`` or
+    ``other engine``; None when the run has no eval of the source with the same scenario, task, mode and seed."""
+    same_eval = [c for c in cells if c.model == source_model and c.scenario == quant.scenario
+                 and c.task == quant.task and c.mode == quant.mode and c.seed == quant.seed and c.run == quant.run]
+    for how, match in (("same engine/options", lambda c: c.backend == quant.backend and c.options == quant.options),
+                       ("same engine", lambda c: c.backend == quant.backend), ("other engine", lambda c: True)):
+        found = [c for c in same_eval if match(c)]
+        if found:
+            return found[0], how
+    return None
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    """One quantized entry on one eval task against its source."""
+
+    quant: EvalCell
+    source_model: str
+    source: EvalCell | None
+    matched: str
+    change: PairedChange | None
+    verdict: str
+    weight_bytes: int | None
+    source_weight_bytes: int | None
+    load_time: bool  # quantized at load: no file of its own, the weights in memory are not the file's size
+
+
+def verdict_rows(run_dir: Path, run_id: str, meta: dict[str, Any], target: QualityTarget) -> list[VerdictRow]:
+    """Every eval of every entry with a ``derived_from`` in the run's lineage, against its source cell."""
+    models = lineage(meta)
+    cells = list(eval_cells(run_dir, run_id))
+    rows = []
+    for quant in cells:
+        entry = models.get(quant.model) or {}
+        source_model = entry.get("derived_from")
+        if not source_model:
+            continue
+        source_entry = models.get(source_model) or {}
+        found = source_cell(quant, source_model, cells)
+        change, matched, source = None, "–", None
+        verdict_text = ("no source eval of this task and mode" if any(c.model == source_model for c in cells)
+                        else "no source cell in this run")
+        if found is not None:
+            source, matched = found
+            change = compare(source, quant)
+            verdict_text = verdict(change, target) if change else "no document scored in both"
+        rows.append(VerdictRow(quant, source_model, source, matched, change, verdict_text, entry.get("weight_bytes"),
+                               source_entry.get("weight_bytes"), bool((entry.get("recipe") or {}).get("load_time"))))
+    return sorted(rows, key=lambda r: (r.quant.run, r.quant.task, r.quant.scenario, r.quant.backend, r.quant.model,
+                                       r.quant.seed))
+
+
+def compare(source: EvalCell, quant: EvalCell) -> PairedChange | None:
+    """The paired change of ``quant`` against ``source`` over the documents both scored."""
+    before, after = doc_scores(source.samples, source.task), doc_scores(quant.samples, quant.task)
+    docs = sorted(before.keys() & after.keys())
+    return paired_change([before[d] for d in docs], [after[d] for d in docs])
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+VERDICT_HEADER = ("run", "task (metric)", "backend", "model", "derived from", "source cell", "docs paired",
+                  "source", "quantized", "change (95% CI)", "relative (95% CI)", "weights MiB (× source)",
+                  "peak RSS GiB", "verdict")
+
+
+def target_of(meta: dict[str, Any]) -> QualityTarget:
+    """The run's target: the matrix's ``quality_target``, or the default (a run from before the field)."""
+    return QualityTarget.model_validate((meta.get("matrix") or {}).get("quality_target") or {})
+
+
+def verdict_table(runs: Sequence[tuple[Path, str, dict[str, Any]]]) -> tuple[list[list[str]], str]:
+    """The rows of the verdict table for runs given as (folder, run id, run.yaml data), and its note."""
+    rows, targets = [], []
+    for run_dir, run_id, meta in runs:
+        target = target_of(meta)
+        targets.append(f"{run_id}: {target.describe()}")
+        rows += [_cells(r) for r in verdict_rows(run_dir, run_id, meta, target)]
+    note = (f"Target ({'; '.join(targets)}), the matrix's quality_target. Each quantized entry (one with "
+            "derived_from in models.yaml) against its source on the same documents: change = mean of the "
+            "per-document differences (accuracy; SQuAD F1; GSM8K exact match), relative = change / source score, "
+            "with the 95% interval of a paired bootstrap over documents. Within target: the whole interval of the "
+            "targeted change lies above -max_drop; beyond: wholly below; inconclusive: it straddles the target. "
+            "Source cell: the source's eval on the same engine and options where the run has one ('other "
+            "engine': the difference also holds the engines' own). Weights: the checkpoint's files; an entry "
+            "quantized at load has none of its own (its peak RSS is the measure).")
+    return rows, note
+
+
+def _cells(r: VerdictRow) -> list[str]:
+    q, c = r.quant, r.change
+    metric = f"{q.task} ({VERDICT_METRIC.get(q.task, 'score')})"
+    source = "–" if r.source is None else f"{r.source.backend}/{r.source.options} ({r.matched})"
+    return [q.run, metric, q.backend, q.model, r.source_model, source, str(c.n) if c else "–",
+            _num(c.source_mean if c else None), _num(c.quant_mean if c else None),
+            _with_ci(c.change if c else None, c.change_ci if c else None, "{:+.3f}"),
+            _with_ci(c.relative if c else None, c.relative_ci if c else None, "{:+.1%}"),
+            _weights(r), _num(q.rss_peak_gib, "{:.2f}"), r.verdict]
+
+
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "–" if value is None or not np.isfinite(value) else fmt.format(value)
+
+
+def _with_ci(value: float | None, ci: tuple[float, float] | None, fmt: str) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    if ci is None:
+        return fmt.format(value)
+    return f"{fmt.format(value)} ({fmt.format(ci[0])} to {fmt.format(ci[1])})"
+
+
+def _weights(r: VerdictRow) -> str:
+    if r.load_time:
+        return "quantized at load"
+    if not r.weight_bytes:
+        return "–"
+    mib = f"{r.weight_bytes / 2**20:,.0f}"
+    return f"{mib} ({r.weight_bytes / r.source_weight_bytes:.2f}×)" if r.source_weight_bytes else mib
