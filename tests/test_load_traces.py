@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,11 @@ from pydantic import ValidationError
 
 from bench.load.arrivals import PoissonArrival, TraceArrival
 from bench.load.config import LoadConfig
+from bench.load.records import RequestRecord, read_records
+from bench.load.runner import run_load
 from bench.load.traces import TraceError, detect_format, read_trace, schedule
 from bench.load.workloads import TextBuilder, TraceWorkload, materialize
+from servers.launch import ServerHandle
 
 TRACES = Path(__file__).parent / "data" / "traces"
 AZURE, BURSTGPT = TRACES / "azure_llm_sample.csv", TRACES / "burstgpt_sample.csv"
@@ -99,3 +104,43 @@ def test_cli_flags_make_a_trace_config() -> None:
     assert isinstance(config.workload, TraceWorkload)
     assert (config.workload.time_scale, config.workload.max_duration_s) == (0.5, 1.0)
     assert config.arrival.kind == "trace"
+
+
+# ---- against the real Transformers server -------------------------------------------------------------------
+
+
+def _replay(url: str, model: str, out: Path, trace: Path, time_scale: float) -> tuple[float, list[RequestRecord]]:
+    config = LoadConfig(url=url, model=model, workload=TraceWorkload(path=trace, time_scale=time_scale),
+                        request_timeout_s=120)
+    run_load(config, out)
+    t0 = json.loads((out / "load_config.json").read_text())["run"]["t0"]
+    return t0, sorted(read_records(out / "requests.jsonl"), key=lambda r: r.index)
+
+
+def test_replayed_send_times_follow_the_scaled_trace(transformers_server: ServerHandle, tmp_path: Path) -> None:
+    """Each request goes at its trace time × the scale, within a few ms, with the trace's prompt length."""
+    scale = 0.8
+    t0, records = _replay(transformers_server.url, transformers_server.model, tmp_path, AZURE, scale)
+    trace = read_trace(AZURE)
+    assert len(records) == len(trace)
+    for row, record in zip(trace, records, strict=True):
+        assert record.scheduled_t - t0 == pytest.approx(row.at_s * scale, abs=1e-6)
+    lags_ms = [(r.sent_t - r.scheduled_t) * 1e3 for r in records]
+    assert 0 <= statistics.median(lags_ms) < 3.0, lags_ms
+    assert max(lags_ms) < 15.0, lags_ms
+    ok = [r for r in records if r.ok]
+    assert len(ok) >= len(records) - 2, [r.error for r in records]  # the fixture's queue holds 4
+    assert all(r.prompt_tokens == r.target_input_tokens for r in ok), [(r.prompt_tokens, r.target_input_tokens)
+                                                                      for r in ok]
+    assert all(r.output_tokens == row.output_tokens for r, row in zip(records, trace, strict=True) if r.ok)
+    series = json.loads((tmp_path / "timeseries.json").read_text())
+    assert sum(w["sent"] for w in series["windows"]) == len(records)
+    assert (tmp_path / "timeseries.png").exists()
+
+
+def test_mooncake_blocks_reach_the_server_at_their_lengths(transformers_server: ServerHandle, tmp_path: Path) -> None:
+    _, records = _replay(transformers_server.url, transformers_server.model, tmp_path, MOONCAKE, 1.0)
+    assert [r.target_input_tokens for r in records] == [r.input_tokens for r in read_trace(MOONCAKE)]
+    ok = [r for r in records if r.ok]
+    assert len(ok) >= 4, [r.error for r in records]
+    assert all(r.prompt_tokens == r.target_input_tokens for r in ok)

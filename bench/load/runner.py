@@ -27,6 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bench.load.arrivals import ScheduleArrival
 from bench.load.clock import Clock, MonotonicClock
 from bench.load.config import LoadConfig
 from bench.load.conversations import Conversation, TemplateCounts
@@ -41,6 +42,7 @@ from bench.metrics import SLO, LoadSummary, measured_window, summarize
 from bench.metrics.health import behind_advice, client_health, sessions_behind_reason, with_reason
 from bench.metrics.server import ScrapeRow, server_figures, window_rows
 from bench.metrics.sessions import by_turn, session_figures
+from bench.metrics.timeseries import TIMESERIES_FILE, TimeSeries, latency_knee, time_series
 from bench.models.registry import model_bytes_of
 from bench.scrape import Scraper, read_gpu_rows, read_server_rows
 
@@ -91,6 +93,7 @@ async def run_load_async(
     meta["finished"] = True
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
     summary = rebuild_summary(out_dir, config.slo, config)
+    write_time_series(out_dir, config, meta["t0"])
     if console is not None:
         console.print(summary_table(summary, f"bench load: {config.arrival.describe()}"))
     warn_token_sources(summary, console)
@@ -330,6 +333,24 @@ def _session_figures(summary: LoadSummary, records: Sequence[RequestRecord], con
     if summary.sessions is not None:
         reason = sessions_behind_reason(summary.sessions.achieved, summary.sessions.target)
         summary.client = with_reason(summary.client, reason)
+
+
+def write_time_series(out_dir: Path, config: LoadConfig, t0: float | None) -> TimeSeries:
+    """Write ``timeseries.json`` beside the records (the run per window, and the latency knee of a rate
+    schedule); a run whose load changes over time (a schedule, a trace) also gets ``timeseries.png``."""
+    records = read_records(out_dir / "requests.jsonl")
+    start = t0 if t0 is not None else min((r.scheduled_t for r in records), default=0.0)
+    expected = config.arrival.schedule.mass if isinstance(config.arrival, ScheduleArrival) else None
+    windows = time_series(records, read_server_rows(out_dir / "server_metrics.jsonl"), start, config.window_s,
+                          config.slo, expected)
+    knee = latency_knee(windows, config.slo) if expected is not None else None
+    series = TimeSeries(window_s=config.window_s, windows=windows, knee=knee)
+    _write_json(out_dir / TIMESERIES_FILE, series.model_dump(mode="json"))
+    if config.arrival.kind in ("schedule", "trace"):
+        from bench.report.plots import time_series_plot
+
+        time_series_plot(windows, out_dir, "timeseries", f"bench load: {config.arrival.describe()}", config.slo)
+    return series
 
 
 def measured_server_rows(out_dir: Path) -> list[ScrapeRow]:

@@ -7,7 +7,7 @@ is nothing to plot. Series are labelled with the run id when several runs are co
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bench.load.records import read_records
-from bench.metrics import tpot, ttft
+from bench.metrics import SLO, tpot, ttft
+from bench.metrics.timeseries import WindowStats
 from bench.report.tables import CellKey, EvalRow, KVRow, LoadRow, SpeedUp, StatMetric, summary_stat
 from bench.run.results import KVCapacity
 
@@ -191,3 +192,40 @@ def quality_latency(rows: list[EvalRow], out: Path, multi_run: bool = False) -> 
 def all_plots(out: Path, makers: Iterable[Callable[[], Path | None]]) -> list[Path]:
     """Run each plot maker; keep the PNGs that were written."""
     return [p for make in makers if (p := make()) is not None]
+
+
+def time_series_plot(windows: Sequence[WindowStats], out: Path, name: str, title: str,
+                     slo: SLO | None = None) -> Path | None:
+    """A run over time on one axis: offered and achieved rate (and goodput), in-flight and the server's queue,
+    TTFT and TPOT p50/p99 (with their objectives), and the server's KV-cache usage, one window per point."""
+    if not windows:
+        return None
+    xs = [(w.start_s + w.end_s) / 2 for w in windows]
+    fig, axes = plt.subplots(5, 1, figsize=(9, 11), sharex=True)
+
+    def line(ax: Any, values: Iterable[float | None], label: str, **kw: Any) -> None:
+        ax.plot(xs, [_num(v) for v in values], marker=".", label=label, **kw)
+
+    line(axes[0], (w.target_rate for w in windows), "offered (target)", linestyle="--")
+    line(axes[0], (w.achieved_rate for w in windows), "sent")
+    line(axes[0], (w.goodput_rate for w in windows), "goodput (met SLOs)")
+    axes[0].set_ylabel("requests/s")
+    line(axes[1], (w.in_flight for w in windows), "in flight (client)")
+    line(axes[1], (w.queue for w in windows), "waiting (server)")
+    line(axes[1], (w.running for w in windows), "running (server)")
+    axes[1].set_ylabel("requests")
+    for ax, metric, limit in ((axes[2], "ttft", slo.ttft_ms if slo else None),
+                              (axes[3], "tpot", slo.tpot_ms if slo else None)):
+        line(ax, (getattr(w, f"{metric}_p50_ms") for w in windows), f"{metric.upper()} p50")
+        line(ax, (getattr(w, f"{metric}_p99_ms") for w in windows), f"{metric.upper()} p99")
+        if limit is not None:
+            ax.axhline(limit, color="red", linestyle=":", label="SLO")
+        ax.set_ylabel(f"{metric.upper()} (ms)")
+    line(axes[4], (None if w.kv_usage is None else 100 * w.kv_usage for w in windows), "KV cache used")
+    axes[4].set_ylabel("KV cache (%)")
+    axes[4].set_xlabel("time from the run's start (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    return _save(fig, out, name)
