@@ -15,10 +15,17 @@ import typer
 from pydantic import ValidationError
 
 from bench.flags import Flag, command, deep_merge, flag, kind_flag, model_flags
-from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival
+from bench.load.arrivals import Arrival, ConcurrencyArrival, GammaArrival, PoissonArrival, ScheduleArrival
 from bench.load.autoworkers import AUTO, AUTO_FILE
 from bench.load.config import LoadConfig, RepeatSpec, SweepSpec
-from bench.load.workloads import MultiTurnWorkload, RandomWorkload, SharedPrefixWorkload, ShareGPTWorkload, Workload
+from bench.load.workloads import (
+    MultiTurnWorkload,
+    RandomWorkload,
+    SharedPrefixWorkload,
+    ShareGPTWorkload,
+    TraceWorkload,
+    Workload,
+)
 from bench.metrics import SLO
 
 if TYPE_CHECKING:
@@ -37,7 +44,8 @@ class Engine(StrEnum):
 
 def _config_flags(names: list[str]) -> list[Flag]:
     """``LoadConfig`` flags; the few whose flag name differs from the field keep their old names."""
-    renamed = {"duration_s": "duration", "force_output_len": "ignore_eos", "request_timeout_s": "request_timeout"}
+    renamed = {"duration_s": "duration", "force_output_len": "ignore_eos", "request_timeout_s": "request_timeout",
+               "window_s": "window"}
     flags = model_flags(LoadConfig, [n for n in names if n != "api_key"], params=renamed)
     if "api_key" in names:
         flags.append(flag(LoadConfig, "api_key", envvar="OPENAI_API_KEY",
@@ -52,6 +60,11 @@ def _workload_flags(shared_prefix: bool) -> list[Flag]:
              flag(ShareGPTWorkload, "path", param="dataset_path", path=(*at, "path"), help="sharegpt/jsonl file")]
     if shared_prefix:
         flags += model_flags(SharedPrefixWorkload, ["prefix_tokens", "suffix_tokens", "num_prefixes"], prefix=at)
+        flags += [flag(TraceWorkload, "path", param="trace", path=(*at, "path"),
+                       help="trace file to replay (with --workload trace)"),
+                  *model_flags(TraceWorkload, ["format", "time_scale", "max_duration_s", "block_tokens"], prefix=at,
+                               params={"format": "trace_format", "max_duration_s": "max_duration",
+                                       "block_tokens": "trace_block_tokens"})]
         flags += model_flags(MultiTurnWorkload, ["source", "turns", "user_tokens", "think_time_s", "think",
                                                  "max_context_tokens"], prefix=at,
                              params={"source": "conversation_source", "think_time_s": "think_time",
@@ -80,6 +93,11 @@ LOAD_FLAGS = [
     kind_flag(Arrival, "arrival", ("arrival",), kinds=OPEN_LOOP, default="poisson", help="with --rate"),
     flag(GammaArrival, "burstiness", path=("arrival", "burstiness")),
     MAX_CONCURRENCY,
+    Flag(("arrival", "schedule"), "rate_schedule", str | None,
+         typer.Option(None, "--rate-schedule", help="open loop at a rate that changes: AT:RATE,... in seconds and "
+                      "requests/s, steps (0:5,60:20,120:40) or a linear ramp (ramp:0:5,120:40); the last rate holds "
+                      "until --duration or --num-requests ends the run")),
+    flag(ScheduleArrival, "process", param="schedule_process", path=("arrival", "process")),
     *_slo_flags(),
     *model_flags(RepeatSpec, list(RepeatSpec.model_fields), prefix=("repeat",)),
 ]
@@ -150,14 +168,22 @@ def _kinds(fields: dict[str, Any], file_fields: dict[str, Any]) -> dict[str, Any
     workload, arrival = fields.get("workload"), dict(fields.get("arrival", {}))
     if workload:
         out["workload"] = {"kind": (file_fields.get("workload") or {}).get("kind", "random"), **workload}
-    if "n" in arrival and "rate" in arrival:
-        raise typer.BadParameter("give --concurrency or --rate, not both")
+    if sum(key in arrival for key in ("n", "rate", "schedule")) > 1:
+        raise typer.BadParameter("give one of --concurrency, --rate or --rate-schedule")
     if "n" in arrival:
         out["arrival"] = {"kind": "concurrency", **arrival}
+    elif "schedule" in arrival:
+        out["arrival"] = {"kind": "schedule", **arrival}
+    elif arrival and "rate" not in arrival and _workload_kind(fields, file_fields) == "trace":
+        out["arrival"] = {"kind": "trace", **arrival}  # --max-concurrency over a trace's own times
     elif arrival:
         file_kind = (file_fields.get("arrival") or {}).get("kind")
         out["arrival"] = {"kind": file_kind if file_kind in OPEN_LOOP else "poisson", **arrival}
     return out
+
+
+def _workload_kind(fields: dict[str, Any], file_fields: dict[str, Any]) -> str | None:
+    return str((fields.get("workload") or {}).get("kind") or (file_fields.get("workload") or {}).get("kind") or "")
 
 
 def _read_yaml(path: Path | None) -> dict[str, Any]:
