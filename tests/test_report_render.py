@@ -243,7 +243,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     dom = render_in_chromium(report, tmp_path)
     assert {i["alt"] for i in dom["images"]} == PLOTS
     assert all(i["data"] and i["w"] > 100 and i["h"] > 100 for i in dom["images"]), dom["images"]
-    for header in ("math AbsDiff ↓", "SQuAD F1", "max out tok/s at SLO", "speed-up", "KV capacity tok",
+    for header in ("math AbsDiff p50 ↓", "SQuAD F1", "max out tok/s at SLO", "speed-up", "KV capacity tok",
                    "hit rate shared-prefix", "$/1M out tok"):
         assert header in dom["headers"]
     assert dom["tables"] >= 6

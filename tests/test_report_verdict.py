@@ -207,3 +207,21 @@ def test_model_lineage_follows_derived_from(tmp_path: Path) -> None:
     assert found == {"q": {"format": "gguf", "derived_from": "base", "weight_bytes": 1024,
                            "recipe": {"tool": "bench quantize", "to": "gguf-q4_k_m"}},
                      "base": {"format": "hf", "derived_from": None, "recipe": None, "weight_bytes": 4096}}
+
+
+def test_old_gsm8k_records_show_their_median_and_no_inf() -> None:
+    """A record written while the headline was the mean (5e82 from run-on replies, inf on a GPU run, its
+    interval nan) shows its median in the seed table, and no table cell says inf or nan."""
+    from bench.evals.config import EvalSummary, LatencyStats
+    from bench.report.render import _fmt
+    from bench.report.tables import headline_value
+
+    old = EvalSummary(task="math-absdiff", model="m", url="u", api="completions", mode="generate",
+                      metric="absdiff_mean", value=float("inf"), higher_is_better=False,
+                      ci95=(float("nan"), float("nan")), metrics={"absdiff_mean": float("inf"), "absdiff_median": 31.0},
+                      n_samples=200, n_errors=0, latency=LatencyStats(), wall_s=1.0, samples_file="s", config={})
+    assert headline_value(old) == 31.0
+    assert headline_value(old.model_copy(update={"metrics": {}})) == float("inf")  # no median: the value, shown "–"
+    assert _fmt(float("inf")) == "–" and _fmt(float("nan"), 3) == "–" and _fmt(5e82, 0).startswith("50,000")
+    new = old.model_copy(update={"metric": "absdiff_median", "value": 30.0})
+    assert headline_value(new) == 30.0
