@@ -6,10 +6,10 @@
 #     every summary the client's lag, the server's own TTFT/ITL/E2E over the same window (the gap), and the
 #     steady-state check;
 #   - `vllm bench serve` on the same server with the same shape of load, 3 runs, for comparison.
-# Run on the device after vLLM is staged into /tmp/site and the seed-table call (seed_table_llamacpp.sh with
-# ENGINE=vllm) has made the SmolLM2 HF tokenizer (its models.yaml under /tmp/llcuda); from a `git archive` of
-# the tree unpacked at /tmp/llcuda/src, with CALL_LIMIT_S the seconds left in the device call:
-#   cd /tmp/llcuda/src && CALL_LIMIT_S=560 bash benchmarks/gpu/client_truth.sh
+# Run on the device after vLLM is staged into /tmp/site, from a `git archive` of the tree, with TOKENIZER an HF
+# tokenizer folder (SmolLM2's, carried; or a models.yaml entry, default smollm2-135m-instruct-hf) and
+# CALL_LIMIT_S the seconds left in the device call:
+#   TOKENIZER=DIR CALL_LIMIT_S=560 bash benchmarks/gpu/client_truth.sh
 # Returns $OUT/client-truth.tar.gz (every summary.json, repeats.json, requests.jsonl and vLLM's result files, the
 # server log) and $OUT/client-truth.log. The table is made from them here by benchmarks/gpu/client_truth_table.py.
 set -uo pipefail
@@ -26,10 +26,11 @@ mkdir -p "$CT" "$OUTDIR"
 LOG=$OUTDIR/client-truth.log
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SERVEBENCH_CACHE=$W/cache SERVEBENCH_MODELS=$W/models.yaml
+[ -f "$W/models.yaml" ] || cp models.yaml "$W/models.yaml"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
 if ! python3 -m bench models show "$MODEL" >/dev/null 2>&1; then
     say "bench models random $MODEL --shape llama-3.2-1b"
-    python3 -m bench models random "$MODEL" --shape llama-3.2-1b --tokenizer smollm2-135m-instruct-hf \
+    python3 -m bench models random "$MODEL" --shape llama-3.2-1b --tokenizer "${TOKENIZER:-smollm2-135m-instruct-hf}" \
         --out "$CT/models/$MODEL" --device cuda 2>&1 | tail -5 | tee -a "$LOG"
 fi
 TOK=$CT/models/$MODEL
