@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
 from bench.evals.config import EvalConfig
+from bench.load.config import LoadOptions
 from bench.models.registry import Registry, load_registry
 from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
 from bench.run.executor import read_cell, read_run_matrix, run_matrix, write_run_yaml
@@ -239,7 +241,7 @@ def test_default_matrix_is_small(registry: Registry) -> None:
     assert (gsm8k.task, gsm8k.math_source, gsm8k.limit) == ("math-absdiff", "gsm8k", 50)
     load = m.scenarios[0]
     assert isinstance(load, LoadScenario)
-    assert [p.concurrency for p in load.points] == [1, 8] and load.requests_per_point <= 16
+    assert [p.concurrency for p in load.points] == [1, 8] and load.num_requests <= 16
 
 
 # ---- failure isolation and resume (no server is started) ---------------------------------------
@@ -391,3 +393,56 @@ def test_resume_reads_a_run_yaml_written_before_the_draft_length_became_optional
     matrix = read_run_matrix(run_dir)
     assert matrix.option_sets[0].options.num_speculative_tokens is None
     assert expand(matrix, registry)
+
+
+# ---- every committed matrix and run still reads ---------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tracked(*patterns: str) -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "--", *patterns], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [ROOT / line for line in out.stdout.splitlines()]
+
+
+def _is_matrix(path: Path) -> bool:
+    data = yaml.safe_load(path.read_text())
+    return isinstance(data, dict) and "scenarios" in data  # not a models.yaml beside it
+
+
+@pytest.mark.parametrize("path", [p for p in _tracked("benchmarks/*.yaml", "reports/*.yaml") if _is_matrix(p)],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_committed_matrix_validates(path: Path) -> None:
+    assert load_matrix(path).scenarios
+
+
+@pytest.mark.parametrize("path", _tracked("reports/*run.yaml", "tests/data/*run.yaml"),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_committed_run_yaml_validates(path: Path) -> None:
+    matrix = read_run_matrix(path.parent)
+    written = yaml.safe_load(path.read_text())["matrix"]["scenarios"]
+    for scenario, data in zip(matrix.scenarios, written, strict=True):
+        if isinstance(scenario, LoadScenario):  # the old name of the request count still reads
+            assert scenario.num_requests == data.get("requests_per_point", data.get("num_requests"))
+
+
+def test_a_load_scenario_takes_bench_loads_options() -> None:
+    """The load scenario inherits LoadOptions: one declaration per option, passed through to each point's run."""
+    scenario = LoadScenario.model_validate({"requests_per_point": 5, "tokenizer": "tok", "max_retries": 3})
+    assert scenario.num_requests == 5 and LoadScenario.model_validate(scenario.model_dump()) == scenario
+    assert set(LoadOptions.model_fields) <= set(LoadScenario.model_fields)
+    with pytest.raises(ValidationError, match="max_retries"):
+        LoadScenario.model_validate({"max_retries": 99})
+    with pytest.raises(ValidationError, match="url"):
+        LoadScenario.model_validate({"url": "http://h"})  # the cell's server, not the scenario's
+    from types import SimpleNamespace
+
+    from bench.load.arrivals import ConcurrencyArrival
+    from bench.run.scenarios import CellRun
+
+    handle: Any = SimpleNamespace(url="http://127.0.0.1:9", model="m")
+    run = CellRun(handle, "cell", Path(), seed=7, max_batch=8, progress=None, memory=None,  # type: ignore[arg-type]
+                  model_gpus=2)
+    config = run.scenario_config(scenario, ConcurrencyArrival(n=4))
+    assert (config.url, config.model, config.seed, config.server_gpus) == ("http://127.0.0.1:9", "m", 7, 2)
+    assert (config.num_requests, config.tokenizer, config.max_retries, config.warmup) == (5, "tok", 3, 1)

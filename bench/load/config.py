@@ -17,21 +17,18 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 TRACE_MAX_REQUESTS = 10_000_000
 
 
-class LoadConfig(BaseModel):
-    """What to send, how fast, for how long, and what counts as good."""
+class LoadOptions(BaseModel):
+    """What to send, for how long, and what counts as good: a load run apart from its server, arrival process and
+    seed. :class:`LoadConfig` adds those; a matrix's load scenario inherits these (each declared once)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="server root or its /v1 base, e.g. http://127.0.0.1:8000")
-    model: str = Field(description="model name sent in requests")
     api: Api = "chat"
     workload: Workload = Field(default_factory=RandomWorkload)
-    arrival: Arrival = Field(default_factory=lambda: ConcurrencyArrival(n=1))
     num_requests: int | None = Field(default=100, ge=1,
                                      description="measured requests, warm-up excluded (default 100 unless --duration)")
     duration_s: float | None = Field(default=None, gt=0, description="stop scheduling after this long")
     warmup: int = Field(default=0, ge=0, description="requests sent first and left out of the summary")
-    seed: int = 0
     slo: SLO = Field(default_factory=SLO)
     tokenizer: str | None = Field(default=None, description="path or models.yaml name; default: <model>-hf")
     force_output_len: bool = Field(default=True, description="send ignore_eos and min_tokens with max_tokens")
@@ -64,6 +61,15 @@ class LoadConfig(BaseModel):
                              "pipeline parallel): MBU divides by their summed peak bandwidth")
     window_s: float = Field(default=5.0, gt=0, description="length of one window of the time series "
                             "(timeseries.json: rate, in-flight, latency, KV usage and queue per window)")
+
+
+class LoadConfig(LoadOptions):
+    """What to send, to which server, how fast, for how long, and what counts as good."""
+
+    url: str = Field(description="server root or its /v1 base, e.g. http://127.0.0.1:8000")
+    model: str = Field(description="model name sent in requests")
+    arrival: Arrival = Field(default_factory=lambda: ConcurrencyArrival(n=1))
+    seed: int = 0
 
     @model_validator(mode="before")
     @classmethod

@@ -68,10 +68,13 @@ class CellRun:
              requests: int, warmup: int = 0, slo: SLO | None = None, duration_s: float | None = 300.0,
              ) -> dict[str, Any]:
         """One ``run_load`` into ``folder``; the summary plus memory and server-counter figures."""
+        return self.run(self.config(api=api, workload=workload, arrival=arrival, requests=requests, warmup=warmup,
+                                    slo=slo, duration_s=duration_s), folder)
+
+    def run(self, config: LoadConfig, folder: Path) -> dict[str, Any]:
+        """``config`` run into ``folder`` (its seed drawn per folder); the point's record."""
         self.check_alive()
         self.memory.take_peak()
-        config = self.config(api=api, workload=workload, arrival=arrival, requests=requests, warmup=warmup,
-                             slo=slo, duration_s=duration_s)
         # Each folder draws its own prompts: the same seed everywhere would repeat the first prompts of an
         # earlier point, and a prefix cache would then hit where the workload promises unique prompts.
         config = config.model_copy(update={"seed": self.seed * 1_000_003 + zlib.crc32(folder.name.encode())})
@@ -85,6 +88,15 @@ class CellRun:
         return LoadConfig(url=self.handle.url, model=self.handle.model, api=api, workload=workload,
                           arrival=arrival, num_requests=requests, warmup=warmup, duration_s=duration_s,
                           seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus)
+
+    def scenario_config(self, scenario: LoadScenario, arrival: ConcurrencyArrival | PoissonArrival) -> LoadConfig:
+        """The load config of one point of a load scenario: its options against this cell's server and seed
+        (``server_gpus``, unless the scenario sets it, is this cell's)."""
+        fields = scenario.options()
+        if "server_gpus" not in scenario.model_fields_set:
+            fields["server_gpus"] = self.model_gpus
+        return LoadConfig.model_validate({**fields, "url": self.handle.url, "model": self.handle.model,
+                                          "arrival": arrival, "seed": self.seed})
 
     def point(self, summary: LoadSummary, folder: Path) -> dict[str, Any]:
         """A load point's record: the summary (server counters over its measured window included), where its
@@ -105,9 +117,7 @@ def run_load_scenario(scenario: LoadScenario, run: CellRun) -> dict[str, Any]:
     if scenario.sweep is not None:
         run.check_alive()
         run.say(f"{scenario.name} · sweep by {scenario.sweep.mode}")
-        base = run.config(api=scenario.api, workload=scenario.workload, arrival=ConcurrencyArrival(n=1),
-                          requests=scenario.requests_per_point, warmup=scenario.warmup, slo=scenario.slo,
-                          duration_s=scenario.duration_s)
+        base = run.scenario_config(scenario, ConcurrencyArrival(n=1))
         result = run_sweep(base, scenario.sweep, out)
         points = {f"{p.value:g}": run.point(p.summary, out / f"{result.mode}-{p.value:g}") | {
             "passed": p.passed, "saturated": p.saturated} for p in result.points}
@@ -115,9 +125,7 @@ def run_load_scenario(scenario: LoadScenario, run: CellRun) -> dict[str, Any]:
     points = {}
     for point in scenario.points:
         run.say(f"{scenario.name} · {point.label}")
-        points[point.label] = run.load(out / point.label, api=scenario.api, workload=scenario.workload,
-                                       arrival=_arrival(point), requests=scenario.requests_per_point,
-                                       warmup=scenario.warmup, slo=scenario.slo, duration_s=scenario.duration_s)
+        points[point.label] = run.run(run.scenario_config(scenario, _arrival(point)), out / point.label)
     return {"kind": "load", "mode": "points", "best": None, "points": points}
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
 from bench.api import Api
 from bench.evals.config import EvalConfig, EvalOptions
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
-from bench.load.config import SweepSpec
+from bench.load.config import LoadOptions, SweepSpec
 from bench.load.workloads import RandomWorkload, Workload
-from bench.metrics import SLO
 from bench.yamlfile import ConfigFileError, describe, read_yaml
 
 # One variant of a scenario: the engine options it overrides (``{}``: the option set as it is).
@@ -63,8 +62,13 @@ class _Scenario(BaseModel):
         return [{}]
 
 
-class LoadScenario(_Scenario):
-    """Fixed load points, or a sweep (``bench sweep``) up to the highest load that meets the SLO."""
+class LoadScenario(_Scenario, LoadOptions):
+    """Fixed load points, or a sweep (``bench sweep``) up to the highest load that meets the SLO.
+
+    Each point is a ``bench load`` run: the scenario inherits :class:`~bench.load.config.LoadOptions` (so every
+    option is declared once, with ``bench load``'s flag help), with defaults for a matrix; the cell supplies the
+    server, the seed and (at each point) the arrival process. ``requests_per_point`` is read as ``num_requests``.
+    """
 
     kind: Literal["load"] = "load"
     name: str = "load"
@@ -72,10 +76,14 @@ class LoadScenario(_Scenario):
     workload: Workload = Field(default_factory=lambda: RandomWorkload(input_tokens=64, output_tokens=32))
     points: tuple[LoadPoint, ...] = (LoadPoint(concurrency=1), LoadPoint(concurrency=8))
     sweep: SweepSpec | None = Field(default=None, description="walk the load axis instead of fixed points")
-    requests_per_point: int = Field(default=16, ge=1)
-    warmup: int = Field(default=1, ge=0)
+    num_requests: int = Field(default=16, ge=1, validation_alias=AliasChoices("num_requests", "requests_per_point"),
+                              description="measured requests per point (or sweep step), warm-up excluded")
+    warmup: int = Field(default=1, ge=0, description="requests sent first at each point, left out of its summary")
     duration_s: float | None = Field(default=300.0, gt=0, description="upper bound per point")
-    slo: SLO = Field(default_factory=SLO)
+
+    def options(self) -> dict[str, Any]:
+        """The :class:`LoadOptions` this scenario sets (the cell adds server, seed and arrival)."""
+        return {name: getattr(self, name) for name in LoadOptions.model_fields}
 
 
 class PrefixProbe(BaseModel):
