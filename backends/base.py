@@ -185,7 +185,9 @@ class GenChunk:
 
     ``text`` is the new detokenized text for ``token_ids``; the chunk that ends the stream carries
     ``finish_reason``. ``prompt_logprobs`` is set on the first chunk when it was requested (the first
-    prompt token has no logprob and is given ``None``).
+    prompt token has no logprob and is given ``None``). ``started_t`` is set on the first chunk by an engine
+    that knows when its scheduler started the request (``time.perf_counter``, the server's clock): the
+    server's queue time ends there.
     """
 
     token_ids: tuple[int, ...]
@@ -194,6 +196,7 @@ class GenChunk:
     finish_reason: FinishReason | None = None
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     num_prompt_tokens: int = 0
+    started_t: float | None = None
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -40,10 +41,17 @@ class Pending:
     out: asyncio.Queue[GenChunk | BaseException]
     text: TextStream
     aborted: bool = False
+    # When the scheduler started the request (``time.perf_counter``; set by the worker before the first chunk).
+    started_t: float | None = None
 
     def send(self, item: GenChunk | BaseException) -> None:
         """Hand a chunk (or the error that ends the stream) to the request's event loop."""
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+    def mark_started(self) -> None:
+        """The scheduler starts this request now (its prefill begins): the end of its queue time."""
+        if self.started_t is None:
+            self.started_t = time.perf_counter()
 
 
 PendingT = TypeVar("PendingT", bound=Pending)
@@ -160,11 +168,15 @@ class WorkerEngine(ABC, Generic[PendingT]):
         with self._closing:  # the worker drains the inbox after closing, so a request is answered either way
             self.check_alive()
             self._inbox.put(pending)
+        first = True
         try:
             while True:
                 item = await pending.out.get()
                 if isinstance(item, BaseException):
                     raise item
+                if first and pending.started_t is not None:  # the worker set it before it sent this chunk
+                    item = replace(item, started_t=pending.started_t)
+                first = False
                 yield item
                 if item.finish_reason is not None:
                     return

@@ -64,19 +64,21 @@ def refuse_unsupported(n: int, presence: float, frequency: float) -> None:
 
 async def stream(state: AppState, lease: Lease, request: GenRequest) -> AsyncIterator[GenChunk]:
     """Run one request through the engine, recording server-side metrics; releases ``lease``."""
-    start = time.perf_counter()
+    start = time.perf_counter()  # the request's arrival at the engine: its queue time starts here
     times: list[float] = []
     reason = "abort"
+    started: float | None = None
     try:
         async for chunk in state.engine.generate(request):
             now = time.perf_counter()
             times.extend([now] * len(chunk.token_ids))
+            started = started if chunk.started_t is None else chunk.started_t
             if chunk.finish_reason is not None:
                 reason = chunk.finish_reason
             yield chunk
     finally:
         lease.release()
-        state.metrics.observe_request(times, start, time.perf_counter(), len(request.prompt_ids), reason)
+        state.metrics.observe_request(times, start, time.perf_counter(), len(request.prompt_ids), reason, started)
 
 
 @dataclass

@@ -70,10 +70,16 @@ class ServerMetrics:
                               buckets=_ITL_BUCKETS, registry=reg)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", labels,
                              buckets=_LATENCY_BUCKETS, registry=reg)
+        self.queue = Histogram("vllm:request_queue_time_seconds",
+                               "Time from the request's arrival to the engine's scheduler starting it.", labels,
+                               buckets=_LATENCY_BUCKETS, registry=reg)
         self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", labels, registry=reg)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens.", labels, registry=reg)
         self.success = Counter("vllm:request_success", "Finished requests by reason.",
                                [*labels, "finished_reason"], registry=reg)
+        for family in (self.ttft, self.itl, self.tpot, self.e2e, self.queue, self.prompt_tokens,
+                       self.generation_tokens):
+            family.labels(model)  # exported at zero from the start, so a scrape's first sample is a baseline
         reg.register(_StatsCollector(model, stats, inflight, rejected))
 
     def render(self) -> bytes:
@@ -81,13 +87,19 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
     def observe_request(self, token_times: list[float], start: float, end: float, prompt: int,
-                        reason: str) -> None:
-        """Record one finished request from its token arrival times (server clock)."""
+                        reason: str, started: float | None = None) -> None:
+        """Record one finished request from its token arrival times (server clock).
+
+        ``started``: when the engine's scheduler started it (None: the engine does not say, and no queue time
+        is recorded rather than one made up).
+        """
         m = self.model
         self.prompt_tokens.labels(m).inc(prompt)
         self.generation_tokens.labels(m).inc(len(token_times))
         self.e2e.labels(m).observe(end - start)
         self.success.labels(m, reason).inc()
+        if started is not None:
+            self.queue.labels(m).observe(max(started - start, 0.0))
         if not token_times:
             return
         self.ttft.labels(m).observe(token_times[0] - start)

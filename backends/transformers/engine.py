@@ -106,6 +106,10 @@ class TransformersEngine(WorkerEngine[_Seq]):
             kwargs.update(quantization_config=quantization, device_map=str(device))
         self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if self.format == "hqq":  # transformers 5 cannot apply HqqConfig while loading: swap the layers after
+            from backends.transformers.hqq import quantize_hqq, read_hqq_config
+
+            model = quantize_hqq(model.to(device), read_hqq_config(self.path), kwargs["dtype"], device)
         self.model = (model if quantization is not None else model.to(device)).eval()
         self._eos = self._eos_ids()
         pad = self.tokenizer.pad_token_id
@@ -205,6 +209,8 @@ class TransformersEngine(WorkerEngine[_Seq]):
 
     def _admit_isolated(self, fresh: list[_Seq]) -> None:
         """Prefill ``fresh`` together; if that fails, one by one, so that only the requests at fault fail."""
+        for seq in fresh:
+            seq.mark_started()
         self._admitting = fresh  # left set if a fatal error propagates, so that the worker ends them too
         exc = self._attempt(partial(self._admit, fresh))
         if exc is not None and len(fresh) > 1:
@@ -254,6 +260,7 @@ class TransformersEngine(WorkerEngine[_Seq]):
 
         After the last chunk the sequence starts decoding (``seq.chunked`` is cleared).
         """
+        seq.mark_started()  # its first chunk: the oldest prompt-logprobs request starts only now
         ids, done = list(seq.req.prompt_ids), seq.done
         piece = ids[done:done + PROMPT_CHUNK]
         seq.chunked, logits = kv.extend(self.model, seq.chunked, piece)
