@@ -16,14 +16,16 @@ from bench.run.schema import (
     Matrix,
     OptionSet,
     PrefixProbe,
+    ScheduleScenario,
     SpeculativeScenario,
+    TraceScenario,
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "matrix.md"
 
 
 @pytest.mark.parametrize("model", [Matrix, OptionSet, LoadScenario, KVCacheScenario, PrefixProbe,
-                                   SpeculativeScenario, EvalScenario, SweepSpec])
+                                   SpeculativeScenario, EvalScenario, SweepSpec, TraceScenario, ScheduleScenario])
 def test_every_schema_key_is_documented(model: type[BaseModel]) -> None:
     words = set(re.findall(r"[a-z_]+", DOC.read_text()))
     missing = [field for field in model.model_fields if field not in words]

@@ -169,7 +169,7 @@ def _kinds(fields: dict[str, Any], file_fields: dict[str, Any]) -> dict[str, Any
     if workload:
         out["workload"] = {"kind": (file_fields.get("workload") or {}).get("kind", "random"), **workload}
     if sum(key in arrival for key in ("n", "rate", "schedule")) > 1:
-        raise typer.BadParameter("give one of --concurrency, --rate or --rate-schedule")
+        raise typer.BadParameter("--concurrency, --rate and --rate-schedule exclude each other: give one, not both")
     if "n" in arrival:
         out["arrival"] = {"kind": "concurrency", **arrival}
     elif "schedule" in arrival:

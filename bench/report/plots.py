@@ -20,7 +20,7 @@ import numpy as np
 from bench.load.records import read_records
 from bench.metrics import SLO, tpot, ttft
 from bench.metrics.timeseries import WindowStats
-from bench.report.tables import CellKey, EvalRow, KVRow, LoadRow, SpeedUp, StatMetric, summary_stat
+from bench.report.tables import CellKey, EvalRow, KVRow, LoadRow, SpeedUp, StatMetric, TimelineRow, summary_stat
 from bench.run.results import KVCapacity
 
 NAN = float("nan")
@@ -229,3 +229,23 @@ def time_series_plot(windows: Sequence[WindowStats], out: Path, name: str, title
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title)
     return _save(fig, out, name)
+
+
+def goodput_over_time(rows: list[TimelineRow], out: Path, multi_run: bool = False) -> Path | None:
+    """Trace replays: goodput (requests/s meeting every SLO) and the rate sent, per window, one line per cell."""
+    rows = [r for r in rows if r.result.kind == "trace"]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for row in rows:
+        xs = [(w.start_s + w.end_s) / 2 for w in row.result.windows]
+        label = f"{_label(row.key, multi_run)} · s{row.key.seed} · {row.scenario}"
+        line = ax.plot(xs, [_num(w.goodput_rate) for w in row.result.windows], marker=".", label=f"{label} goodput")
+        ax.plot(xs, [w.achieved_rate for w in row.result.windows], linestyle=":", color=line[0].get_color(),
+                label=f"{label} sent")
+    ax.set_xlabel("time from the run's start (s)")
+    ax.set_ylabel("requests/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.suptitle("Trace replay: goodput over time")
+    return _save(fig, out, "goodput_over_time")

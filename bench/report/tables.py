@@ -28,8 +28,10 @@ from bench.run.results import (
     LoadPoint,
     LoadResult,
     ScenarioResult,
+    ScheduleResult,
     SkippedScenario,
     SpeculativeResult,
+    TraceResult,
     UnderLoadResult,
     read_cell_file,
 )
@@ -163,6 +165,15 @@ class CellStatus:
     scenario: str = ""
 
 
+@dataclass(frozen=True)
+class TimelineRow:
+    """A trace replay or a rate schedule of one cell: its run and its time series."""
+
+    key: CellKey
+    scenario: str
+    result: TraceResult | ScheduleResult
+
+
 @dataclass
 class RunData:
     """Everything the report shows for one run."""
@@ -175,6 +186,7 @@ class RunData:
     prefix: list[PrefixRow] = field(default_factory=list)
     spec: list[SpecRow] = field(default_factory=list)
     evals: list[EvalRow] = field(default_factory=list)
+    timelines: list[TimelineRow] = field(default_factory=list)
     problems: list[CellStatus] = field(default_factory=list)
     cell_memory: dict[CellKey, float] = field(default_factory=dict)
     cell_devices: dict[CellKey, int] = field(default_factory=dict)
@@ -244,6 +256,8 @@ def _add_scenario(data: RunData, key: CellKey, cell_dir: Path, cell: CellRecord,
                          for summary in scenario.points.values())
     elif isinstance(scenario, EvalResult):
         data.evals.append(EvalRow(key, name, scenario.result, scenario.under_load))
+    elif isinstance(scenario, TraceResult | ScheduleResult):
+        data.timelines.append(TimelineRow(key, name, scenario))
 
 
 def _add_kv(data: RunData, key: CellKey, cell: CellRecord, name: str, scenario: KVCacheResult) -> None:

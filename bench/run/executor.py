@@ -37,7 +37,9 @@ from bench.run.schema import (
     LoadScenario,
     Matrix,
     Scenario,
+    ScheduleScenario,
     SpeculativeScenario,
+    TraceScenario,
     validate_matrix,
 )
 from servers.launch import build_spec, free_port, running_server
@@ -179,6 +181,10 @@ def _run_scenario(scenario: Scenario, run: CellRun, cell: Cell) -> dict[str, Any
         return run_kv_scenario(scenario, run)
     if isinstance(scenario, SpeculativeScenario):
         return run_speculative_scenario(scenario, run, cell.option_set.options.speculative)
+    if isinstance(scenario, TraceScenario | ScheduleScenario):
+        from bench.run.timeline_scenario import run_timeline_scenario
+
+        return run_timeline_scenario(scenario, run)
     return run_eval_scenario(scenario, run)
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from bench.evals.config import EvalSummary
 from bench.metrics import LoadSummary
+from bench.metrics.timeseries import Knee, WindowStats
 
 SCHEMA_VERSION = 1
 CELL_FILE = "cell.json"
@@ -118,6 +119,29 @@ class EvalResult(_Open):
     under_load: UnderLoadResult | None = None
 
 
+class TimelineResult(_Open):
+    """A run whose load changes over time: its point, its time series (:mod:`bench.metrics.timeseries`) and, for a
+    rate schedule, the latency knee."""
+
+    arrival: str = Field(description="the arrival as bench load describes it, e.g. schedule=0:1,30:2")
+    point: LoadPoint
+    window_s: float
+    windows: list[WindowStats]
+    knee: Knee | None = None
+
+
+class TraceResult(TimelineResult):
+    """A replayed trace."""
+
+    kind: Literal["trace"]
+
+
+class ScheduleResult(TimelineResult):
+    """A rate schedule."""
+
+    kind: Literal["schedule"]
+
+
 class FailedScenario(_Open):
     """A scenario that raised; the cell went on with the next one."""
 
@@ -145,6 +169,7 @@ def _scenario_tag(data: Any) -> str | None:
 ScenarioResult = Annotated[
     Annotated[LoadResult, Tag("load")] | Annotated[KVCacheResult, Tag("kv-cache")]
     | Annotated[SpeculativeResult, Tag("speculative")] | Annotated[EvalResult, Tag("eval")]
+    | Annotated[TraceResult, Tag("trace")] | Annotated[ScheduleResult, Tag("schedule")]
     | Annotated[FailedScenario, Tag("failed")] | Annotated[SkippedScenario, Tag("skipped")],
     Discriminator(_scenario_tag),
 ]

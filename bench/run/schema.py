@@ -16,9 +16,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from backends.base import EngineOptions, KVCacheDtype
 from bench.api import Api
 from bench.evals.config import EvalConfig, EvalOptions
-from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
+from bench.load.arrivals import ConcurrencyArrival, PoissonArrival, ScheduleArrival, TraceArrival
 from bench.load.config import LoadOptions, SweepSpec
-from bench.load.workloads import RandomWorkload, Workload
+from bench.load.workloads import RandomWorkload, TraceWorkload, Workload
 from bench.yamlfile import ConfigFileError, describe, read_yaml
 
 # One variant of a scenario: the engine options it overrides (``{}``: the option set as it is).
@@ -213,8 +213,51 @@ class EvalScenario(_Scenario, EvalOptions):
         return config
 
 
-Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | EvalScenario,
-                     Field(discriminator="kind")]
+def load_options(scenario: LoadOptions) -> dict[str, Any]:
+    """The ``bench load`` options a scenario sets (the cell adds the server, the seed and the arrival)."""
+    return {name: getattr(scenario, name) for name in LoadOptions.model_fields}
+
+
+class TraceScenario(_Scenario, LoadOptions):
+    """A production trace replayed against each cell (``bench load --workload trace``).
+
+    The scenario is ``bench load``'s options (inherited from :class:`~bench.load.config.LoadOptions`, each declared
+    once), its workload a trace sent at the trace's own times; the report shows its goodput over time.
+    """
+
+    kind: Literal["trace"] = "trace"
+    name: str = "trace"
+    workload: TraceWorkload
+    num_requests: int | None = Field(default=None, ge=1, description="replay the trace's first N requests "
+                                     "(None: all of them)")
+    max_concurrency: int | None = Field(default=None, ge=1, description="cap in-flight requests")
+
+    def arrival(self) -> TraceArrival:
+        """The trace's own times (under the cap)."""
+        return TraceArrival(max_concurrency=self.max_concurrency)
+
+
+class ScheduleScenario(_Scenario, LoadOptions):
+    """Load that changes over time against each cell (``bench load --rate-schedule``): ``bench load``'s options
+    (inherited) and the rate schedule; the report names the latency knee, the lowest offered rate at which p99
+    TTFT or TPOT broke the SLO."""
+
+    kind: Literal["schedule"] = "schedule"
+    name: str = "schedule"
+    schedule: ScheduleArrival = Field(description="the arrival, e.g. {schedule: '0:1,30:2,60:4'} or "
+                                      "{schedule: 'ramp:0:1,60:8', process: poisson}")
+    workload: Workload = Field(default_factory=lambda: RandomWorkload(input_tokens=64, output_tokens=32))
+    num_requests: int | None = Field(default=None, ge=1, description="None: the duration bounds the run")
+    duration_s: float | None = Field(default=90.0, gt=0, description="the run's length; the last rate holds "
+                                     "until then")
+
+    def arrival(self) -> ScheduleArrival:
+        """The schedule."""
+        return self.schedule
+
+
+Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | EvalScenario | TraceScenario
+                     | ScheduleScenario, Field(discriminator="kind")]
 
 
 class OptionSet(BaseModel):
