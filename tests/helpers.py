@@ -84,3 +84,13 @@ def wait_server_idle(url: str, timeout_s: float) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("server still busy")
+
+
+def multi_turn_config(url: str, model: str, **workload: object) -> LoadConfig:
+    """Two sessions of four turns over the chat API, the server's /metrics scraped every 0.2 s (the prefix-cache
+    tests against llama-server and vLLM)."""
+    base: dict[str, object] = {"kind": "multi-turn", "turns": 4, "user_tokens": 32, "output_tokens": 16,
+                               "think_time_s": 0.3}
+    return LoadConfig.model_validate({"url": url, "model": model, "workload": {**base, **workload},
+                                      "arrival": {"kind": "concurrency", "n": 2}, "num_requests": 8,
+                                      "scrape_interval_s": 0.2, "request_timeout_s": 300})

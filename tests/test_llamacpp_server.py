@@ -7,6 +7,7 @@ One server per distinct option set, session-scoped; tiny ``max_tokens``. The fir
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -62,6 +63,13 @@ def q8_server(registry: Registry, log_dir: Path) -> Iterator[ServerHandle]:
 @pytest.fixture(scope="module")
 def ngram_server(registry: Registry, log_dir: Path) -> Iterator[ServerHandle]:
     yield from _serve(registry, log_dir, EngineOptions(max_batch=2, max_model_len=512, speculative="ngram",
+                                                       device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def prefix_server(registry: Registry, log_dir: Path) -> Iterator[ServerHandle]:
+    """Prefix caching on (the other servers of this module have it off, the default)."""
+    yield from _serve(registry, log_dir, EngineOptions(max_batch=2, max_model_len=512, prefix_caching=True,
                                                        device="cpu"))
 
 
@@ -246,3 +254,26 @@ def test_bench_eval_cli_says_why_and_exits_2(server: ServerHandle, tmp_path: Pat
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 2, result.output
     assert "echo" in result.output and "--mode generate" in result.output
+
+
+@pytest.mark.parametrize("caching", [True, False], ids=["prefix-caching-on", "prefix-caching-off"])
+def test_multi_turn_prefix_hits_rise_with_turn_index(request: pytest.FixtureRequest, caching: bool,
+                                                     tmp_path: Path) -> None:
+    """Each turn resends the history: with prompt caching llama-server takes it from the slot's cache (its usage
+    says how many tokens, ``prompt_tokens_details.cached_tokens``, and so does ``llamacpp:prompt_tokens_cached_total``);
+    without it, nothing."""
+    from bench.load.runner import run_load
+    from tests.helpers import multi_turn_config
+
+    handle: ServerHandle = request.getfixturevalue("prefix_server" if caching else "server")
+    summary = run_load(multi_turn_config(handle.url, handle.model), tmp_path)
+    assert summary.num_ok == 8, summary.errors
+    cached = [t.cached_tokens_mean for t in summary.turns]
+    assert len(cached) == 4 and all(c is not None for c in cached), cached
+    hit_rate = summary.server.get("prefix_cache_hit_rate")
+    print(f"llama-server, prefix caching {caching}: cached tokens by turn {cached}, hit rate {hit_rate}")
+    if caching:
+        assert all(b > a for a, b in itertools.pairwise(cached)), cached  # type: ignore[operator]
+        assert hit_rate is not None and hit_rate > 0
+    else:
+        assert cached == [0, 0, 0, 0] and hit_rate == 0
