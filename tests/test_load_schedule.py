@@ -36,7 +36,7 @@ def test_text_form_of_steps_and_ramps() -> None:
 
 
 def test_each_step_sends_exactly_rate_times_its_length() -> None:
-    times = _times(ScheduleArrival(schedule="0:5,60:20,120:40"), 2000)
+    times = _times(ScheduleArrival(schedule=RateSchedule.model_validate("0:5,60:20,120:40")), 2000)
     assert sum(t < 60 for t in times) == 300
     assert sum(60 <= t < 120 for t in times) == 1200
     assert times[300] == 60.0  # the first request of a step goes at its start
@@ -44,7 +44,7 @@ def test_each_step_sends_exactly_rate_times_its_length() -> None:
 
 
 def test_a_ramp_follows_the_integrated_rate() -> None:
-    arrival = ScheduleArrival(schedule="ramp:0:0,10:10")  # rate t: t²/2 requests by t
+    arrival = ScheduleArrival(schedule=RateSchedule.model_validate("ramp:0:0,10:10"))  # rate t: t²/2 requests by t
     times = _times(arrival, 200)
     assert times[:3] == pytest.approx([0.0, 2**0.5, 2.0])
     assert sum(t < 10 for t in times) == 50
@@ -53,8 +53,8 @@ def test_a_ramp_follows_the_integrated_rate() -> None:
 
 
 def test_a_pause_and_a_poisson_schedule() -> None:
-    assert _times(ScheduleArrival(schedule="0:0,5:2"), 3) == [5.0, 5.5, 6.0]
-    times = _times(ScheduleArrival(schedule="0:5,60:20", process="poisson"), 3000, seed=3)
+    assert _times(ScheduleArrival(schedule=RateSchedule.model_validate("0:0,5:2")), 3) == [5.0, 5.5, 6.0]
+    times = _times(ScheduleArrival(schedule=RateSchedule.model_validate("0:5,60:20"), process="poisson"), 3000, seed=3)
     assert 300 * 0.8 < sum(t < 60 for t in times) < 300 * 1.2
     assert 1200 * 0.9 < sum(60 <= t < 120 for t in times) < 1200 * 1.1
 
@@ -67,7 +67,7 @@ def _record(i: int, sent: float, ttft_s: float, tokens: int = 5, gap: float = 0.
 
 
 def test_time_series_and_knee_from_scripted_records() -> None:
-    arrival = ScheduleArrival(schedule="0:2,10:4,20:8")
+    arrival = ScheduleArrival(schedule=RateSchedule.model_validate("0:2,10:4,20:8"))
     t0 = 100.0
     records = [_record(i, t0 + t, 0.05 if t < 20 else 0.5) for i, t in enumerate(_times(arrival, 200))
                if t < 30]
