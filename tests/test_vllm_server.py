@@ -150,6 +150,39 @@ def test_ngram_speculation_is_exercised(fp8_ngram_server: ServerHandle) -> None:
     assert drafts and float(drafts[0].rsplit(" ", 1)[1]) > 0
 
 
+def prefix_counters(server: ServerHandle) -> tuple[float, float]:
+    """vLLM's prefix-cache (queries, hits) in tokens, from /metrics."""
+    from tests.helpers import server_metric
+
+    return (server_metric(server.url, "vllm:prefix_cache_queries_total"),
+            server_metric(server.url, "vllm:prefix_cache_hits_total"))
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_random_workload_gets_no_prefix_cache_hits(fp8_ngram_server: ServerHandle, api: str,
+                                                         tmp_path: Path) -> None:
+    """#20: the random workload's prompts part at their first content token, so vLLM's prefix cache (on here)
+    finds nothing to reuse; the same prompts sent again do hit, which shows the counters count."""
+    from bench.load.config import LoadConfig
+    from bench.load.runner import run_load_async
+
+    cfg = LoadConfig.model_validate({
+        "url": fp8_ngram_server.url, "model": HF_MODEL, "tokenizer": HF_MODEL, "api": api, "seed": 7,
+        "workload": {"kind": "random", "input_tokens": 320, "output_tokens": 4},
+        "arrival": {"kind": "concurrency", "n": 4}, "num_requests": 8, "scrape_interval_s": 0.25,
+    })  # fmt: skip
+    queries0, hits0 = prefix_counters(fp8_ngram_server)
+    first = await run_load_async(cfg, tmp_path / "first")
+    queries1, hits1 = prefix_counters(fp8_ngram_server)
+    assert first.num_ok == 8, first.errors
+    assert queries1 - queries0 >= 8 * 300  # every prompt was looked up
+    assert hits1 - hits0 == 0, f"{api}: {hits1 - hits0:g} of {queries1 - queries0:g} prompt tokens hit"
+    assert first.server.get("prefix_cache_hit_rate") == 0.0  # the run's own figure over its window agrees
+    again = await run_load_async(cfg, tmp_path / "again")  # the same seed: the same prompts
+    _, hits2 = prefix_counters(fp8_ngram_server)
+    assert again.num_ok == 8 and hits2 - hits1 >= 8 * 256  # whole blocks of each repeated prompt hit
+
+
 async def test_server_killed_mid_run_fails_health_and_errors(fp8_ngram_server: ServerHandle) -> None:
     """Kill the server (its whole process group, ours) during a stream: the client errors, health fails."""
     client = AsyncOpenAI(base_url=fp8_ngram_server.base_url, api_key="unused", max_retries=0, timeout=30)
