@@ -36,9 +36,9 @@ from pathlib import Path
 
 from backends.gpu import query_nvidia_smi
 from backends.llamacpp.build import server_binary
+from backends.paths import cache_dir, venvs_dir
 from bench import bootstrap_gpu
 from bench.bootstrap_gpu import DeviceChoice, GpuRunner
-from bench.paths import cache_dir, venvs_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from backends.base import EngineOptions
+from backends.checkpoints import Registry, RegistryError, load_registry
 from backends.errors import BackendError
 from bench.flags import command, model_flags
-from bench.models.registry import Registry, RegistryError, load_registry
 
 # ``quantization`` comes from the checkpoint's models.yaml entry or a matrix, not from a flag.
 ENGINE_FLAGS = model_flags(EngineOptions, [n for n in EngineOptions.model_fields if n != "quantization"])

@@ -23,14 +23,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from backends.checkpoints import load_registry
+from backends.venvs import EngineVenv
 from backends.vllm.venv import venv_python
 from bench.load.arrivals import PoissonArrival
 from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
 from bench.load.runner import run_load
 from bench.load.workloads import RandomWorkload
-from bench.models.registry import load_registry
-from bench.venvs import EngineVenv
 
 HERE = Path(__file__).resolve().parent
 

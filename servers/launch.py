@@ -25,7 +25,6 @@ from backends.base import EngineOptions, ServerSpec
 from backends.checkpoints import Registry, remote_code
 from backends.errors import BackendError, describe_exit
 from backends.llamacpp.build import REBUILD_HINT
-from backends.net import free_port as free_port  # re-exported: tests and bench run start servers on it
 from servers.settings import ServerSettings
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from backends.base import EngineOptions
-from bench.models.registry import Registry, load_registry
-from servers.launch import ServerHandle, build_spec, free_port, running_server
+from backends.checkpoints import Registry, load_registry
+from backends.net import free_port
+from servers.launch import ServerHandle, build_spec, running_server
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -23,7 +24,7 @@ def registry() -> Registry:
 @pytest.fixture(scope="session")
 def prepared(registry: Registry) -> Registry:
     """The registry with every checkpoint derived from the bundled model made (cached across sessions)."""
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, DEFAULT_MODEL)
     return registry
@@ -47,7 +48,7 @@ def transformers_server(registry: Registry, tmp_path_factory: pytest.TempPathFac
 def secured_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """The same engine behind ``--api-key``, from the HF checkpoint that ``bench models prepare`` derives."""
     log_dir = tmp_path_factory.mktemp("servers")
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, DEFAULT_MODEL, only={"smollm2-135m-instruct-hf"})
     options = EngineOptions(max_batch=2, max_model_len=512)

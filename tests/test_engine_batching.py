@@ -8,8 +8,8 @@ import time
 import pytest
 
 from backends.base import EngineOptions, GenRequest
+from backends.checkpoints import Registry
 from backends.transformers.engine import TransformersEngine
-from bench.models.registry import Registry
 from tests.conftest import DEFAULT_MODEL
 
 QUESTIONS = ("What is 2+3?", "Name a primary color.", "What is the capital of France?", "Say hello.")
@@ -24,7 +24,7 @@ async def _generate(engine: TransformersEngine, question: str, **kw: object) -> 
 
 @pytest.fixture(scope="module")
 def engine(registry: Registry) -> TransformersEngine:
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, DEFAULT_MODEL, only={"smollm2-135m-instruct-hf"})
     path = registry.path_of("smollm2-135m-instruct-hf")

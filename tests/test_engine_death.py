@@ -30,12 +30,13 @@ import torch
 from typer.testing import CliRunner
 
 from backends.base import EngineOptions
+from backends.checkpoints import Registry
+from backends.net import free_port
 from backends.transformers.engine import TransformersEngine
 from bench.cli import build_app
 from bench.evals.runner import SAMPLES_FILE, SUMMARY_FILE, dead_engine_reason, is_transient
-from bench.models.registry import Registry
 from servers.app import create_app
-from servers.launch import build_spec, free_port
+from servers.launch import build_spec
 from servers.settings import ServerSettings
 
 MODEL = "smollm2-135m-instruct-hf"
@@ -125,7 +126,7 @@ def live_server(registry: Registry) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def hf_registry(registry: Registry) -> Registry:
     """The registry with the HF checkpoint of the bundled model made (cached across sessions)."""
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, "smollm2-135m-instruct", only={MODEL})
     return registry

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from backends.base import EngineOptions, GenChunk, GenRequest
+from backends.checkpoints import Registry
 from backends.errors import InvalidRequestError, UnsupportedOptionError
 from backends.transformers.config import validate
 from backends.transformers.engine import PROMPT_CHUNK, TransformersEngine
-from bench.models.registry import Registry
 from tests.conftest import DEFAULT_MODEL
 
 HF_MODEL = "smollm2-135m-instruct-hf"
@@ -47,7 +47,7 @@ class PoisonedForward:
 
 @pytest.fixture(scope="module")
 def hf_path(registry: Registry) -> Path:
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, DEFAULT_MODEL, only={HF_MODEL})
     return registry.path_of(HF_MODEL)

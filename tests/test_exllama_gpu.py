@@ -53,8 +53,8 @@ def _serve(backend: str, options: EngineOptions, draft: Path | None = None) -> I
     import uvicorn
 
     from backends import registry
+    from backends.net import free_port
     from servers.app import create_app
-    from servers.launch import free_port
     from servers.settings import ServerSettings
 
     path, fmt = _checkpoint(backend)

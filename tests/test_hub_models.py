@@ -24,11 +24,10 @@ import yaml
 from typer.testing import CliRunner
 
 from backends import hub
-from backends.checkpoints import ModelEntry, RegistryError, hub_entry, load_registry
+from backends.checkpoints import ModelEntry, Registry, RegistryError, hub_entry, load_registry
+from backends.net import free_port
 from bench.cli import build_app
-from bench.models.registry import Registry
 from bench.run.executor import hub_provenance
-from servers.launch import free_port
 from tests.hub_cache import COMMIT, add_repo
 
 HF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -49,3 +49,25 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("import os\n\ndef f():\n    from bench.load import runner\n    import servers.app\n")
     assert imported_packages(source) == {"os", "bench", "servers"}
+
+
+# Modules that once re-exported the shared base from its old place; every import names the owner now.
+OLD_ALIASES = ("bench.paths", "bench.venvs", "bench.yamlfile", "bench.models.registry", "bench.models.prepare")
+
+
+@pytest.mark.parametrize("name", OLD_ALIASES)
+def test_old_alias_modules_stay_gone(name: str) -> None:
+    assert not (ROOT / (name.replace(".", "/") + ".py")).exists()
+    users = [f"{path.relative_to(ROOT)}" for folder in (*LAYERS, "tests", "benchmarks")
+             for path in sorted((ROOT / folder).rglob("*.py")) if name in _imported_modules(path)]
+    assert users == []
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names

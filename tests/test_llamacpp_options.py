@@ -9,11 +9,11 @@ import pytest
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
+from backends.checkpoints import Registry, load_registry
 from backends.errors import UnsupportedOptionError
 from backends.llamacpp import config
 from backends.llamacpp.gguf_meta import context_length, read_metadata
 from backends.llamacpp.launcher import LlamaServerLauncher
-from bench.models.registry import Registry, load_registry
 from servers.launch import build_spec
 
 MODEL = "smollm2-135m-instruct"

@@ -22,9 +22,10 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from backends.base import EngineOptions
+from backends.checkpoints import Registry, load_registry
 from backends.llamacpp.build import ensure_server
-from bench.models.registry import Registry, load_registry
-from servers.launch import LaunchError, ServerHandle, build_spec, free_port, running_server, start_server
+from backends.net import free_port
+from servers.launch import LaunchError, ServerHandle, build_spec, running_server, start_server
 
 pytestmark = pytest.mark.llamacpp
 

@@ -113,7 +113,7 @@ async def test_duration_bound(calib_url: str, tmp_path: Path) -> None:
 
 
 async def test_failed_requests_are_data(tmp_path: Path) -> None:
-    from bench.load.calibration import free_port
+    from backends.net import free_port
 
     cfg = config(f"http://127.0.0.1:{free_port()}", arrival={"kind": "concurrency", "n": 2}, num_requests=4)
     s = await run_load_async(cfg, tmp_path)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from bench.load.calibration import calibration_server, free_port, read_calibration_log
+from backends.net import free_port
+from bench.load.calibration import calibration_server, read_calibration_log
 from bench.load.config import LoadConfig
 from bench.load.locust.engine import LocustPlan, check_config, commands, locustfile, process_env, run_locust_async
 from bench.load.locust.settings import fill_model, read_prompts, settings_from_options, write_prompts

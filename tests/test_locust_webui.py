@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from bench.load.calibration import calibration_server, free_port
+from backends.net import free_port
+from bench.load.calibration import calibration_server
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (

@@ -7,8 +7,8 @@ import json
 from gguf import GGUFReader
 from typer.testing import CliRunner
 
+from backends.checkpoints import Registry
 from bench.cli import build_app
-from bench.models.registry import Registry
 
 # llama.cpp's general.file_type values.
 FILE_TYPES = {"smollm2-135m-instruct-f16": 1, "smollm2-135m-instruct-q8_0": 7, "smollm2-135m-instruct-q4_k_m": 15}
@@ -58,7 +58,7 @@ def test_derived_tokenizers_match_the_bundled_gguf(prepared: Registry) -> None:
     """The HF tokenizer and every derived GGUF tokenize, decode and stop exactly like the bundled GGUF."""
     from transformers import AutoTokenizer
 
-    from bench.models.prepare import gguf_tokenizer_fields
+    from backends.prepare import gguf_tokenizer_fields
 
     bundled = prepared.path_of("smollm2-135m-instruct")
     expected = _llama_tokens(str(bundled))

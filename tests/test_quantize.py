@@ -11,11 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from backends.base import EngineOptions
+from backends.checkpoints import Registry, load_registry
+from backends.net import free_port
 from bench.cli import build_app
-from bench.models.registry import Registry, load_registry
 from bench.quantize.cli import To
 from bench.quantize.targets import TARGETS
-from servers.launch import build_spec, free_port, running_server
+from servers.launch import build_spec, running_server
 
 HF_MODEL = "smollm2-135m-instruct-hf"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from backends.checkpoints import Registry, load_registry
 from bench.models.random import PAD_TOKEN, RandomModelError, pad_tokenizer, shape_config
-from bench.models.registry import Registry, load_registry
 
 HF = "smollm2-135m-instruct-hf"
 TEXTS = ("What is 2+3? Answer in digits: 12345.", "naïve café – 東京 🚀", "<|im_start|>user\nhi<|im_end|>")
@@ -21,7 +21,7 @@ TEXTS = ("What is 2+3? Answer in digits: 12345.", "naïve café – 東京 🚀"
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(registry: Registry) -> Path:
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, "smollm2-135m-instruct", only={HF})
     return registry.path_of(HF)

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from backends import registry as backends
 from backends.base import EngineOptions
+from backends.checkpoints import ModelEntry, RegistryError, append_entry, load_registry
 from backends.errors import MissingExtraError, UnknownBackendError, UnsupportedOptionError
 from bench.cli import build_app
-from bench.models.registry import ModelEntry, RegistryError, append_entry, load_registry
 
 
 def write(tmp_path: Path, text: str) -> Path:

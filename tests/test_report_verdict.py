@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.models.registry import load_registry
+from backends.checkpoints import load_registry
 from bench.report.render import write_report
 from bench.report.verdict import VERDICT_HEADER, doc_scores, lineage, paired_change, verdict, verdict_rows
 from bench.run.executor import model_lineage

@@ -16,9 +16,9 @@ from rich.progress import Progress
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
+from backends.checkpoints import Registry, load_registry
 from bench.evals.config import EvalConfig
 from bench.load.config import LoadOptions
-from bench.models.registry import Registry, load_registry
 from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
 from bench.run.executor import read_cell, read_run_matrix, run_matrix, write_run_yaml
 from bench.run.schema import (

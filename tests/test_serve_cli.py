@@ -10,8 +10,8 @@ import time
 
 import httpx
 
-from bench.models.registry import Registry
-from servers.launch import free_port
+from backends.checkpoints import Registry
+from backends.net import free_port
 
 MODEL = "smollm2-135m-instruct-hf"
 

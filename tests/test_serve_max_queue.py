@@ -47,7 +47,7 @@ def test_the_default_or_no_value_is_accepted_and_in_process_engines_take_any() -
 
 def test_start_server_refuses_max_queue_for_a_native_server_before_launching(tmp_path: Path) -> None:
     from backends.base import EngineOptions
-    from bench.models.registry import load_registry
+    from backends.checkpoints import load_registry
     from servers.launch import build_spec, start_server
 
     registry = load_registry()

@@ -21,8 +21,9 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import status_code_conformance
 
 from backends.base import EngineOptions
-from bench.models.registry import Registry
-from servers.launch import ServerHandle, build_spec, free_port, running_server
+from backends.checkpoints import Registry
+from backends.net import free_port
+from servers.launch import ServerHandle, build_spec, running_server
 from tests.conftest import DEFAULT_MODEL
 
 HF_MODEL = "smollm2-135m-instruct-hf"
@@ -33,7 +34,7 @@ CALL_TIMEOUT_S = 60
 @pytest.fixture(scope="module")
 def fuzz_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """A server with a 64-token window (every generation is short) and the default error handling."""
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     prepare(registry, DEFAULT_MODEL, only={HF_MODEL})
     spec = build_spec(registry, "transformers", HF_MODEL, EngineOptions(max_batch=4, max_model_len=64),

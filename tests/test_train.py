@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.models.registry import Registry, load_registry
+from backends.checkpoints import Registry, load_registry
 from bench.train.data import MATH_SFT, DataError, read_chat_jsonl
 from tests.test_quantize import HF_MODEL, ask_two_plus_three, run_cli, tmp_registry
 

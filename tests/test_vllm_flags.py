@@ -10,10 +10,10 @@ import pytest
 
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
+from backends.checkpoints import Registry
 from backends.errors import BackendError, UnsupportedOptionError
 from backends.vllm import config, flags, venv
 from backends.vllm.launcher import GgufTokenizerError, VllmLauncher, gguf_tokenizer_name
-from bench.models.registry import Registry
 
 MODEL = Path("/models/smol-hf")
 

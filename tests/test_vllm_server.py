@@ -19,8 +19,9 @@ from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from backends.base import EngineOptions
-from bench.models.registry import Registry, load_registry
-from servers.launch import LaunchError, ServerHandle, build_spec, free_port, running_server
+from backends.checkpoints import Registry, load_registry
+from backends.net import free_port
+from servers.launch import LaunchError, ServerHandle, build_spec, running_server
 
 pytestmark = pytest.mark.vllm
 
@@ -32,7 +33,7 @@ QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What 
 @pytest.fixture(scope="module")
 def hf_registry() -> Registry:
     """The repository's models.yaml with the HF checkpoint derived from the bundled GGUF."""
-    from bench.models.prepare import prepare
+    from backends.prepare import prepare
 
     registry = load_registry()
     prepare(registry, BASE, only={HF_MODEL})

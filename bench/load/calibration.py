@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from backends.net import free_port as free_port  # re-exported: the calibration tests pick ports with it
+from backends.net import free_port
 
 Fault = Literal["hang", "status-500", "drop", "malformed", "close-after"]
 FAULTS: tuple[Fault, ...] = ("hang", "status-500", "drop", "malformed", "close-after")

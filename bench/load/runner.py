@@ -27,6 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
+from backends.checkpoints import model_bytes_of
 from bench.load.arrivals import ScheduleArrival
 from bench.load.clock import Clock, MonotonicClock
 from bench.load.config import LoadConfig
@@ -43,7 +44,6 @@ from bench.metrics.health import behind_advice, client_health, sessions_behind_r
 from bench.metrics.server import ScrapeRow, server_figures, window_rows
 from bench.metrics.sessions import by_turn, session_figures
 from bench.metrics.timeseries import TIMESERIES_FILE, TimeSeries, latency_knee, time_series
-from bench.models.registry import model_bytes_of
 from bench.scrape import Scraper, read_gpu_rows, read_server_rows
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ def _resolve(name: str) -> Path | None:
     if direct.exists():
         return direct
     try:
-        from bench.models.registry import load_registry
+        from backends.checkpoints import load_registry
 
         return load_registry().with_model(name).local_path(name)  # a hub model: its cached snapshot, no download
     except Exception as exc:  # an unprepared or unknown model: try the next candidate

@@ -9,7 +9,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.models.registry import RegistryError, load_registry
+from backends.checkpoints import RegistryError, load_registry
 
 _REGISTRY_OPT = typer.Option(None, "--registry", help="models.yaml to use (default: ./models.yaml).")
 
@@ -55,7 +55,7 @@ def prepare_models(
     registry: Path | None = _REGISTRY_OPT,
 ) -> None:
     """Derive and cache the checkpoints made from a model (HF bf16, GGUF f16/Q8_0/Q4_K_M)."""
-    from bench.models.prepare import PrepareError, prepare
+    from backends.prepare import PrepareError, prepare
 
     console = Console()
     try:
@@ -82,9 +82,9 @@ def random_model(
     registry: Path | None = _REGISTRY_OPT,
 ) -> None:
     """Make a random-weight checkpoint of a real shape (for speed runs only) and add it to models.yaml."""
+    from backends.checkpoints import append_entry
+    from backends.paths import cache_dir
     from bench.models.random import RandomModelError, make_random_model, random_entry, shape_config
-    from bench.models.registry import append_entry
-    from bench.paths import cache_dir
 
     console = Console()
     try:

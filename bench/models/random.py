@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from bench.models.registry import ModelEntry
+from backends.checkpoints import ModelEntry
 
 # Architectures as their publishers' config.json files give them (vocabulary, layers, heads, RoPE), so the
 # KV cache per token and the FLOPs per token are the real model's.

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.models.prepare import convert_hf_to_gguf, quantize_gguf
+from backends.prepare import convert_hf_to_gguf, quantize_gguf
 
 
 def quantize_to_gguf(src: Path, out_file: Path, params: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from bench.venvs import EngineVenv, cli
+from backends.venvs import EngineVenv, cli
 
 PINS: tuple[str, ...] = (
     "llmcompressor==0.14.*",

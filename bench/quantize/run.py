@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.models.registry import ModelEntry
+from backends.checkpoints import ModelEntry
 from bench.quantize.targets import TARGETS, Target
 from bench.train.artifacts import (
     ArtifactError,

@@ -15,8 +15,8 @@ from typing import Any
 
 from backends import registry as backends
 from backends.base import EngineOptions
+from backends.checkpoints import Registry
 from backends.errors import BackendError
-from bench.models.registry import Registry
 from bench.run.schema import EvalScenario, LoadScenario, Matrix, OptionSet, Scenario
 
 

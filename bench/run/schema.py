@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.base import EngineOptions, KVCacheDtype
+from backends.yamlfile import ConfigFileError, describe, read_yaml
 from bench.api import Api
 from bench.evals.config import EvalConfig, EvalOptions
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival, ScheduleArrival, TraceArrival
 from bench.load.config import LoadOptions, SweepSpec
 from bench.load.workloads import RandomWorkload, TraceWorkload, Workload
-from bench.yamlfile import ConfigFileError, describe, read_yaml
 
 # One variant of a scenario: the engine options it overrides (``{}``: the option set as it is).
 Variant = dict[str, Any]

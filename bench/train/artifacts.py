@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from backends.checkpoints import hub_entry
-from bench.models.registry import ModelEntry, Registry, RegistryError, append_entry, load_registry
-from bench.paths import cache_dir
+from backends.checkpoints import ModelEntry, Registry, RegistryError, append_entry, hub_entry, load_registry
+from backends.paths import cache_dir
 
 
 class ArtifactError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.models.registry import ModelEntry
+from backends.checkpoints import ModelEntry
 from bench.train import methods
 from bench.train.artifacts import check_new_name, default_output_dir, fresh_dir, hf_source, register
 from bench.train.config import TrainSpec

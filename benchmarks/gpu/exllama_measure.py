@@ -39,7 +39,7 @@ def log(msg: str) -> None:
 def hf_checkpoint() -> Path:
     out = ROOT / "models" / "smollm2-hf"
     if not (out / "config.json").exists():
-        from bench.models.prepare import dequantize_gguf_to_hf
+        from backends.prepare import dequantize_gguf_to_hf
 
         dequantize_gguf_to_hf(ROOT / "stash" / "SmolLM2-135M-Instruct.Q4_1.gguf", out)
     # transformers 5 writes theta only under rope_parameters; exllamav2 0.3.2's converter reads the top-level
@@ -202,8 +202,8 @@ def server_rate(engine: str, path: Path, fmt: str, kv: str, speculative: str = "
 
     from backends import registry
     from backends.base import EngineOptions
+    from backends.net import free_port
     from servers.app import create_app
-    from servers.launch import free_port
     from servers.settings import ServerSettings
 
     options = EngineOptions(max_batch=1, max_model_len=1024, kv_cache_dtype=kv, speculative=speculative)

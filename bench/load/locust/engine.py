@@ -156,7 +156,7 @@ def run_locust(config: LoadConfig, out_dir: Path, console: Console | None = None
 async def run_locust_async(config: LoadConfig, out_dir: Path, console: Console | None = None) -> LoadSummary:
     """Async form of :func:`run_locust` (the scraper and progress display run beside locust)."""
     users = check_config(config)
-    from bench.load.calibration import free_port
+    from backends.net import free_port
 
     plan = LocustPlan(
         config=config,
