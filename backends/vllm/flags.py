@@ -82,7 +82,9 @@ def server_args(spec: ServerSpec, target: Platform, tokenizer: Path | None = Non
     args = ["--served-model-name", spec.model_name, "--host", spec.host, "--port", str(spec.port),
             "--max-num-seqs", str(options.max_batch), "--dtype", options.dtype,
             "--enable-prefix-caching" if options.prefix_caching else "--no-enable-prefix-caching",
-            "--disable-uvicorn-access-log"]
+            "--disable-uvicorn-access-log",
+            # usage then says how many prompt tokens came from the prefix cache (bench load's cached_tokens)
+            "--enable-prompt-tokens-details"]
     if options.max_model_len:
         args += ["--max-model-len", str(options.max_model_len)]
     args += _memory_args(options, target)
