@@ -113,7 +113,9 @@ def test_each_step_sends_at_its_rate(calib_url: str, tmp_path: Path) -> None:
     assert lags_ms[len(lags_ms) // 2] < 2.0 and (lags_ms[-1] < 20.0 or not moderate_load()), lags_ms[-5:]
     series = TimeSeries.model_validate_json((tmp_path / "timeseries.json").read_text())
     assert [w.target_rate for w in series.windows[:3]] == [10, 20, 40]
-    assert [w.achieved_rate for w in series.windows[:3]] == [10, 20, 40]
+    # sent times: a request due on a window's edge may be sent a few µs either side of it (one request = 0.5/s)
+    assert [w.achieved_rate for w in series.windows[:3]] == pytest.approx([10, 20, 40], abs=0.5)
+    assert sum(w.sent for w in series.windows) == 140
     assert all(w.kv_usage is not None and w.queue == 0 for w in series.windows[:3])
     assert series.knee is None  # 20 ms TTFT never breaks a 1 s objective
     assert (tmp_path / "timeseries.png").exists()

@@ -81,11 +81,11 @@ WORKERS_HELP = (f"{LoadConfig.model_fields['workers'].description}, or auto: pro
 WORKERS = Flag(("workers",), "workers", str | None,
                typer.Option(None, "--workers", help=WORKERS_HELP, show_default="1"))
 MAX_CONCURRENCY = flag(PoissonArrival, "max_concurrency", path=("arrival", "max_concurrency"),
-                       help="cap in-flight requests (with --rate; sweep: at every step)")
+                       help="cap in-flight requests (with --rate, --rate-schedule or a trace; sweep: at every step)")
 LOAD_FLAGS = [
     *_config_flags(["url", "model", "api", "num_requests", "duration_s", "warmup", "seed", "tokenizer",
                     "force_output_len", "logprobs_token_count", "scrape", "api_key", "request_timeout_s",
-                    "gpu_peak_bandwidth_gbs", "server_gpus"]),
+                    "gpu_peak_bandwidth_gbs", "server_gpus", "window_s"]),
     WORKERS,
     *_workload_flags(shared_prefix=True),
     flag(ConcurrencyArrival, "n", param="concurrency", path=("arrival", "n"), help="closed loop: N users"),
