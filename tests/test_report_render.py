@@ -310,10 +310,11 @@ def test_load_rows_say_whether_the_client_kept_up_and_throughput_held() -> None:
         return {"checked": 4, "ours": 100, "server": 130 if mismatch else 100, "max_diff_fraction": 0.3 if mismatch
                 else 0.0, "mismatch": mismatch}
 
-    behind = cells(client={"workers": 1, "behind": True}, steady_state=steady(False), server={"tpot_gap_ms": 3.456})
-    assert behind == ["BEHIND", "NO", "3.46", "–"]
-    assert cells(client={"workers": 1}, steady_state=steady(True)) == ["ok", "yes", "–", "–"]
-    assert cells() == ["–", "–", "–", "–"]  # results from before these figures existed
+    behind = cells(client={"workers": 1, "behind": True, "lag_p99_ms": 31.25}, steady_state=steady(False),
+                   server={"tpot_gap_ms": 3.456, "ttft_gap_ms": 12.5})  # fmt: skip
+    assert behind == ["BEHIND", "31.25", "NO", "12.50", "3.46", "–"]
+    assert cells(client={"workers": 1}, steady_state=steady(True)) == ["ok", "–", "yes", "–", "–", "–"]
+    assert cells() == ["–", "–", "–", "–", "–", "–"]  # results from before these figures existed
     assert cells(prompt_tokens_check=prompts(True))[-1] == "MISMATCH"
     assert cells(prompt_tokens_check=prompts(False))[-1] == "ok"
 
@@ -323,3 +324,34 @@ def test_seed_cells_give_the_95_percent_interval() -> None:
 
     assert _pm([30.0, 32.0]) == "31.0 ± 1.4 (95%: 18.3–43.7)"  # t(0.975, 1) = 12.706
     assert _pm([30.0]) == "30.0" and _pm([]) == "–"
+
+
+def test_report_shows_lag_gap_steadiness_per_run_and_the_spread_over_three_repeats(tmp_path: Path) -> None:
+    """#20's "done when": per run the client lag, the server-vs-client gap and the steady-state flag; over ≥ 3
+    repeats (seeds) of one configuration, mean ± std and the 95% interval."""
+    run = tmp_path / "r20"
+    matrix = {"name": "t", "models": ["m"], "backends": ["vllm"],
+              "scenarios": [{"kind": "load", "points": [{"concurrency": 256}]}]}
+    run.mkdir(parents=True)
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "r20", "matrix": matrix, "environment": {
+        "cpu": "test cpu", "cpu_count": 2, "gpus": [], "packages": {"servebench": "0"}, "git_sha": "abc"}}))
+    steady = {"first_third_tok_s": 100.0, "last_third_tok_s": 100.0, "ratio": 1.0, "steady": True}
+    for seed, (tok_s, lag, behind) in enumerate(((13293.0, 41.5, True), (21881.0, 2.25, False),
+                                                 (15357.0, 3.5, False))):
+        point = {**_summary(tok_s, 300.0, 10.0, ttft_gap_ms=20.0 + seed, tpot_gap_ms=4.25 + seed),
+                 "client": {"workers": 1 + 3 * seed, "behind": behind, "lag_p99_ms": lag},
+                 "steady_state": {**steady, "steady": seed != 0}}  # fmt: skip
+        _cell(run, "vllm", "default", seed, {"load": {"kind": "load", "mode": "points", "best": None,
+                                                      "points": {"c256": point}}})
+    write_report([run], run)
+    md = (run / "report.md").read_text()
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| run | backend | model | options | seed | scenario"))
+    for column in ("client", "client lag p99 ms", "steady", "TTFT gap ms", "TPOT gap ms"):
+        assert f"| {column} |" in header
+    rows = {int(line.split("|")[5]): line for line in lines if line.startswith("| r20 | vllm | m | default | ")
+            and "| load |" in line}  # fmt: skip
+    assert "| BEHIND | 41.50 | NO | 20.00 | 4.25 |" in rows[0]
+    assert "| ok | 2.25 | yes | 21.00 | 5.25 |" in rows[1] and "| ok | 3.50 | yes | 22.00 | 6.25 |" in rows[2]
+    seeds = next(line for line in lines if line.startswith("| r20 | vllm | m | default | 3 |"))
+    assert "16,843.7 ± 4,482.9 (95%: 5,706.7–27,980.6)" in seeds  # max out tok/s over the three repeats

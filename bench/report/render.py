@@ -116,8 +116,8 @@ def _seed_cells(s: SeedStats) -> list[str]:
 
 LOAD_HEADER = ("run", "backend", "model", "options", "seed", "scenario", "load", "ok/err", "req/s", "out tok/s",
                "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL p50 ms", "E2E p50 ms", "E2E p99 ms",
-               "goodput req/s", "meets SLO", "peak RSS GiB", "startup s", "$/1M out tok", "client", "steady",
-               "TPOT gap ms", "prompt tokens")
+               "goodput req/s", "meets SLO", "peak RSS GiB", "startup s", "$/1M out tok", "client",
+               "client lag p99 ms", "steady", "TTFT gap ms", "TPOT gap ms", "prompt tokens")
 
 
 def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
@@ -140,14 +140,17 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
 
 
 def health_cells(summary: LoadSummary) -> list[str]:
-    """Whether the client kept up, whether throughput held (first vs last third), the client − server TPOT gap,
-    and whether the server counted our prompts as our tokenizer did (docs/metrics.md): "BEHIND", "NO" and
-    "MISMATCH" mark a number that measured the client, a warm-up, or prompts of other lengths than asked."""
+    """Whether the client kept up and its event-loop lag (p99 over the measured window), whether throughput held
+    (first vs last third), the client − server TTFT and TPOT gaps, and whether the server counted our prompts as
+    our tokenizer did (docs/metrics.md): "BEHIND", "NO" and "MISMATCH" mark a number that measured the client, a
+    warm-up, or prompts of other lengths than asked."""
     client, steady, prompts = summary.client, summary.steady_state, summary.prompt_tokens_check
     kept = "–" if client is None else "BEHIND" if client.behind else "ok"
     held = "–" if steady is None else "yes" if steady.steady else "NO"
     counted = "–" if prompts is None else "MISMATCH" if prompts.mismatch else "ok"
-    return [kept, held, _fmt(summary.server.get("tpot_gap_ms"), 2), counted]
+    lag = _fmt(client.lag_p99_ms if client is not None else None, 2)
+    return [kept, lag, held, _fmt(summary.server.get("ttft_gap_ms"), 2), _fmt(summary.server.get("tpot_gap_ms"), 2),
+            counted]
 
 
 SCALING_HEADER = ("run", "backend", "model", "options", "seed", "GPUs", "best load", "req/s", "out tok/s",
