@@ -75,12 +75,15 @@ def time_series(
     measured = [r for r in records if not r.warmup]
     if not measured:
         return []
-    last = max(max(r.end_t for r in measured), max(r.scheduled_t for r in measured))
+    scheduled = max(r.scheduled_t for r in measured)
+    last = max(max(r.end_t for r in measured), scheduled)
     count = max(int((last - t0) // window_s) + 1, 1)
     out = []
     for i in range(count):
         start, end = t0 + i * window_s, t0 + (i + 1) * window_s
-        out.append(_window(measured, server_rows, start, end, t0, slo, expected))
+        # past the last scheduled request the run offers nothing more: no target there
+        target = expected if start <= scheduled else None
+        out.append(_window(measured, server_rows, start, end, t0, slo, target))
     return out
 
 
