@@ -26,6 +26,7 @@ from bench.load.autoworkers import (
 )
 from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
+from bench.load.repeats import RunOne
 from bench.load.runner import run_load, run_load_async
 from bench.metrics import LoadSummary, summarize
 from bench.metrics.health import client_health
@@ -57,7 +58,7 @@ def test_workers_double_up_to_the_cores_and_the_users() -> None:
     assert [next_count(n, 6) for n in (1, 2, 4, 6)] == [2, 4, 6, None]
 
 
-def scripted(behind_below: int) -> tuple[list[int], object]:
+def scripted(behind_below: int) -> tuple[list[int], RunOne]:
     """A run_one whose client is behind with fewer than ``behind_below`` workers (scripted health)."""
     seen: list[int] = []
 
@@ -72,7 +73,7 @@ def scripted(behind_below: int) -> tuple[list[int], object]:
 
 def test_choice_is_the_first_count_that_keeps_up(tmp_path: Path) -> None:
     seen, run_one = scripted(behind_below=3)
-    got = choose_workers(cfg(arrival={"kind": "concurrency", "n": 64}), tmp_path, run_one, cores=8)  # type: ignore[arg-type]
+    got = choose_workers(cfg(arrival={"kind": "concurrency", "n": 64}), tmp_path, run_one, cores=8)
     assert seen == [1, 2, 4] and got.chosen == 4
     assert got.why.startswith("4: the first count whose client kept up") and "bound 10.00 ms" in got.why
     assert [p.behind for p in got.probes] == [True, True, False]
@@ -81,7 +82,7 @@ def test_choice_is_the_first_count_that_keeps_up(tmp_path: Path) -> None:
 
 def test_every_probe_behind_takes_the_cap_and_says_so(tmp_path: Path) -> None:
     seen, run_one = scripted(behind_below=99)
-    got = choose_workers(cfg(arrival={"kind": "concurrency", "n": 64}), tmp_path, run_one, cores=6)  # type: ignore[arg-type]
+    got = choose_workers(cfg(arrival={"kind": "concurrency", "n": 64}), tmp_path, run_one, cores=6)
     assert seen == [1, 2, 4, 6] and got.chosen == 6
     assert "still fell behind at the most workers tried (6" in got.why
 
