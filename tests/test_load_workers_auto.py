@@ -85,6 +85,7 @@ def test_every_probe_behind_takes_the_cap_and_says_so(tmp_path: Path) -> None:
     got = choose_workers(cfg(arrival={"kind": "concurrency", "n": 64}), tmp_path, run_one, cores=6)
     assert seen == [1, 2, 4, 6] and got.chosen == 6
     assert "still fell behind at the most workers tried (6" in got.why
+    assert "on the CPU 10% of the time, so it waited for a core other processes held" in got.why  # cpu_s 0.1 of 1 s
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from rich.console import Console
 from bench.load.config import LoadConfig
 from bench.load.repeats import RunOne
 from bench.metrics import LoadSummary
+from bench.metrics.health import CPU_BUSY_LIMIT
 
 AUTO = "auto"
 AUTO_FILE = "workers_auto.json"
@@ -99,8 +100,13 @@ def why(probe: WorkersProbe, cap: int) -> str:
     lag = f"event-loop lag p99 {probe.lag_p99_ms or 0:.2f} ms (bound {probe.lag_limit_ms or 0:.2f} ms)"
     if not probe.behind:
         return f"{probe.workers}: the first count whose client kept up at this load: {lag}"
-    return (f"{probe.workers}: the client still fell behind at the most workers tried ({cap}: cores, requests in "
+    head = (f"{probe.workers}: the client still fell behind at the most workers tried ({cap}: cores, requests in "
             f"flight): {'; '.join(probe.reasons)}")  # fmt: skip
+    busy = probe.cpu_busy_max
+    if busy is not None and busy < CPU_BUSY_LIMIT:
+        return head + (f"; its busiest worker was on the CPU {busy:.0%} of the time, so it waited for a core other "
+                       "processes held: free cores for the client, not more workers")  # fmt: skip
+    return head
 
 
 def choose_workers(cfg: LoadConfig, out: Path, run_one: RunOne, console: Console | None = None,
