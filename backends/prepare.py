@@ -102,8 +102,10 @@ def convert_hf_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16") -> No
         raise PrepareError(f"convert_hf_to_gguf.py failed:\n{result.stderr[-3000:]}")
 
 
-def quantize_gguf(src: Path, out_file: Path, ftype: str, threads: int | None = None) -> None:
-    """Quantize a GGUF with ``llama_model_quantize`` from llama-cpp-python."""
+def quantize_gguf(src: Path, out_file: Path, ftype: str, threads: int | None = None,
+                  tensor_types: dict[str, int] | None = None) -> None:
+    """Quantize a GGUF with ``llama_model_quantize`` from llama-cpp-python; ``tensor_types`` maps a tensor-name
+    regex to the ggml type it gets (llama-quantize's ``--tensor-type``)."""
     try:
         import llama_cpp
     except ImportError as exc:
@@ -111,6 +113,10 @@ def quantize_gguf(src: Path, out_file: Path, ftype: str, threads: int | None = N
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.nthread = threads or max(1, (os.cpu_count() or 2) - 1)
+    if tensor_types:  # a null-terminated array, kept alive by ``overrides`` until the call returns
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))(
+            *(llama_cpp.llama_model_tensor_override(p.encode(), t) for p, t in tensor_types.items()))
+        params.tt_overrides = overrides
     code = llama_cpp.llama_model_quantize(str(src).encode(), str(out_file).encode(), params)
     if code != 0:
         raise PrepareError(f"llama_model_quantize({ftype}) returned {code}")

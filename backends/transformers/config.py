@@ -10,20 +10,20 @@ from backends.registry import module_available
 NAME = "transformers"
 
 CAPABILITIES = Capabilities(
-    formats=("hf", "gguf", "gptq", "awq", "compressed-tensors", "bnb-4bit", "bnb-8bit", "torchao-int8"),
+    formats=("hf", "gguf", "gptq", "awq", "compressed-tensors", "bnb-4bit", "bnb-8bit", "torchao-int8", "hqq"),
     kv_cache_dtypes=("auto",),
     speculative=("none",),
     prefix_caching=False,
     batching="continuous",
     devices=("cpu", "cuda"),
-    notes="GGUF is dequantized at load; bnb/torchao quantize at load; the KV cache is dense and left-padded.",
+    notes="GGUF is dequantized at load; bnb/torchao/HQQ quantize at load; the KV cache is dense and left-padded.",
 )
 
 # Python module each quantized format needs at load time, and the extra that installs it.
 FORMAT_MODULES = {"gptq": ("gptqmodel", "quantize"), "awq": ("gptqmodel", "quantize"),
                   "compressed-tensors": ("compressed_tensors", "quantize"),
                   "bnb-4bit": ("bitsandbytes", "train"), "bnb-8bit": ("bitsandbytes", "train"),
-                  "torchao-int8": ("torchao", "train")}
+                  "torchao-int8": ("torchao", "train"), "hqq": ("hqq", "quantize")}
 
 # Why each option is refused (the hint of the error; formats, KV dtypes and speculation list CAPABILITIES').
 REFUSALS = {

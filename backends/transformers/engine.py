@@ -106,6 +106,10 @@ class TransformersEngine(WorkerEngine[_Seq]):
             kwargs.update(quantization_config=quantization, device_map=str(device))
         self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if self.format == "hqq":  # transformers 5 cannot apply HqqConfig while loading: swap the layers after
+            from backends.transformers.hqq import quantize_hqq, read_hqq_config
+
+            model = quantize_hqq(model.to(device), read_hqq_config(self.path), kwargs["dtype"], device)
         self.model = (model if quantization is not None else model.to(device)).eval()
         self._eos = self._eos_ids()
         pad = self.tokenizer.pad_token_id

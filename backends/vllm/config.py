@@ -100,6 +100,10 @@ def validate(options: EngineOptions, fmt: str) -> None:
                                      "vLLM importable here (pip install 'servebench[vllm]'), or PYTHONPATH as "
                                      "shared/device/README.md stages")
     formats = CPU_FORMATS if target == "cpu" else CAPABILITIES.formats
+    if fmt == "hqq":
+        raise UnsupportedOptionError(NAME, "format", fmt, "an hqq checkpoint is bf16 weights that the transformers "
+                                     "engine quantizes as it loads them; vLLM has no HQQ loader (serve it with "
+                                     "--backend transformers)")
     if fmt not in formats:
         raise UnsupportedOptionError(NAME, "format", fmt, f"{', '.join(formats)} on {target}")
     package = FORMAT_PACKAGE.get(fmt)

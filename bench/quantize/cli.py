@@ -24,9 +24,13 @@ class To(StrEnum):
     awq_4bit = "awq-4bit"
     w4a16 = "w4a16"
     fp8 = "fp8"
+    w8a8_smoothquant = "w8a8-smoothquant"
+    w8a8_int8 = "w8a8-int8"
     bnb_4bit = "bnb-4bit"
     bnb_8bit = "bnb-8bit"
     torchao_int8 = "torchao-int8"
+    hqq_4bit = "hqq-4bit"
+    hqq_8bit = "hqq-8bit"
     exl2 = "exl2"
     exl3 = "exl3"
 
@@ -36,16 +40,21 @@ def quantize_command(
     to: To = typer.Option(..., "--to", help="Target format."),
     name: str | None = typer.Option(None, "--name", help="Entry to write (default MODEL-TARGET)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Default: {cache}/models/quantized/NAME."),
-    samples: int = typer.Option(32, "--calibration-samples", help="GPTQ/AWQ/W4A16 calibration texts."),
+    samples: int = typer.Option(32, "--calibration-samples", help="GPTQ/AWQ/W4A16/W8A8 calibration texts."),
     registry: Path | None = typer.Option(None, "--registry", help="models.yaml to append to."),
+    keep_bf16: list[str] = typer.Option([], "--keep-bf16", help="Keep linear modules matching this glob in bf16 "
+                                        "(repeatable: lm_head, '*.self_attn.*', 'model.layers.0.*')."),
+    layers_bits: str | None = typer.Option(None, "--layers-bits", help="Weight bits per decoder layer span, "
+                                           "e.g. '0-3:8,4-:4' (gptq-4bit, w4a16)."),
 ) -> None:
-    """Quantize a checkpoint (GGUF, GPTQ, AWQ, W4A16, FP8, bnb, torchao, EXL2/3) and register it."""
+    """Quantize a checkpoint (GGUF, GPTQ, AWQ, W4A16, FP8, W8A8, bnb, torchao, HQQ, EXL2/3) and register it."""
     from bench.quantize.run import ArtifactError, QuantizeError, quantize
 
     console = Console()
     try:
         with console.status(f"quantizing {model} to {to.value} ..."):
-            result = quantize(model, to.value, registry, name=name, output_dir=output_dir, samples=samples)
+            result = quantize(model, to.value, registry, name=name, output_dir=output_dir, samples=samples,
+                              keep_bf16=tuple(keep_bf16), layers_bits=layers_bits)
     except (ArtifactError, QuantizeError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -1,7 +1,9 @@
 """Runs INSIDE the llm-compressor venv (``python llmc_script.py job.json``); imports nothing from servebench.
 
-job.json: {"src": HF dir, "out": dir, "scheme": "W4A16" | "FP8_DYNAMIC", "algorithm": "gptq" | "awq" | "rtn",
-"texts": [calibration strings], "max_seq_length": int, "group_size": int | null}.
+job.json: {"src": HF dir, "out": dir, "scheme": "W4A16" | "FP8_DYNAMIC" | "W8A8",
+"algorithm": "gptq" | "awq" | "rtn" | "smoothquant", "texts": [calibration strings], "max_seq_length": int,
+"group_size": int | null, "smoothing_strength": float | null,
+"plan": null | {"ignore": [module names kept unquantized], "bits": {"8": [module names], "4": [...]}}}.
 Writes a compressed-tensors checkpoint to ``out``.
 """
 
@@ -22,22 +24,43 @@ def _no_pinning_without_accelerator() -> None:
         IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
 
 
-def _scheme(scheme: str, group_size: int | None) -> dict[str, Any]:
-    """Keyword arguments naming the scheme: the preset, or W4A16 with another group size."""
+def _weights(bits: int, group_size: int | None) -> Any:
+    """Symmetric int weights: per group of ``group_size`` (W4A16-like), else per channel."""
+    from compressed_tensors.quantization import QuantizationArgs
+
+    if group_size is None:
+        return QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="channel")
+    return QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=group_size)
+
+
+def _scheme(scheme: str, group_size: int | None, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments naming the scheme: the preset, W4A16 with another group size, or one group per bit width
+    of a mixed-precision plan (each group targets its modules by their exact names)."""
+    if plan and plan.get("bits"):
+        from compressed_tensors.quantization import QuantizationScheme
+
+        groups = {f"group_{bits}": QuantizationScheme(targets=names, weights=_weights(int(bits), group_size))
+                  for bits, names in sorted(plan["bits"].items())}
+        return {"config_groups": groups}
     if scheme != "W4A16" or group_size in (None, 128):
         return {"scheme": scheme, "targets": "Linear"}
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization import QuantizationScheme
 
-    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
-    return {"config_groups": {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}}
+    return {"config_groups": {"group_0": QuantizationScheme(targets=["Linear"], weights=_weights(4, group_size))}}
 
 
-def _recipe(scheme: str, algorithm: str, group_size: int | None) -> list[Any]:
+def _recipe(job: dict[str, Any]) -> list[Any]:
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    kwargs = {**_scheme(scheme, group_size), "ignore": ["lm_head"]}
+    plan, algorithm = job.get("plan"), job["algorithm"]
+    kwargs = {**_scheme(job["scheme"], job.get("group_size"), plan),
+              "ignore": ["lm_head", *((plan or {}).get("ignore") or [])]}
     if algorithm == "gptq":
         return [GPTQModifier(**kwargs)]
+    if algorithm == "smoothquant":
+        from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+        return [SmoothQuantModifier(smoothing_strength=job["smoothing_strength"]), GPTQModifier(**kwargs)]
     if algorithm == "awq":
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
@@ -67,7 +90,7 @@ def main(job_file: str) -> None:
         texts = job["texts"]
         kwargs = {"dataset": _dataset(tokenizer, texts, job["max_seq_length"]),
                   "num_calibration_samples": len(texts), "max_seq_length": job["max_seq_length"]}
-    oneshot(model=model, recipe=_recipe(job["scheme"], job["algorithm"], job.get("group_size")), **kwargs)
+    oneshot(model=model, recipe=_recipe(job), **kwargs)
     model.save_pretrained(job["out"], save_compressed=True)
     tokenizer.save_pretrained(job["out"])
 

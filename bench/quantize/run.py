@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.checkpoints import ModelEntry
+from bench.quantize.mixed import MixedPrecisionError, Plan, check_bits, linear_modules, resolve
 from bench.quantize.targets import TARGETS, Target
 from bench.train.artifacts import (
     ArtifactError,
@@ -39,8 +40,33 @@ def target(name: str) -> Target:
     return TARGETS[name]
 
 
-def _make(spec: Target, src: Path, out_dir: Path, name: str, samples: int) -> tuple[Path, dict[str, Any]]:
+def _plan(spec: Target, src: Path, keep_bf16: tuple[str, ...], layers_bits: str | None) -> Plan | None:
+    """The mixed-precision plan asked for, after checking that ``spec``'s tool can write it."""
+    if not keep_bf16 and not layers_bits:
+        return None
+    if spec.tool not in ("llm-compressor", "gptqmodel", "gguf") or spec.bits is None:
+        raise MixedPrecisionError(f"{spec.name} cannot keep modules in bf16 or mix bit widths: only the "
+                                  "llm-compressor targets (w4a16, fp8, w8a8-*), GPTQModel's gptq-4bit/awq-4bit "
+                                  "and the quantized GGUFs (gguf-q8_0, gguf-q4_k_m) do")
+    if layers_bits and (spec.params.get("method") == "awq" or (spec.params.get("scheme") != "W4A16"
+                        and spec.tool == "llm-compressor")):
+        raise MixedPrecisionError(f"{spec.name} cannot take --layers-bits: its scheme has one bit width "
+                                  "(AWQ GEMM is 4-bit only; FP8 and W8A8 quantize activations too); use gptq-4bit "
+                                  "or w4a16, or only --keep-bf16")
+    plan = resolve(linear_modules(src), spec.bits, keep_bf16, layers_bits)
+    check_bits(plan, {4, 8}, spec.name)
+    return plan
+
+
+def _make(spec: Target, src: Path, out_dir: Path, name: str, samples: int,
+          plan: Plan | None = None) -> tuple[Path, dict[str, Any]]:
     """Run the tool for ``spec``; returns the artifact path and its recipe."""
+    if spec.format == "hqq":
+        from bench.quantize.groups import group_size_for
+        from bench.quantize.hqq_checkpoint import write_hqq_checkpoint
+
+        out = fresh_dir(out_dir)
+        return out, write_hqq_checkpoint(src, out, int(spec.params["nbits"]), group_size_for(src, preferred=64))
     if spec.tool == "load-time":
         # Nothing to write: the engine quantizes the source weights as it loads them.
         return src, {"tool": "bench quantize", "load_time": True, **spec.params}
@@ -55,19 +81,23 @@ def _make(spec: Target, src: Path, out_dir: Path, name: str, samples: int) -> tu
         from bench.quantize.gguf import quantize_to_gguf
 
         artifact = out / f"{name}.gguf"
-        return artifact, quantize_to_gguf(src, artifact, spec.params)
+        return artifact, quantize_to_gguf(src, artifact, spec.params, plan)
     if spec.tool == "gptqmodel":
         from bench.quantize.gptq import quantize_gptqmodel
 
-        return out, quantize_gptqmodel(src, out, spec.params["method"], samples=samples)
+        return out, quantize_gptqmodel(src, out, spec.params["method"], samples=samples, plan=plan)
     from bench.quantize.llmc import quantize_llmc
 
-    return out, quantize_llmc(src, out, spec.params["scheme"], spec.params["algorithm"], samples=samples)
+    return out, quantize_llmc(src, out, spec.params, samples=samples, plan=plan)
 
 
 def quantize(model: str, to: str, registry_file: Path | None = None, *, name: str | None = None,
-             output_dir: Path | None = None, samples: int = 32) -> QuantizeResult:
-    """Make ``to`` from the HF checkpoint ``model`` and append its entry to models.yaml."""
+             output_dir: Path | None = None, samples: int = 32, keep_bf16: tuple[str, ...] = (),
+             layers_bits: str | None = None) -> QuantizeResult:
+    """Make ``to`` from the HF checkpoint ``model`` and append its entry to models.yaml.
+
+    ``keep_bf16`` (module name patterns) and ``layers_bits`` (``"0-3:8,4-:4"``) ask for mixed precision; the
+    entry's recipe then lists every linear module under the precision it got."""
     spec = target(to)
     if spec.gpu_only:
         from bench.quantize.exllama import ExllamaError, require_cuda
@@ -79,10 +109,15 @@ def quantize(model: str, to: str, registry_file: Path | None = None, *, name: st
     registry, src = hf_source(registry_file, model)
     entry_name = name or f"{model}-{to}"
     check_new_name(registry, entry_name)
+    try:
+        plan = _plan(spec, src, tuple(keep_bf16), layers_bits)
+    except MixedPrecisionError as exc:
+        raise QuantizeError(str(exc)) from None
     start = time.monotonic()
-    path, recipe = _make(spec, src, output_dir or default_output_dir("quantized", entry_name), entry_name, samples)
+    path, recipe = _make(spec, src, output_dir or default_output_dir("quantized", entry_name), entry_name, samples,
+                         plan)
     seconds = time.monotonic() - start
-    recipe = {**recipe, "to": to, "seconds": round(seconds, 1)}
+    recipe = {**recipe, **(plan.recipe() if plan else {}), "to": to, "seconds": round(seconds, 1)}
     entry = register(registry_file or registry.source, name=entry_name, fmt=spec.format, path=path,
                      derived_from=model, recipe=recipe, description=f"{spec.summary}, from {model}")
     return QuantizeResult(entry, path, seconds)
