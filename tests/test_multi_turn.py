@@ -21,6 +21,7 @@ from bench.load.conversations import ChatHistory, TemplateCounts, body_frame
 from bench.load.records import RequestRecord, StreamObservation, read_records
 from bench.load.runner import run_load_async
 from bench.load.tokenizer import load_tokenizer
+from bench.metrics import summarize
 from bench.metrics.health import sessions_behind_reason
 from bench.metrics.sessions import achieved_sessions, by_turn, session_figures
 from tests.helpers import calibration_config, scripted_server
@@ -182,3 +183,36 @@ async def test_kth_turn_holds_the_first_k_minus_1_replies(transformers_server: A
     assert [t.turn for t in s.turns] == [0, 1, 2]
     counts = TemplateCounts.of(tok)
     assert counts is not None and s.turns[0].prompt_tokens_mean == counts.first + 24  # user_tokens: the message's own
+
+
+# ---- bench run scenario and report ------------------------------------------------------------------
+
+
+def test_matrix_scenario_embeds_the_load_options_and_the_report_shows_ttft_by_turn(tmp_path: Path) -> None:
+    from bench.report.render import turn_section
+    from bench.report.tables import CellKey, RunData, SessionRow
+    from bench.run.results import MultiTurnResult
+    from bench.run.schema import MultiTurnScenario, load_options
+
+    scenario = MultiTurnScenario.model_validate({"workload": {"kind": "multi-turn", "turns": 2, "think_time_s": 1},
+                                                 "users": [2, 8], "prefix_caching": [True, False],
+                                                 "slo": {"ttft_ms": 500}})
+    assert scenario.variants() == [{"prefix_caching": True}, {"prefix_caching": False}]
+    options = load_options(scenario)  # bench load's own options: the config a point runs is a LoadConfig
+    config = LoadConfig.model_validate({**options, "url": "http://127.0.0.1:1", "model": "m",
+                                        "arrival": {"kind": "concurrency", "n": 2}})
+    assert config.api == "chat" and config.workload == scenario.workload and config.slo.ttft_ms == 500
+    with pytest.raises(ValueError):
+        MultiTurnScenario.model_validate({"workload": {"kind": "random"}})
+
+    records = [_rec(0, 0, 0.0, 0.0, 0.1, 0.2, cached=0), _rec(0, 1, 0.2, 0.2, 0.25, 0.35, cached=50)]
+    summary = summarize(records)
+    summary.turns, summary.sessions = by_turn(records), session_figures(records, 1)
+    point = summary.model_dump(mode="json") | {"dir": "multi-turn/u1"}
+    result = MultiTurnResult.model_validate({"kind": "multi-turn", "points": {"u1": point}})
+    run = RunData(tmp_path, "r1", {})
+    key = CellKey("r1", "c1", "llamacpp", "smollm2", "prefix", 0)
+    run.sessions.extend(SessionRow(key, "multi-turn", p, s, True) for p, s in result.points.items())
+    section = turn_section([run])
+    assert section.title == "TTFT by turn" and [row[8] for row in section.rows] == ["0", "1"]
+    assert section.rows[1][11] == "50%" and section.rows[0][12] == "100.0"  # turn 1's cached share; turn 0's TTFT

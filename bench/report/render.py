@@ -382,6 +382,31 @@ def knee_section(runs: list[RunData]) -> Section:
     return Section("Rate schedule: the latency knee", KNEE_HEADER, rows, note)
 
 
+TURN_HEADER = ("run", "backend", "model", "options", "seed", "scenario", "sessions", "prefix caching", "turn",
+               "turns ok", "prompt tok", "cached %", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "achieved sessions")
+
+
+def turn_section(runs: list[RunData]) -> Section:
+    """Multi-turn sessions: TTFT and TPOT by turn index, the prefix cache's share of each turn's prompt, and the
+    sessions the client kept open against the target."""
+    rows = []
+    for run in runs:
+        for s in run.sessions:
+            figures = s.summary.sessions
+            achieved = f"{figures.achieved:.1f} / {figures.target}" if figures and figures.achieved is not None \
+                and figures.target else "–"
+            for t in s.summary.turns:
+                rows.append([run.run_id, s.key.backend, s.key.model, s.key.options, str(s.key.seed), s.scenario,
+                             s.point, "on" if s.prefix_caching else "off", str(t.turn), str(t.n),
+                             _fmt(t.prompt_tokens_mean), _pct(t.cached_fraction), _fmt(t.ttft_ms.p50),
+                             _fmt(t.ttft_ms.p99), _fmt(t.tpot_ms.p50), achieved])
+    note = ("Each turn sends the whole conversation so far plus a new user message; turn 0 is each session's first. "
+            "cached %: prompt tokens the server reported from its prefix cache (usage.prompt_tokens_details), "
+            "'–' where it reports none. Achieved sessions: open at once on average over the sending window, less "
+            "the time turns were sent late, against the target.")
+    return Section("TTFT by turn", TURN_HEADER, rows, note)
+
+
 def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = None,
                  headline: str | None = None) -> list[Path]:
     """Write report.md, report.html and the PNG plots for one run or several side by side."""
@@ -393,7 +418,8 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
     spec, ups = spec_section(runs)
     sections = [seed_section(runs, headline, gpu_hour_usd), scaling_section(runs), load_section(runs, gpu_hour_usd),
                 kv_section(runs),
-                prefix_section(runs), spec, replay_section(runs), knee_section(runs), eval_section(runs),
+                prefix_section(runs), spec, replay_section(runs), knee_section(runs),
+                turn_section(runs), eval_section(runs),
                 verdict_section(runs),
                 problems_section(runs)]
     sections = [s for s in sections if s.rows]

@@ -27,6 +27,7 @@ from bench.run.results import (
     KVFit,
     LoadPoint,
     LoadResult,
+    MultiTurnResult,
     ScenarioResult,
     ScheduleResult,
     SkippedScenario,
@@ -174,6 +175,17 @@ class TimelineRow:
     result: TraceResult | ScheduleResult
 
 
+@dataclass(frozen=True)
+class SessionRow:
+    """One point of a multi-turn scenario: its concurrent sessions and its summary (TTFT by turn inside)."""
+
+    key: CellKey
+    scenario: str
+    point: str
+    summary: LoadPoint
+    prefix_caching: bool
+
+
 @dataclass
 class RunData:
     """Everything the report shows for one run."""
@@ -187,6 +199,7 @@ class RunData:
     spec: list[SpecRow] = field(default_factory=list)
     evals: list[EvalRow] = field(default_factory=list)
     timelines: list[TimelineRow] = field(default_factory=list)
+    sessions: list[SessionRow] = field(default_factory=list)
     problems: list[CellStatus] = field(default_factory=list)
     cell_memory: dict[CellKey, float] = field(default_factory=dict)
     cell_devices: dict[CellKey, int] = field(default_factory=dict)
@@ -258,6 +271,10 @@ def _add_scenario(data: RunData, key: CellKey, cell_dir: Path, cell: CellRecord,
         data.evals.append(EvalRow(key, name, scenario.result, scenario.under_load))
     elif isinstance(scenario, TraceResult | ScheduleResult):
         data.timelines.append(TimelineRow(key, name, scenario))
+    elif isinstance(scenario, MultiTurnResult):
+        prefix = bool(cell.options.get("prefix_caching", False))
+        data.sessions.extend(SessionRow(key, name, point, summary, prefix)
+                             for point, summary in scenario.points.items())
 
 
 def _add_kv(data: RunData, key: CellKey, cell: CellRecord, name: str, scenario: KVCacheResult) -> None:

@@ -37,6 +37,7 @@ from bench.run.schema import (
     KVCacheScenario,
     LoadScenario,
     Matrix,
+    MultiTurnScenario,
     Scenario,
     ScheduleScenario,
     SpeculativeScenario,
@@ -182,6 +183,10 @@ def _run_scenario(scenario: Scenario, run: CellRun, cell: Cell) -> dict[str, Any
         return run_kv_scenario(scenario, run)
     if isinstance(scenario, SpeculativeScenario):
         return run_speculative_scenario(scenario, run, cell.option_set.options.speculative)
+    if isinstance(scenario, MultiTurnScenario):
+        from bench.run.multi_turn_scenario import run_multi_turn_scenario
+
+        return run_multi_turn_scenario(scenario, run)
     if isinstance(scenario, TraceScenario | ScheduleScenario):
         from bench.run.timeline_scenario import run_timeline_scenario
 

@@ -142,6 +142,14 @@ class ScheduleResult(TimelineResult):
     kind: Literal["schedule"]
 
 
+class MultiTurnResult(_Open):
+    """Multi-turn sessions: one point per number of concurrent sessions (each point's ``turns`` holds TTFT/TPOT
+    by turn, its ``sessions`` the sessions achieved against the target)."""
+
+    kind: Literal["multi-turn"]
+    points: dict[str, LoadPoint]
+
+
 class FailedScenario(_Open):
     """A scenario that raised; the cell went on with the next one."""
 
@@ -170,6 +178,7 @@ ScenarioResult = Annotated[
     Annotated[LoadResult, Tag("load")] | Annotated[KVCacheResult, Tag("kv-cache")]
     | Annotated[SpeculativeResult, Tag("speculative")] | Annotated[EvalResult, Tag("eval")]
     | Annotated[TraceResult, Tag("trace")] | Annotated[ScheduleResult, Tag("schedule")]
+    | Annotated[MultiTurnResult, Tag("multi-turn")]
     | Annotated[FailedScenario, Tag("failed")] | Annotated[SkippedScenario, Tag("skipped")],
     Discriminator(_scenario_tag),
 ]

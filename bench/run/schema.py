@@ -19,7 +19,7 @@ from bench.api import Api
 from bench.evals.config import EvalConfig, EvalOptions
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival, ScheduleArrival, TraceArrival
 from bench.load.config import LoadOptions, SweepSpec
-from bench.load.workloads import RandomWorkload, TraceWorkload, Workload
+from bench.load.workloads import MultiTurnWorkload, RandomWorkload, TraceWorkload, Workload
 
 # One variant of a scenario: the engine options it overrides (``{}``: the option set as it is).
 Variant = dict[str, Any]
@@ -256,8 +256,28 @@ class ScheduleScenario(_Scenario, LoadOptions):
         return self.schedule
 
 
+class MultiTurnScenario(_Scenario, LoadOptions):
+    """Multi-turn sessions against each cell (``bench load --workload multi-turn``): ``bench load``'s options
+    (inherited, each declared once), a multi-turn workload, and the concurrent sessions of each point. With
+    ``prefix_caching`` the scenario runs once per value, each a server of its own; the report shows TTFT by turn."""
+
+    kind: Literal["multi-turn"] = "multi-turn"
+    name: str = "multi-turn"
+    workload: MultiTurnWorkload = Field(default_factory=lambda: MultiTurnWorkload(turns=4, user_tokens=64,
+                                                                                  output_tokens=32))
+    users: tuple[int, ...] = Field(default=(4,), min_length=1, description="concurrent sessions, one point each")
+    num_requests: int | None = Field(default=32, ge=1, description="measured turns per point, warm-up excluded")
+    duration_s: float | None = Field(default=300.0, gt=0, description="upper bound per point")
+    prefix_caching: tuple[bool, ...] | None = Field(default=None, description="run under each value (a server "
+                                                    "each); None: the option set's own")
+
+    def variants(self) -> list[Variant]:
+        """One variant per prefix-caching value, else the option set itself."""
+        return [{}] if self.prefix_caching is None else [{"prefix_caching": p} for p in self.prefix_caching]
+
+
 Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | EvalScenario | TraceScenario
-                     | ScheduleScenario, Field(discriminator="kind")]
+                     | ScheduleScenario | MultiTurnScenario, Field(discriminator="kind")]
 
 
 class OptionSet(BaseModel):
