@@ -103,6 +103,14 @@ def quantize(registry: Path, target: str, out: Path, *extra: str, name: str | No
 
 
 @pytest.fixture(scope="module")
+def base_ppl(prepared: Registry, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The unquantized checkpoint's perplexity, the reference of the 4-bit bound (as in tests/test_quantize.py)."""
+    ppl = probe(load_registry().source, HF_MODEL, tmp_path_factory.mktemp("base"), perplexity=True)[1]
+    assert ppl is not None
+    return ppl
+
+
+@pytest.fixture(scope="module")
 def w8a8(prepared: Registry, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """One registry with both W8A8 checkpoints (made once, served by each engine)."""
     tmp = tmp_path_factory.mktemp("w8a8")
@@ -138,3 +146,72 @@ def test_w8a8_smoothquant_is_served_by_vllm_cpu(w8a8: tuple[Path, dict[str, str]
     registry, names = w8a8
     answer, _ = probe(registry, names["w8a8-smoothquant"], tmp_path, "vllm")
     assert "5" in answer, answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["hqq-8bit", "hqq-4bit"])
+def test_hqq_is_quantized_at_load_and_answers(target: str, prepared: Registry, base_ppl: float,
+                                              tmp_path: Path) -> None:
+    registry = tmp_registry(tmp_path)
+    name = quantize(registry, target, tmp_path / "out")
+    entry = load_registry(registry).get(name)
+    assert entry.format == "hqq" and entry.recipe and entry.recipe["load_time"] is True
+    settings = json.loads((Path(entry.path or "") / "hqq_config.json").read_text())
+    assert settings["nbits"] == int(target.removeprefix("hqq-").removesuffix("bit"))
+    answer, ppl = probe(registry, name, tmp_path, "transformers", perplexity=target == "hqq-4bit")
+    if target == "hqq-8bit":
+        assert "5" in answer, answer
+    else:
+        assert ppl is not None and ppl < 4.0 * base_ppl, (ppl, base_ppl, answer)
+
+
+def tensor_dtypes(folder: Path) -> dict[str, str]:
+    """Every tensor of a safetensors checkpoint and its dtype, read from the files' headers."""
+    from safetensors import safe_open
+
+    dtypes = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            dtypes.update({key: str(f.get_slice(key).get_dtype()) for key in f.keys()})  # noqa: SIM118
+    return dtypes
+
+
+@pytest.mark.slow
+def test_mixed_precision_w4a16_keeps_attention_in_bf16(prepared: Registry, base_ppl: float,
+                                                       tmp_path: Path) -> None:
+    registry = tmp_registry(tmp_path)
+    name = quantize(registry, "w4a16", tmp_path / "out", "--keep-bf16", "*.self_attn.*", "--layers-bits", "0-3:8")
+    entry = load_registry(registry).get(name)
+    assert entry.recipe and entry.recipe["mixed_precision"] == {"keep_bf16": ["*.self_attn.*"], "layers_bits": "0-3:8"}
+    precision = entry.recipe["precision"]
+    assert "model.layers.7.self_attn.o_proj" in precision["bf16"]
+    assert "model.layers.3.mlp.up_proj" in precision["int8"] and "model.layers.4.mlp.up_proj" in precision["int4"]
+    dtypes = tensor_dtypes(Path(entry.path or ""))
+    for module in precision["bf16"]:
+        if module != "lm_head":  # tied to the embeddings: no tensor of its own
+            assert dtypes[f"{module}.weight"] in ("BF16", "bfloat16"), (module, dtypes.get(f"{module}.weight"))
+    for module in precision["int4"] + precision["int8"]:
+        assert f"{module}.weight" not in dtypes and f"{module}.weight_scale" in dtypes, module
+    config = json.loads((Path(entry.path or "") / "config.json").read_text())["quantization_config"]
+    bits = sorted(group["weights"]["num_bits"] for group in config["config_groups"].values())
+    assert bits == [4, 8]
+    _, ppl = probe(registry, name, tmp_path, "transformers", perplexity=True)
+    assert ppl is not None and ppl < 4.0 * base_ppl, (ppl, base_ppl)
+
+
+@pytest.mark.slow
+def test_mixed_precision_gguf_writes_the_planned_tensor_types(prepared: Registry, tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    registry = tmp_registry(tmp_path)
+    name = quantize(registry, "gguf-q4_k_m", tmp_path / "out", "--keep-bf16", "model.layers.0.*",
+                    "--layers-bits", "1:8")
+    entry = load_registry(registry).get(name)
+    assert entry.recipe
+    written = {t.name: t.tensor_type.name for t in GGUFReader(entry.path or "").tensors}
+    assert all(written[f"blk.0.{t}.weight"] == "BF16" for t in ("attn_q", "attn_k", "attn_v", "ffn_down"))
+    assert all(written[f"blk.1.{t}.weight"] == "Q8_0" for t in ("attn_q", "ffn_up", "ffn_down"))
+    assert written["blk.2.attn_q.weight"] not in ("BF16", "Q8_0")
+    assert {k: v for k, v in written.items() if k in entry.recipe["tensor_types"]} == entry.recipe["tensor_types"]
+    answer, _ = probe(registry, name, tmp_path, "llamacpp")
+    assert len(answer.split()) >= 2, answer
