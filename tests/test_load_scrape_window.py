@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bench.load.records import RequestRecord, read_records
 from bench.load.runner import MEASURED_MARK, measured_server_rows, rebuild_summary, run_load_async
@@ -16,6 +17,7 @@ from bench.metrics import measured_window, summarize
 from bench.metrics.server import (
     GpuRow,
     ScrapeRow,
+    ServerFigures,
     server_figures,
     summarize_gpu,
     summarize_server,
@@ -121,3 +123,12 @@ def test_throughput_and_server_figures_share_one_window() -> None:
     rows = [_row(t, 10 * t) for t in (0.0, 1.0, 1.5, 2.0, 3.0)]
     figures = server_figures(rows, [], records, window, output_tokens=0, tpot_mean_ms=None)
     assert figures["server_generation_tokens"] == pytest.approx(30 - 15)  # from the 1.5 s sample to the 3 s one
+
+
+def test_server_figures_are_typed_and_summary_json_holds_only_the_measured_ones() -> None:
+    figures = ServerFigures.model_validate({"mbu": 0.25, "tpot_gap_ms": 1.5, "a_later_figure": 2.0})
+    assert figures.mbu == 0.25 and figures.prefix_cache_hit_rate is None  # read by attribute
+    assert figures.model_dump() == {"mbu": 0.25, "tpot_gap_ms": 1.5, "a_later_figure": 2.0}  # no nulls added
+    assert figures["mbu"] == figures.get("mbu") == 0.25 and "gpu_energy_j" not in figures
+    with pytest.raises(ValidationError, match="mbu"):
+        ServerFigures.model_validate({"mbu": "high"})

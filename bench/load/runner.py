@@ -41,7 +41,7 @@ from bench.load.tokenizer import Tokenizer, load_tokenizer
 from bench.load.workloads import MultiTurnWorkload, Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, measured_window, summarize
 from bench.metrics.health import behind_advice, client_health, sessions_behind_reason, with_reason
-from bench.metrics.server import ScrapeRow, server_figures, window_rows
+from bench.metrics.server import ScrapeRow, ServerFigures, server_figures, window_rows
 from bench.metrics.sessions import by_turn, session_figures
 from bench.metrics.timeseries import TIMESERIES_FILE, TimeSeries, latency_knee, time_series
 from bench.scrape import Scraper, read_gpu_rows, read_server_rows
@@ -363,7 +363,7 @@ def measured_server_rows(out_dir: Path) -> list[ScrapeRow]:
 
 def _server_figures(
     out_dir: Path, summary: LoadSummary, config: LoadConfig | None, records: Sequence[RequestRecord] = ()
-) -> dict[str, float | None]:
+) -> ServerFigures:
     """Read the scrape files and the model's size (I/O), then the pure figures over the measured window."""
     return server_figures(
         read_server_rows(out_dir / "server_metrics.jsonl"),

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench.load.records import RequestRecord
 from bench.metrics.health import ClientHealth
 from bench.metrics.prompt_check import PromptTokenCheck, prompt_token_check
+from bench.metrics.server import ServerFigures
 from bench.metrics.steady import SteadyState, steady_state
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -123,7 +124,7 @@ class LoadSummary(BaseModel):
     goodput_fraction: float | None = None
     token_count_sources: dict[str, int] = Field(default_factory=dict)
     errors: dict[str, int] = Field(default_factory=dict)
-    server: dict[str, float | None] = Field(default_factory=dict)
+    server: ServerFigures = Field(default_factory=ServerFigures)
     client: ClientHealth | None = Field(default=None, description="the load client's own lag and CPU use")
     steady_state: SteadyState | None = Field(
         default=None, description="output tok/s in the first vs the last third of the sending window"

@@ -18,13 +18,15 @@ through :func:`window_rows` / :func:`window_gpu_rows` first. Metric names unders
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import ItemsView, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from bench.load.records import RequestRecord
-from bench.metrics.client import Window
+
+if TYPE_CHECKING:  # client.py imports ServerFigures from here for LoadSummary
+    from bench.metrics.client import Window
 
 
 class ScrapeRow(BaseModel):
@@ -53,6 +55,64 @@ class GpuRow(BaseModel):
 
 
 Row = TypeVar("Row", ScrapeRow, GpuRow)
+
+
+class ServerFigures(BaseModel):
+    """The server-side figures of one load run over its measured window (``LoadSummary.server``).
+
+    A figure the server or the machine did not give is None and is left out of ``summary.json`` (only the
+    figures set are written). Extra keys are kept, so a record a later version added a figure to still reads.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kv_cache_usage_peak: float | None = None
+    requests_running_peak: float | None = None
+    requests_waiting_peak: float | None = None
+    prefix_cache_hit_rate: float | None = Field(default=None, description="prompt tokens served from the cache")
+    spec_acceptance_rate: float | None = Field(default=None, description="accepted / drafted tokens")
+    spec_acceptance_length: float | None = Field(default=None, description="1 + accepted tokens / drafts")
+    spec_draft_tokens: float | None = None
+    spec_accepted_tokens: float | None = None
+    server_generation_tokens: float | None = None
+    server_ttft_mean_ms: float | None = None
+    server_itl_mean_ms: float | None = None
+    server_tpot_mean_ms: float | None = None
+    server_e2e_mean_ms: float | None = None
+    server_queue_mean_ms: float | None = None
+    gpu_mem_peak_gib: float | None = None
+    gpu_energy_j: float | None = None
+    joules_per_output_token: float | None = None
+    mbu: float | None = Field(default=None, description="model bandwidth utilisation")
+    ttft_gap_ms: float | None = Field(default=None, description="client mean TTFT − the server's own")
+    itl_gap_ms: float | None = None
+    tpot_gap_ms: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _measured_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        declared = type(self).model_fields
+        return {k: v for k, v in data.items() if k in self.model_fields_set or k not in declared}
+
+    def figures(self) -> dict[str, float | None]:
+        """The figures that were measured (or given), by name: what ``summary.json`` holds."""
+        return dict(self.model_dump())
+
+    # Read by name for callers that list the figures (bench load's table) or name one in a test; the report
+    # reads them as attributes.
+    def get(self, name: str, default: float | None = None) -> float | None:
+        """A figure by name (``default`` when not measured)."""
+        return self.figures().get(name, default)
+
+    def __getitem__(self, name: str) -> float | None:
+        return self.figures()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.figures()
+
+    def items(self) -> ItemsView[str, float | None]:
+        """(name, value) of each figure measured."""
+        return self.figures().items()
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
 RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
@@ -290,7 +350,7 @@ def server_figures(
     peak_gbs: float | None = None,
     gpus: int = 1,
     client_ms: dict[str, float | None] | None = None,
-) -> dict[str, float | None]:
+) -> ServerFigures:
     """Every server-side figure over the measured ``window`` (all rows when None); Nones dropped.
 
     ``client_ms`` (the client's mean ``ttft``, ``itl``, ``tpot`` in ms) gives the gaps to the server's own.
@@ -308,4 +368,4 @@ def server_figures(
     tpot_mean = tpot_mean_ms / 1e3 if tpot_mean_ms else None
     figures["mbu"] = mbu(model_bytes, tpot_mean, peak_gbs * gpus if peak_gbs else None)
     figures.update(latency_gaps(figures, {"tpot": tpot_mean_ms, **(client_ms or {})}))
-    return {k: v for k, v in figures.items() if v is not None}
+    return ServerFigures.model_validate({k: v for k, v in figures.items() if v is not None})

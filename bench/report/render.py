@@ -149,7 +149,7 @@ def health_cells(summary: LoadSummary) -> list[str]:
     held = "–" if steady is None else "yes" if steady.steady else "NO"
     counted = "–" if prompts is None else "MISMATCH" if prompts.mismatch else "ok"
     lag = _fmt(client.lag_p99_ms if client is not None else None, 2)
-    return [kept, lag, held, _fmt(summary.server.get("ttft_gap_ms"), 2), _fmt(summary.server.get("tpot_gap_ms"), 2),
+    return [kept, lag, held, _fmt(summary.server.ttft_gap_ms, 2), _fmt(summary.server.tpot_gap_ms, 2),
             counted]
 
 
@@ -227,8 +227,8 @@ def prefix_section(runs: list[RunData]) -> Section:
         for p in run.prefix:
             rows.append([run.run_id, p.key.backend, p.key.model, p.key.options, str(p.key.seed),
                          "on" if p.prefix_caching else "off",
-                         _pct(p.shared.server.get("prefix_cache_hit_rate")),
-                         _pct(p.unique.server.get("prefix_cache_hit_rate")),
+                         _pct(p.shared.server.prefix_cache_hit_rate),
+                         _pct(p.unique.server.prefix_cache_hit_rate),
                          _fmt(p.shared.ttft_ms.p50), _fmt(p.unique.ttft_ms.p50)])
     note = ("Hit rate from the server's counters (vLLM prefix_cache_hits/queries; llama-server cached / "
             "(cached + processed) prompt tokens).")
@@ -258,7 +258,7 @@ def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
                          str(r.concurrency), _fmt(r.summary.output_throughput_tok_s), _fmt(r.summary.tpot_ms.p50),
                          f"{up.speedup:.2f}×" if up and up.speedup else ("1.00×" if r.method == "none" else "–"),
                          f"{up.tpot_ratio:.2f}×" if up and up.tpot_ratio else ("1.00×" if r.method == "none" else "–"),
-                         _pct(server.get("spec_acceptance_rate")), _fmt(server.get("spec_acceptance_length"), 2),
+                         _pct(server.spec_acceptance_rate), _fmt(server.spec_acceptance_length, 2),
                          "–" if r.method == "none" else (f"c{stop}" if stop else "pays at every concurrency")])
     note = ("Speed-up = output tokens/s against the same engine, model and options without speculation, at the "
             "same concurrency and seed; TPOT speed-up = TPOT p50 without / with. Acceptance from the server's "

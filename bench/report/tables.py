@@ -370,7 +370,7 @@ def speedups(rows: list[SpecRow]) -> list[SpeedUp]:
                            _ratio(r.summary.output_throughput_tok_s, ref.summary.output_throughput_tok_s),
                            _ratio(summary_stat(ref.summary, "tpot_ms", "p50"),
                                   summary_stat(r.summary, "tpot_ms", "p50")),
-                           server.get("spec_acceptance_rate"), server.get("spec_acceptance_length"), r.key.seed))
+                           server.spec_acceptance_rate, server.spec_acceptance_length, r.key.seed))
     return sorted(out, key=lambda s: (s.run, s.backend, s.model, s.method, s.seed, s.concurrency))
 
 
@@ -441,7 +441,7 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
         _add_load_stats(table[key.group], rows, headline, gpu_hour_usd, run.devices(key))
         table[key.group].seeds.add(key.seed)
     for key, gib in run.cell_memory.items():
-        if key.group in table and not any(r.summary.server.get("gpu_mem_peak_gib") for r in by_cell[key]):
+        if key.group in table and not any(r.summary.server.gpu_mem_peak_gib for r in by_cell[key]):
             table[key.group].memory_gib.append(gib)
     return dict(table)
 
@@ -456,12 +456,12 @@ def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None,
             stats.ttft_ms.append(v)
         if (v := head[0].stat("tpot_ms", "p50")) is not None:
             stats.tpot_ms.append(v)
-        if (mbu := head[0].summary.server.get("mbu")) is not None:
+        if (mbu := head[0].summary.server.mbu) is not None:
             stats.mbu.append(float(mbu))
     if best is not None and best.throughput:
         stats.max_tok_s.append(best.throughput)
         if (cost := cost_per_million(best.throughput, gpu_hour_usd, gpus)) is not None:
             stats.cost.append(cost)
-    gpu = [g for r in rows if (g := r.summary.server.get("gpu_mem_peak_gib"))]
+    gpu = [g for r in rows if (g := r.summary.server.gpu_mem_peak_gib)]
     if gpu:
         stats.memory_gib.append(max(gpu))
