@@ -37,6 +37,7 @@ VERDICT_FIELD: dict[str, str] = {"math-absdiff": "exact_match"}
 VERDICT_METRIC: dict[str, str] = {"math-absdiff": "exact_match", "arc-easy": "acc", "arc-challenge": "acc",
                                   "squad": "F1", "humaneval": "pass@1"}
 BOOTSTRAP_RESAMPLES = 2000
+NO_SOURCE = "no source cell in this run"
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def verdict_rows(run_dir: Path, run_id: str, meta: dict[str, Any], target: Quali
         found = source_cell(quant, source_model, cells)
         change, matched, source = None, "–", None
         verdict_text = ("no source eval of this task and mode" if any(c.model == source_model for c in cells)
-                        else "no source cell in this run")
+                        else NO_SOURCE)
         if found is not None:
             source, matched = found
             change = compare(source, quant)
@@ -228,11 +229,15 @@ def target_of(meta: dict[str, Any]) -> QualityTarget:
 
 def verdict_table(runs: Sequence[tuple[Path, str, dict[str, Any]]]) -> tuple[list[list[str]], str]:
     """The rows of the verdict table for runs given as (folder, run id, run.yaml data), and its note."""
-    rows, targets = [], []
+    rows, targets, unpaired = [], [], set()
     for run_dir, run_id, meta in runs:
         target = target_of(meta)
         targets.append(f"{run_id}: {target.describe()}")
-        rows += [_cells(r) for r in verdict_rows(run_dir, run_id, meta, target)]
+        for row in verdict_rows(run_dir, run_id, meta, target):
+            if row.verdict == NO_SOURCE:  # e.g. the bf16 checkpoint, derived from the bundled GGUF, served alone
+                unpaired.add(f"{row.quant.model} (from {row.source_model})")
+            else:
+                rows.append(_cells(row))
     note = (f"Target ({'; '.join(targets)}), the matrix's quality_target. Each quantized entry (one with "
             "derived_from in models.yaml) against its source on the same documents: change = mean of the "
             "per-document differences (accuracy; SQuAD F1; GSM8K exact match), relative = change / source score, "
@@ -241,6 +246,8 @@ def verdict_table(runs: Sequence[tuple[Path, str, dict[str, Any]]]) -> tuple[lis
             "Source cell: the source's eval on the same engine and options where the run has one ('other "
             "engine': the difference also holds the engines' own). Weights: the checkpoint's files; an entry "
             "quantized at load has none of its own (its peak RSS is the measure).")
+    if unpaired:
+        note += f" Not compared (their source is not in the run): {', '.join(sorted(unpaired))}."
     return rows, note
 
 
