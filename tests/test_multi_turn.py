@@ -52,13 +52,17 @@ def test_by_turn_groups_ttft_tpot_and_cached_share() -> None:
 
 
 def test_achieved_sessions_counts_open_time_less_lateness() -> None:
-    # Two sessions open over the whole sending window [0, 1] (first to last scheduled turn): achieved 2.
+    # Two sessions, each open until 1.2 s (the first session's end closes the steady window): achieved 2.
     on_time = [_rec(0, 0, 0.0, 0.0, 0.1, 0.5), _rec(0, 1, 0.5, 0.5, 0.6, 1.0), _rec(0, 2, 1.0, 1.0, 1.1, 1.2),
                _rec(1, 0, 0.0, 0.0, 0.1, 0.5), _rec(1, 1, 0.5, 0.5, 0.6, 1.2)]
     assert achieved_sessions(on_time) == pytest.approx(2.0)
-    # Session 1's second turn went out 0.5 s late: half a session lost over the 1 s window.
+    # Session 1's second turn went out 0.5 s late: 0.5 s of one session lost over the 1.2 s window.
     late = [*on_time[:4], _rec(1, 1, 0.5, 1.0, 1.1, 1.2)]
-    assert achieved_sessions(late) == pytest.approx(1.5)
+    assert achieved_sessions(late) == pytest.approx(1.9 / 1.2)
+    # A later wave of sessions (a user's next conversation) keeps the window open until the last one starts;
+    # the drain after it (users turned away by the run's bound) is left out.
+    waves = [*on_time, _rec(2, 0, 1.2, 1.2, 1.3, 1.4), _rec(3, 0, 1.2, 1.2, 1.3, 2.0)]
+    assert achieved_sessions(waves) == pytest.approx(2.0)
     figures = session_figures(late, target=2)
     assert figures is not None and figures.sessions == 2 and figures.turns_mean == 2.5
     assert figures.late_ms.max == pytest.approx(500.0)

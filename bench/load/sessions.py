@@ -9,6 +9,11 @@ Closed loop (``concurrency N``): N users, each running one session after another
 on the arrival process's timetable (``max_concurrency`` caps the sessions open at once). Worker ``p`` of
 ``P`` runs the sessions whose index is ``p`` modulo ``P``; turn indices are drawn the same way.
 
+A session takes the indices of all its turns when it starts, within the run's request count (the last session
+may get fewer turns than its conversation has): the count never cuts a session in the middle, so until the last
+session starts every user has one open, and a shortfall there is the client's own
+(:func:`bench.metrics.sessions.achieved_sessions`). The duration bound ends the turns due after it.
+
 The only tokenizer call on the way (counting a reply's tokens, for the record's ``counted_input_tokens``
 and ``max_context_tokens``) runs in a thread during the think time, never on the event loop.
 """
@@ -110,12 +115,16 @@ class SessionDriver:
         or before a turn would pass ``max_context_tokens``."""
         pool = self.job.conversations
         conv = pool[session % len(pool)]
+        indices = self._reserve(len(conv.user))
+        if not indices or not self.ex.in_time(scheduled):
+            self.stopped = True
+            return
         history = ChatHistory()
         rng = random.Random(f"{self.cfg.seed}:think:{session}")
         history.add("user", conv.first_message(session % len(pool), session), conv.user_tokens[0])
-        for turn in range(len(conv.user)):
-            done = await self._turn(session, turn, conv.output_tokens[turn], history, scheduled)
-            if done is None or not done.record.ok or turn + 1 == len(conv.user):
+        for turn, index in enumerate(indices):
+            done = await self._turn(index, session, turn, conv.output_tokens[turn], history, scheduled)
+            if done is None or not done.record.ok or turn + 1 == len(indices):
                 return
             counting = asyncio.ensure_future(self._count(done.reply))
             scheduled = (done.record.closed_t or done.record.end_t) + self._think(rng)
@@ -124,6 +133,16 @@ class SessionDriver:
             history.add("user", conv.user[turn + 1], conv.user_tokens[turn + 1])
             if self._too_long(history, done.record, conv.output_tokens[turn + 1]):
                 return
+
+    def _reserve(self, turns: int) -> list[int]:
+        """The request indices of a new session's turns: up to ``turns``, within the run's request count."""
+        taken = []
+        for _ in range(turns):
+            index = next(self.indices)
+            if self.ex.limit is not None and index >= self.ex.limit:
+                break
+            taken.append(index)
+        return taken
 
     def _frame(self, output_tokens: int) -> tuple[bytes, bytes]:
         """The request's fields around its messages, for a reply of ``output_tokens`` (made once per length)."""
@@ -162,10 +181,9 @@ class SessionDriver:
             ours = (last.prompt_tokens or 0) + (last.output_tokens or 0) + (self.workload.user_tokens or 0)
         return ours + output_tokens > limit
 
-    async def _turn(self, session: int, turn: int, output_tokens: int, history: ChatHistory,
+    async def _turn(self, index: int, session: int, turn: int, output_tokens: int, history: ChatHistory,
                     scheduled: float) -> _Turn | None:
-        index = next(self.indices)
-        if not self.ex.in_bounds(index, scheduled):
+        if not self.ex.in_time(scheduled):
             self.stopped = True
             return None
         cfg = self.cfg

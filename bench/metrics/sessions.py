@@ -3,8 +3,8 @@
 - by turn: TTFT and TPOT of every turn index (turn 0 is each session's first request), the mean prompt, and the
   share of the prompt the server took from its prefix cache where its ``usage`` says so
   (``prompt_tokens_details.cached_tokens``);
-- achieved sessions = the sessions open at once, averaged over the sending window (first to last scheduled
-  turn). A session is open from its first turn's scheduled time to the end of its last turn's stream, less the
+- achieved sessions = the sessions open at once, averaged over the steady window (:func:`achieved_sessions`).
+  A session is open from its first turn's scheduled time to the end of its last turn's stream, less the
   time its turns were sent late (``sent − scheduled``): a client that cannot keep up opens fewer sessions than
   asked (``target``), and the summary says so (:func:`bench.metrics.health.sessions_behind_reason`).
 """
@@ -44,18 +44,27 @@ def _turn_stats(turn: int, rs: list[RequestRecord]) -> TurnStats:
 
 
 def achieved_sessions(records: Sequence[RequestRecord]) -> float | None:
-    """Sessions open at once, averaged over the sending window (None: fewer than two distinct send times)."""
+    """Sessions open at once, averaged over the steady window (None: an empty window).
+
+    The steady window runs from the first turn due to the later of the last session's start and the first
+    session's end. Until then no user can have been turned away by the run's bound (a session takes its turns'
+    indices when it starts, so a user is turned away only when it starts a session past the request count, after
+    the last session started; a single wave of sessions is whole until the first one ends), so a shortfall there
+    is the client's own.
+    """
     turns = multi_turn(records)
     if not turns:
-        return None
-    start, end = min(r.scheduled_t for r in turns), max(r.scheduled_t for r in turns)
-    if end <= start:
         return None
     spans: dict[int, list[RequestRecord]] = defaultdict(list)
     for r in turns:
         spans[r.session or 0].append(r)
-    open_s = sum(_open_time(rs, start, end) for rs in spans.values())
-    return open_s / (end - start)
+    start = min(r.scheduled_t for r in turns)
+    last_start = max(min(r.scheduled_t for r in rs) for rs in spans.values())
+    first_end = min(max(r.closed_t or r.end_t for r in rs) for rs in spans.values())
+    end = max(last_start, first_end)
+    if end <= start:
+        return None
+    return sum(_open_time(rs, start, end) for rs in spans.values()) / (end - start)
 
 
 def _open_time(rs: list[RequestRecord], start: float, end: float) -> float:
