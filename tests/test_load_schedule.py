@@ -129,3 +129,19 @@ def test_rate_schedule_flag_makes_a_schedule_arrival() -> None:
     assert isinstance(config.arrival, ScheduleArrival)
     assert config.arrival.schedule.ramp and config.arrival.process == "poisson"
     assert config.arrival.describe() == "schedule=ramp:0:1,10:5,poisson"
+
+
+def test_summarize_rebuilds_the_time_series(calib_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bench.cli import build_app
+
+    cfg = calibration_config(calib_url, arrival={"kind": "schedule", "schedule": "0:10"}, num_requests=None,
+                             duration_s=0.999, window_s=0.5)
+    run_load(cfg, tmp_path)
+    (tmp_path / "timeseries.json").unlink()
+    result = CliRunner().invoke(build_app(), ["summarize", str(tmp_path), "--slo-ttft-ms", "1"])
+    assert result.exit_code == 0, result.output
+    series = TimeSeries.model_validate_json((tmp_path / "timeseries.json").read_text())
+    assert sum(w.sent for w in series.windows) == 10
+    assert series.knee is not None and series.knee.rate == 10  # 20 ms TTFT breaks a 1 ms objective at once

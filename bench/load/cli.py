@@ -272,16 +272,18 @@ def fail_without_success(summary: LoadSummary, console: Console) -> None:
 @command(_slo_flags())
 def summarize_cmd(fields: dict[str, Any], run_dir: Path = typer.Argument(..., help="a bench load --out folder"),
                   ) -> None:
-    """Rebuild summary.json from requests.jsonl (e.g. after a killed run) and print it."""
+    """Rebuild summary.json (and timeseries.json) from requests.jsonl (e.g. after a killed run) and print it."""
     from rich.console import Console
 
     from bench.load.display import summary_table
-    from bench.load.runner import SavedConfigError, rebuild_summary
+    from bench.load.runner import SavedConfigError, rebuild_summary, rebuild_time_series
 
+    slo = SLO(**fields["slo"]) if "slo" in fields else None
     try:
-        summary = rebuild_summary(run_dir, SLO(**fields["slo"]) if "slo" in fields else None)
+        summary = rebuild_summary(run_dir, slo)
     except SavedConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+    rebuild_time_series(run_dir, slo)
     Console().print(summary_table(summary, f"bench summarize {run_dir}"))
 
 

@@ -353,6 +353,17 @@ def write_time_series(out_dir: Path, config: LoadConfig, t0: float | None) -> Ti
     return series
 
 
+def rebuild_time_series(out_dir: Path, slo: SLO | None = None) -> TimeSeries | None:
+    """(Re)write ``timeseries.json`` from the folder's records and saved config (None without a valid config)."""
+    config = _load_saved_config(out_dir, need_slo=False)
+    if config is None:
+        return None
+    if slo is not None:
+        config = config.model_copy(update={"slo": slo})
+    t0 = json.loads((out_dir / "load_config.json").read_text()).get("run", {}).get("t0")
+    return write_time_series(out_dir, config, t0)
+
+
 def measured_server_rows(out_dir: Path) -> list[ScrapeRow]:
     """The ``server_metrics.jsonl`` rows of a load folder that cover its measured window."""
     rows = read_server_rows(out_dir / "server_metrics.jsonl")
