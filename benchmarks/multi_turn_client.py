@@ -7,7 +7,9 @@ message, a think time (exponential by default) after each reply. Per N it report
 
 - achieved sessions against the target: sessions open at once over the sending window, less the time turns went
   out late (:func:`bench.metrics.sessions.achieved_sessions`);
-- timing error: the client's first-token and last-token times minus the server's own write times of those chunks;
+- timing error: the client's first-token and last-token times minus the server's own write times of those chunks,
+  over every turn and over the turns sent ``--settle-s`` after the start (every session sends its first turn at
+  the same instant, a burst of N connections and requests);
 - lateness: each turn's send time minus the time it was due (end of the last reply + think time);
 - the client's event-loop lag and CPU, and whether ``bench load`` says it fell behind.
 
@@ -52,8 +54,9 @@ def measure(url: str, log_dir: Path, sessions: int, args: argparse.Namespace) ->
     summary = run_load(cfg, out)
     time.sleep(0.3)
     log = read_calibration_log(log_dir)
-    first_err, last_err, send_err = [], [], []
+    first_err, last_err, send_err, settled = [], [], [], []
     records = read_records(out / "requests.jsonl")
+    start = min((r.scheduled_t for r in records), default=0.0)
     for r in records:
         writes = log.get(r.request_id)
         if not r.ok or not writes or len(writes) < 2:
@@ -61,6 +64,8 @@ def measure(url: str, log_dir: Path, sessions: int, args: argparse.Namespace) ->
         first_err.append((r.first_token_t or 0.0) - writes[1])
         last_err.append(r.end_t - writes[-1])
         send_err.append(writes[0] - r.sent_t)  # client send to server receipt (loopback + parsing)
+        if r.sent_t - start >= args.settle_s:  # past the start, where every session sends its first turn at once
+            settled += [first_err[-1], last_err[-1]]
     errs = first_err + last_err
     err_p50 = _pct(errs, 0.5)
     late = [r.sent_t - r.scheduled_t for r in records]
@@ -77,6 +82,8 @@ def measure(url: str, log_dir: Path, sessions: int, args: argparse.Namespace) ->
         "timing_err_p90_ms": _pct(errs, 0.9),
         "timing_err_p99_ms": _pct(errs, 0.99),
         "timing_err_mean_ms": statistics.fmean(errs) * 1e3 if errs else float("nan"),
+        "settled_timing_err_p50_ms": _pct(settled, 0.5),
+        "settled_timing_err_p99_ms": _pct(settled, 0.99),
         "send_to_receipt_p50_ms": _pct(send_err, 0.5),
         "late_p50_ms": _pct(late, 0.5),
         "late_p99_ms": _pct(late, 0.99),
@@ -103,6 +110,8 @@ def main() -> None:
     ap.add_argument("--think", choices=["fixed", "exponential"], default="exponential")
     ap.add_argument("--ttft-ms", type=float, default=20.0)
     ap.add_argument("--itl-ms", type=float, default=10.0)
+    ap.add_argument("--settle-s", type=float, default=1.0, help="settled figures: turns sent this long after the "
+                    "start (every session sends its first turn at once)")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="upper bound per point")
     ap.add_argument("--workers", type=int, default=1, help="client processes")
     ap.add_argument("--server-procs", type=int, default=1)
