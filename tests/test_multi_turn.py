@@ -95,6 +95,25 @@ def test_template_counts_match_the_whole_template() -> None:
     assert counts.prompt(1, content) == len(whole)
 
 
+def test_sharegpt_conversations_keep_the_human_turns_in_order(tmp_path: Path) -> None:
+    from bench.load.conversations import SESSION_TAG, materialize_conversations
+    from bench.load.workloads import MultiTurnWorkload, TextBuilder, marker
+
+    rows = [{"conversations": [{"from": "human", "value": "one"}]},  # one turn: not a conversation
+            {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello"},
+                               {"from": "human", "value": "Tell me more"}, {"from": "gpt", "value": "More"},
+                               {"from": "human", "value": "And again"}, {"from": "gpt", "value": "Again"}]}]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(rows))
+    w = MultiTurnWorkload(source="sharegpt", path=path, turns=2, output_tokens=None)
+    convs = materialize_conversations(w, 3, TextBuilder(None, "chat"), seed=0)
+    assert len(convs) == 3 and convs[0] == convs[2]  # one conversation in the file: cycled
+    c = convs[0]
+    assert c.user == (marker(SESSION_TAG, 0) + " Hi there", "Tell me more")  # at most `turns`, first one marked
+    assert c.output_tokens == (128, 128)  # no tokenizer: the reply lengths are unknown, 128 each
+    assert c.first_message(0, 5).startswith(marker(SESSION_TAG, 5))  # a later session gets its own marker
+
+
 def test_multi_turn_needs_the_chat_api() -> None:
     with pytest.raises(ValueError, match="chat"):
         LoadConfig.model_validate({"url": "http://127.0.0.1:1", "model": "m", "api": "completions",
