@@ -92,6 +92,18 @@ def _steady_row(head: Table, st: SteadyState) -> None:
     head.add_row("output tok/s first / last third", f"{rates}: {verdict}")
 
 
+def _session_rows(head: Table, s: LoadSummary) -> None:
+    """Multi-turn: sessions achieved against the target, and TTFT p50 and the cached share by turn."""
+    f = s.sessions
+    assert f is not None
+    target = f"{f.achieved:.1f} of {f.target} target" if f.achieved is not None and f.target else "-"
+    head.add_row("sessions (run; open at once)", f"{f.sessions}, {f.turns_mean:.1f} turns each; {target}")
+    by_turn = ", ".join(f"{t.turn}: {_fmt(t.ttft_ms.p50)}" + (f" ({100 * t.cached_fraction:.0f}% cached)"
+                                                              if t.cached_fraction is not None else "")
+                        for t in s.turns)
+    head.add_row("TTFT p50 by turn (ms)", by_turn or "-")
+
+
 def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
     """The end-of-run table: throughput, goodput and latency percentiles in ms."""
     head = Table(title=title, show_header=False)
@@ -120,6 +132,8 @@ def summary_table(s: LoadSummary, title: str = "bench load summary") -> Table:
         verdict = "MISMATCH" if check.mismatch else "ok"
         head.add_row("prompt tokens (ours / server's)",
                      f"{check.ours} / {check.server} over {check.checked} requests: {verdict}")
+    if s.sessions is not None:
+        _session_rows(head, s)
     for err, count in s.errors.items():
         head.add_row(f"error x{count}", err)
     lat = Table(title="latency (ms)")
