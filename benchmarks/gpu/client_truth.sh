@@ -18,6 +18,7 @@ CT=$W/client-truth
 OUTDIR=${OUT:-$CT/out}
 LIMIT=${CALL_LIMIT_S:-560}
 WORKERS=${WORKERS:-1 4 8}
+API_SERVERS=${API_SERVERS:-1}   # vLLM --api-server-count: HTTP frontend processes
 REQUESTS=${REQUESTS:-2048}
 CONC=${CONC:-256}
 MODEL=llama-3.2-1b-random
@@ -37,9 +38,11 @@ TOK=$CT/models/$MODEL
 
 say "bench serve --backend vllm --model $MODEL (256 sequences)"
 python3 -m bench serve --backend vllm --model "$MODEL" --port $PORT --device cuda --max-batch 256 \
-    --max-model-len 4096 > "$CT/serve.log" 2>&1 &
+    --max-model-len 4096 --api-server-count "$API_SERVERS" > "$CT/serve.log" 2>&1 &
 SERVE=$!
-stop_server() { kill -INT "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null; }
+# SIGTERM, not SIGINT: a job started with & in a non-interactive shell ignores SIGINT (the first GPU run waited
+# 200 s on a server that never saw it). bench serve drains and stops vLLM on SIGTERM.
+stop_server() { kill -TERM "$SERVE" 2>/dev/null; timeout 60 tail --pid="$SERVE" -f /dev/null; kill -KILL "$SERVE" 2>/dev/null; }
 trap stop_server EXIT
 for _ in $(seq 1 300); do
     python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/v1/models', timeout=2)" \
@@ -58,7 +61,7 @@ for w in $WORKERS; do
     timeout -s INT $((LIMIT - SECONDS - 60)) python3 -m bench load --url "http://127.0.0.1:$PORT" --model "$MODEL" \
         --api completions --tokenizer "$TOK" --workload random --input-tokens 128 --output-tokens 128 \
         --concurrency "$CONC" --num-requests "$REQUESTS" --workers "$w" --repeats 3 --warmup-runs 1 \
-        --out "$RES/bench-load-w$w" 2>&1 | tail -25 | tee -a "$LOG"
+        --out "$RES/bench-load-w$w$([ "$API_SERVERS" = 1 ] || echo "-asc$API_SERVERS")" 2>&1 | tail -25 | tee -a "$LOG"
 done
 for i in 1 2 3; do
     [ $((LIMIT - SECONDS)) -gt 90 ] || { say "no time left for vllm bench serve run $i"; continue; }
@@ -70,8 +73,8 @@ for i in 1 2 3; do
         --result-filename "run$i.json" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 \
         2>&1 | grep -E "throughput|TTFT|TPOT|ITL|Successful" | tee -a "$LOG"
 done
-stop_server
-trap - EXIT
 cp "$CT/serve.log" "$RES/" 2>/dev/null
 find "$RES" -name requests.jsonl -exec gzip -f {} \;
 tar -C "$CT" -czf "$OUTDIR/client-truth.tar.gz" results && say "packed: $(du -h "$OUTDIR/client-truth.tar.gz" | cut -f1)"
+stop_server
+trap - EXIT

@@ -50,16 +50,23 @@ def spread_txt(s: Spread) -> str:
     return f"{_f(s.mean, 1)} ({_f(s.ci95_low, 1)}–{_f(s.ci95_high, 1)})"
 
 
+def config_name(folder: str) -> str:
+    """``bench-load-w4-asc4`` -> ``bench load --workers 4, vLLM --api-server-count 4``."""
+    workers, _, asc = folder.removeprefix("bench-load-w").partition("-asc")
+    return f"bench load --workers {workers}" + (f", vLLM --api-server-count {asc}" if asc else "")
+
+
 def table(results: Path) -> str:
     """The markdown: per-run rows, then the spread per configuration and the noise comparisons."""
     rows, spreads = [HEAD], {}
-    for folder in sorted(results.glob("bench-load-w*"), key=lambda p: int(p.name.removeprefix("bench-load-w"))):
+    for folder in sorted(results.glob("bench-load-w*")):
+        name = config_name(folder.name)
         rep = read_repeats(folder)
         for i, s in enumerate(rep.warmup):
-            rows.append(summary_row(f"bench load --workers {folder.name[12:]}, warm-up run {i + 1}", s))
+            rows.append(summary_row(f"{name}, warm-up run {i + 1}", s))
         for i, s in enumerate(rep.runs):
-            rows.append(summary_row(f"bench load --workers {folder.name[12:]}, repeat {i + 1}", s))
-        spreads[f"bench load --workers {folder.name[12:]}"] = rep.spread
+            rows.append(summary_row(f"{name}, repeat {i + 1}", s))
+        spreads[name] = rep.spread
     vllm_runs = sorted((results / "vllm-bench").glob("run*.json"))
     for path in vllm_runs:
         rows.append(vllm_row(f"vllm bench serve, {path.stem}", json.loads(path.read_text())))
