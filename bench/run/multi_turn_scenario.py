@@ -7,16 +7,12 @@ from typing import Any
 from bench.load.arrivals import ConcurrencyArrival
 from bench.load.config import LoadConfig
 from bench.run.scenarios import CellRun
-from bench.run.schema import MultiTurnScenario, load_options
+from bench.run.schema import MultiTurnScenario
 
 
 def multi_turn_config(scenario: MultiTurnScenario, run: CellRun, users: int) -> LoadConfig:
     """The scenario's ``bench load`` options against this cell's server, with ``users`` sessions at once."""
-    fields = load_options(scenario)
-    if "server_gpus" not in scenario.model_fields_set:
-        fields["server_gpus"] = run.model_gpus
-    return LoadConfig.model_validate({**fields, "url": run.handle.url, "model": run.handle.model,
-                                      "arrival": ConcurrencyArrival(n=users), "seed": run.seed})
+    return run.scenario_config(scenario, ConcurrencyArrival(n=users))
 
 
 def run_multi_turn_scenario(scenario: MultiTurnScenario, run: CellRun) -> dict[str, Any]:

@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 from rich.progress import Progress
 
-from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
-from bench.load.config import LoadConfig
+from bench.load.arrivals import Arrival, ConcurrencyArrival, PoissonArrival
+from bench.load.config import LoadConfig, LoadOptions
 from bench.load.runner import run_load
 from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
 from bench.run.probes import KVInfo, MemorySampler, kv_info
-from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario
+from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario, load_options
 from servers.launch import LaunchError, ServerHandle
 
 # Words for the repetitive prompts (common English, one token each in BPE vocabularies).
@@ -89,10 +89,10 @@ class CellRun:
                           arrival=arrival, num_requests=requests, warmup=warmup, duration_s=duration_s,
                           seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus)
 
-    def scenario_config(self, scenario: LoadScenario, arrival: ConcurrencyArrival | PoissonArrival) -> LoadConfig:
-        """The load config of one point of a load scenario: its options against this cell's server and seed
-        (``server_gpus``, unless the scenario sets it, is this cell's)."""
-        fields = scenario.options()
+    def scenario_config(self, scenario: LoadOptions, arrival: Arrival) -> LoadConfig:
+        """The load config of one point of a load-like scenario: its ``bench load`` options against this cell's
+        server and seed under ``arrival`` (``server_gpus``, unless the scenario sets it, is this cell's)."""
+        fields = load_options(scenario)
         if "server_gpus" not in scenario.model_fields_set:
             fields["server_gpus"] = self.model_gpus
         return LoadConfig.model_validate({**fields, "url": self.handle.url, "model": self.handle.model,

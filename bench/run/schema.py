@@ -81,10 +81,6 @@ class LoadScenario(_Scenario, LoadOptions):
     warmup: int = Field(default=1, ge=0, description="requests sent first at each point, left out of its summary")
     duration_s: float | None = Field(default=300.0, gt=0, description="upper bound per point")
 
-    def options(self) -> dict[str, Any]:
-        """The :class:`LoadOptions` this scenario sets (the cell adds server, seed and arrival)."""
-        return {name: getattr(self, name) for name in LoadOptions.model_fields}
-
 
 class PrefixProbe(BaseModel):
     """Shared-prefix prompts against unique prompts of the same length, for the prefix-cache hit rate."""

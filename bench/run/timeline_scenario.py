@@ -8,16 +8,12 @@ from bench.load.config import LoadConfig
 from bench.load.runner import run_load
 from bench.metrics.timeseries import TIMESERIES_FILE, TimeSeries
 from bench.run.scenarios import CellRun
-from bench.run.schema import ScheduleScenario, TraceScenario, load_options
+from bench.run.schema import ScheduleScenario, TraceScenario
 
 
 def timeline_config(scenario: TraceScenario | ScheduleScenario, run: CellRun) -> LoadConfig:
     """The scenario's ``bench load`` options against this cell's server, seed and GPUs."""
-    fields = load_options(scenario)
-    if "server_gpus" not in scenario.model_fields_set:
-        fields["server_gpus"] = run.model_gpus
-    return LoadConfig.model_validate({**fields, "url": run.handle.url, "model": run.handle.model,
-                                      "arrival": scenario.arrival(), "seed": run.seed})
+    return run.scenario_config(scenario, scenario.arrival())
 
 
 def run_timeline_scenario(scenario: TraceScenario | ScheduleScenario, run: CellRun) -> dict[str, Any]:
