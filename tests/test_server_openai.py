@@ -248,7 +248,7 @@ def test_health_and_metrics_names(transformers_server: ServerHandle) -> None:
     text = httpx.get(f"{transformers_server.url}/metrics").text
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:time_to_first_token_seconds",
                  "vllm:inter_token_latency_seconds", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-                 "vllm:e2e_request_latency_seconds"):
+                 "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds"):
         assert name in text
 
 
