@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from rich.console import Console
+
 from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
+from bench.load.runner import run_load_async
+from bench.metrics import LoadSummary
 
 TTFT_MS, ITL_MS = 20.0, 4.0  # what the calibration server scripts in the load-generator tests
 
@@ -40,6 +45,35 @@ def scripted_server(log_dir: Path | None = None, tokens_per_chunk: int = 1) -> I
 def moderate_load() -> bool:
     """Whether the 1-minute load average is below the core count (tight timing checks hold only then)."""
     return os.getloadavg()[0] < (os.cpu_count() or 1)
+
+
+def burn(seconds: float) -> None:
+    """Hold the CPU (and the event loop) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def burner(stop: asyncio.Event, busy_s: float = 0.08, idle_s: float = 0.03) -> None:
+    """A CPU-burning callback in the client's own event loop, as a slow parser or a busy display would be."""
+    while not stop.is_set():
+        burn(busy_s)
+        await asyncio.sleep(idle_s)
+
+
+def starved_run_load(config: LoadConfig, out: Path, console: Console | None = None) -> LoadSummary:
+    """A real run whose single client process shares its event loop with a CPU burner (:func:`burner`)."""
+
+    async def starved() -> LoadSummary:
+        stop = asyncio.Event()
+        task = asyncio.create_task(burner(stop))
+        try:
+            return await run_load_async(config, out, console)
+        finally:
+            stop.set()
+            await task
+
+    return asyncio.run(starved())
 
 
 # The part of a stand-in llama-server that answers /health and /completion as the real one does.

@@ -24,7 +24,7 @@ from bench.load.runner import run_load_async
 from bench.load.sweep import client_verdict
 from bench.metrics import summarize
 from bench.metrics.health import CPU_BUSY_LIMIT, LAG_FLOOR_MS, behind_advice, client_health, lag_limit_ms
-from tests.helpers import calibration_config
+from tests.helpers import burn, burner, calibration_config
 
 ITL_MS = 40.0  # the scripted token gap: the lag limit is then 20 ms, far above a healthy loop's jitter
 
@@ -92,20 +92,6 @@ async def test_sampler_sees_a_blocked_loop() -> None:
     stop.set()
     await task
     assert max(sampler.lags) >= 0.04
-
-
-def burn(seconds: float) -> None:
-    """Hold the CPU (and the event loop) for ``seconds``."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-async def burner(stop: asyncio.Event, busy_s: float = 0.08, idle_s: float = 0.03) -> None:
-    """A CPU-burning callback in the client's own event loop, as a slow parser or a busy display would be."""
-    while not stop.is_set():
-        burn(busy_s)
-        await asyncio.sleep(idle_s)
 
 
 @pytest.fixture(scope="module")

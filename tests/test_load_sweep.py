@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from bench.cli import build_app
 from bench.load import sweep
 from bench.load.calibration import calibration_server
-from bench.load.config import LoadConfig, SweepMode, SweepSpec
+from bench.load.config import SweepMode, SweepSpec
 from bench.load.health import WorkerHealth
 from bench.load.records import RequestRecord
-from bench.load.runner import run_load_async
 from bench.load.sweep import SweepPoint, judge, load_sweep, median_run, point_verdict, run_sweep
 from bench.metrics import SLO, LoadSummary, offered_rate, summarize, sustained_rate
 from bench.metrics.health import client_health
-from tests.helpers import calibration_config, scripted_server
-from tests.test_client_health import burner
+from tests.helpers import calibration_config, scripted_server, starved_run_load
 
 
 def request(index: int, scheduled: float, sent: float, end: float, tokens: int = 16) -> RequestRecord:
@@ -198,21 +194,6 @@ def test_sweep_repeats_every_step_and_keeps_its_spread(slow_url: str, tmp_path: 
     assert tput.n == 2 and tput.ci95_low is not None and got.behind_steps == []
     assert (tmp_path / "concurrency-2" / "repeat-1" / "summary.json").exists()
     assert "tok_s ±95%" in result.output
-
-
-def starved_run_load(cfg: LoadConfig, out: Path, console: Console | None = None) -> LoadSummary:
-    """A real run whose single client process shares its event loop with a CPU burner."""
-
-    async def starved() -> LoadSummary:
-        stop = asyncio.Event()
-        task = asyncio.create_task(burner(stop))
-        try:
-            return await run_load_async(cfg, out, console)
-        finally:
-            stop.set()
-            await task
-
-    return asyncio.run(starved())
 
 
 def test_a_step_whose_client_fell_behind_fails_the_sweep(slow_url: str, tmp_path: Path,

@@ -4,7 +4,6 @@ in its event loop) gets a second process, whose probe then keeps up."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +26,11 @@ from bench.load.autoworkers import (
 from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
 from bench.load.repeats import RunOne
-from bench.load.runner import run_load, run_load_async
+from bench.load.runner import run_load
 from bench.metrics import LoadSummary, summarize
 from bench.metrics.health import client_health
-from tests.helpers import calibration_config
-from tests.test_client_health import burner, worker
+from tests.helpers import calibration_config, starved_run_load
+from tests.test_client_health import worker
 
 ITL_MS = 40.0  # lag bound 20 ms: a healthy loop's jitter is far below it, the burner's 80 ms stalls far above
 
@@ -118,17 +117,7 @@ def starved_one_worker(c: LoadConfig, out: Path, console: Console | None) -> Loa
     """One worker shares its event loop with a CPU burner; worker processes run on their own."""
     if c.workers > 1:
         return run_load(c, out, console)
-
-    async def starved() -> LoadSummary:
-        stop = asyncio.Event()
-        task = asyncio.create_task(burner(stop))
-        try:
-            return await run_load_async(c, out, console)
-        finally:
-            stop.set()
-            await task
-
-    return asyncio.run(starved())
+    return starved_run_load(c, out, console)
 
 
 def test_a_starved_single_worker_gets_a_second(slow_url: str, tmp_path: Path) -> None:
