@@ -13,13 +13,15 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, ParamSpec
 
 import aiohttp
 
 from bench.load.records import StreamObservation
 from bench.load.workloads import Prompt, marker
 from bench.sse import SSEDecoder, parse_openai_chunk
+
+P = ParamSpec("P")
 
 # Errors of a connection that failed before any response: typically a pooled keep-alive connection the
 # server had closed without saying so (llama-server closes after every stream). Only these are resent.
@@ -167,22 +169,6 @@ async def _read_stream(
         obs.add(parse_openai_chunk(payload), now())
 
 
-def build_body(
-    api: str,
-    model: str,
-    text: str,
-    max_tokens: int,
-    *,
-    force_output_len: bool,
-    logprobs: bool,
-    extra: dict[str, Any],
-) -> bytes:
-    """The JSON request body for ``/v1/chat/completions`` or ``/v1/completions``."""
-    fields = body_fields(api, model, text, max_tokens, force_output_len=force_output_len, logprobs=logprobs,
-                         extra=extra)
-    return json.dumps(fields).encode()
-
-
 def body_fields(
     api: str,
     model: str,
@@ -193,7 +179,8 @@ def body_fields(
     logprobs: bool,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """The fields of :func:`build_body`, before encoding (a chat body holds ``text`` as its one user message)."""
+    """The JSON request body for ``/v1/chat/completions`` or ``/v1/completions`` as fields (a chat body holds
+    ``text`` as its one user message); :func:`build_body` encodes it."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
@@ -214,6 +201,19 @@ def body_fields(
         body["min_tokens"] = max_tokens
     body.update(extra)
     return body
+
+
+def _encoded(fields: Callable[P, dict[str, Any]]) -> Callable[P, bytes]:
+    """``fields`` with its result encoded as JSON bytes (same arguments, checked by mypy)."""
+
+    def encode(*args: P.args, **kwargs: P.kwargs) -> bytes:
+        return json.dumps(fields(*args, **kwargs)).encode()
+
+    return encode
+
+
+# The request body as bytes: body_fields' arguments, declared once there.
+build_body = _encoded(body_fields)
 
 
 def body_for_index(bodies: Sequence[bytes], prompts: Sequence[Prompt], index: int) -> bytes:
