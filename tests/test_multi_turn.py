@@ -233,7 +233,7 @@ def test_matrix_scenario_embeds_the_load_options_and_the_report_shows_ttft_by_tu
     summary.turns, summary.sessions = by_turn(records), session_figures(records, 1)
     point = summary.model_dump(mode="json") | {"dir": "multi-turn/u1"}
     result = MultiTurnResult.model_validate({"kind": "multi-turn", "points": {"u1": point}})
-    run = RunData(tmp_path, "r1", {})
+    run = RunData(tmp_path, "r1", None)
     key = CellKey("r1", "c1", "llamacpp", "smollm2", "prefix", 0)
     run.sessions.extend(SessionRow(key, "multi-turn", p, s, True) for p, s in result.points.items())
     section = turn_section([run])

@@ -149,7 +149,9 @@ def test_cost_needs_a_price(tmp_path: Path) -> None:
 def test_scaling_across_gpus_per_gpu_throughput_and_cost(tmp_path: Path) -> None:
     run = tmp_path / "tp"
     (run).mkdir()
-    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "tp", "matrix": {"name": "tp", "gpu_hour_usd": 3.6}}))
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "tp", "matrix": {
+        "name": "tp", "models": ["m"], "backends": ["vllm"], "scenarios": [{"kind": "kv-cache"}],
+        "gpu_hour_usd": 3.6}}))
 
     def sweep(points: dict[str, tuple[float, bool]]) -> dict[str, Any]:
         return {"kind": "load", "mode": "rate", "best": None, "points": {
@@ -252,7 +254,8 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
 def test_scenarios_skipped_inside_a_cell_that_ran_are_listed_with_the_reason(tmp_path: Path) -> None:
     run = tmp_path / "r"
     run.mkdir()
-    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "r", "matrix": {"name": "r"}}))
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "r", "matrix": {
+        "name": "r", "models": ["m"], "backends": ["llamacpp"], "scenarios": [{"kind": "kv-cache"}]}}))
     reason = ("arc-ll: llamacpp returns no prompt logprobs (echo=true), which --mode loglikelihood needs; "
               "use mode: generate on this engine")
     # As run_eval_scenario records it: no kind, status skipped, the reason; the cell itself is ok.

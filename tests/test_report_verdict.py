@@ -17,8 +17,9 @@ import yaml
 
 from backends.checkpoints import load_registry
 from bench.report.render import write_report
-from bench.report.verdict import VERDICT_HEADER, doc_scores, lineage, paired_change, verdict, verdict_rows
+from bench.report.verdict import VERDICT_HEADER, doc_scores, paired_change, verdict, verdict_rows
 from bench.run.executor import model_lineage
+from bench.run.results import read_run_file
 from bench.run.schema import MatrixError, QualityTarget, validate_matrix
 
 RELATIVE_3 = QualityTarget()  # the default: a relative drop under 3%
@@ -152,8 +153,8 @@ def make_verdict_run(root: Path, target: dict[str, Any] | None = None) -> Path:
 
 def test_verdict_rows_pair_documents_and_match_the_source_cell(tmp_path: Path) -> None:
     run = make_verdict_run(tmp_path)
-    meta = yaml.safe_load((run / "run.yaml").read_text())
-    assert set(lineage(meta)) == {"bf16", "q4", "hqq", "q4k"}  # the resume's addition is read too
+    meta = read_run_file(run)
+    assert meta is not None and set(meta.lineage()) == {"bf16", "q4", "hqq", "q4k"}  # the resume's addition too
     assert doc_scores(run / "cells" / "transformers__q4__default__s0" / "math" / "samples.jsonl",
                       "math-absdiff")["d0"] == 1.0  # exact match, not the 1e82 absolute difference
     rows = {(r.quant.model, r.quant.backend, r.quant.scenario): r for r in verdict_rows(run, "qv", meta, RELATIVE_3)}

@@ -21,6 +21,7 @@ from bench.evals.config import EvalConfig
 from bench.load.config import LoadOptions
 from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
 from bench.run.executor import read_cell, read_run_matrix, run_matrix, write_run_yaml
+from bench.run.results import RunFileError, parse_cell, read_run_file
 from bench.run.schema import (
     EvalScenario,
     KVCacheScenario,
@@ -420,10 +421,33 @@ def test_every_committed_matrix_validates(path: Path) -> None:
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_committed_run_yaml_validates(path: Path) -> None:
     matrix = read_run_matrix(path.parent)
-    written = yaml.safe_load(path.read_text())["matrix"]["scenarios"]
-    for scenario, data in zip(matrix.scenarios, written, strict=True):
+    written = yaml.safe_load(path.read_text())
+    for scenario, data in zip(matrix.scenarios, written["matrix"]["scenarios"], strict=True):
         if isinstance(scenario, LoadScenario):  # the old name of the request count still reads
             assert scenario.num_requests == data.get("requests_per_point", data.get("num_requests"))
+    run = read_run_file(path.parent)  # the whole file, as bench report reads it: environment, resumes, lineage
+    assert run is not None and run.run_id == written["run_id"] and run.environment is not None
+    assert run.environment.cpu == written["environment"]["cpu"]
+    assert [g.name for g in run.environment.gpus] == [g["name"] for g in written["environment"]["gpus"]]
+    assert len(run.resumes) == len(written.get("resumes") or [])
+
+
+def test_a_run_yaml_that_does_not_validate_names_the_field(tmp_path: Path) -> None:
+    matrix = Matrix(models=("m",), backends=("llamacpp",), scenarios=(LoadScenario(),)).model_dump(mode="json")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"run_id": "r", "matrix": matrix,
+                                                       "environment": {"cpu_count": "many"}}))
+    with pytest.raises(RunFileError, match=r"environment\.cpu_count"):
+        read_run_file(tmp_path)
+    with pytest.raises(RunFileError, match="not found"):
+        read_run_matrix(tmp_path / "elsewhere")
+    assert read_run_file(tmp_path / "elsewhere") is None
+
+
+def test_a_cell_written_with_the_old_draft_length_default_still_reads() -> None:
+    options = {"speculative": "none", "num_speculative_tokens": 4, "tensor_parallel_size": 2}
+    cell = {"cell_id": "c", "model": "m", "backend": "vllm", "option_set": "default", "options": options,
+            "seed": 0, "scenario_names": [], "status": "skipped"}
+    assert parse_cell(cell, "cell.json").options == EngineOptions(tensor_parallel_size=2)
 
 
 def test_a_load_scenario_takes_bench_loads_options() -> None:

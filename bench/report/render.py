@@ -34,7 +34,7 @@ from bench.report.tables import (
     stops_paying,
 )
 from bench.report.verdict import VERDICT_HEADER, verdict_table
-from bench.run.results import UnderLoadResult
+from bench.run.results import Environment, UnderLoadResult
 
 METRICS_NOTE = ("Metric definitions: docs/metrics.md (TTFT from send; TPOT excludes the first token; ITL per "
                 "token). Peak memory is the server process tree's RSS on CPU (NVML on GPU). KV capacity comes "
@@ -325,12 +325,12 @@ def problems_section(runs: list[RunData]) -> Section:
 def _environment_lines(runs: list[RunData]) -> list[str]:
     lines = []
     for run in runs:
-        env = run.meta.get("environment", {})
-        pkgs = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
-        venvs = ", ".join(f"{k}: vllm {v}" for k, v in env.get("engine_venvs", {}).items())
-        gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "none"
-        lines.append(f"{run.run_id}: CPU {env.get('cpu')} ×{env.get('cpu_count')}, GPU {gpus}, "
-                     f"git {str(env.get('git_sha'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}; {pkgs}"
+        env = (run.meta.environment if run.meta else None) or Environment()
+        pkgs = ", ".join(f"{k} {v}" for k, v in env.packages.items())
+        venvs = ", ".join(f"{k}: vllm {v}" for k, v in env.engine_venvs.items())
+        gpus = ", ".join(g.name for g in env.gpus) or "none"
+        lines.append(f"{run.run_id}: CPU {env.cpu} ×{env.cpu_count}, GPU {gpus}, "
+                     f"git {str(env.git_sha)[:10]}{' (dirty)' if env.git_dirty else ''}; {pkgs}"
                      f"{'; ' + venvs if venvs else ''}")
     return lines
 
@@ -412,9 +412,10 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
     """Write report.md, report.html and the PNG plots for one run or several side by side."""
     runs = [load_run(d) for d in run_dirs]
     out.mkdir(parents=True, exist_ok=True)
+    matrices = [r.matrix for r in runs if r.matrix is not None]
     if gpu_hour_usd is None:
-        gpu_hour_usd = next((p for r in runs if (p := r.matrix_value("gpu_hour_usd")) is not None), None)
-    headline = headline or _default_headline(runs)
+        gpu_hour_usd = next((m.gpu_hour_usd for m in matrices if m.gpu_hour_usd is not None), None)
+    headline = headline or next((h for m in matrices if (h := m.headline())), None)
     spec, ups = spec_section(runs)
     sections = [seed_section(runs, headline, gpu_hour_usd), scaling_section(runs), load_section(runs, gpu_hour_usd),
                 kv_section(runs),
@@ -445,18 +446,6 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
     paths[0].write_text(_markdown(title, sections, pngs, env))
     paths[1].write_text(_html(title, sections, pngs, env))
     return paths + pngs
-
-
-def _default_headline(runs: list[RunData]) -> str | None:
-    for run in runs:
-        if (value := run.matrix_value("headline_load")):
-            return str(value)
-        for scenario in run.matrix_value("scenarios") or []:
-            if scenario.get("kind") == "load" and scenario.get("points") and not scenario.get("sweep"):
-                point = scenario["points"][-1]
-                label = f"c{point['concurrency']}" if point.get("concurrency") else f"r{point['rate']:g}"
-                return f"{scenario.get('name', 'load')}/{label}"
-    return None
 
 
 def _md_table(header: tuple[str, ...], rows: list[list[str]]) -> str:

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from backends.base import EngineOptions
 from bench.evals.config import EvalSummary
 from bench.metrics import GOODPUT_TARGET, LoadSummary
 from bench.run.results import (
@@ -28,6 +27,7 @@ from bench.run.results import (
     LoadPoint,
     LoadResult,
     MultiTurnResult,
+    RunFile,
     ScenarioResult,
     ScheduleResult,
     SkippedScenario,
@@ -35,7 +35,9 @@ from bench.run.results import (
     TraceResult,
     UnderLoadResult,
     read_cell_file,
+    read_run_file,
 )
+from bench.run.schema import Matrix
 
 # The latency distributions of a load summary, and the statistics each holds (:class:`bench.metrics.Stats`).
 StatMetric = Literal["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "e2e_sched_ms", "queue_ms"]
@@ -192,7 +194,7 @@ class RunData:
 
     run_dir: Path
     run_id: str
-    meta: dict[str, Any]
+    meta: RunFile | None  # run.yaml; None: a folder without one
     loads: list[LoadRow] = field(default_factory=list)
     kv: list[KVRow] = field(default_factory=list)
     prefix: list[PrefixRow] = field(default_factory=list)
@@ -209,9 +211,10 @@ class RunData:
         """Accelerators (or engine workers on CPU) the cell's server occupies."""
         return self.cell_devices.get(key, 1)
 
-    def matrix_value(self, name: str) -> Any:
-        """A field of the run's resolved matrix (from run.yaml), or None."""
-        return (self.meta.get("matrix") or {}).get(name)
+    @property
+    def matrix(self) -> Matrix | None:
+        """The run's resolved matrix (from run.yaml), or None."""
+        return self.meta.matrix if self.meta else None
 
 
 def _cells(run_dir: Path) -> Iterator[tuple[Path, CellRecord]]:
@@ -222,11 +225,9 @@ def _cells(run_dir: Path) -> Iterator[tuple[Path, CellRecord]]:
 
 def load_run(run_dir: Path) -> RunData:
     """Read a run folder; a cell record that does not validate raises
-    :class:`~bench.run.results.CellRecordError`."""
-    meta: dict[str, Any] = {}
-    if (run_dir / "run.yaml").exists():
-        meta = yaml.safe_load((run_dir / "run.yaml").read_text()) or {}
-    data = RunData(run_dir, str(meta.get("run_id") or run_dir.name), meta)
+    :class:`~bench.run.results.CellRecordError`, a ``run.yaml`` :class:`~bench.run.results.RunFileError`."""
+    meta = read_run_file(run_dir)
+    data = RunData(run_dir, (meta.run_id if meta else None) or run_dir.name, meta)
     for cell_dir, cell in _cells(run_dir):
         _add_cell(data, cell_dir, cell)
     return data
@@ -272,14 +273,14 @@ def _add_scenario(data: RunData, key: CellKey, cell_dir: Path, cell: CellRecord,
     elif isinstance(scenario, TraceResult | ScheduleResult):
         data.timelines.append(TimelineRow(key, name, scenario))
     elif isinstance(scenario, MultiTurnResult):
-        prefix = bool(cell.options.get("prefix_caching", False))
+        prefix = cell.options.prefix_caching
         data.sessions.extend(SessionRow(key, name, point, summary, prefix)
                              for point, summary in scenario.points.items())
 
 
 def _add_kv(data: RunData, key: CellKey, cell: CellRecord, name: str, scenario: KVCacheResult) -> None:
-    dtype = str(cell.options.get("kv_cache_dtype", "auto"))
-    prefix = bool(cell.options.get("prefix_caching", False))
+    dtype = cell.options.kv_cache_dtype
+    prefix = cell.options.prefix_caching
     for length, summary in scenario.lengths.items():
         data.kv.append(KVRow(key, name, scenario.kv, int(length), summary,
                              summary.max_concurrency_fit or KVFit(), dtype, prefix))
@@ -287,10 +288,9 @@ def _add_kv(data: RunData, key: CellKey, cell: CellRecord, name: str, scenario: 
         data.prefix.append(PrefixRow(key, name, prefix, scenario.prefix.shared, scenario.prefix.unique))
 
 
-def devices(options: dict[str, Any]) -> int:
+def devices(options: EngineOptions) -> int:
     """Accelerators a configuration occupies: tensor × pipeline × data parallel size."""
-    return (int(options.get("tensor_parallel_size", 1)) * int(options.get("pipeline_parallel_size", 1))
-            * int(options.get("data_parallel_size", 1)))
+    return options.tensor_parallel_size * options.pipeline_parallel_size * options.data_parallel_size
 
 
 def cost_per_million(output_tok_s: float | None, gpu_hour_usd: float | None, gpus: int = 1) -> float | None:

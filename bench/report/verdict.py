@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from bench.evals.runner import SAMPLES_FILE
-from bench.run.results import CELL_FILE, read_cell_file
+from bench.report.tables import CellKey
+from bench.run.results import CELL_FILE, EvalResult, ModelLineage, RunFile, read_cell_file
 from bench.run.schema import QualityTarget
 
 # The per-document field a task's verdict compares, where it is not the sample's own score.
@@ -41,15 +42,9 @@ NO_SOURCE = "no source cell in this run"
 
 
 @dataclass(frozen=True)
-class EvalCell:
-    """One eval of one cell, with where its per-document scores are."""
+class EvalCell(CellKey):
+    """One eval of one cell (its :class:`CellKey` and the eval), with where its per-document scores are."""
 
-    run: str
-    cell: str
-    backend: str
-    model: str
-    options: str
-    seed: int
     scenario: str
     task: str
     mode: str
@@ -119,14 +114,12 @@ def verdict(change: PairedChange, target: QualityTarget) -> str:
 def eval_cells(run_dir: Path, run_id: str) -> Iterator[EvalCell]:
     """Every eval result of the run's cells (ok or failed cells alike: a failed cell's finished evals count)."""
     for path in sorted((run_dir / "cells").glob(f"*/{CELL_FILE}")):
-        cell = read_cell_file(path).as_dict()
-        for name, scenario in (cell.get("scenarios") or {}).items():
-            if scenario.get("kind") != "eval":
-                continue
-            result = scenario["result"]
-            yield EvalCell(run_id, cell["cell_id"], cell["backend"], cell["model"], cell["option_set"],
-                           int(cell.get("seed", 0)), name, str(result.get("task")), str(result.get("mode")),
-                           path.parent / name / SAMPLES_FILE, cell.get("rss_peak_gib"))
+        cell = read_cell_file(path)
+        for name, scenario in cell.scenarios.items():
+            if isinstance(scenario, EvalResult):
+                yield EvalCell(run_id, cell.cell_id, cell.backend, cell.model, cell.option_set, cell.seed, name,
+                               scenario.result.task, scenario.result.mode, path.parent / name / SAMPLES_FILE,
+                               cell.rss_peak_gib)
 
 
 def doc_scores(samples: Path, task: str) -> dict[str, float]:
@@ -144,15 +137,6 @@ def doc_scores(samples: Path, task: str) -> dict[str, float]:
         if value is not None:
             scores[str(sample["doc_id"])] = float(value)
     return scores
-
-
-def lineage(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The models ``run.yaml`` recorded (at creation, then each resume's additions)."""
-    found: dict[str, dict[str, Any]] = dict(meta.get("models") or {})
-    for resume in meta.get("resumes") or []:
-        for name, entry in (resume.get("models") or {}).items():
-            found.setdefault(name, entry)
-    return found
 
 
 def source_cell(quant: EvalCell, source_model: str, cells: Sequence[EvalCell]) -> tuple[EvalCell, str] | None:
@@ -183,17 +167,17 @@ class VerdictRow:
     load_time: bool  # quantized at load: no file of its own, the weights in memory are not the file's size
 
 
-def verdict_rows(run_dir: Path, run_id: str, meta: dict[str, Any], target: QualityTarget) -> list[VerdictRow]:
+def verdict_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: QualityTarget) -> list[VerdictRow]:
     """Every eval of every entry with a ``derived_from`` in the run's lineage, against its source cell."""
-    models = lineage(meta)
+    models = meta.lineage() if meta else {}
     cells = list(eval_cells(run_dir, run_id))
     rows = []
     for quant in cells:
-        entry = models.get(quant.model) or {}
-        source_model = entry.get("derived_from")
+        entry = models.get(quant.model) or ModelLineage()
+        source_model = entry.derived_from
         if not source_model:
             continue
-        source_entry = models.get(source_model) or {}
+        source_entry = models.get(source_model) or ModelLineage()
         found = source_cell(quant, source_model, cells)
         change, matched, source = None, "–", None
         verdict_text = ("no source eval of this task and mode" if any(c.model == source_model for c in cells)
@@ -202,8 +186,8 @@ def verdict_rows(run_dir: Path, run_id: str, meta: dict[str, Any], target: Quali
             source, matched = found
             change = compare(source, quant)
             verdict_text = verdict(change, target) if change else "no document scored in both"
-        rows.append(VerdictRow(quant, source_model, source, matched, change, verdict_text, entry.get("weight_bytes"),
-                               source_entry.get("weight_bytes"), bool((entry.get("recipe") or {}).get("load_time"))))
+        rows.append(VerdictRow(quant, source_model, source, matched, change, verdict_text, entry.weight_bytes,
+                               source_entry.weight_bytes, entry.load_time))
     return sorted(rows, key=lambda r: (r.quant.run, r.quant.task, r.quant.scenario, r.quant.backend, r.quant.model,
                                        r.quant.seed))
 
@@ -222,16 +206,12 @@ VERDICT_HEADER = ("run", "task (metric)", "backend", "model", "derived from", "s
                   "peak RSS GiB", "verdict")
 
 
-def target_of(meta: dict[str, Any]) -> QualityTarget:
-    """The run's target: the matrix's ``quality_target``, or the default (a run from before the field)."""
-    return QualityTarget.model_validate((meta.get("matrix") or {}).get("quality_target") or {})
-
-
-def verdict_table(runs: Sequence[tuple[Path, str, dict[str, Any]]]) -> tuple[list[list[str]], str]:
-    """The rows of the verdict table for runs given as (folder, run id, run.yaml data), and its note."""
+def verdict_table(runs: Sequence[tuple[Path, str, RunFile | None]]) -> tuple[list[list[str]], str]:
+    """The rows of the verdict table for runs given as (folder, run id, run.yaml), and its note; a run's target
+    is its matrix's ``quality_target`` (the default for a run from before the field, or without run.yaml)."""
     rows, targets, unpaired = [], [], set()
     for run_dir, run_id, meta in runs:
-        target = target_of(meta)
+        target = meta.matrix.quality_target if meta else QualityTarget()
         targets.append(f"{run_id}: {target.describe()}")
         for row in verdict_rows(run_dir, run_id, meta, target):
             if row.verdict == NO_SOURCE:  # e.g. the bf16 checkpoint, derived from the bundled GGUF, served alone

@@ -25,7 +25,7 @@ from backends.net import free_port
 from bench.run import environment
 from bench.run.cells import Cell, expand, select
 from bench.run.probes import GIB, MemorySampler
-from bench.run.results import CELL_FILE, FINAL, new_record, parse_cell
+from bench.run.results import CELL_FILE, FINAL, RUN_FILE, RunFileError, new_record, parse_cell, read_run_file
 from bench.run.scenarios import (
     CellRun,
     run_eval_scenario,
@@ -42,7 +42,6 @@ from bench.run.schema import (
     ScheduleScenario,
     SpeculativeScenario,
     TraceScenario,
-    validate_matrix,
 )
 from servers.launch import build_spec, running_server
 
@@ -59,19 +58,12 @@ class RunPaths:
 
 
 def read_run_matrix(run_dir: Path) -> Matrix:
-    """The resolved matrix a run folder was started with (for ``--resume``)."""
-    data = yaml.safe_load((run_dir / "run.yaml").read_text())
-    return validate_matrix(_upgrade(data["matrix"]), str(run_dir / "run.yaml"))
-
-
-def _upgrade(matrix: dict[str, Any]) -> dict[str, Any]:
-    """A matrix as written before ``num_speculative_tokens`` became optional: each option set then carried the
-    old default (4) even without speculation, which is now refused, so that written default is dropped."""
-    for option_set in matrix.get("option_sets") or []:
-        options = option_set.get("options") or {}
-        if options.get("speculative", "none") == "none" and options.get("num_speculative_tokens") == 4:
-            del options["num_speculative_tokens"]
-    return matrix
+    """The resolved matrix a run folder was started with (for ``--resume``); :class:`RunFileError` names a field
+    of ``run.yaml`` that does not validate."""
+    run = read_run_file(run_dir)
+    if run is None:
+        raise RunFileError(f"{run_dir / RUN_FILE} not found")
+    return run.matrix
 
 
 def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str,
@@ -88,7 +80,7 @@ def write_run_yaml(run_dir: Path, matrix: Matrix, run_id: str,
         data["hub_models"] = {name: dict(found) for name, found in hub_models.items()}
     if models:
         data["models"] = {name: dict(found) for name, found in models.items()}
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (run_dir / RUN_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def hub_provenance(registry: Registry, models: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -133,7 +125,7 @@ def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Seq
     the creation data as it was; a matrix that differs from the one the run started with is recorded in the
     entry, and so is the lineage of the models it serves (``models``, :func:`model_lineage`). Returns the
     entry."""
-    path = run_dir / "run.yaml"
+    path = run_dir / RUN_FILE
     if not path.exists():  # a folder begun without run.yaml (by hand): start one, so the resume is on record
         write_run_yaml(run_dir, matrix, run_dir.name)
     data = yaml.safe_load(path.read_text()) or {}

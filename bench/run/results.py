@@ -1,5 +1,5 @@
-"""Typed results of ``bench run``: what a cell's ``cell.json`` holds, written by the executor and read back by
-``--resume`` and ``bench report``.
+"""Typed results of ``bench run``: what a cell's ``cell.json`` holds (:class:`CellRecord`) and what the run's
+``run.yaml`` holds (:class:`RunFile`), written by the executor and read back by ``--resume`` and ``bench report``.
 
 Every reader validates a cell through :class:`CellRecord`, so a renamed or missing key is an error that names
 the file and the field, never an empty "–" in a report. A record carries :data:`SCHEMA_VERSION`; records
@@ -14,14 +14,19 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from backends.base import EngineOptions
+from backends.yamlfile import describe
 from bench.evals.config import EvalSummary
 from bench.metrics import LoadSummary
 from bench.metrics.timeseries import Knee, WindowStats
+from bench.run.schema import Matrix
 
 SCHEMA_VERSION = 1
 CELL_FILE = "cell.json"
+RUN_FILE = "run.yaml"
 FINAL = ("ok", "failed", "skipped")
 
 
@@ -193,7 +198,7 @@ class CellRecord(_Open):
     backend: str
     option_set: str
     base_option_set: str | None = None
-    options: dict[str, Any]
+    options: EngineOptions
     seed: int
     scenario_names: list[str]
     status: Literal["ok", "failed", "skipped"]
@@ -207,6 +212,11 @@ class CellRecord(_Open):
     kv: KVCapacity | None = None
     scenarios: dict[str, ScenarioResult] = Field(default_factory=dict)
 
+    @field_validator("options", mode="before")
+    @classmethod
+    def _old_options(cls, options: Any) -> Any:
+        return upgrade_options(options)
+
     @model_validator(mode="after")
     def _known_version(self) -> CellRecord:
         if self.schema_version > SCHEMA_VERSION:
@@ -219,6 +229,15 @@ class CellRecord(_Open):
     def as_dict(self) -> dict[str, Any]:
         """The record as JSON data, with only the keys it was given (what ``cell.json`` holds)."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+def upgrade_options(options: Any) -> Any:
+    """Engine options as written before ``num_speculative_tokens`` became optional: each option set then carried
+    the old default (4) even without speculation, which is now refused, so that written default is dropped."""
+    if isinstance(options, dict) and options.get("speculative", "none") == "none" \
+            and options.get("num_speculative_tokens") == 4:
+        return {name: value for name, value in options.items() if name != "num_speculative_tokens"}
+    return options
 
 
 def new_record(**fields: Any) -> CellRecord:
@@ -243,3 +262,111 @@ def read_cell_file(path: Path) -> CellRecord:
     except json.JSONDecodeError as exc:
         raise CellRecordError(f"{path} is not JSON: {exc}") from None
     return parse_cell(data, path)
+
+
+# ---- run.yaml ---------------------------------------------------------------------------------
+
+
+class RunFileError(ValueError):
+    """A ``run.yaml`` that does not hold a run's record (the message names the field)."""
+
+
+class Gpu(_Open):
+    """One GPU as ``nvidia-smi`` named it."""
+
+    name: str
+    memory: str | None = None
+    driver: str | None = None
+
+
+class Environment(_Open):
+    """What a run ran on (:func:`bench.run.environment.capture`); a field not captured is None."""
+
+    python: str | None = None
+    platform: str | None = None
+    cpu: str | None = None
+    cpu_count: int | None = None
+    gpus: list[Gpu] = Field(default_factory=list)
+    packages: dict[str, str] = Field(default_factory=dict)
+    engine_venvs: dict[str, str] = Field(default_factory=dict)
+    git_sha: str | None = None
+    git_dirty: bool = False
+
+
+class ModelLineage(_Open):
+    """A served model as models.yaml held it when the run began (:func:`bench.run.executor.model_lineage`)."""
+
+    format: str | None = None
+    derived_from: str | None = None
+    recipe: dict[str, Any] | None = None
+    weight_bytes: int | None = None
+
+    @property
+    def load_time(self) -> bool:
+        """Quantized when the engine loads it: no weight files of its own."""
+        return bool((self.recipe or {}).get("load_time"))
+
+
+def _upgrade_matrix(matrix: Any) -> Any:
+    """A matrix as written before a schema change (:func:`upgrade_options` in each option set)."""
+    if isinstance(matrix, dict):
+        for option_set in matrix.get("option_sets") or []:
+            if isinstance(option_set, dict) and "options" in option_set:
+                option_set["options"] = upgrade_options(option_set["options"])
+    return matrix
+
+
+class Resume(_Open):
+    """One ``bench run --resume``: when, what it ran again, its environment, and what it changed."""
+
+    resumed_unix: float | None = None
+    only: list[str] = Field(default_factory=list)
+    retried_failed: list[str] = Field(default_factory=list)
+    environment: Environment | None = None
+    matrix: Matrix | None = Field(default=None, description="the resumed matrix, where it differs from the run's")
+    models: dict[str, ModelLineage] = Field(default_factory=dict)
+
+    @field_validator("matrix", mode="before")
+    @classmethod
+    def _old_matrix(cls, matrix: Any) -> Any:
+        return _upgrade_matrix(matrix)
+
+
+class RunFile(_Open):
+    """A run folder's ``run.yaml``: the resolved matrix and the environment (written by ``bench run``, each
+    resume appended), validated wherever it is read (``--resume``, ``bench report``)."""
+
+    run_id: str | None = None
+    created_unix: float | None = None
+    matrix: Matrix
+    environment: Environment | None = None
+    hub_models: dict[str, dict[str, str]] = Field(default_factory=dict)
+    models: dict[str, ModelLineage] = Field(default_factory=dict)
+    resumes: list[Resume] = Field(default_factory=list)
+
+    @field_validator("matrix", mode="before")
+    @classmethod
+    def _old_matrix(cls, matrix: Any) -> Any:
+        return _upgrade_matrix(matrix)
+
+    def lineage(self) -> dict[str, ModelLineage]:
+        """The models the run recorded: at creation, then each resume's additions."""
+        found = dict(self.models)
+        for resume in self.resumes:
+            for name, entry in resume.models.items():
+                found.setdefault(name, entry)
+        return found
+
+
+def read_run_file(run_dir: Path) -> RunFile | None:
+    """The validated ``run.yaml`` of a run folder, or None without one; :class:`RunFileError` names the field
+    that does not validate."""
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        return RunFile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise RunFileError(describe(exc, path)) from None
+    except yaml.YAMLError as exc:
+        raise RunFileError(f"{path} is not valid YAML: {exc}") from None
