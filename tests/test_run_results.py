@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from bench.cli import build_app
@@ -58,6 +59,18 @@ def test_a_report_of_a_cell_with_a_missing_field_names_it(tmp_path: Path) -> Non
     result = CliRunner().invoke(build_app(), ["report", str(run), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "cell.json" in result.output and "ttft_ms" in result.output and "Field required" in result.output
+
+
+def test_a_report_of_a_run_yaml_that_does_not_validate_names_the_field(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(EXAMPLES[0], run)
+    data = yaml.safe_load((run / "run.yaml").read_text())
+    data["environment"]["gpus"] = [{"memory": "80 GiB"}]  # no name
+    (run / "run.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    result = CliRunner().invoke(build_app(), ["report", str(run), "--out", str(tmp_path / "out")],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 2
+    assert "run.yaml is invalid" in result.output and "environment.gpus.0.name" in result.output
 
 
 def test_resume_refuses_a_cell_record_it_cannot_read(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def report(
 ) -> None:
     """Write report.md, report.html and plots from run folders."""
     from bench.report.render import write_report
-    from bench.run.results import CellRecordError
+    from bench.run.results import CellRecordError, RunFileError
 
     missing = [d for d in run_dirs if not (d / "cells").is_dir()]
     if missing:
@@ -118,7 +118,7 @@ def report(
         raise typer.Exit(2)
     try:
         paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd, headline)
-    except CellRecordError as exc:
+    except (CellRecordError, RunFileError) as exc:
         Console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     Console().print("\n".join(str(p) for p in paths))
