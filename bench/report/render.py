@@ -297,7 +297,8 @@ def eval_section(runs: list[RunData]) -> Section:
             p50 = res.latency.e2e_s.get("p50")
             rows.append([run.run_id, e.key.backend, e.key.model, e.key.options, str(e.key.seed), res.task,
                          res.mode, res.metric, _fmt(res.value, 3),
-                         f"{ci[0]:.3f}–{ci[1]:.3f}" if ci and all(map(math.isfinite, ci)) else "–", str(res.n_samples), str(res.n_errors),
+                         f"{ci[0]:.3f}–{ci[1]:.3f}" if ci and all(map(math.isfinite, ci)) else "–",
+                         str(res.n_samples), str(res.n_errors),
                          _no_answer_cell(res), _fmt(p50 * 1e3 if p50 else None), _under_load_cell(e.under_load)])
     note = ("no answer: the share of samples with no extractable answer (an empty reply, no letter, no number); "
             "over 20% is FLAGGED and the seed table shows no score for it. under load: the same eval while bench "
