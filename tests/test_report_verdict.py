@@ -134,7 +134,8 @@ def make_verdict_run(root: Path, target: dict[str, Any] | None = None) -> Path:
         matrix["quality_target"] = target
     models = {"bf16": {"format": "hf", "derived_from": "gguf-q4_1", "weight_bytes": 100 * 2**20},
               "q4": {"format": "gptq", "derived_from": "bf16", "weight_bytes": 30 * 2**20},
-              "hqq": {"format": "hqq", "derived_from": "bf16", "recipe": {"load_time": True}}}
+              "hqq": {"format": "hqq", "derived_from": "bf16", "recipe": {"load_time": True}},
+              "broken": {"format": "gptq", "derived_from": "bf16"}}
     resumed = {"q4k": {"format": "gguf", "derived_from": "bf16", "weight_bytes": 40 * 2**20}}
     (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "qv", "matrix": matrix, "models": models,
                                                   "resumes": [{"models": resumed}], "environment": {}}))
@@ -145,6 +146,7 @@ def make_verdict_run(root: Path, target: dict[str, Any] | None = None) -> Path:
     _eval_cell(run, "transformers", "q4", {"arc": ("arc-easy", "loglikelihood", [None, *right_half[1:]]),
                                            "math": ("math-absdiff", "generate", [1.0, 0.0] * 10 + [0.0] * 20)})
     _eval_cell(run, "transformers", "hqq", {"arc": ("arc-easy", "loglikelihood", [1.0, 0.0] * 18 + [0.0] * 4)})
+    _eval_cell(run, "transformers", "broken", {"arc": ("arc-easy", "loglikelihood", [None] * 40)})  # all HTTP 500
     # llama.cpp ran ARC by generation: no loglikelihood source to pair with; its math pairs across engines.
     _eval_cell(run, "llamacpp", "q4k", {"arc": ("arc-easy", "generate", [0.0] * 40),
                                         "math": ("math-absdiff", "generate", [1.0] * 20 + [0.0] * 20)})
@@ -154,7 +156,7 @@ def make_verdict_run(root: Path, target: dict[str, Any] | None = None) -> Path:
 def test_verdict_rows_pair_documents_and_match_the_source_cell(tmp_path: Path) -> None:
     run = make_verdict_run(tmp_path)
     meta = read_run_file(run)
-    assert meta is not None and set(meta.lineage()) == {"bf16", "q4", "hqq", "q4k"}  # the resume's addition too
+    assert meta is not None and set(meta.lineage()) == {"bf16", "q4", "hqq", "broken", "q4k"}  # with the resume's
     assert doc_scores(run / "cells" / "transformers__q4__default__s0" / "math" / "samples.jsonl",
                       "math-absdiff")["d0"] == 1.0  # exact match, not the 1e82 absolute difference
     rows = {(r.quant.model, r.quant.backend, r.quant.scenario): r for r in verdict_rows(run, "qv", meta, RELATIVE_3)}
@@ -170,6 +172,7 @@ def test_verdict_rows_pair_documents_and_match_the_source_cell(tmp_path: Path) -
     hqq = rows[("hqq", "transformers", "arc")]  # loses 2 right answers of 20 in 40 documents
     assert hqq.load_time and hqq.change is not None and hqq.change.relative == pytest.approx(-0.1)
     assert hqq.verdict in ("beyond target", "inconclusive")
+    assert rows[("broken", "transformers", "arc")].verdict == "no document scored: every request failed (Quality table)"
     assert rows[("q4k", "llamacpp", "arc")].verdict == "no source eval of this task and mode"  # generate vs ll
     q4k_math = rows[("q4k", "llamacpp", "math")]
     assert q4k_math.matched == "other engine" and q4k_math.source is not None

@@ -185,7 +185,9 @@ def verdict_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: Quali
         if found is not None:
             source, matched = found
             change = compare(source, quant)
-            verdict_text = verdict(change, target) if change else "no document scored in both"
+            verdict_text = verdict(change, target) if change else (
+                "no document scored in both" if doc_scores(quant.samples, quant.task)
+                else "no document scored: every request failed (Quality table)")
         rows.append(VerdictRow(quant, source_model, source, matched, change, verdict_text, entry.weight_bytes,
                                source_entry.weight_bytes, entry.load_time))
     return sorted(rows, key=lambda r: (r.quant.run, r.quant.task, r.quant.scenario, r.quant.backend, r.quant.model,
