@@ -47,6 +47,8 @@ def test_plan_gives_every_module_one_precision() -> None:
     assert isinstance(listed, dict)
     assert sorted(m for names in listed.values() for m in names) == sorted(MODULES)
     assert len(listed["int8"]) == 6 and len(listed["int4"]) == 9 and len(listed["bf16"]) == 6 * 4 + 3 + 1
+    fp8 = resolve(MODULES, 8, ("lm_head",)).recipe({8: "fp8"})["precision"]
+    assert isinstance(fp8, dict) and set(fp8) == {"fp8", "bf16"}
 
 
 def test_plan_refuses_patterns_and_spans_that_match_nothing() -> None:

@@ -60,11 +60,12 @@ class Plan:
     def bits_used(self) -> set[int]:
         return {p for p in self.modules.values() if isinstance(p, int)}
 
-    def recipe(self) -> dict[str, object]:
-        """What the entry records: the request, and every module under the precision it got."""
+    def recipe(self, labels: dict[int, str] | None = None) -> dict[str, object]:
+        """What the entry records: the request, and every module under the precision it got (``int<bits>``, or
+        ``labels[bits]`` where the weights are not integers, as FP8's)."""
         by_precision: dict[str, list[str]] = {}
         for module, precision in self.modules.items():
-            key = "bf16" if precision == "bf16" else f"int{precision}"
+            key = "bf16" if precision == "bf16" else (labels or {}).get(precision, f"int{precision}")
             by_precision.setdefault(key, []).append(module)
         request: dict[str, object] = {"keep_bf16": list(self.keep_bf16)}
         if self.layers_bits:

@@ -117,7 +117,8 @@ def quantize(model: str, to: str, registry_file: Path | None = None, *, name: st
     path, recipe = _make(spec, src, output_dir or default_output_dir("quantized", entry_name), entry_name, samples,
                          plan)
     seconds = time.monotonic() - start
-    recipe = {**recipe, **(plan.recipe() if plan else {}), "to": to, "seconds": round(seconds, 1)}
+    labels = {8: "fp8"} if spec.params.get("scheme") == "FP8_DYNAMIC" else None
+    recipe = {**recipe, **(plan.recipe(labels) if plan else {}), "to": to, "seconds": round(seconds, 1)}
     entry = register(registry_file or registry.source, name=entry_name, fmt=spec.format, path=path,
                      derived_from=model, recipe=recipe, description=f"{spec.summary}, from {model}")
     return QuantizeResult(entry, path, seconds)
