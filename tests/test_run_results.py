@@ -17,9 +17,10 @@ from bench.run.executor import read_cell
 from bench.run.results import SCHEMA_VERSION, CellRecordError, new_record, parse_cell, read_cell_file
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = [ROOT / "reports" / "examples" / "cpu-matrix", ROOT / "reports" / "tp-scaling-h200x2"]
+EXAMPLES = [ROOT / "reports" / "examples" / "cpu-matrix", ROOT / "reports" / "tp-scaling-h200x2",
+            ROOT / "reports" / "examples" / "quant-verdict"]
 # The committed runs and the schema version they were written with (0: before records were versioned).
-EXAMPLE_VERSIONS = {"cpu-matrix": SCHEMA_VERSION, "tp-scaling-h200x2": 0}
+EXAMPLE_VERSIONS = {"cpu-matrix": SCHEMA_VERSION, "tp-scaling-h200x2": 0, "quant-verdict": SCHEMA_VERSION}
 IDENTITY = {"cell_id": "transformers__m__default__s0", "model": "m", "backend": "transformers",
             "option_set": "default", "options": {}, "seed": 0, "scenario_names": ["load"]}
 
