@@ -1,42 +1,98 @@
 """The verdict column (#21 item 4): quantized entries against their derived_from source, paired on documents.
 
-Per-document scores are made up so that each change, interval and verdict can be checked by hand: a constant
-difference on every document has a bootstrap interval of exactly that difference, and a difference on no
-document has an interval of exactly zero, however different the documents are from each other.
+Per-document scores are made up so that each change, interval and verdict can be checked by hand. The expected
+intervals are computed here independently of bench.report.verdict: for 0/1 scores Newcombe's (1998, method 10)
+hybrid score interval for paired proportions, written from the paper's 2x2 notation with each Wilson interval
+found as the roots of its quadratic; for F1-like scores the paired t-interval with t from a printed table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from backends.checkpoints import load_registry
 from bench.report.render import write_report
-from bench.report.verdict import VERDICT_HEADER, doc_scores, paired_change, verdict, verdict_rows
+from bench.report.verdict import VERDICT_HEADER, doc_scores, paired_change, t975, verdict, verdict_rows
 from bench.run.executor import model_lineage
 from bench.run.results import read_run_file
 from bench.run.schema import MatrixError, QualityTarget, validate_matrix
 
 RELATIVE_3 = QualityTarget()  # the default: a relative drop under 3%
+Z = 1.959963984540054
 
 
-def test_identical_answers_are_within_target_with_a_zero_interval() -> None:
-    """Half the documents right, the same half in both: unpaired intervals would be about ±0.1 each, the paired
-    one is exactly 0."""
+def _wilson(x: int, n: int) -> tuple[float, float]:
+    """The p with (x/n - p)^2 = Z^2 p (1 - p) / n: n (1 + Z^2/n) p^2 - (2x + Z^2) p + x^2/n = 0."""
+    low, high = sorted(float(r.real) for r in np.roots([n + Z * Z, -(2 * x + Z * Z), x * x / n]))
+    return low, high
+
+
+def _newcombe(a: int, b: int, c: int, d: int) -> tuple[float, float]:
+    """Newcombe 1998, method 10, for the paired table a (both right), b (quantized right only), c (source right
+    only), d (both wrong); the difference is quantized - source = (b - c) / n."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = _wilson(a + b, n)
+    l2, u2 = _wilson(a + c, n)
+    product = (a + b) * (c + d) * (a + c) * (b + d)
+    ad_bc = a * d - b * c
+    phi = 0.0 if product == 0 else (max(ad_bc - n / 2, 0) if ad_bc > 0 else ad_bc) / math.sqrt(product)
+    dl, du = math.hypot(p1 - l1, u2 - p2), math.hypot(u1 - p1, p2 - l2)
+    low = p1 - p2 - math.sqrt(dl**2 - 2 * phi * (p1 - l1) * (u2 - p2))
+    high = p1 - p2 + math.sqrt(du**2 - 2 * phi * (u1 - p1) * (p2 - l2))
+    return low, high
+
+
+def test_identical_answers_have_a_narrow_interval_around_zero() -> None:
+    """Half the documents right, the same half in both (a = d = 100, b = c = 0): phi = (100*100 - 100) / 100^2
+    = 0.99, so the interval is the Wilson half-width (0.0686) times sqrt(2 * 0.01): about +-0.0097, +-1.94% of
+    the source's 0.5; within the 3% target. Unpaired intervals would be about +-0.1 each."""
     source = [1.0, 0.0] * 100
     change = paired_change(source, list(source))
-    assert change is not None and change.n == 200
-    assert change.change == 0.0 and change.change_ci == (0.0, 0.0) and change.relative_ci == (0.0, 0.0)
+    assert change is not None and change.n == 200 and change.change == 0.0
+    assert change.change_ci == pytest.approx(_newcombe(100, 0, 0, 100))
+    low, high = _wilson(100, 200)
+    assert change.change_ci == pytest.approx((-(0.5 - low) * math.sqrt(0.02), (high - 0.5) * math.sqrt(0.02)))
+    assert change.relative_ci == pytest.approx((-0.019414, 0.019414), abs=1e-6)
     assert verdict(change, RELATIVE_3) == "within target"
 
 
+def test_identical_answers_on_few_documents_are_inconclusive() -> None:
+    """The same 20 of 40 answers right: no answer changed, but 40 documents cannot rule out a 3% drop (the
+    interval is about +-0.047, +-9.4% relative)."""
+    change = paired_change([1.0, 0.0] * 20, [1.0, 0.0] * 20)
+    assert change is not None and change.change_ci == pytest.approx(_newcombe(20, 0, 0, 20))
+    assert change.relative_ci is not None and change.relative_ci[0] == pytest.approx(-0.0936, abs=1e-4)
+    assert verdict(change, RELATIVE_3) == "inconclusive"
+
+
+def test_one_answer_of_80_flipped_is_inconclusive() -> None:
+    """ARC-like: 45 of 80 right (0.5625); the quantized model gets one more right and loses none (a = 45, b = 1,
+    c = 0, d = 34). A bootstrap interval never shows a loss here (every resample's change is >= 0); the score
+    interval does: about -0.022 to +0.047, -3.9% to +8.3% relative, so a 3% relative drop is not ruled out."""
+    source = [1.0] * 45 + [0.0] * 35
+    quant = [1.0] * 46 + [0.0] * 34
+    change = paired_change(source, quant)
+    assert change is not None and change.n == 80
+    assert change.source_mean == 0.5625 and change.change == pytest.approx(0.0125)
+    assert change.change_ci == pytest.approx(_newcombe(45, 1, 0, 34))
+    assert change.change_ci == pytest.approx((-0.02185, 0.04680), abs=1e-5)
+    assert change.relative_ci == pytest.approx((-0.02185 / 0.5625, 0.04680 / 0.5625), abs=1e-4)
+    assert change.relative_ci is not None and change.relative_ci[0] < -0.03 < change.relative_ci[1]
+    assert verdict(change, RELATIVE_3) == "inconclusive"
+
+
 def test_a_constant_drop_has_that_drop_as_its_interval() -> None:
-    """SQuAD-like F1 0.5 on every document, 0.4 after quantizing: change -0.1, relative -20% on every resample."""
+    """SQuAD-like F1 0.5 on every document, 0.4 after quantizing: not 0/1 scores, so a paired t-interval, and
+    every difference is -0.1 (sd 0): change -0.1, relative -20%, both intervals a point."""
     change = paired_change([0.5] * 50, [0.4] * 50)
     assert change is not None
     assert change.change == pytest.approx(-0.1) and change.relative == pytest.approx(-0.2)
@@ -46,24 +102,56 @@ def test_a_constant_drop_has_that_drop_as_its_interval() -> None:
     assert verdict(change, QualityTarget(max_drop=0.15, relative=False)) == "within target"
 
 
+def test_f1_scores_get_a_paired_t_interval() -> None:
+    """Differences 0.1, -0.1, 0.2, 0: mean 0.05, sd sqrt(0.05 / 3), t(0.975, 3) = 3.182446 (printed tables):
+    0.05 +- 3.182446 * sqrt(0.05 / 3) / 2 = 0.05 +- 0.2054."""
+    change = paired_change([0.5] * 4, [0.6, 0.4, 0.7, 0.5])
+    assert change is not None and change.change == pytest.approx(0.05)
+    half = 3.182446 * math.sqrt(0.05 / 3) / 2
+    assert change.change_ci == pytest.approx((0.05 - half, 0.05 + half))
+    assert change.relative_ci == pytest.approx(((0.05 - half) / 0.5, (0.05 + half) / 0.5))
+    assert verdict(change, RELATIVE_3) == "inconclusive"
+
+
+def test_an_f1_interval_stops_where_the_score_would_fall_below_zero() -> None:
+    """Source F1 0.1 on every document but one (0.9 there), quantized 0 everywhere: the t-interval's lower end
+    (about -0.36) is a change no quantized mean >= 0 can reach; it stops at -source mean (-0.18, -100%)."""
+    change = paired_change([0.1] * 9 + [0.9], [0.0] * 10)
+    assert change is not None and change.change == pytest.approx(-0.18)
+    half = 2.262157 * float(np.std([-0.1] * 9 + [-0.9], ddof=1)) / math.sqrt(10)
+    assert change.change_ci == pytest.approx((-0.18, -0.18 + half))
+    assert change.relative_ci is not None and change.relative_ci[0] == pytest.approx(-1.0)
+
+
+def test_t_quantiles() -> None:
+    """The table and, beyond 30 degrees of freedom, the Cornish-Fisher expansion, against printed values."""
+    assert t975(1) == pytest.approx(12.7062, abs=1e-4) and t975(24) == pytest.approx(2.0639, abs=1e-4)
+    assert t975(40) == pytest.approx(2.0211, abs=1e-4) and t975(60) == pytest.approx(2.0003, abs=1e-4)
+    assert t975(120) == pytest.approx(1.9799, abs=1e-4) and t975(10**6) == pytest.approx(Z, abs=1e-5)
+    stats = pytest.importorskip("scipy.stats")
+    for df in (2, 9, 31, 49, 79, 119, 500):
+        assert t975(df) == pytest.approx(float(stats.t.ppf(0.975, df)), abs=1e-5)
+
+
 def test_one_changed_answer_in_ten_is_inconclusive() -> None:
-    """Ten documents, six right; the quantized model loses one of them: change -0.1, relative -1/6. No resample
-    can show a gain, so the interval's top is 0 (above -3%); one that draws the lost document twice or more
-    shows a drop of 0.2 or more (below -3%): the interval straddles the target."""
+    """Ten documents, six right; the quantized model loses one of them (a = 5, b = 0, c = 1, d = 4): change
+    -0.1, relative -1/6, interval about -0.320 to +0.143, straddling the target."""
     source = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0]
     quant = [0.0, *source[1:]]
     change = paired_change(source, quant)
     assert change is not None and change.n == 10
     assert change.change == pytest.approx(-0.1) and change.relative == pytest.approx(-1 / 6)
-    assert change.change_ci is not None and change.relative_ci is not None
-    assert change.change_ci[1] == 0.0 and change.change_ci[0] <= -0.2
-    assert change.relative_ci[1] == 0.0 and change.relative_ci[0] < -0.03
+    assert change.change_ci == pytest.approx(_newcombe(5, 0, 1, 4))
+    assert change.change_ci == pytest.approx((-0.3199, 0.1434), abs=1e-4)
+    assert change.relative_ci == pytest.approx((-0.3199 / 0.6, 0.1434 / 0.6), abs=1e-3)
     assert verdict(change, RELATIVE_3) == "inconclusive"
 
 
 def test_half_the_answers_lost_is_beyond_target() -> None:
+    """40 right, 20 lost (a = 20, c = 20): source all right, so phi = 0 (a margin is empty)."""
     change = paired_change([1.0] * 40, [1.0, 0.0] * 20)
     assert change is not None and change.change == pytest.approx(-0.5) and change.relative == pytest.approx(-0.5)
+    assert change.change_ci == pytest.approx(_newcombe(20, 0, 20, 0))
     assert change.relative_ci is not None and change.relative_ci[1] < -0.03
     assert verdict(change, RELATIVE_3) == "beyond target"
 
@@ -76,7 +164,9 @@ def test_edge_cases() -> None:
     zero = paired_change([0.0] * 5, [0.0, 1.0, 0.0, 0.0, 0.0])
     assert zero is not None and zero.relative is None and zero.change == pytest.approx(0.2)
     assert verdict(zero, RELATIVE_3) == "inconclusive (source scores 0)"
-    assert verdict(zero, QualityTarget(relative=False)) == "within target"  # never below 0
+    # 5 documents cannot rule out a drop: the Wilson interval of 0/5 reaches 0.43 (interval about -0.26 to +0.62).
+    assert zero.change_ci == pytest.approx(_newcombe(0, 1, 0, 4))
+    assert verdict(zero, QualityTarget(relative=False)) == "inconclusive"
     with pytest.raises(ValueError, match="differ in length"):
         paired_change([1.0], [1.0, 0.0])
 
@@ -164,11 +254,14 @@ def test_verdict_rows_pair_documents_and_match_the_source_cell(tmp_path: Path) -
     assert bf16.source is None and bf16.verdict == "no source cell in this run"
     arc = rows[("q4", "transformers", "arc")]
     assert arc.matched == "same engine/options" and arc.change is not None and arc.change.n == 39
-    assert arc.change.change == 0.0 and arc.verdict == "within target"
+    # The same 19 of 39 answers: no change, but 39 documents cannot rule out a 3% drop (interval +-9.9%).
+    assert arc.change.change == 0.0 and arc.change.change_ci == pytest.approx(_newcombe(19, 0, 0, 20))
+    assert arc.verdict == "inconclusive"
     assert arc.weight_bytes == 30 * 2**20 and arc.source_weight_bytes == 100 * 2**20
     math_row = rows[("q4", "transformers", "math")]
     assert math_row.change is not None and math_row.change.change == pytest.approx(-0.25)
     assert math_row.change.relative == pytest.approx(-0.5) and math_row.verdict == "beyond target"
+    assert math_row.change.change_ci == pytest.approx(_newcombe(10, 0, 10, 20))  # -0.380 to -0.103
     hqq = rows[("hqq", "transformers", "arc")]  # loses 2 right answers of 20 in 40 documents
     assert hqq.load_time and hqq.change is not None and hqq.change.relative == pytest.approx(-0.1)
     assert hqq.verdict in ("beyond target", "inconclusive")
@@ -176,7 +269,7 @@ def test_verdict_rows_pair_documents_and_match_the_source_cell(tmp_path: Path) -
     assert rows[("q4k", "llamacpp", "arc")].verdict == "no source eval of this task and mode"  # generate vs ll
     q4k_math = rows[("q4k", "llamacpp", "math")]
     assert q4k_math.matched == "other engine" and q4k_math.source is not None
-    assert q4k_math.source.backend == "transformers" and q4k_math.verdict == "within target"
+    assert q4k_math.source.backend == "transformers" and q4k_math.verdict == "inconclusive"  # 40 documents
 
 
 def test_report_has_the_verdict_table(tmp_path: Path) -> None:
@@ -192,7 +285,7 @@ def test_report_has_the_verdict_table(tmp_path: Path) -> None:
     assert q4_math[7:9] == ["0.500", "0.250"] and q4_math[9].startswith("-0.250 (")
     assert q4_math[10].startswith("-50.0% (") and q4_math[11] == "30 (0.30×)"
     assert q4_math[13].rstrip(" |") in ("within target", "inconclusive")
-    assert table["q4/arc-easy (acc)"][9] == "+0.000 (+0.000 to +0.000)"
+    assert table["q4/arc-easy (acc)"][9] == "+0.000 (-0.048 to +0.048)"  # _newcombe(19, 0, 0, 20)
     assert table["hqq/arc-easy (acc)"][11] == "quantized at load"
     assert table["q4k/math-absdiff (exact_match)"][5] == "transformers/default (other engine)"
     assert "bf16/arc-easy (acc)" not in table  # its source is not in the run: named in the note instead

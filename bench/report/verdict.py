@@ -7,11 +7,24 @@ under the same seed, on the same engine and option set where there is one, else 
 another engine (said in the table: then the difference holds the engines' difference too).
 
 The two cells' per-document scores (``samples.jsonl``) are paired on the document id, and the change is
-``mean(quantized - source)`` over the documents both scored. Its 95% interval comes from a paired bootstrap:
-documents are resampled, each draw keeping a document's two scores together, so the interval reflects how
-much the two models *disagree*, not how hard the documents are. The per-document score is the task's
-accuracy: ARC accuracy, SQuAD F1, GSM8K exact match (the absolute difference has no scale a "3% drop" could
-apply to), HumanEval pass@1.
+``mean(quantized - source)`` over the documents both scored. Its 95% interval is one for *paired* data, so it
+reflects how much the two models *disagree*, not how hard the documents are:
+
+- binary scores (every score 0 or 1: ARC accuracy, GSM8K exact match, HumanEval pass@1): Newcombe's hybrid
+  score interval for the difference of paired proportions (Newcombe 1998, method 10): the Wilson score
+  intervals of the two models' accuracies, combined with the phi correlation of the 2x2 table of paired
+  answers (corrected by N/2 towards 0, as in the paper). A paired bootstrap would not do here: when few answers
+  change (1 of 80, a gain) every resample shows no loss, and the interval ends at 0, so it cannot show a loss
+  it never saw; the score interval still allows the losses that so few documents cannot rule out.
+- continuous scores (SQuAD F1): a paired t-interval on the per-document differences (mean +- t(0.975, n-1) *
+  sd / sqrt(n)), cut where the quantized mean would leave [0, 1] (a relative change below -100%: no verdict
+  for a target under 100% changes). F1 differences take many values, and the t-interval is symmetric about
+  the mean, so it does not end at 0 on the side that no resample reached, as a percentile bootstrap of few
+  distinct differences does.
+
+The relative interval is the change's interval divided by the source's mean score. The per-document score is
+the task's accuracy: ARC accuracy, SQuAD F1, GSM8K exact match (the absolute difference has no scale a "3% drop"
+could apply to), HumanEval pass@1.
 
 The verdict compares the interval with the matrix's :class:`~bench.run.schema.QualityTarget`: *within target*
 when the whole interval lies above ``-max_drop``, *beyond target* when it lies wholly below, *inconclusive*
@@ -21,9 +34,11 @@ when it straddles it (more documents would decide).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -37,7 +52,6 @@ from bench.run.schema import QualityTarget
 VERDICT_FIELD: dict[str, str] = {"math-absdiff": "exact_match"}
 VERDICT_METRIC: dict[str, str] = {"math-absdiff": "exact_match", "arc-easy": "acc", "arc-challenge": "acc",
                                   "squad": "F1", "humaneval": "pass@1"}
-BOOTSTRAP_RESAMPLES = 2000
 NO_SOURCE = "no source cell in this run"
 
 
@@ -65,11 +79,11 @@ class PairedChange:
     relative_ci: tuple[float, float] | None
 
 
-def paired_change(source: Sequence[float], quant: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
-                  seed: int = 0) -> PairedChange | None:
-    """The mean paired difference ``quant - source`` and its percentile-bootstrap 95% interval, absolute and
-    relative to the source's mean; the two sequences hold one document each at the same index. None without
-    documents; no interval with one."""
+def paired_change(source: Sequence[float], quant: Sequence[float]) -> PairedChange | None:
+    """The mean paired difference ``quant - source`` and its 95% interval (see the module docstring: Newcombe's
+    hybrid score interval for binary scores, a paired t-interval otherwise), absolute and relative to the
+    source's mean; the two sequences hold one document each at the same index. None without documents; no
+    interval with one."""
     s, q = np.asarray(source, dtype=float), np.asarray(quant, dtype=float)
     if len(s) != len(q):
         raise ValueError(f"paired scores differ in length: {len(s)} and {len(q)}")
@@ -80,17 +94,82 @@ def paired_change(source: Sequence[float], quant: Sequence[float], *, resamples:
     relative = change / base if base else None
     if len(s) < 2:
         return PairedChange(len(s), base, float(q.mean()), change, None, relative, None)
-    picks = np.random.default_rng(seed).integers(0, len(s), size=(resamples, len(s)))
-    s_means, q_means = s[picks].mean(axis=1), q[picks].mean(axis=1)
-    changes = q_means - s_means
-    ratios = changes[s_means != 0] / s_means[s_means != 0]
-    return PairedChange(len(s), base, float(q.mean()), change, _interval(changes), relative,
-                        _interval(ratios) if base and len(ratios) else None)
+    binary = bool(np.isin(s, (0.0, 1.0)).all() and np.isin(q, (0.0, 1.0)).all())
+    if binary:
+        interval = newcombe_paired_interval(s, q)
+    else:
+        interval = paired_t_interval(q - s)
+        if ((s >= 0) & (s <= 1) & (q >= 0) & (q <= 1)).all():  # F1: a quantized mean in [0, 1], not below -100%
+            interval = (max(interval[0], -base), min(interval[1], 1 - base))
+    relative_ci = (interval[0] / base, interval[1] / base) if base else None
+    return PairedChange(len(s), base, float(q.mean()), change, interval, relative, relative_ci)
 
 
-def _interval(draws: np.ndarray[Any, Any]) -> tuple[float, float]:
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return float(low), float(high)
+Z95 = NormalDist().inv_cdf(0.975)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n``."""
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def newcombe_paired_interval(source: np.ndarray[Any, Any], quant: np.ndarray[Any, Any],
+                             z: float = Z95) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) hybrid score interval for ``mean(quant) - mean(source)`` of paired 0/1
+    scores: the Wilson intervals (l1, u1) of the quantized accuracy p1 and (l2, u2) of the source's p2, and phi,
+    the correlation of the paired table [[a, b], [c, d]] (a: both right, d: both wrong, b and c: one right),
+    ``max(ad - bc - n/2, 0) / sqrt(row and column totals' product)`` when ad > bc, ``(ad - bc) / ...`` otherwise,
+    0 when a total is 0. Lower = (p1 - p2) - sqrt((p1-l1)^2 - 2 phi (p1-l1)(u2-p2) + (u2-p2)^2); the upper bound
+    with (u1-p1) and (p2-l2)."""
+    n = len(source)
+    both = int(np.sum((quant == 1) & (source == 1)))
+    quant_only = int(np.sum((quant == 1) & (source == 0)))
+    source_only = int(np.sum((quant == 0) & (source == 1)))
+    neither = n - both - quant_only - source_only
+    right_q, right_s = both + quant_only, both + source_only
+    p1, p2 = right_q / n, right_s / n
+    l1, u1 = wilson_interval(right_q, n, z)
+    l2, u2 = wilson_interval(right_s, n, z)
+    totals = right_q * (n - right_q) * right_s * (n - right_s)
+    cross = both * neither - quant_only * source_only
+    if not totals:
+        phi = 0.0
+    elif cross > n / 2:
+        phi = (cross - n / 2) / math.sqrt(totals)
+    elif cross >= 0:
+        phi = 0.0
+    else:
+        phi = cross / math.sqrt(totals)
+    diff = p1 - p2
+    low = diff - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    high = diff + math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return max(low, -1.0), min(high, 1.0)
+
+
+# Student's t, 97.5% quantile, for 1-30 degrees of freedom (more: the Cornish-Fisher expansion below).
+_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (error under 1e-5 beyond the table)."""
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = Z95
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4))
+
+
+def paired_t_interval(differences: np.ndarray[Any, Any]) -> tuple[float, float]:
+    """mean +- t(0.975, n-1) * sd / sqrt(n) of the per-document differences."""
+    n = len(differences)
+    mean = float(differences.mean())
+    half = t975(n - 1) * float(differences.std(ddof=1)) / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def verdict(change: PairedChange, target: QualityTarget) -> str:
@@ -223,8 +302,11 @@ def verdict_table(runs: Sequence[tuple[Path, str, RunFile | None]]) -> tuple[lis
     note = (f"Target ({'; '.join(targets)}), the matrix's quality_target. Each quantized entry (one with "
             "derived_from in models.yaml) against its source on the same documents: change = mean of the "
             "per-document differences (accuracy; SQuAD F1; GSM8K exact match), relative = change / source score, "
-            "with the 95% interval of a paired bootstrap over documents. Within target: the whole interval of the "
-            "targeted change lies above -max_drop; beyond: wholly below; inconclusive: it straddles the target. "
+            "with a 95% interval for paired data: for 0/1 scores Newcombe's hybrid score interval for paired "
+            "proportions (Wilson intervals and the phi correlation; Newcombe 1998, method 10), for F1 a paired "
+            "t-interval on the per-document differences; the relative interval is that interval / source score. "
+            "Within target: the whole interval of the targeted change lies above -max_drop; beyond: wholly "
+            "below; inconclusive: it straddles the target. "
             "Source cell: the source's eval on the same engine and options where the run has one ('other "
             "engine': the difference also holds the engines' own). Weights: the checkpoint's files; an entry "
             "quantized at load has none of its own (its peak RSS is the measure).")
