@@ -15,6 +15,7 @@ import pytest
 from backends.base import EngineOptions
 from backends.checkpoints import Registry, load_registry
 from backends.errors import UnsupportedOptionError
+from backends.transformers.gptq_mixed import gptq_dynamic
 from bench.quantize.gptq import dynamic_config
 from bench.quantize.mixed import MixedPrecisionError, parse_layers_bits, resolve
 from tests.test_quantize import HF_MODEL, probe, run_cli, tmp_registry
@@ -63,6 +64,16 @@ def test_gptqmodel_dynamic_config_names_each_module_exactly() -> None:
     assert dynamic[r"-:^model\.layers\.0\.self_attn\.q_proj$"] == {}
     assert dynamic[r"+:^model\.layers\.1\.mlp\.up_proj$"] == {"bits": 8}
     assert not any("layers\\.2" in key or "lm_head" in key for key in dynamic)
+
+
+def test_gptq_dynamic_is_read_from_the_checkpoint_config(tmp_path: Path) -> None:
+    """Which GPTQ checkpoints the Transformers engine loads through GPTQModel: those with a ``dynamic`` map."""
+    assert gptq_dynamic(tmp_path) is None
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"bits": 4, "dynamic": {}}}))
+    assert gptq_dynamic(tmp_path) is None
+    dynamic: dict[str, dict[str, int]] = {r"-:^model\.layers\.0\.self_attn\.q_proj$": {}}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"bits": 4, "dynamic": dynamic}}))
+    assert gptq_dynamic(tmp_path) == dynamic
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -225,3 +236,19 @@ def test_mixed_precision_gguf_writes_the_planned_tensor_types(prepared: Registry
     assert {k: v for k, v in written.items() if k in entry.recipe["tensor_types"]} == entry.recipe["tensor_types"]
     answer, _ = probe(registry, name, tmp_path, "llamacpp")
     assert len(answer.split()) >= 2, answer
+
+
+@pytest.mark.slow
+def test_mixed_precision_gptq_is_served_by_transformers(prepared: Registry, base_ppl: float, tmp_path: Path) -> None:
+    """Attention kept in bf16 and 8-bit MLPs in layers 0-3 (GPTQModel ``dynamic``): transformers' own GPTQ loader
+    built every module 4-bit and each request failed (issue #21); the engine loads it through GPTQModel."""
+    registry = tmp_registry(tmp_path)
+    name = quantize(registry, "gptq-4bit", tmp_path / "out", "--keep-bf16", "*.self_attn.*", "--layers-bits", "0-3:8")
+    entry = load_registry(registry).get(name)
+    dynamic = gptq_dynamic(Path(entry.path or ""))
+    assert dynamic and dynamic[r"-:^model\.layers\.7\.self_attn\.o_proj$"] == {}
+    assert dynamic[r"+:^model\.layers\.3\.mlp\.up_proj$"] == {"bits": 8}
+    answer, ppl = probe(registry, name, tmp_path, "transformers", perplexity=True)
+    assert ppl is not None and ppl < 4.0 * base_ppl, (ppl, base_ppl, answer)
+    words = answer.split()
+    assert len(words) >= 3 and len(set(words)) >= max(2, len(words) // 2), answer

@@ -31,6 +31,7 @@ from backends.errors import UnsupportedOptionError
 from backends.inprocess import Pending, WorkerEngine, is_fatal, top_logprobs
 from backends.transformers import batch as kv
 from backends.transformers.config import CAPABILITIES, NAME, load_time_quantization
+from backends.transformers.gptq_mixed import HALF_ONLY, gptq_dynamic, load_gptq_mixed
 
 log = logging.getLogger("servebench.transformers")
 
@@ -86,7 +87,7 @@ class TransformersEngine(WorkerEngine[_Seq]):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def _load(self) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
+        from transformers import AutoConfig, AutoTokenizer, GgufConfig
 
         device = self._device()
         self._set_threads(device)
@@ -105,15 +106,34 @@ class TransformersEngine(WorkerEngine[_Seq]):
         if quantization is not None:  # bnb/torchao quantize while loading, straight onto the device
             kwargs.update(quantization_config=quantization, device_map=str(device))
         self.tokenizer = AutoTokenizer.from_pretrained(tok_folder, **tok_kwargs)
+        if self.format == "gptq" and gptq_dynamic(self.path):  # transformers' GPTQ loader ignores `dynamic`
+            self.model = load_gptq_mixed(self.path, self._half_dtype(kwargs["dtype"]), device,
+                                         self._remote_code).eval()
+        else:
+            self.model = self._load_model(folder, kwargs, quantization, device)
+        self._eos = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        self._pad = int(pad if pad is not None else next(iter(self._eos), 0))
+
+    def _load_model(self, folder: str, kwargs: dict[str, Any], quantization: object | None,
+                    device: torch.device) -> Any:
+        from transformers import AutoModelForCausalLM
+
         model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         if self.format == "hqq":  # transformers 5 cannot apply HqqConfig while loading: swap the layers after
             from backends.transformers.hqq import quantize_hqq, read_hqq_config
 
             model = quantize_hqq(model.to(device), read_hqq_config(self.path), kwargs["dtype"], device)
-        self.model = (model if quantization is not None else model.to(device)).eval()
-        self._eos = self._eos_ids()
-        pad = self.tokenizer.pad_token_id
-        self._pad = int(pad if pad is not None else next(iter(self._eos), 0))
+        return (model if quantization is not None else model.to(device)).eval()
+
+    def _half_dtype(self, dtype: Any) -> torch.dtype:
+        """The compute dtype of a GPTQ checkpoint with per-module precision: float32 (the CPU default) becomes
+        bfloat16; float32 asked for explicitly is refused with the reason."""
+        if dtype != torch.float32:
+            return dtype  # type: ignore[no-any-return]
+        if self.options.dtype == "float32":
+            raise UnsupportedOptionError(NAME, "dtype", "float32", HALF_ONLY)
+        return torch.bfloat16
 
     def _set_threads(self, device: torch.device) -> None:
         """Size torch's CPU thread pool; ``threads`` on a GPU is refused, since nothing there would use it."""
