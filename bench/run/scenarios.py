@@ -27,6 +27,8 @@ from bench.run.probes import KVInfo, MemorySampler, kv_info
 from bench.run.schema import EvalScenario, KVCacheScenario, LoadPoint, LoadScenario, SpeculativeScenario, load_options
 from servers.launch import LaunchError, ServerHandle
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
 # Words for the repetitive prompts (common English, one token each in BPE vocabularies).
 _WORDS_TEXT = ("time year people way day man thing woman life child world school state family student group country "
                "problem hand part place case week company system program question work government number night "
@@ -49,6 +51,14 @@ class CellRun:
     progress: Progress
     memory: MemorySampler
     model_gpus: int = 1  # GPUs one copy of the model is split over (tensor × pipeline parallel), for MBU
+
+    @cached_property
+    def tokenizer(self) -> str | None:
+        """The served checkpoint's own tokenizer folder, for exact prompt lengths: the one the server was given, or
+        the checkpoint's folder when it holds tokenizer files. Resolved from the server's spec, so a run's
+        ``--registry`` is honoured (``bench load``'s own lookup reads the default models.yaml). None: a GGUF file
+        or a folder without one, left to ``bench load``'s candidates."""
+        return tokenizer_folder(self.handle.spec.tokenizer_path, self.handle.spec.model_path)
 
     @cached_property
     def kv(self) -> KVInfo:
@@ -87,7 +97,8 @@ class CellRun:
         """A load config against this cell's server."""
         return LoadConfig(url=self.handle.url, model=self.handle.model, api=api, workload=workload,
                           arrival=arrival, num_requests=requests, warmup=warmup, duration_s=duration_s,
-                          seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus)
+                          seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus,
+                          tokenizer=self.tokenizer)
 
     def scenario_config(self, scenario: LoadOptions, arrival: Arrival) -> LoadConfig:
         """The load config of one point of a load-like scenario: its ``bench load`` options against this cell's
@@ -95,6 +106,8 @@ class CellRun:
         fields = load_options(scenario)
         if "server_gpus" not in scenario.model_fields_set:
             fields["server_gpus"] = self.model_gpus
+        if fields.get("tokenizer") is None:
+            fields["tokenizer"] = self.tokenizer
         return LoadConfig.model_validate({**fields, "url": self.handle.url, "model": self.handle.model,
                                           "arrival": arrival, "seed": self.seed})
 
@@ -105,6 +118,14 @@ class CellRun:
         data["dir"] = str(folder.relative_to(self.cell_dir))
         data["rss_peak_gib"] = self.memory.take_peak()
         return data
+
+
+def tokenizer_folder(tokenizer_path: Path | None, model_path: Path) -> str | None:
+    """The first of the two that is a folder holding a Hugging Face tokenizer (see :attr:`CellRun.tokenizer`)."""
+    for path in (tokenizer_path, model_path):
+        if path is not None and path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES):
+            return str(path)
+    return None
 
 
 def _arrival(point: LoadPoint) -> ConcurrencyArrival | PoissonArrival:
