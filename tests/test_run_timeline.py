@@ -43,7 +43,9 @@ def calib_url() -> Iterator[str]:
 
 def _cell_run(url: str, cell_dir: Path) -> CellRun:
     handle: Any = SimpleNamespace(url=url, model="calibration", alive=lambda: True,
-                                  spec=SimpleNamespace(backend="calibration"), log_tail=lambda: "")
+                                  spec=SimpleNamespace(backend="calibration", tokenizer_path=None,
+                                                      model_path=cell_dir / "no-checkpoint"),
+                                  log_tail=lambda: "")
     progress = Progress(console=Console(file=io.StringIO()))
     return CellRun(handle=handle, cell_id="calibration__m__default__s0", cell_dir=cell_dir, seed=0, max_batch=8,
                    progress=progress, memory=MemorySampler(os.getpid()))
