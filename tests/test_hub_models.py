@@ -8,6 +8,7 @@ messages patch the download function, raising huggingface_hub's own exception ty
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -238,7 +239,9 @@ def served(offline: Path, request: pytest.FixtureRequest, tmp_path: Path) -> Ite
     cmd = [sys.executable, "-m", "bench", "serve", "--backend", backend, "--model", repo, "--port", str(port),
            "--max-model-len", "512", "--max-batch", "1"]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        # its own session: whatever it started goes with it below (one CI run found its llama-server left running)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                start_new_session=True)
     try:
         _wait_healthy(proc, f"http://127.0.0.1:{port}", log)
         yield f"http://127.0.0.1:{port}/v1", str(log), repo
@@ -249,6 +252,8 @@ def served(offline: Path, request: pytest.FixtureRequest, tmp_path: Path) -> Ite
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group bench serve led: only processes this test started
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
