@@ -10,6 +10,7 @@ import base64
 import html
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from bench.report.tables import (
     ScalingRow,
     SeedStats,
     SpeedUp,
+    TimelineRow,
     cost_per_million,
     load_run,
     mean_std,
@@ -345,20 +347,22 @@ KNEE_HEADER = ("run", "backend", "model", "options", "seed", "scenario", "schedu
                "p99 at knee ms", "SLO ms", "at s", "highest rate sent req/s")
 
 
+def _timelines(runs: list[RunData], kind: str) -> Iterator[tuple[RunData, TimelineRow]]:
+    """Each run's timeline results of one kind (``trace`` or ``schedule``), with their run."""
+    return ((run, t) for run in runs for t in run.timelines if t.result.kind == kind)
+
+
 def replay_section(runs: list[RunData]) -> Section:
     """Trace replays: how much of the offered trace met the SLOs, overall and in the worst window."""
     rows = []
-    for run in runs:
-        for t in run.timelines:
-            if t.result.kind != "trace":
-                continue
-            point, windows = t.result.point, [w for w in t.result.windows if w.sent]
-            good = [w.goodput_rate for w in windows if w.goodput_rate is not None]
-            worst = max((w.ttft_p99_ms for w in windows if w.ttft_p99_ms is not None), default=None)
-            rows.append([run.run_id, t.key.backend, t.key.model, t.key.options, str(t.key.seed), t.scenario,
-                         str(point.num_requests), str(point.num_ok), _fmt(point.goodput, 2),
-                         _fmt(min(good) if good else None, 2), _pct(point.goodput_fraction),
-                         _fmt(point.ttft_ms.p99), _fmt(worst)])
+    for run, t in _timelines(runs, "trace"):
+        point, windows = t.result.point, [w for w in t.result.windows if w.sent]
+        good = [w.goodput_rate for w in windows if w.goodput_rate is not None]
+        worst = max((w.ttft_p99_ms for w in windows if w.ttft_p99_ms is not None), default=None)
+        rows.append([run.run_id, t.key.backend, t.key.model, t.key.options, str(t.key.seed), t.scenario,
+                     str(point.num_requests), str(point.num_ok), _fmt(point.goodput, 2),
+                     _fmt(min(good) if good else None, 2), _pct(point.goodput_fraction),
+                     _fmt(point.ttft_ms.p99), _fmt(worst)])
     note = ("Requests sent at the trace's own times; goodput counts requests meeting every SLO, per second, over "
             "the run and in its worst window (the goodput-over-time plot shows every window).")
     return Section("Trace replay: goodput over time", REPLAY_HEADER, rows, note)
@@ -367,17 +371,14 @@ def replay_section(runs: list[RunData]) -> Section:
 def knee_section(runs: list[RunData]) -> Section:
     """Rate schedules: the lowest offered rate at which p99 TTFT or TPOT broke its SLO."""
     rows = []
-    for run in runs:
-        for t in run.timelines:
-            if t.result.kind != "schedule":
-                continue
-            knee = t.result.knee
-            label = t.result.arrival.removeprefix("schedule=")
-            top = max((w.achieved_rate for w in t.result.windows), default=None)
-            rows.append([run.run_id, t.key.backend, t.key.model, t.key.options, str(t.key.seed), t.scenario, label,
-                         _fmt(knee.rate, 2) if knee else "none", knee.metric.upper() if knee else "–",
-                         _fmt(knee.p99_ms) if knee else "–", _fmt(knee.slo_ms) if knee else "–",
-                         _fmt(knee.at_s) if knee else "–", _fmt(top, 2)])
+    for run, t in _timelines(runs, "schedule"):
+        knee = t.result.knee
+        label = t.result.arrival.removeprefix("schedule=")
+        top = max((w.achieved_rate for w in t.result.windows), default=None)
+        rows.append([run.run_id, t.key.backend, t.key.model, t.key.options, str(t.key.seed), t.scenario, label,
+                     _fmt(knee.rate, 2) if knee else "none", knee.metric.upper() if knee else "–",
+                     _fmt(knee.p99_ms) if knee else "–", _fmt(knee.slo_ms) if knee else "–",
+                     _fmt(knee.at_s) if knee else "–", _fmt(top, 2)])
     note = ("Knee: the lowest offered rate (the schedule's target over a window) whose window's p99 TTFT or TPOT "
             "was above its SLO; 'none' means every window met them, up to the highest rate sent.")
     return Section("Rate schedule: the latency knee", KNEE_HEADER, rows, note)
@@ -439,7 +440,7 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
         lambda: plots.goodput_over_time([t for run in runs for t in run.timelines], out, multi),
         *(lambda t=t, i=i: plots.time_series_plot(t.result.windows, out, f"schedule_{i}",
                                                   f"{t.key.label} · {t.scenario}")
-          for i, t in enumerate(t for run in runs for t in run.timelines if t.result.kind == "schedule")),
+          for i, (_, t) in enumerate(_timelines(runs, "schedule"))),
     ])
     title = "servebench report: " + ", ".join(r.run_id for r in runs)
     env = _environment_lines(runs)
