@@ -38,6 +38,10 @@ mkdir -p "$W" "$OUTDIR"
 LOG=$OUTDIR/seed-table.log
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 
+# vLLM (shared/device/stage-vllm.sh's bundle, carried whole in .stage/vllm by benchmarks/gpu/xfer.sh) -> /tmp/site
+if [ "$ENGINE" = vllm ] && [ ! -d /tmp/site/vllm ] && [ -f .stage/vllm/part00 ]; then
+    mkdir -p /tmp/site && cat .stage/vllm/part0* | xz -dc | tar -x -C /tmp/site && say "vLLM unpacked into /tmp/site"
+fi
 if [ -d "$ST/whl" ] && [ ! -f /tmp/site/.done ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$ST"/whl/*.whl 2>&1 | tee -a "$LOG" && touch /tmp/site/.done && say "wheels installed"
@@ -89,16 +93,18 @@ MATRIX=benchmarks/gpu/seed-table.yaml
 BASE=(); VARIANTS=()
 for set in $BASE_SETS; do BASE+=(--only "${ENGINE}__${MODEL}__${set}__s0"); done
 for set in $VARIANT_SETS; do VARIANTS+=(--only "${ENGINE}__${MODEL}__${set}__s0"); done
+# The base phase leaves time for the variants when they are asked for, else only for packing the run folder.
+if [[ " $PHASES " == *" variants "* ]] && [ ${#VARIANTS[@]} -gt 0 ]; then RESERVE=150; else RESERVE=45; fi
 if [[ " $PHASES " != *" base "* ]]; then
     say "base cells not asked for (PHASES=$PHASES)"
 elif [ ! -d "$RUN_DIR" ]; then
     say "bench run ${BASE[*]}"
-    timeout -s INT $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
+    timeout -s INT $((LIMIT - SECONDS - RESERVE)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-base.log" | grep -vE '^\s*$' | tail -40
     say "base cells: rc ${PIPESTATUS[0]}"
 else
     say "bench run --resume (base)"
-    timeout -s INT $((LIMIT - SECONDS - 150)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
+    timeout -s INT $((LIMIT - SECONDS - RESERVE)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-base.log" | tail -40
 fi
 if [[ " $PHASES " == *" variants "* ]] && [ ${#VARIANTS[@]} -gt 0 ] && [ $((LIMIT - SECONDS)) -gt 90 ]; then
