@@ -20,7 +20,8 @@ from backends.checkpoints import Registry, load_registry
 from bench.evals.config import EvalConfig
 from bench.load.config import LoadOptions
 from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
-from bench.run.executor import read_cell, read_run_matrix, run_matrix, write_run_yaml
+from bench.run.cli import _print_cells
+from bench.run.executor import read_cell, read_run_matrix, resume_plan, run_matrix, write_run_yaml
 from bench.run.results import RunFileError, parse_cell, read_run_file
 from bench.run.schema import (
     EvalScenario,
@@ -366,6 +367,36 @@ def test_resume_retries_failed_cells_and_notes_the_resume_in_run_yaml(tmp_path: 
     again = run_matrix(m, registry, run_dir, Console(quiet=True), resume=True)
     assert again == records
     assert yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"][-1]["retried_failed"] == []
+
+
+def test_resume_looks_again_at_a_cell_skipped_for_a_reason_that_no_longer_holds(tmp_path: Path,
+                                                                                registry: Registry) -> None:
+    # A matrix filled over several runs: a cell skipped because its checkpoint did not exist yet (or the engine
+    # was not installed on that machine) is not kept forever; --resume evaluates it again.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    m = _resume_matrix()
+    write_run_yaml(run_dir, m, "retry")
+    ok_id, tp2_id = f"transformers__{MODEL}__tp1__s0", f"transformers__{MODEL}__tp2__s0"
+    _record(run_dir, ok_id, {"status": "ok", "scenarios": {}, "marker": 1})
+    _record(run_dir, tp2_id, {"status": "skipped", "reason": "unknown model 'x' in models.yaml"})
+    cells = expand(m, registry)
+    plan = resume_plan(cells, run_dir, retry_failed=True)
+    assert plan[ok_id] is not None and plan[ok_id]["marker"] == 1 and plan[tp2_id] is None
+    console = Console(record=True, width=300)
+    _print_cells(console, cells, plan)
+    said = console.export_text()
+    assert f"keep {ok_id}  (recorded ok)" in said and f"skip {tp2_id}" in said
+    assert "0 to run, 1 skipped, 1 kept from the run folder" in said
+    records = run_matrix(m, registry, run_dir, Console(quiet=True), resume=True)
+    assert records[0]["marker"] == 1
+    assert records[1]["status"] == "skipped" and "parallel" in records[1]["reason"]  # today's reason
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"][-1]["unskipped"] == [tp2_id]
+    # Skipped again for the same reason: now the record is kept, and the resume notes nothing unskipped.
+    assert resume_plan(cells, run_dir, retry_failed=True)[tp2_id] == records[1]
+    run_matrix(m, registry, run_dir, Console(quiet=True), resume=True)
+    assert "unskipped" not in yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"][-1]
+    assert read_run_file(run_dir).resumes[0].unskipped == [tp2_id]
 
 
 def test_bench_run_resume_with_only_retries_the_matching_failed_cell(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -23,8 +24,9 @@ def run(
     matrix_file: Path = typer.Argument(None, help="Matrix YAML; default: the built-in matrix on the default model."),
     out: Path = typer.Option(None, help="Parent folder of run folders (default: ./reports)."),
     run_id: str = typer.Option(None, help="Run folder name (default: timestamp + matrix name)."),
-    resume: Path = typer.Option(None, help="Continue this run folder: keep its ok and skipped cells, run the "
-                                "rest (failed cells included, unless --keep-failed)."),
+    resume: Path = typer.Option(None, help="Continue this run folder: keep its ok cells and the cells still "
+                                "skipped for the same reason, run the rest (failed cells included, unless "
+                                "--keep-failed). With --dry-run: list what it would keep and run."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--keep-failed", help="With --resume: run the cells "
                                       "recorded as failed again (default), or keep their records."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit."),
@@ -38,7 +40,14 @@ def run(
     from backends.checkpoints import RegistryError, load_registry
     from bench.report.render import write_report
     from bench.run.cells import default_matrix, expand, select
-    from bench.run.executor import hub_provenance, model_lineage, read_run_matrix, run_matrix, write_run_yaml
+    from bench.run.executor import (
+        hub_provenance,
+        model_lineage,
+        read_run_matrix,
+        resume_plan,
+        run_matrix,
+        write_run_yaml,
+    )
     from bench.run.results import CellRecordError
     from bench.run.schema import MatrixError, load_matrix
 
@@ -67,7 +76,7 @@ def run(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if dry_run:
-        _print_cells(console, cells)
+        _print_cells(console, cells, resume_plan(cells, resume, retry_failed) if resume is not None else {})
         return
     if resume is not None:
         run_dir = resume
@@ -90,16 +99,22 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_cells(console: Console, cells: list[Cell]) -> None:
-    """One line per cell: what runs on it, or why it is skipped (plain lines stay readable when narrow)."""
+def _print_cells(console: Console, cells: list[Cell], kept: Mapping[str, Mapping[str, Any] | None]) -> None:
+    """One line per cell: what runs on it, or why it is skipped, or (``--resume``) that its record is kept
+    (plain lines stay readable when narrow)."""
     for cell in cells:
-        if cell.skip_reason is None:
+        record = kept.get(cell.cell_id)
+        if record is not None:
+            console.print(f"[cyan]keep[/cyan] {cell.cell_id}  (recorded {record['status']})", soft_wrap=True)
+        elif cell.skip_reason is None:
             console.print(f"[green]run [/green] {cell.cell_id}  scenarios: {', '.join(cell.scenarios)}", soft_wrap=True)
         else:
             console.print(f"[yellow]skip[/yellow] {cell.cell_id}  ({', '.join(cell.scenarios)}): {cell.skip_reason}",
                           soft_wrap=True)
-    runnable = sum(c.skip_reason is None for c in cells)
-    console.print(f"{len(cells)} cells: {runnable} to run, {len(cells) - runnable} skipped")
+    held = sum(kept.get(c.cell_id) is not None for c in cells)
+    runnable = sum(c.skip_reason is None and kept.get(c.cell_id) is None for c in cells)
+    console.print(f"{len(cells)} cells: {runnable} to run, {len(cells) - runnable - held} skipped"
+                  + (f", {held} kept from the run folder" if kept else ""))
 
 
 def report(

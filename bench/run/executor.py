@@ -120,8 +120,10 @@ def model_lineage(registry: Registry, models: Sequence[str]) -> dict[str, dict[s
 
 
 def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Sequence[str],
-                models: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Append a ``resumes`` entry to ``run.yaml`` (when, ``--only`` patterns, failed cells run again), keeping
+                models: Mapping[str, Mapping[str, Any]] | None = None,
+                unskipped: Sequence[str] = ()) -> dict[str, Any]:
+    """Append a ``resumes`` entry to ``run.yaml`` (when, ``--only`` patterns, failed cells run again, skipped
+    cells looked at again: ``unskipped``), keeping
     the creation data as it was; a matrix that differs from the one the run started with is recorded in the
     entry, and so is the lineage of the models it serves (``models``, :func:`model_lineage`). Returns the
     entry."""
@@ -132,6 +134,8 @@ def note_resume(run_dir: Path, matrix: Matrix, only: Sequence[str], retried: Seq
     # The environment too: the cells this resume runs may run on other versions than the first ones.
     entry: dict[str, Any] = {"resumed_unix": time.time(), "only": list(only), "retried_failed": list(retried),
                              "environment": environment.capture()}
+    if unskipped:
+        entry["unskipped"] = list(unskipped)
     resolved = matrix.model_dump(mode="json")
     if resolved != data.get("matrix"):
         entry["matrix"] = resolved
@@ -211,12 +215,25 @@ def _run_cell(matrix: Matrix, registry: Registry, cell: Cell, cell_dir: Path, pr
                 "model_format": spec.model_format, "rss_peak_gib": memory.overall_peak / GIB, "kv": kv}
 
 
-def kept_on_resume(record: dict[str, Any] | None, retry_failed: bool) -> bool:
-    """Whether ``--resume`` keeps a cell's record as it is: ``ok`` and ``skipped`` always, ``failed`` only when
-    not retrying failed cells; a cell that never finished always runs."""
+def kept_on_resume(record: dict[str, Any] | None, retry_failed: bool, cell: Cell) -> bool:
+    """Whether ``--resume`` keeps a cell's record as it is: ``ok`` always, ``failed`` only when not retrying
+    failed cells, ``skipped`` only while the cell is skipped now for the same reason (a matrix filled over
+    several runs gains models and engines: a cell skipped because its checkpoint did not exist yet runs once
+    it does); a cell that never finished always runs."""
     if record is None:
         return False
+    if record["status"] == "skipped":
+        return record.get("reason") == cell.skip_reason
     return record["status"] != "failed" or not retry_failed
+
+
+def resume_plan(cells: Sequence[Cell], run_dir: Path, retry_failed: bool) -> dict[str, dict[str, Any] | None]:
+    """Each cell's record in ``run_dir`` when ``--resume`` keeps it as it is, else None (it runs, or is
+    recorded as skipped with today's reason)."""
+    paths = RunPaths(run_dir)
+    earlier = {cell.cell_id: read_cell(paths.cell(cell)) for cell in cells}
+    return {cell.cell_id: earlier[cell.cell_id] if kept_on_resume(earlier[cell.cell_id], retry_failed, cell)
+            else None for cell in cells}
 
 
 def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Console, resume: bool = False,
@@ -231,15 +248,19 @@ def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Conso
     cells = select(expand(matrix, registry), only)
     earlier = {cell.cell_id: read_cell(paths.cell(cell)) if resume else None for cell in cells}
     if resume:
-        retried = [cid for cid, rec in earlier.items() if rec is not None and not kept_on_resume(rec, retry_failed)]
-        note_resume(run_dir, matrix, only, retried, model_lineage(registry, [cell.model for cell in cells]))
+        redo = [cell for cell in cells if earlier[cell.cell_id] is not None
+                and not kept_on_resume(earlier[cell.cell_id], retry_failed, cell)]
+        note_resume(run_dir, matrix, only,
+                    [c.cell_id for c in redo if (earlier[c.cell_id] or {}).get("status") == "failed"],
+                    model_lineage(registry, [cell.model for cell in cells]),
+                    [c.cell_id for c in redo if (earlier[c.cell_id] or {}).get("status") == "skipped"])
     records: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("matrix", total=len(cells))
         for cell in cells:
             before = earlier[cell.cell_id]
-            if before is not None and kept_on_resume(before, retry_failed):
+            if before is not None and kept_on_resume(before, retry_failed, cell):
                 records.append(before)
             else:
                 progress.update(task, description=f"{cell.backend} · {cell.model} · {cell.option_set.name}")

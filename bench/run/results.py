@@ -322,6 +322,9 @@ class Resume(_Open):
     resumed_unix: float | None = None
     only: list[str] = Field(default_factory=list)
     retried_failed: list[str] = Field(default_factory=list)
+    unskipped: list[str] = Field(default_factory=list, description="cells recorded as skipped that this resume "
+                                 "could run (the model now exists, the engine is installed) or skips for "
+                                 "another reason now")
     environment: Environment | None = None
     matrix: Matrix | None = Field(default=None, description="the resumed matrix, where it differs from the run's")
     models: dict[str, ModelLineage] = Field(default_factory=dict)
