@@ -19,6 +19,7 @@ from bench.evals.config import EvalSummary
 from bench.metrics import LoadSummary
 from bench.metrics.spread import spread
 from bench.report import plots
+from bench.report.headline import HEADLINE_HEADER, FormatAtSlo, formats_at_slo, quality_text, ranked, slo_text
 from bench.report.tables import (
     QUALITY_COLUMNS,
     KVRow,
@@ -35,7 +36,7 @@ from bench.report.tables import (
     speedups,
     stops_paying,
 )
-from bench.report.verdict import VERDICT_HEADER, verdict_table
+from bench.report.verdict import REFERENCE_HEADER, VERDICT_HEADER, reference_table, verdict_table
 from bench.run.results import Environment, UnderLoadResult
 
 METRICS_NOTE = ("Metric definitions: docs/metrics.md (TTFT from send; TPOT excludes the first token; ITL per "
@@ -51,6 +52,7 @@ class Section:
     header: tuple[str, ...]
     rows: list[list[str]]
     note: str = ""
+    lines: tuple[str, ...] = ()  # a list after the table (the headline's other formats)
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -76,6 +78,54 @@ def _pm(values: list[float], digits: int = 1) -> str:
 
 
 # ---- sections ----------------------------------------------------------------------------------
+
+
+def headline_section(runs: list[RunData], gpu_hour_usd: float | None,
+                     references: list[str] | None = None) -> Section:
+    """Per engine and card: the format with the most output tokens/s at the SLO, its load, latency, memory and
+    cost, and its quality against the reference (bench.report.headline); a line for each other format. No rows
+    for runs without a quality_reference or an SLO."""
+    rows, lines, slos, cards = [], [], [], []
+    for run in runs:
+        groups = ranked(formats_at_slo(run, gpu_hour_usd, references))
+        if not groups:
+            continue
+        slos.append(f"{run.run_id}: {slo_text(run)}")
+        run_cards = sorted({card for (_, _, card) in groups})
+        if len(run_cards) > 1:
+            cards.append(f"{run.run_id} ran on {len(run_cards)} GPU models ({', '.join(run_cards)})")
+        for (run_id, backend, card), formats in groups.items():
+            best = formats[0]
+            rows.append([run_id, backend, card, _format_name(best), *_at_slo_cells(best), quality_text(best)])
+            lines += [f"{run_id} · {backend} · {card}: {_format_name(f)}: {_other_line(f, best)}"
+                      for f in formats[1:]]
+    note = (f"SLO ({'; '.join(slos)}). Per engine and card, the format (model and option set) with the most "
+            "output tokens/s at a load point where ≥90% of requests met every SLO (for a sweep: the steps it "
+            "passed): the Scaling and Summary tables' figure, its latency at that point, the peak memory and "
+            "cost of the Summary table, the mean over seeds where several. Quality: each eval against the "
+            "quality_reference ('Each format against the reference' below), relative change with its 95% "
+            "interval and the verdict against the quality_target. Cards: NVML's name in the load point's "
+            "gpu.jsonl, else run.yaml's; formats on different cards are not ranked together.")
+    if cards:
+        note += " " + "; ".join(cards) + ": each card is ranked on its own."
+    return Section("Headline: the best format per engine at the SLO", HEADLINE_HEADER, rows, note, tuple(lines))
+
+
+def _format_name(f: FormatAtSlo) -> str:
+    seeds = len(f.cells)
+    return f"{f.key.model} / {f.key.options}" + (f" ({seeds} seeds)" if seeds > 1 else "")
+
+
+def _at_slo_cells(f: FormatAtSlo) -> list[str]:
+    return [_fmt(f.mean("tok_s")), f.points, _fmt(f.mean("ttft_ms")), _fmt(f.mean("tpot_ms")),
+            _fmt(f.mean("memory_gib"), 2), _fmt(f.mean("cost"), 2)]
+
+
+def _other_line(f: FormatAtSlo, best: FormatAtSlo) -> str:
+    tok_s, top = f.mean("tok_s"), best.mean("tok_s")
+    share = f" ({tok_s / top:.0%} of the best)" if tok_s and top else ""
+    speed = f"{_fmt(tok_s)} out tok/s at SLO{share}" if tok_s else "no load point met the SLO"
+    return f"{speed}; quality: {quality_text(f)}"
 
 
 def seed_section(runs: list[RunData], headline: str | None, gpu_hour_usd: float | None) -> Section:
@@ -316,6 +366,13 @@ def verdict_section(runs: list[RunData]) -> Section:
     return Section("Quantized against source: the verdict", VERDICT_HEADER, rows, note)
 
 
+def reference_section(runs: list[RunData], references: list[str] | None = None) -> Section:
+    """Each format (model and option set) against the run's quality_reference on each eval task, paired on the
+    same documents (bench.report.verdict); no rows for runs without a reference."""
+    rows, note = reference_table([(run.run_dir, run.run_id, run.meta) for run in runs], references)
+    return Section("Each format against the reference", REFERENCE_HEADER, rows, note)
+
+
 def problems_section(runs: list[RunData]) -> Section:
     """Cells skipped or failed, and scenarios skipped inside cells that ran, with the reason."""
     rows = [[p.run, p.cell, p.scenario or "–", p.status, p.reason] for run in runs for p in run.problems]
@@ -410,8 +467,11 @@ def turn_section(runs: list[RunData]) -> Section:
 
 
 def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = None,
-                 headline: str | None = None) -> list[Path]:
-    """Write report.md, report.html and the PNG plots for one run or several side by side."""
+                 headline: str | None = None, quality_reference: list[str] | None = None) -> list[Path]:
+    """Write report.md, report.html and the PNG plots for one run or several side by side.
+
+    ``quality_reference`` overrides each run's matrix field of that name (the bf16 models every format's
+    quality is compared with; with an SLO, the report then opens with the headline)."""
     runs = [load_run(d) for d in run_dirs]
     out.mkdir(parents=True, exist_ok=True)
     matrices = [r.matrix for r in runs if r.matrix is not None]
@@ -419,11 +479,12 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
         gpu_hour_usd = next((m.gpu_hour_usd for m in matrices if m.gpu_hour_usd is not None), None)
     headline = headline or next((h for m in matrices if (h := m.headline())), None)
     spec, ups = spec_section(runs)
-    sections = [seed_section(runs, headline, gpu_hour_usd), scaling_section(runs), load_section(runs, gpu_hour_usd),
+    sections = [headline_section(runs, gpu_hour_usd, quality_reference),
+                seed_section(runs, headline, gpu_hour_usd), scaling_section(runs), load_section(runs, gpu_hour_usd),
                 kv_section(runs),
                 prefix_section(runs), spec, replay_section(runs), knee_section(runs),
                 turn_section(runs), eval_section(runs),
-                verdict_section(runs),
+                verdict_section(runs), reference_section(runs, quality_reference),
                 problems_section(runs)]
     sections = [s for s in sections if s.rows]
     multi = len(runs) > 1
@@ -460,6 +521,8 @@ def _markdown(title: str, sections: list[Section], pngs: list[Path], env: list[s
     md = [f"# {title}", ""]
     for s in sections:
         md += [f"## {s.title}", "", _md_table(s.header, s.rows), ""]
+        if s.lines:
+            md += [*[f"- {line}" for line in s.lines], ""]
         if s.note:
             md += [s.note, ""]
     if pngs:
@@ -478,6 +541,8 @@ def _html(title: str, sections: list[Section], pngs: list[Path], env: list[str])
     parts = [f"<h1>{html.escape(title)}</h1>"]
     for s in sections:
         parts += [f"<h2>{html.escape(s.title)}</h2>", _html_table(s.header, s.rows)]
+        if s.lines:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in s.lines) + "</ul>")
         if s.note:
             parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
     if pngs:

@@ -206,6 +206,7 @@ class RunData:
     cell_memory: dict[CellKey, float] = field(default_factory=dict)
     cell_devices: dict[CellKey, int] = field(default_factory=dict)
     cell_kv: dict[CellKey, KVCapacity] = field(default_factory=dict)
+    cell_options: dict[CellKey, EngineOptions] = field(default_factory=dict)
 
     def devices(self, key: CellKey) -> int:
         """Accelerators (or engine workers on CPU) the cell's server occupies."""
@@ -246,6 +247,7 @@ def _add_cell(data: RunData, cell_dir: Path, cell: CellRecord) -> None:
     if cell.rss_peak_gib is not None:
         data.cell_memory[key] = cell.rss_peak_gib
     data.cell_devices[key] = devices(cell.options)
+    data.cell_options[key] = cell.options
     if cell.kv is not None:
         data.cell_kv[key] = cell.kv
     for name, scenario in cell.scenarios.items():
@@ -441,7 +443,7 @@ def seed_table(run: RunData, headline: str | None, gpu_hour_usd: float | None) -
         _add_load_stats(table[key.group], rows, headline, gpu_hour_usd, run.devices(key))
         table[key.group].seeds.add(key.seed)
     for key, gib in run.cell_memory.items():
-        if key.group in table and not any(r.summary.server.gpu_mem_peak_gib for r in by_cell[key]):
+        if key.group in table and gpu_peak_gib(by_cell[key]) is None:
             table[key.group].memory_gib.append(gib)
     return dict(table)
 
@@ -462,6 +464,18 @@ def _add_load_stats(stats: SeedStats, rows: list[LoadRow], headline: str | None,
         stats.max_tok_s.append(best.throughput)
         if (cost := cost_per_million(best.throughput, gpu_hour_usd, gpus)) is not None:
             stats.cost.append(cost)
+    if (gpu := gpu_peak_gib(rows)) is not None:
+        stats.memory_gib.append(gpu)
+
+
+def gpu_peak_gib(rows: list[LoadRow]) -> float | None:
+    """The highest GPU memory (NVML) over a cell's load points, or None where none was sampled: the seed table's
+    peak memory then falls back to the server's RSS."""
     gpu = [g for r in rows if (g := r.summary.server.gpu_mem_peak_gib)]
-    if gpu:
-        stats.memory_gib.append(max(gpu))
+    return max(gpu) if gpu else None
+
+
+def peak_memory_gib(run: RunData, key: CellKey, rows: list[LoadRow]) -> float | None:
+    """A cell's peak memory as the seed table reads it: GPU memory where sampled, else the server's RSS."""
+    gpu = gpu_peak_gib(rows)
+    return gpu if gpu is not None else run.cell_memory.get(key)

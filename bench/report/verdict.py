@@ -29,20 +29,30 @@ could apply to), HumanEval pass@1.
 The verdict compares the interval with the matrix's :class:`~bench.run.schema.QualityTarget`: *within target*
 when the whole interval lies above ``-max_drop``, *beyond target* when it lies wholly below, *inconclusive*
 when it straddles it (more documents would decide).
+
+The same comparison, against the matrix's ``quality_reference`` instead of ``derived_from``
+(:func:`reference_rows`): every eval of every other format, a model or an option set that quantizes at load
+(``quantization: fp8`` on the bf16 checkpoint), against the reference's eval served without load-time
+quantization. The references are bf16 models in order of preference (the HF checkpoint, then the GGUF F16 that
+holds the same weights for llama.cpp); the match tries the same engine and options (the option set itself, or
+the same options apart from ``quantization``: vLLM's ``gpu-fp8`` against its ``gpu``), then the same engine,
+then another engine, and within each of these the references in their order. Both tables pair, bound and judge
+a change through one function, :func:`compare_cell`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from backends.base import EngineOptions
 from bench.evals.runner import SAMPLES_FILE
 from bench.report.tables import CellKey
 from bench.run.results import CELL_FILE, EvalResult, ModelLineage, RunFile, read_cell_file
@@ -64,6 +74,17 @@ class EvalCell(CellKey):
     mode: str
     samples: Path
     rss_peak_gib: float | None
+    engine_options: EngineOptions | None = field(default=None, compare=False)
+
+    def same_eval(self, other: EvalCell) -> bool:
+        """The same eval (scenario, task, mode) under the same seed, in the same run."""
+        return (self.scenario, self.task, self.mode, self.seed, self.run) == \
+            (other.scenario, other.task, other.mode, other.seed, other.run)
+
+    @property
+    def quantization(self) -> str | None:
+        """The option set's load-time quantization (``fp8``), or None."""
+        return self.engine_options.quantization if self.engine_options else None
 
 
 @dataclass(frozen=True)
@@ -198,7 +219,7 @@ def eval_cells(run_dir: Path, run_id: str) -> Iterator[EvalCell]:
             if isinstance(scenario, EvalResult):
                 yield EvalCell(run_id, cell.cell_id, cell.backend, cell.model, cell.option_set, cell.seed, name,
                                scenario.result.task, scenario.result.mode, path.parent / name / SAMPLES_FILE,
-                               cell.rss_peak_gib)
+                               cell.rss_peak_gib, cell.options)
 
 
 def doc_scores(samples: Path, task: str) -> dict[str, float]:
@@ -218,16 +239,35 @@ def doc_scores(samples: Path, task: str) -> dict[str, float]:
     return scores
 
 
-def source_cell(quant: EvalCell, source_model: str, cells: Sequence[EvalCell]) -> tuple[EvalCell, str] | None:
-    """The cell to compare ``quant`` with, and how it was matched: ``same engine/options``, ``same engine`` or
-    ``other engine``; None when the run has no eval of the source with the same scenario, task, mode and seed."""
-    same_eval = [c for c in cells if c.model == source_model and c.scenario == quant.scenario
-                 and c.task == quant.task and c.mode == quant.mode and c.seed == quant.seed and c.run == quant.run]
-    for how, match in (("same engine/options", lambda c: c.backend == quant.backend and c.options == quant.options),
-                       ("same engine", lambda c: c.backend == quant.backend), ("other engine", lambda c: True)):
-        found = [c for c in same_eval if match(c)]
-        if found:
-            return found[0], how
+def _unquantized(options: EngineOptions | None) -> EngineOptions | None:
+    return options.model_copy(update={"quantization": None}) if options else None
+
+
+def _same_options(c: EvalCell, quant: EvalCell) -> bool:
+    """The option set itself, or the same options apart from load-time quantization (``gpu-fp8`` and ``gpu``)."""
+    return c.options == quant.options or (c.engine_options is not None
+                                          and c.engine_options == _unquantized(quant.engine_options))
+
+
+MATCHES: tuple[tuple[str, Callable[[EvalCell, EvalCell], bool]], ...] = (
+    ("same engine/options", lambda c, q: c.backend == q.backend and c.options == q.options),
+    ("same engine/options", lambda c, q: c.backend == q.backend and _same_options(c, q)),
+    ("same engine", lambda c, q: c.backend == q.backend),
+    ("other engine", lambda c, q: True),
+)
+
+
+def source_cell(quant: EvalCell, models: Sequence[str], cells: Sequence[EvalCell]) -> tuple[EvalCell, str] | None:
+    """The cell to compare ``quant`` with, and how it was matched: ``same engine/options`` (the option set, or
+    the same options apart from ``quantization``), ``same engine`` or ``other engine``, each tried with the
+    source models in their order; None when ``cells`` hold no eval of a source with the same scenario, task,
+    mode and seed."""
+    same_eval = [c for c in cells if c.model in models and c.same_eval(quant) and c is not quant]
+    for how, match in MATCHES:
+        for model in models:
+            found = [c for c in same_eval if c.model == model and match(c, quant)]
+            if found:
+                return found[0], how
     return None
 
 
@@ -250,25 +290,57 @@ def verdict_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: Quali
     """Every eval of every entry with a ``derived_from`` in the run's lineage, against its source cell."""
     models = meta.lineage() if meta else {}
     cells = list(eval_cells(run_dir, run_id))
-    rows = []
-    for quant in cells:
-        entry = models.get(quant.model) or ModelLineage()
-        source_model = entry.derived_from
-        if not source_model:
-            continue
-        source_entry = models.get(source_model) or ModelLineage()
-        found = source_cell(quant, source_model, cells)
-        change, matched, source = None, "–", None
-        verdict_text = ("no source eval of this task and mode" if any(c.model == source_model for c in cells)
-                        else NO_SOURCE)
-        if found is not None:
-            source, matched = found
-            change = compare(source, quant)
-            verdict_text = verdict(change, target) if change else (
-                "no document scored in both" if doc_scores(quant.samples, quant.task)
-                else "no document scored: every request failed (Quality table)")
-        rows.append(VerdictRow(quant, source_model, source, matched, change, verdict_text, entry.weight_bytes,
-                               source_entry.weight_bytes, entry.load_time))
+    rows = [compare_cell(quant, [source], cells, target, models)
+            for quant in cells if (source := (models.get(quant.model) or ModelLineage()).derived_from)]
+    return _sorted(rows)
+
+
+def is_reference(cell: EvalCell, references: Sequence[str]) -> bool:
+    """A reference model served without load-time quantization."""
+    return cell.model in references and cell.quantization is None
+
+
+def reference_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: QualityTarget,
+                   references: Sequence[str]) -> list[VerdictRow]:
+    """Every eval of every format (model and option set) that is not a reference, against the reference's same
+    eval (:func:`source_cell`; the candidates are the references served without load-time quantization)."""
+    if not references:
+        return []
+    models = meta.lineage() if meta else {}
+    cells = list(eval_cells(run_dir, run_id))
+    candidates = [c for c in cells if is_reference(c, references)]
+    rows = [compare_cell(quant, references, candidates, target, models)
+            for quant in cells if not is_reference(quant, references)]
+    return _sorted(rows)
+
+
+def compare_cell(quant: EvalCell, sources: Sequence[str], candidates: Sequence[EvalCell], target: QualityTarget,
+                 models: dict[str, ModelLineage]) -> VerdictRow:
+    """One eval against its source cell among ``candidates`` (the evals a source may be matched in; see
+    :func:`source_cell`): the paired change, its interval and the verdict, or why there is none (no source
+    eval in the run at all, or none of this task and mode). ``models``: the run's lineage, for weight sizes."""
+    entry = models.get(quant.model) or ModelLineage()
+    found = source_cell(quant, sources, candidates)
+    if found is None:
+        ran = any(c.model in sources for c in candidates)
+        verdict_text = "no source eval of this task and mode" if ran else NO_SOURCE
+        return VerdictRow(quant, sources[0], None, "–", None, verdict_text, entry.weight_bytes,
+                          (models.get(sources[0]) or ModelLineage()).weight_bytes, _load_time(quant, entry))
+    source, matched = found
+    change = compare(source, quant)
+    verdict_text = verdict(change, target) if change else (
+        "no document scored in both" if doc_scores(quant.samples, quant.task)
+        else "no document scored: every request failed (Quality table)")
+    return VerdictRow(quant, source.model, source, matched, change, verdict_text, entry.weight_bytes,
+                      (models.get(source.model) or ModelLineage()).weight_bytes, _load_time(quant, entry))
+
+
+def _load_time(cell: EvalCell, entry: ModelLineage) -> bool:
+    """Quantized when loaded: an entry without files of its own, or an option set with ``quantization``."""
+    return entry.load_time or cell.quantization is not None
+
+
+def _sorted(rows: list[VerdictRow]) -> list[VerdictRow]:
     return sorted(rows, key=lambda r: (r.quant.run, r.quant.task, r.quant.scenario, r.quant.backend, r.quant.model,
                                        r.quant.seed))
 
@@ -281,6 +353,15 @@ def compare(source: EvalCell, quant: EvalCell) -> PairedChange | None:
 
 
 # ---- the table ----------------------------------------------------------------------------------
+
+# How a change, its interval and the verdict are read; both tables' notes say it.
+CHANGE_NOTE = ("change = mean of the "
+               "per-document differences (accuracy; SQuAD F1; GSM8K exact match), relative = change / source score, "
+               "with a 95% interval for paired data: for 0/1 scores Newcombe's hybrid score interval for paired "
+               "proportions (Wilson intervals and the phi correlation; Newcombe 1998, method 10), for F1 a paired "
+               "t-interval on the per-document differences; the relative interval is that interval / source score. "
+               "Within target: the whole interval of the targeted change lies above -max_drop; beyond: wholly "
+               "below; inconclusive: it straddles the target. ")
 
 VERDICT_HEADER = ("run", "task (metric)", "backend", "model", "derived from", "source cell", "docs paired",
                   "source", "quantized", "change (95% CI)", "relative (95% CI)", "weights MiB (× source)",
@@ -300,13 +381,7 @@ def verdict_table(runs: Sequence[tuple[Path, str, RunFile | None]]) -> tuple[lis
             else:
                 rows.append(_cells(row))
     note = (f"Target ({'; '.join(targets)}), the matrix's quality_target. Each quantized entry (one with "
-            "derived_from in models.yaml) against its source on the same documents: change = mean of the "
-            "per-document differences (accuracy; SQuAD F1; GSM8K exact match), relative = change / source score, "
-            "with a 95% interval for paired data: for 0/1 scores Newcombe's hybrid score interval for paired "
-            "proportions (Wilson intervals and the phi correlation; Newcombe 1998, method 10), for F1 a paired "
-            "t-interval on the per-document differences; the relative interval is that interval / source score. "
-            "Within target: the whole interval of the targeted change lies above -max_drop; beyond: wholly "
-            "below; inconclusive: it straddles the target. "
+            f"derived_from in models.yaml) against its source on the same documents: {CHANGE_NOTE}"
             "Source cell: the source's eval on the same engine and options where the run has one ('other "
             "engine': the difference also holds the engines' own). Weights: the checkpoint's files; an entry "
             "quantized at load has none of its own (its peak RSS is the measure).")
@@ -315,15 +390,60 @@ def verdict_table(runs: Sequence[tuple[Path, str, RunFile | None]]) -> tuple[lis
     return rows, note
 
 
-def _cells(r: VerdictRow) -> list[str]:
+REFERENCE_HEADER = ("run", "task (metric)", "backend", "model", "options", "reference", "reference cell",
+                    "docs paired", "reference score", "format score", "change (95% CI)", "relative (95% CI)",
+                    "weights MiB (× reference)", "peak RSS GiB", "verdict")
+
+
+def run_references(meta: RunFile | None, override: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The reference models of a run: ``override`` (``bench report --quality-reference``) when given, else its
+    matrix's ``quality_reference`` (none for a run from before the field, or without run.yaml)."""
+    if override:
+        return tuple(override)
+    return meta.matrix.quality_reference if meta else ()
+
+
+def reference_table(runs: Sequence[tuple[Path, str, RunFile | None]],
+                    override: Sequence[str] | None = None) -> tuple[list[list[str]], str]:
+    """The rows of the reference table (every format against the run's ``quality_reference``) and its note; no
+    rows for runs without references."""
+    rows, targets, unpaired = [], [], set()
+    for run_dir, run_id, meta in runs:
+        references = run_references(meta, override)
+        if not references:
+            continue
+        target = meta.matrix.quality_target if meta else QualityTarget()
+        targets.append(f"{run_id}: {target.describe()}, references {', '.join(references)}")
+        for row in reference_rows(run_dir, run_id, meta, target, references):
+            if row.verdict == NO_SOURCE:
+                unpaired.add(f"{row.quant.model}/{row.quant.options}")
+            else:
+                rows.append(_cells(row, options=True))
+    note = (f"Target ({'; '.join(targets)}): the matrix's quality_target and quality_reference. Each format (a "
+            "model, or an option set that quantizes at load) against a reference model's same eval on the same "
+            f"documents, the reference served without load-time quantization: {CHANGE_NOTE}"
+            "Reference cell: on the same engine and options where the run has one (the same options apart from "
+            "quantization count: an fp8 option set against its unquantized twin), else on the same engine, else "
+            "on another ('other engine': the difference also holds the engines' own); within each, the first "
+            "reference in the matrix's order.")
+    if unpaired:
+        note += f" No reference eval in the run for: {', '.join(sorted(unpaired))}."
+    return rows, note
+
+
+def _cells(r: VerdictRow, options: bool = False) -> list[str]:
     q, c = r.quant, r.change
     metric = f"{q.task} ({VERDICT_METRIC.get(q.task, 'score')})"
     source = "–" if r.source is None else f"{r.source.backend}/{r.source.options} ({r.matched})"
-    return [q.run, metric, q.backend, q.model, r.source_model, source, str(c.n) if c else "–",
-            _num(c.source_mean if c else None), _num(c.quant_mean if c else None),
+    return [q.run, metric, q.backend, q.model, *([q.options] if options else []), r.source_model, source,
+            str(c.n) if c else "–", _num(c.source_mean if c else None), _num(c.quant_mean if c else None),
             _with_ci(c.change if c else None, c.change_ci if c else None, "{:+.3f}"),
-            _with_ci(c.relative if c else None, c.relative_ci if c else None, "{:+.1%}"),
-            _weights(r), _num(q.rss_peak_gib, "{:.2f}"), r.verdict]
+            relative_text(c), _weights(r), _num(q.rss_peak_gib, "{:.2f}"), r.verdict]
+
+
+def relative_text(change: PairedChange | None) -> str:
+    """The relative change and its 95% interval, ``-1.2% (-3.0% to +0.6%)``, or ``–``."""
+    return _with_ci(change.relative if change else None, change.relative_ci if change else None, "{:+.1%}")
 
 
 def _num(value: float | None, fmt: str = "{:.3f}") -> str:

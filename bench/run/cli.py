@@ -122,6 +122,9 @@ def report(
     out: Path = typer.Option(None, help="Where to write (default: the first run folder)."),
     gpu_hour_usd: float = typer.Option(None, help="Price for cost per 1M output tokens."),
     headline: str = typer.Option(None, help="Load point the seed table quotes, 'scenario/point' (e.g. load/c8)."),
+    quality_reference: list[str] = typer.Option(
+        None, help="A bf16 model every other format's quality is compared with (repeat for the next in order of "
+        "preference); default: each run's matrix quality_reference."),
 ) -> None:
     """Write report.md, report.html and plots from run folders."""
     from bench.report.render import write_report
@@ -132,7 +135,7 @@ def report(
         Console().print(f"[red]error:[/red] not a run folder (no cells/): {', '.join(map(str, missing))}")
         raise typer.Exit(2)
     try:
-        paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd, headline)
+        paths = write_report(run_dirs, out or run_dirs[0], gpu_hour_usd, headline, quality_reference or None)
     except (CellRecordError, RunFileError) as exc:
         Console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

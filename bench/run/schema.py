@@ -309,7 +309,13 @@ class QualityTarget(BaseModel):
 
 
 class Matrix(BaseModel):
-    """models × backends × option sets × scenarios, repeated over seeds."""
+    """models × backends × option sets × scenarios, repeated over seeds.
+
+    ``quality_target`` is the verdict's target for each quantized entry against its ``derived_from`` source;
+    ``quality_reference`` names the bf16 models (in order of preference) that every other format, a models.yaml
+    entry or an option set that quantizes at load (``quantization: fp8``), is compared with on the same eval
+    (``bench.report.verdict``), and turns on the report's headline (``bench.report.headline``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -327,6 +333,11 @@ class Matrix(BaseModel):
     quality_target: QualityTarget = Field(
         default_factory=QualityTarget, description="the verdict column's target for each quantized entry against "
         "its derived_from source (default: a relative drop under 3%)")
+    quality_reference: tuple[str, ...] = Field(
+        default=(), description="the unquantized (bf16) models every other format's quality is compared with, in "
+        "order of preference (e.g. the HF checkpoint, then the GGUF F16 for engines that cannot serve HF); the "
+        "report then compares each eval with the reference's same eval on the same engine and options where it "
+        "can, and heads the report with the best format per engine at the SLO (default: none, no comparison)")
     native_variants: bool = Field(
         default=False,
         description="serve each backend the variant of each model (itself or an entry derived from it) "
