@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from backends import archived
 from backends.gpu import NVIDIA_DRIVER_FILES, nvidia_driver_file
 from bench.metrics.server import GpuRow, ScrapeRow, parse_prometheus
 
@@ -48,10 +49,10 @@ def read_gpu_rows(path: Path) -> list[GpuRow]:
 def _read_rows(path: Path, model: type[R]) -> list[R]:
     """Rows of a scrape JSONL file. A truncated last line (the run was killed mid-write) is skipped; a complete
     line of the wrong shape raises :class:`ScrapeRowError`."""
-    if not path.exists():
+    if not archived.exists(path):
         return []
     rows = []
-    for number, line in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+    for number, line in enumerate(archived.read_bytes(path).splitlines(keepends=True), 1):
         if not line.endswith(b"\n"):
             continue
         try:

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from backends import archived
+
 if TYPE_CHECKING:
     from bench.sse import StreamDelta
 
@@ -256,16 +258,16 @@ class JsonlAppender:
 
 
 def iter_records(path: Path) -> Iterator[RequestRecord]:
-    """Read records back; a truncated last line (the process was killed mid-write) is skipped."""
-    with path.open("rb") as fh:
-        for line in fh:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                raw = json.loads(line)
-            except ValueError:
-                continue
-            yield RequestRecord.from_dict(raw)
+    """Read records back (from ``requests.jsonl.gz`` where only that exists: :mod:`backends.archived`); a
+    truncated last line (the process was killed mid-write) is skipped."""
+    for line in archived.read_bytes(path).splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue
+        yield RequestRecord.from_dict(raw)
 
 
 def read_records(path: Path) -> list[RequestRecord]:

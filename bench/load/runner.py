@@ -27,6 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
+from backends import archived
 from backends.checkpoints import model_bytes_of
 from bench.load.arrivals import ScheduleArrival
 from bench.load.clock import Clock, MonotonicClock
@@ -314,7 +315,7 @@ def rebuild_summary(out_dir: Path, slo: SLO | None = None, config: LoadConfig | 
     if slo is None:
         slo = config.slo if config is not None else SLO()
     path = out_dir / "requests.jsonl"
-    if not path.exists():
+    if not archived.exists(path):
         raise FileNotFoundError(f"{path} not found: is {out_dir} a bench load output folder?")
     records = read_records(path)
     summary = summarize(records, slo)

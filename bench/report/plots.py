@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from backends import archived
 from bench.load.records import read_records
 from bench.metrics import SLO, tpot, ttft
 from bench.metrics.timeseries import WindowStats
@@ -76,7 +77,7 @@ def latency_cdfs(rows: list[LoadRow], out: Path, multi_run: bool = False) -> Pat
     """Per-request TTFT and TPOT CDFs, recomputed from each point's ``requests.jsonl``."""
     series = []
     for row in rows:
-        if row.records is None or not row.records.exists():
+        if row.records is None or not archived.exists(row.records):
             continue
         records = [r for r in read_records(row.records) if r.ok and not r.warmup]
         ttfts = [v * 1e3 for r in records if (v := ttft(r)) is not None]

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from backends import archived
 from backends.base import EngineOptions
 from bench.evals.runner import SAMPLES_FILE
 from bench.report.tables import CellKey
@@ -227,9 +228,9 @@ def doc_scores(samples: Path, task: str) -> dict[str, float]:
     unscored documents are left out, so they are never paired."""
     field = VERDICT_FIELD.get(task)
     scores: dict[str, float] = {}
-    if not samples.exists():
+    if not archived.exists(samples):
         return scores
-    for line in samples.read_text(encoding="utf-8").splitlines():
+    for line in archived.read_bytes(samples).decode("utf-8").splitlines():
         sample = json.loads(line)
         if sample.get("error") is not None:
             continue
