@@ -194,7 +194,8 @@ def _without(md: str, *titles: str) -> str:
 
 
 def test_a_run_without_quality_reference_renders_as_before(tmp_path: Path) -> None:
-    """Without the field: no headline and no reference table, and every other section as with it."""
+    """Without the field: no headline and no reference table, and the derived_from verdict instead; every other
+    section as with it."""
     plain = make_run(tmp_path, references=None, name="st")
     write_report([plain], tmp_path / "plain")
     md = (tmp_path / "plain" / "report.md").read_text()
@@ -204,7 +205,9 @@ def test_a_run_without_quality_reference_renders_as_before(tmp_path: Path) -> No
     referenced = make_run(tmp_path / "with", name="st")
     write_report([referenced], tmp_path / "with" / "out")
     with_reference = (tmp_path / "with" / "out" / "report.md").read_text()
-    assert _without(with_reference, "Headline", "Each format against the reference") == md
+    assert "Quantized against source" not in with_reference  # the reference table replaces the verdict table
+    assert _without(with_reference, "Headline", "Each format against the reference") \
+        == _without(md, "Quantized against source: the verdict")
     # bench report --quality-reference gives an old run the headline.
     write_report([plain], tmp_path / "override", quality_reference=REFERENCES)
     assert (tmp_path / "override" / "report.md").read_text() == with_reference

@@ -359,10 +359,11 @@ def eval_section(runs: list[RunData]) -> Section:
     return Section("Quality", EVAL_HEADER, rows, note)
 
 
-def verdict_section(runs: list[RunData]) -> Section:
+def verdict_section(runs: list[RunData], references: list[str] | None = None) -> Section:
     """Each quantized entry against its derived_from source on each eval task, paired on the same documents, with
-    the matrix's quality target (bench.report.verdict)."""
-    rows, note = verdict_table([(run.run_dir, run.run_id, run.meta) for run in runs])
+    the matrix's quality target (bench.report.verdict); runs with a quality reference are left to
+    :func:`reference_section`."""
+    rows, note = verdict_table([(run.run_dir, run.run_id, run.meta) for run in runs], references)
     return Section("Quantized against source: the verdict", VERDICT_HEADER, rows, note)
 
 
@@ -484,7 +485,7 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
                 kv_section(runs),
                 prefix_section(runs), spec, replay_section(runs), knee_section(runs),
                 turn_section(runs), eval_section(runs),
-                verdict_section(runs), reference_section(runs, quality_reference),
+                verdict_section(runs, quality_reference), reference_section(runs, quality_reference),
                 problems_section(runs)]
     sections = [s for s in sections if s.rows]
     multi = len(runs) > 1

@@ -369,11 +369,16 @@ VERDICT_HEADER = ("run", "task (metric)", "backend", "model", "derived from", "s
                   "peak RSS GiB", "verdict")
 
 
-def verdict_table(runs: Sequence[tuple[Path, str, RunFile | None]]) -> tuple[list[list[str]], str]:
+def verdict_table(runs: Sequence[tuple[Path, str, RunFile | None]],
+                  override: Sequence[str] | None = None) -> tuple[list[list[str]], str]:
     """The rows of the verdict table for runs given as (folder, run id, run.yaml), and its note; a run's target
-    is its matrix's ``quality_target`` (the default for a run from before the field, or without run.yaml)."""
+    is its matrix's ``quality_target`` (the default for a run from before the field, or without run.yaml). A
+    run with a quality reference (:func:`run_references`) has no rows here: the reference table compares its
+    formats instead, against bf16 rather than against whatever entry each was derived from."""
     rows, targets, unpaired = [], [], set()
     for run_dir, run_id, meta in runs:
+        if run_references(meta, override):
+            continue
         target = meta.matrix.quality_target if meta else QualityTarget()
         targets.append(f"{run_id}: {target.describe()}")
         for row in verdict_rows(run_dir, run_id, meta, target):
