@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Carry staged files to the device machine in as few calls as the 64 MiB limit allows.
-# A call carries the whole working tree as well (about 21 MiB with the committed reports), so staged folders
-# whose own parts were cut for an empty tree (46 MiB) no longer fit. This packs any staged paths into ONE
-# uncompressed tar, cut into parts of PART_BYTES (default 44,000,000: what the limit leaves beside the tree),
-# with a manifest naming every part and the tar's sha256.
+# A call carries the whole working tree as well (tracked and untracked-not-ignored files: 27 MiB with the
+# committed reports in December 2026, and growing), so staged folders whose own parts were cut for an empty tree
+# (46 MiB) no longer fit. This packs any staged paths into ONE uncompressed tar, cut into parts of PART_BYTES,
+# by default what the limit leaves beside the tree as it is now, less 1 MiB for the manifest and later commits,
+# with a manifest naming every part and the tar's sha256. Pack again after the tree grew.
 #
 #   here:   bash benchmarks/gpu/xfer.sh pack .stage/xfer .stage/vllm .stage/seed-vllm .stage/llamacpp-cuda
 #           (then carry [".stage/xfer/manifest", ".stage/xfer/partNN"], one part a call)
@@ -18,7 +19,10 @@ case $cmd in
 pack)
     dest=$2; shift 2
     mkdir -p "$dest" && rm -f "$dest"/part* "$dest"/manifest
-    tar -cf - "$@" | split -b "${PART_BYTES:-44000000}" -d -a 2 - "$dest/part"
+    tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | du -cb --files0-from=- | tail -1 | cut -f1)
+    part=${PART_BYTES:-$((64 * 1048576 - tree - 1048576))}
+    echo "tree: $tree bytes; parts of $part bytes"
+    tar -cf - "$@" | split -b "$part" -d -a 2 - "$dest/part"
     sum=$(cat "$dest"/part* | sha256sum | cut -d' ' -f1)
     { echo "sha256 $sum"; (cd "$dest" && ls part*); } > "$dest/manifest"
     ls -l "$dest"; cat "$dest/manifest"
