@@ -23,6 +23,7 @@ from bench.report.headline import HEADLINE_HEADER, FormatAtSlo, formats_at_slo, 
 from bench.report.tables import (
     QUALITY_COLUMNS,
     KVRow,
+    LoadRow,
     RunData,
     ScalingRow,
     SeedStats,
@@ -53,6 +54,14 @@ class Section:
     rows: list[list[str]]
     note: str = ""
     lines: tuple[str, ...] = ()  # a list after the table (the headline's other formats)
+
+
+def _meets(row: LoadRow) -> str:
+    """The "meets SLO" cell: ``yes``; ``no``; or, for a sweep step that met the SLO but delivered less than the
+    step before (saturated: the sweep stops there and does not count it), ``SLO met, saturated``."""
+    if row.meets_slo():
+        return "yes"
+    return "SLO met, saturated" if row.summary.saturated and row.slo_met_itself() else "no"
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -183,12 +192,16 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
                 f"{s.num_ok}/{s.num_errors}", _fmt(s.request_throughput, 2),
                 _fmt(r.throughput), _fmt(r.stat("ttft_ms", "p50")), _fmt(r.stat("ttft_ms", "p99")),
                 _fmt(r.stat("tpot_ms", "p50")), _fmt(r.stat("itl_ms", "p50")), _fmt(r.stat("e2e_ms", "p50")),
-                _fmt(r.stat("e2e_ms", "p99")), _fmt(s.goodput, 2), "yes" if r.meets_slo() else "no",
+                _fmt(r.stat("e2e_ms", "p99")), _fmt(s.goodput, 2), _meets(r),
                 _fmt(s.rss_peak_gib, 2), _fmt(r.startup_s),
                 _fmt(cost_per_million(r.throughput, gpu_hour_usd, run.devices(r.key)), 2),
                 *health_cells(s),
             ])
-    return Section("Latency and throughput", LOAD_HEADER, rows)
+    note = ("meets SLO: yes where ≥90% of requests met every SLO and, in a sweep, the step was not saturated; "
+            "'SLO met, saturated': the step met the SLO but delivered less than the step before, so the sweep "
+            "stopped there and its best-at-SLO figure does not count it.") if any(
+        _meets(r) == "SLO met, saturated" for run in runs for r in run.loads) else ""
+    return Section("Latency and throughput", LOAD_HEADER, rows, note)
 
 
 def health_cells(summary: LoadSummary) -> list[str]:

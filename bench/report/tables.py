@@ -94,6 +94,11 @@ class LoadRow:
         """Passed the sweep, or enough requests met the SLO (every point passes when no SLO is set)."""
         if self.summary.passed is not None:
             return self.summary.passed
+        return self.slo_met_itself()
+
+    def slo_met_itself(self) -> bool:
+        """Enough requests met the SLO at this point, whether or not a sweep counted it (a saturated step that
+        met the SLO is not passed)."""
         if not self.summary.num_ok:
             return False
         frac = self.summary.goodput_fraction
