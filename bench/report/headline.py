@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report.tables import CellKey, RunData, cost_per_million, loads_by_cell, peak_memory_gib, scaling_rows
+from bench.report.tables import (
+    CellKey,
+    LoadRow,
+    RunData,
+    cost_per_million,
+    loads_by_cell,
+    peak_memory_gib,
+    scaling_rows,
+)
 from bench.report.verdict import VerdictRow, reference_rows, relative_text, run_references
 from bench.run.results import Environment
 from bench.run.schema import LoadScenario, QualityTarget
@@ -31,6 +39,7 @@ HEADLINE_HEADER = ("run", "backend", "card", "best format (model / options)", "o
                    "TTFT p50 ms", "TPOT p50 ms", "peak mem GiB", "$/1M out tok",
                    "quality vs reference (relative change, 95% CI, verdict)")
 REFERENCE = "reference"
+TOP = " (top of the sweep)"
 
 
 @dataclass(frozen=True)
@@ -114,12 +123,21 @@ def cells_at_slo(run: RunData, gpu_hour_usd: float | None) -> list[CellAtSlo]:
     for s in scaling_rows(run):
         rows, best = by_cell[s.key], s.best
         card = card_of(run, [best.records] if best and best.records else [r.records for r in rows if r.records])
+        point = f"{best.scenario}/{best.point}{TOP if top_of_sweep(best, rows) else ''}" if best else None
         out.append(CellAtSlo(
-            s.key, card, f"{best.scenario}/{best.point}" if best else None, best.throughput if best else None,
+            s.key, card, point, best.throughput if best else None,
             best.stat("ttft_ms", "p50") if best else None, best.stat("tpot_ms", "p50") if best else None,
             peak_memory_gib(run, s.key, rows),
             cost_per_million(best.throughput if best else None, gpu_hour_usd, s.devices)))
     return out
+
+
+def top_of_sweep(best: LoadRow, rows: Sequence[LoadRow]) -> bool:
+    """Whether every load point of ``best``'s scenario met the SLO: the sweep never found the engine's limit,
+    so the best figure is a lower bound of what it sustains within the SLO (a sweep capped by its
+    ``max_value`` or by the server's batch size)."""
+    same = [r for r in rows if r.scenario == best.scenario]
+    return len(same) > 1 and all(r.meets_slo() for r in same)
 
 
 def card_of(run: RunData, records: Sequence[Path]) -> str:

@@ -19,7 +19,15 @@ from bench.evals.config import EvalSummary
 from bench.metrics import LoadSummary
 from bench.metrics.spread import spread
 from bench.report import plots
-from bench.report.headline import HEADLINE_HEADER, FormatAtSlo, formats_at_slo, quality_text, ranked, slo_text
+from bench.report.headline import (
+    HEADLINE_HEADER,
+    TOP,
+    FormatAtSlo,
+    formats_at_slo,
+    quality_text,
+    ranked,
+    slo_text,
+)
 from bench.report.tables import (
     QUALITY_COLUMNS,
     KVRow,
@@ -117,6 +125,9 @@ def headline_section(runs: list[RunData], gpu_hour_usd: float | None,
             "gpu.jsonl, else run.yaml's; formats on different cards are not ranked together.")
     if cards:
         note += " " + "; ".join(cards) + ": each card is ranked on its own."
+    if any(TOP in row[5] for row in rows) or any(TOP in line for line in lines):
+        note += (f" '{TOP.strip()}': every step of that sweep met the SLO, so the engine's limit lies beyond "
+                 "the sweep's highest load and the figure is a lower bound.")
     return Section("Headline: the best format per engine at the SLO", HEADLINE_HEADER, rows, note, tuple(lines))
 
 
@@ -133,7 +144,8 @@ def _at_slo_cells(f: FormatAtSlo) -> list[str]:
 def _other_line(f: FormatAtSlo, best: FormatAtSlo) -> str:
     tok_s, top = f.mean("tok_s"), best.mean("tok_s")
     share = f" ({tok_s / top:.0%} of the best)" if tok_s and top else ""
-    speed = f"{_fmt(tok_s)} out tok/s at SLO{share}" if tok_s else "no load point met the SLO"
+    capped = TOP if TOP in f.points else ""
+    speed = f"{_fmt(tok_s)} out tok/s at SLO{share}{capped}" if tok_s else "no load point met the SLO"
     return f"{speed}; quality: {quality_text(f)}"
 
 
