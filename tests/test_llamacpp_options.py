@@ -88,7 +88,9 @@ def test_basic_command(model_path: Path) -> None:
     assert (_after(cmd, "--host"), _after(cmd, "--port")) == ("127.0.0.1", "8123")
     assert "--api-key" not in cmd and not any("sk-x" in arg for arg in cmd)  # `ps` shows argv to every user
     assert _after(cmd, "--parallel") == "4" and "--cont-batching" in cmd
-    assert _after(cmd, "-c") == str(512 * 4) and "--no-kv-unified" in cmd
+    # one KV pool for the 4 slots, each capped at max_model_len (a stream per slot splits decode batches)
+    assert _after(cmd, "-c") == str(512 * 4) and "--kv-unified" in cmd and "--no-kv-unified" not in cmd
+    assert _after(cmd, "--kv-unified-per-slot") == "512"
     assert _after(cmd, "--threads") == "3" and _after(cmd, "--threads-batch") == "3"
     assert "--metrics" in cmd
     assert "-ngl" not in cmd  # a CPU build warns about any -ngl

@@ -1,9 +1,12 @@
 """``llama-server`` as a native server: servebench options translated into its flags.
 
-Context sizing: llama-server gives each of its ``--parallel`` slots ``n_ctx / parallel`` tokens when the KV
-cache is not unified (its default when the slot count is pinned). So the total ``-c`` is
-``max_model_len x max_batch``, and ``--no-kv-unified`` is passed explicitly, making each request's limit
-exactly ``max_model_len``. Without ``max_model_len`` each slot gets the model's training context.
+Context sizing: one unified KV pool of ``-c = max_model_len x max_batch`` tokens shared by the ``--parallel``
+slots, each slot capped at ``max_model_len`` by ``--kv-unified-per-slot``, so each request's limit is exactly
+``max_model_len``. Without ``max_model_len`` each slot gets the model's training context. Not a KV stream per
+slot (``--no-kv-unified``, which servebench passed before): then llama.cpp batches only sequences whose slot ids
+are consecutive (``split_equal(sequential=true)`` in src/llama-kv-cache.cpp and src/llama-batch.cpp), so once
+the busy slots scatter, one decode step runs as several ubatches, each with its own graph, and on the H100 TPOT
+went from 2.2-2.8 ms at 4 requests to 10-15 ms at 5-8 (reports/gpu-seed-table-h100/llamacpp-batch-note.md).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def _layers(flag: str, flavor: Flavor) -> list[str]:
 def _context_flags(spec: ServerSpec) -> list[str]:
     opts = spec.options
     per_slot = opts.max_model_len or context_length(spec.model_path)
-    return ["--parallel", str(opts.max_batch), "--cont-batching", "--no-kv-unified",
-            "-c", str(per_slot * opts.max_batch)]
+    return ["--parallel", str(opts.max_batch), "--cont-batching", "--kv-unified", "--kv-unified-per-slot",
+            str(per_slot), "-c", str(per_slot * opts.max_batch)]
 
 
 def _kv_flags(opts: EngineOptions) -> list[str]:
