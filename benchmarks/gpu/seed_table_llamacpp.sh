@@ -37,7 +37,7 @@ VARIANT_SETS=${VARIANT_SETS:-$DEF_VARIANTS}
 mkdir -p "$W" "$OUTDIR"
 LOG=$OUTDIR/seed-table.log
 # shellcheck source=benchmarks/gpu/seed_common.sh
-source benchmarks/gpu/seed_common.sh
+source "$(dirname "$0")/seed_common.sh"
 
 [ "$ENGINE" = vllm ] && WITH_VLLM=1
 stage_unpack
