@@ -495,7 +495,8 @@ def test_a_load_scenario_takes_bench_loads_options() -> None:
     from bench.load.arrivals import ConcurrencyArrival
     from bench.run.scenarios import CellRun
 
-    handle: Any = SimpleNamespace(url="http://127.0.0.1:9", model="m")
+    handle: Any = SimpleNamespace(url="http://127.0.0.1:9", model="m",
+                                  spec=SimpleNamespace(options=EngineOptions(), model_format="hf", model_path=Path()))
     run = CellRun(handle, "cell", Path(), seed=7, max_batch=8, progress=None, memory=None,  # type: ignore[arg-type]
                   model_gpus=2)
     config = run.scenario_config(scenario, ConcurrencyArrival(n=4))

@@ -16,6 +16,7 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress
 
+from backends.base import EngineOptions
 from bench.load.arrivals import ScheduleArrival, TraceArrival
 from bench.report.render import write_report
 from bench.run.probes import MemorySampler
@@ -44,7 +45,8 @@ def calib_url() -> Iterator[str]:
 def _cell_run(url: str, cell_dir: Path) -> CellRun:
     handle: Any = SimpleNamespace(url=url, model="calibration", alive=lambda: True,
                                   spec=SimpleNamespace(backend="calibration", tokenizer_path=None,
-                                                      model_path=cell_dir / "no-checkpoint"),
+                                                      model_path=cell_dir / "no-checkpoint",
+                                                      options=EngineOptions(), model_format="hf"),
                                   log_tail=lambda: "")
     progress = Progress(console=Console(file=io.StringIO()))
     return CellRun(handle=handle, cell_id="calibration__m__default__s0", cell_dir=cell_dir, seed=0, max_batch=8,

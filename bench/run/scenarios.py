@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from rich.progress import Progress
 
+from backends.weightbytes import weight_bytes_at_load
 from bench.load.arrivals import Arrival, ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig, LoadOptions
 from bench.load.runner import run_load
@@ -61,6 +62,16 @@ class CellRun:
         return tokenizer_folder(self.handle.spec.tokenizer_path, self.handle.spec.model_path)
 
     @cached_property
+    def model_bytes(self) -> int | None:
+        """The weights a decode step reads, for MBU, where the engine quantizes the checkpoint at load (vLLM's
+        ``quantization: fp8`` on a bf16 checkpoint reads about half its files); None otherwise, and the load
+        run then takes the checkpoint's file size."""
+        spec = self.handle.spec
+        if spec.options.quantization is None or spec.model_format != "hf":
+            return None
+        return weight_bytes_at_load(spec.model_path, spec.options.quantization)
+
+    @cached_property
     def kv(self) -> KVInfo:
         """The KV capacity the engine reports, read once: it is fixed for the server's life."""
         return kv_info(self.handle.url + "/metrics", self.handle.log_path, self.model_gpus)
@@ -98,7 +109,7 @@ class CellRun:
         return LoadConfig(url=self.handle.url, model=self.handle.model, api=api, workload=workload,
                           arrival=arrival, num_requests=requests, warmup=warmup, duration_s=duration_s,
                           seed=self.seed, slo=slo or SLO(), server_gpus=self.model_gpus,
-                          tokenizer=self.tokenizer)
+                          tokenizer=self.tokenizer, model_bytes=self.model_bytes)
 
     def scenario_config(self, scenario: LoadOptions, arrival: Arrival) -> LoadConfig:
         """The load config of one point of a load-like scenario: its ``bench load`` options against this cell's
@@ -108,6 +119,8 @@ class CellRun:
             fields["server_gpus"] = self.model_gpus
         if fields.get("tokenizer") is None:
             fields["tokenizer"] = self.tokenizer
+        if fields.get("model_bytes") is None:
+            fields["model_bytes"] = self.model_bytes
         return LoadConfig.model_validate({**fields, "url": self.handle.url, "model": self.handle.model,
                                           "arrival": arrival, "seed": self.seed})
 
