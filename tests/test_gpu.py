@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from backends.base import EngineOptions
+from backends.errors import UnsupportedOptionError
 from backends.gpu import (
     NVIDIA_DRIVER_FILES,
     GpuInfo,
@@ -101,4 +102,9 @@ def test_vllm_on_cuda_uses_the_vllm_cuda_venv(tmp_path: Path, monkeypatch: pytes
     (cuda.root / MARKER).write_text(cuda.marker_text())
     assert vllm_config.cuda_python() == str(cuda.python)
     assert vllm_config.resolve_platform(EngineOptions()) == "cuda"
+    with pytest.raises(UnsupportedOptionError, match="no GGUF loader"):  # the venv's vLLM has no GGUF loader
+        vllm_config.validate(EngineOptions(device="cuda"), "gguf")
+    loader = cuda.root / "lib/python3.12/site-packages/vllm" / vllm_config.GGUF_LOADER
+    loader.parent.mkdir(parents=True)
+    loader.touch()
     vllm_config.validate(EngineOptions(device="cuda"), "gguf")  # gguf found in the venv, not in this interpreter
