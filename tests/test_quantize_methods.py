@@ -158,15 +158,21 @@ def test_w8a8_is_compressed_tensors_int8_and_answers(target: str, w8a8: tuple[Pa
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_w8a8_is_served_by_vllm_cpu(w8a8: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_w8a8_is_served_by_vllm_cpu(w8a8: tuple[Path, dict[str, str]], base_ppl: float, tmp_path: Path) -> None:
     from backends.vllm.venv import venv_python
 
     if not venv_python().exists():
         pytest.skip("no vllm-cpu venv (python -m backends.vllm.venv)")
     registry, names = w8a8
     for target in ("w8a8-smoothquant", "w8a8-int8"):  # vLLM-CPU 0.32's int8 W8A8 kernels (oneDNN)
-        answer, _ = probe(registry, names[target], tmp_path, "vllm")
-        assert "5" in answer, (target, answer)
+        answer, ppl = probe(registry, names[target], tmp_path, "vllm", perplexity=True)
+        # Held to what the Transformers test holds: vLLM-CPU answered "2 + 3 = 5" 4 times of 4 in one session,
+        # then, on another quantization in a fresh CI clone, the plain int8 checkpoint said "Two and three is a
+        # classic example of a mathematical concept ..." (greedy answers of a 135M model move with int8
+        # activations and a calibration that is not bit-reproducible).
+        assert ppl is not None and ppl < 1.5 * base_ppl, (target, ppl, base_ppl, answer)
+        words = answer.split()
+        assert len(words) >= 3 and len(set(words)) >= max(2, len(words) // 2), (target, answer)
 
 
 @pytest.mark.slow
