@@ -30,7 +30,7 @@ from bench.report.tables import (
     peak_memory_gib,
     scaling_rows,
 )
-from bench.report.verdict import VerdictRow, reference_rows, relative_text, run_references
+from bench.report.verdict import VerdictRow, is_reference, reference_rows, relative_text, run_references
 from bench.run.results import Environment
 from bench.run.schema import LoadScenario, QualityTarget
 from bench.scrape import read_gpu_rows
@@ -110,8 +110,7 @@ def formats_at_slo(run: RunData, gpu_hour_usd: float | None,
         groups[(cell.key.backend, cell.card, cell.key.model, cell.key.options)].append(cell)
     out = []
     for (backend, _card, model, options), cells in groups.items():
-        opts = run.cell_options.get(cells[0].key)
-        reference = model in found and (opts is None or opts.quantization is None)
+        reference = is_reference(model, run.cell_options.get(cells[0].key), found)
         out.append(FormatAtSlo(tuple(cells), tuple(quality.get((backend, model, options), [])), reference))
     return out
 

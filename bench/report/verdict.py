@@ -296,9 +296,9 @@ def verdict_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: Quali
     return _sorted(rows)
 
 
-def is_reference(cell: EvalCell, references: Sequence[str]) -> bool:
-    """A reference model served without load-time quantization."""
-    return cell.model in references and cell.quantization is None
+def is_reference(model: str, options: EngineOptions | None, references: Sequence[str]) -> bool:
+    """A reference model served without load-time quantization (unknown options: none)."""
+    return model in references and (options is None or options.quantization is None)
 
 
 def reference_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: QualityTarget,
@@ -309,9 +309,9 @@ def reference_rows(run_dir: Path, run_id: str, meta: RunFile | None, target: Qua
         return []
     models = meta.lineage() if meta else {}
     cells = list(eval_cells(run_dir, run_id))
-    candidates = [c for c in cells if is_reference(c, references)]
+    candidates = [c for c in cells if is_reference(c.model, c.engine_options, references)]
     rows = [compare_cell(quant, references, candidates, target, models)
-            for quant in cells if not is_reference(quant, references)]
+            for quant in cells if not is_reference(quant.model, quant.engine_options, references)]
     return _sorted(rows)
 
 
