@@ -21,7 +21,7 @@ from bench.evals.config import EvalConfig
 from bench.load.config import LoadOptions
 from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
 from bench.run.cli import _print_cells
-from bench.run.executor import read_cell, read_run_matrix, resume_plan, run_matrix, write_run_yaml
+from bench.run.executor import read_cell, read_run_matrix, recorded, resume_plan, run_matrix, write_run_yaml
 from bench.run.results import RunFileError, parse_cell, read_run_file
 from bench.run.schema import (
     EvalScenario,
@@ -381,7 +381,7 @@ def test_resume_looks_again_at_a_cell_skipped_for_a_reason_that_no_longer_holds(
     _record(run_dir, ok_id, {"status": "ok", "scenarios": {}, "marker": 1})
     _record(run_dir, tp2_id, {"status": "skipped", "reason": "unknown model 'x' in models.yaml"})
     cells = expand(m, registry)
-    plan = resume_plan(cells, run_dir, retry_failed=True)
+    plan = resume_plan(cells, recorded(cells, run_dir), retry_failed=True)
     assert plan[ok_id] is not None and plan[ok_id]["marker"] == 1 and plan[tp2_id] is None
     console = Console(record=True, width=300)
     _print_cells(console, cells, plan)
@@ -393,7 +393,7 @@ def test_resume_looks_again_at_a_cell_skipped_for_a_reason_that_no_longer_holds(
     assert records[1]["status"] == "skipped" and "parallel" in records[1]["reason"]  # today's reason
     assert yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"][-1]["unskipped"] == [tp2_id]
     # Skipped again for the same reason: now the record is kept, and the resume notes nothing unskipped.
-    assert resume_plan(cells, run_dir, retry_failed=True)[tp2_id] == records[1]
+    assert resume_plan(cells, recorded(cells, run_dir), retry_failed=True)[tp2_id] == records[1]
     run_matrix(m, registry, run_dir, Console(quiet=True), resume=True)
     assert "unskipped" not in yaml.safe_load((run_dir / "run.yaml").read_text())["resumes"][-1]
     assert read_run_file(run_dir).resumes[0].unskipped == [tp2_id]

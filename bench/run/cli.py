@@ -44,6 +44,7 @@ def run(
         hub_provenance,
         model_lineage,
         read_run_matrix,
+        recorded,
         resume_plan,
         run_matrix,
         write_run_yaml,
@@ -76,7 +77,8 @@ def run(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if dry_run:
-        _print_cells(console, cells, resume_plan(cells, resume, retry_failed) if resume is not None else {})
+        _print_cells(console, cells,
+                     resume_plan(cells, recorded(cells, resume), retry_failed) if resume is not None else {})
         return
     if resume is not None:
         run_dir = resume

@@ -227,11 +227,16 @@ def kept_on_resume(record: dict[str, Any] | None, retry_failed: bool, cell: Cell
     return record["status"] != "failed" or not retry_failed
 
 
-def resume_plan(cells: Sequence[Cell], run_dir: Path, retry_failed: bool) -> dict[str, dict[str, Any] | None]:
-    """Each cell's record in ``run_dir`` when ``--resume`` keeps it as it is, else None (it runs, or is
-    recorded as skipped with today's reason)."""
+def recorded(cells: Sequence[Cell], run_dir: Path) -> dict[str, dict[str, Any] | None]:
+    """Each cell's finished record in ``run_dir``, or None."""
     paths = RunPaths(run_dir)
-    earlier = {cell.cell_id: read_cell(paths.cell(cell)) for cell in cells}
+    return {cell.cell_id: read_cell(paths.cell(cell)) for cell in cells}
+
+
+def resume_plan(cells: Sequence[Cell], earlier: Mapping[str, dict[str, Any] | None],
+                retry_failed: bool) -> dict[str, dict[str, Any] | None]:
+    """Each cell's ``earlier`` record (:func:`recorded`) when ``--resume`` keeps it as it is, else None (it runs,
+    or is recorded as skipped with today's reason)."""
     return {cell.cell_id: earlier[cell.cell_id] if kept_on_resume(earlier[cell.cell_id], retry_failed, cell)
             else None for cell in cells}
 
@@ -246,10 +251,10 @@ def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Conso
     """
     paths = RunPaths(run_dir)
     cells = select(expand(matrix, registry), only)
-    earlier = {cell.cell_id: read_cell(paths.cell(cell)) if resume else None for cell in cells}
+    earlier = recorded(cells, run_dir) if resume else dict.fromkeys((cell.cell_id for cell in cells), None)
+    kept = resume_plan(cells, earlier, retry_failed)
     if resume:
-        redo = [cell for cell in cells if earlier[cell.cell_id] is not None
-                and not kept_on_resume(earlier[cell.cell_id], retry_failed, cell)]
+        redo = [cell for cell in cells if earlier[cell.cell_id] is not None and kept[cell.cell_id] is None]
         note_resume(run_dir, matrix, only,
                     [c.cell_id for c in redo if (earlier[c.cell_id] or {}).get("status") == "failed"],
                     model_lineage(registry, [cell.model for cell in cells]),
@@ -259,12 +264,12 @@ def run_matrix(matrix: Matrix, registry: Registry, run_dir: Path, console: Conso
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("matrix", total=len(cells))
         for cell in cells:
-            before = earlier[cell.cell_id]
-            if before is not None and kept_on_resume(before, retry_failed, cell):
-                records.append(before)
+            held = kept[cell.cell_id]
+            if held is not None:
+                records.append(held)
             else:
                 progress.update(task, description=f"{cell.backend} · {cell.model} · {cell.option_set.name}")
-                records.append(_execute(matrix, registry, cell, paths.cell(cell), progress, before))
+                records.append(_execute(matrix, registry, cell, paths.cell(cell), progress, earlier[cell.cell_id]))
             progress.advance(task)
     return records
 
