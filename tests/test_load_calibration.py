@@ -121,6 +121,31 @@ async def test_failed_requests_are_data(tmp_path: Path) -> None:
     assert all(r.error for r in read_records(tmp_path / "requests.jsonl"))
 
 
+def most_in_flight(path: Path) -> int:
+    """The most requests of a run that were open at one instant (from sent to closed, or to end)."""
+    events = []
+    for r in read_records(path):
+        events += [(r.sent_t, 1), (r.closed_t or r.end_t, -1)]
+    depth, most = 0, 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # a close before a send at the same instant
+        depth += step
+        most = max(most, depth)
+    return most
+
+
+@pytest.mark.parametrize(("users", "workers", "processes"), [(1, 4, 1), (5, 2, 2)])
+async def test_workers_split_the_users_exactly(
+    calib_url: str, tmp_path: Path, users: int, workers: int, processes: int
+) -> None:
+    """``--workers`` never adds users: at concurrency 1 one process runs, and 5 users over 2 processes are 3 + 2."""
+    cfg = config(calib_url, arrival={"kind": "concurrency", "n": users}, num_requests=4 * users, workers=workers)
+    assert cfg.processes() == processes
+    s = await run_load_async(cfg, tmp_path)
+    assert s.num_ok == 4 * users
+    assert {r.worker for r in read_records(tmp_path / "requests.jsonl")} == set(range(processes))
+    assert most_in_flight(tmp_path / "requests.jsonl") == users
+
+
 async def test_two_worker_processes(calib_url: str, tmp_path: Path) -> None:
     """``workers=2``: each index is sent once, by the process it belongs to, on the script's timing."""
     cfg = config(calib_url, arrival={"kind": "poisson", "rate": 30}, num_requests=40, warmup=2, workers=2)

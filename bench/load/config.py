@@ -122,6 +122,14 @@ class LoadConfig(LoadOptions):
         """Full URL of the completion endpoint used."""
         return self.base_url + ("/chat/completions" if self.api == "chat" else "/completions")
 
+    def processes(self) -> int:
+        """Client processes that run: ``workers``, but never more than requests may be in flight (each needs one).
+
+        With ``--workers 4`` at concurrency 1, four processes of one user each would send four requests at once.
+        """
+        cap = self.arrival.in_flight_limit
+        return self.workers if cap is None else min(self.workers, cap)
+
     def total_requests(self) -> int:
         """How many prompts to prepare (warm-up included)."""
         if self.num_requests is not None:

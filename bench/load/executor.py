@@ -27,6 +27,11 @@ Hook = Callable[[], Awaitable[None]]
 DEFAULT_CONNECTION_LIMIT = 4096
 
 
+def share(total: int, workers: int, worker: int) -> int:
+    """Worker ``worker``'s part of ``total`` in-flight requests split over ``workers`` (the parts sum to ``total``)."""
+    return total // workers + (1 if worker < total % workers else 0)
+
+
 @dataclass
 class Job:
     """A worker's share of a run (picklable, so it can cross into a worker process).
@@ -85,7 +90,7 @@ class Executor:
         """Send every request of the job, starting at ``t0``; returns when all have finished."""
         cfg = self.job.config
         cap = cfg.arrival.in_flight_limit
-        per_worker_cap = None if cap is None else max(1, -(-cap // self.job.workers))
+        per_worker_cap = None if cap is None else share(cap, self.job.workers, self.job.worker)
         self._deadline = None if cfg.duration_s is None else t0 + cfg.duration_s
         headers = {"Content-Type": "application/json"}
         key = cfg.key()

@@ -81,8 +81,9 @@ async def run_load_async(
     meta: dict[str, Any] = {"run_id": run_id, "started_unix": time.time(), "t0": None, "finished": False}
     # Written first so that a killed run can still be summarised with its SLOs.
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
-    jobs = [Job(config, prompts, run_id, w, config.workers, tokenizer=tokenizer, conversations=conversations,
-                template=template) for w in range(config.workers)]  # fmt: skip
+    workers = config.processes()
+    jobs = [Job(config, prompts, run_id, w, workers, tokenizer=tokenizer, conversations=conversations,
+                template=template) for w in range(workers)]  # fmt: skip
     try:
         if len(jobs) == 1:
             meta["t0"] = await _run_inline(jobs[0], records_path, clock, progress, scraper)
