@@ -270,6 +270,12 @@ def model_bytes_of(model: str, path: Path | None = None) -> int | None:
         return None
     if where is None:  # a hub model not in this machine's hub cache
         return None
+    return weight_file_bytes(where)
+
+
+def weight_file_bytes(where: Path) -> int | None:
+    """Size of a checkpoint's weight files: a GGUF file itself, or a folder's safetensors/GGUF/bin files (None:
+    nothing there)."""
     if where.is_file():
         return where.stat().st_size
     files = [p for ext in ("*.safetensors", "*.gguf", "*.bin") for p in where.glob(ext)]

@@ -1,4 +1,5 @@
-"""MBU's weight bytes when the engine quantizes a 16-bit checkpoint at load (backends.weightbytes)."""
+"""MBU's weight bytes: what a cell records for its load runs, and what the engine keeps when it quantizes a
+16-bit checkpoint at load (backends.weightbytes)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def test_a_cell_that_quantizes_at_load_gives_its_load_runs_those_bytes(tmp_path:
         run = CellRun(handle, "cell", tmp_path, seed=0, max_batch=8, progress=None, memory=None)  # type: ignore[arg-type]
         return run.scenario_config(LoadScenario(tokenizer="tok"), ConcurrencyArrival(n=1))
 
+    files = (folder / "model.safetensors").stat().st_size  # the tensors' bytes and the safetensors header
     assert config(EngineOptions(quantization="fp8")).model_bytes == 112
-    assert config(EngineOptions()).model_bytes is None  # the checkpoint's files, as bench load reads them
-    assert config(EngineOptions(quantization="fp8"), "gptq").model_bytes is None  # already quantized on disk
+    # Otherwise the checkpoint's files, recorded in the point's load_config.json: its MBU then recomputes from
+    # the run folder on a machine that does not hold the checkpoint (the GPU seed tables' case).
+    assert config(EngineOptions()).model_bytes == files
+    assert config(EngineOptions(quantization="fp8"), "gptq").model_bytes == files  # already quantized on disk

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from rich.progress import Progress
 
+from backends.checkpoints import weight_file_bytes
 from backends.weightbytes import weight_bytes_at_load
 from bench.load.arrivals import Arrival, ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig, LoadOptions
@@ -63,13 +64,14 @@ class CellRun:
 
     @cached_property
     def model_bytes(self) -> int | None:
-        """The weights a decode step reads, for MBU, where the engine quantizes the checkpoint at load (vLLM's
-        ``quantization: fp8`` on a bf16 checkpoint reads about half its files); None otherwise, and the load
-        run then takes the checkpoint's file size."""
+        """The weights a decode step reads, for MBU: where the engine quantizes the checkpoint at load (vLLM's
+        ``quantization: fp8`` on a bf16 checkpoint reads about half its files) what it keeps, else the served
+        checkpoint's weight files. Written into every load point's ``load_config.json``, so that its MBU
+        recomputes from the run folder alone, on a machine without the checkpoint (None: not known here)."""
         spec = self.handle.spec
-        if spec.options.quantization is None or spec.model_format != "hf":
-            return None
-        return weight_bytes_at_load(spec.model_path, spec.options.quantization)
+        if spec.options.quantization is not None and spec.model_format == "hf":
+            return weight_bytes_at_load(spec.model_path, spec.options.quantization)
+        return weight_file_bytes(spec.model_path)
 
     @cached_property
     def kv(self) -> KVInfo:
