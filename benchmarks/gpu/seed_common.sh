@@ -46,7 +46,8 @@ prepare_ggufs() {
 }
 
 # run_cells LABEL RESERVE GLOB...: `bench run --only GLOB...`, a new run in $RUNS/$RUN_ID or a --resume of it,
-# stopped RESERVE seconds before the limit; its log is $OUTDIR/bench-run-LABEL.log. Returns bench run's status.
+# stopped with SIGINT RESERVE seconds before the limit, and killed 30 s later if it has not ended (so the caller
+# can still pack the run folder); its log is $OUTDIR/bench-run-LABEL.log. Returns bench run's status.
 run_cells() {
     local label=$1 reserve=$2 only=() rc glob
     shift 2
@@ -54,7 +55,7 @@ run_cells() {
     local where=(--out "$RUNS" --run-id "$RUN_ID")
     [ -d "$RUN_DIR" ] && where=(--resume "$RUN_DIR")
     say "bench run ${where[0]} ($label) ${only[*]}"
-    timeout -s INT $((LIMIT - SECONDS - reserve)) python3 -m bench run "$MATRIX" "${where[@]}" "${only[@]}" \
+    timeout -s INT -k 30 $((LIMIT - SECONDS - reserve)) python3 -m bench run "$MATRIX" "${where[@]}" "${only[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-$label.log" | grep -vE '^\s*$' | tail -40
     rc=${PIPESTATUS[0]}
     say "$label cells: rc $rc"

@@ -91,7 +91,11 @@ phase() {
     mapfile -t todo < <(pending "$@")
     if [ ${#todo[@]} = 0 ]; then say "$name: every cell has run"; return 0; fi
     if [ $((LIMIT - SECONDS)) -lt "$min_s" ]; then say "$name: ${#todo[@]} cells left, too little time (need ${min_s}s)"; return 0; fi
-    run_cells "$name" 40 "${todo[@]}"
+    # vLLM needs more than a minute to stop after the SIGINT (one call in session 7 ran 65 s past it and lost
+    # its packing): its phase stops 120 s before the limit, the others 45 s.
+    local reserve=45
+    [ "$name" = vllm ] && reserve=120
+    run_cells "$name" "$reserve" "${todo[@]}"
 }
 if [ -f "$GG/$BASE-q4_k_m.gguf" ]; then
     phase llamacpp 150 "llamacpp__$BASE-q8_0__gpu__s0" "llamacpp__$BASE-q4_k_m__gpu__s0" "llamacpp__$BASE-f16__gpu__s0"
