@@ -216,6 +216,23 @@ def test_a_run_without_quality_reference_renders_as_before(tmp_path: Path) -> No
     assert (tmp_path / "override" / "report.md").read_text() == with_reference
 
 
+def test_a_speed_only_run_gets_the_headline_without_quality(tmp_path: Path) -> None:
+    """A matrix without evals (the 8B shape's random weights) still opens with the best format per engine at the
+    SLO; no format shows a quality, and the note says why."""
+    run = make_run(tmp_path, references=None)
+    meta = yaml.safe_load((run / "run.yaml").read_text())
+    meta["matrix"]["scenarios"] = [s for s in meta["matrix"]["scenarios"] if s["kind"] != "eval"]
+    (run / "run.yaml").write_text(yaml.safe_dump(meta))
+    write_report([run], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    headline = md.split("## Headline")[1].split("\n## ")[0]
+    assert md.index("## Headline") < md.index("## Summary across seeds")
+    assert "| st | vllm | " + H100 + " | hf / gpu-fp8 | 1,100.0 |" in headline
+    rows = [line for line in headline.splitlines() if line.startswith("| st |")]
+    assert rows and all(line.endswith("| no eval |") for line in rows)
+    assert "st: speed only (the matrix has no evals), so its formats show no quality." in headline
+
+
 @pytest.mark.parametrize("name", ["cpu-matrix", "quant-verdict"])
 def test_committed_examples_render_byte_identically(name: str, tmp_path: Path) -> None:
     """The committed example runs (no quality_reference in their run.yaml) render as committed."""

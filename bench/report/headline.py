@@ -32,7 +32,7 @@ from bench.report.tables import (
 )
 from bench.report.verdict import VerdictRow, is_reference, reference_rows, relative_text, run_references
 from bench.run.results import Environment
-from bench.run.schema import LoadScenario, QualityTarget
+from bench.run.schema import EvalScenario, LoadScenario, QualityTarget
 from bench.scrape import read_gpu_rows
 
 HEADLINE_HEADER = ("run", "backend", "card", "best format (model / options)", "out tok/s at SLO", "at load",
@@ -94,16 +94,22 @@ def slo_text(run: RunData) -> str | None:
     return "; ".join(parts) or None
 
 
+def speed_only(run: RunData) -> bool:
+    """Whether the run's matrix has no eval scenario (a speed table, such as a random-weight model's)."""
+    return run.matrix is not None and not any(isinstance(s, EvalScenario) for s in run.matrix.scenarios)
+
+
 def formats_at_slo(run: RunData, gpu_hour_usd: float | None,
                    references: Sequence[str] | None = None) -> list[FormatAtSlo]:
     """Every format of a run with load points, with its quality against the run's references (``references``
-    overrides the matrix's); none for a run without references or without an SLO."""
+    overrides the matrix's); none for a run without an SLO, or with evals but no reference to judge them by (its
+    formats are judged by the derived_from verdict instead). A speed-only run has formats without quality."""
     found = run_references(run.meta, references)
-    if not found or slo_text(run) is None:
+    if slo_text(run) is None or not (found or speed_only(run)):
         return []
     target = run.matrix.quality_target if run.matrix else QualityTarget()
     quality: dict[tuple[str, str, str], list[VerdictRow]] = defaultdict(list)
-    for row in reference_rows(run.run_dir, run.run_id, run.meta, target, found):
+    for row in reference_rows(run.run_dir, run.run_id, run.meta, target, found) if found else ():
         quality[(row.quant.backend, row.quant.model, row.quant.options)].append(row)
     groups: dict[tuple[str, str, str, str], list[CellAtSlo]] = defaultdict(list)
     for cell in cells_at_slo(run, gpu_hour_usd):

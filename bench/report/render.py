@@ -27,6 +27,7 @@ from bench.report.headline import (
     quality_text,
     ranked,
     slo_text,
+    speed_only,
 )
 from bench.report.tables import (
     QUALITY_COLUMNS,
@@ -101,13 +102,15 @@ def headline_section(runs: list[RunData], gpu_hour_usd: float | None,
                      references: list[str] | None = None) -> Section:
     """Per engine and card: the format with the most output tokens/s at the SLO, its load, latency, memory and
     cost, and its quality against the reference (bench.report.headline); a line for each other format. No rows
-    for runs without a quality_reference or an SLO."""
-    rows, lines, slos, cards = [], [], [], []
+    for runs without an SLO, or with evals but no quality_reference; a speed-only run's formats have no quality."""
+    rows, lines, slos, cards, speed = [], [], [], [], []
     for run in runs:
         groups = ranked(formats_at_slo(run, gpu_hour_usd, references))
         if not groups:
             continue
         slos.append(f"{run.run_id}: {slo_text(run)}")
+        if speed_only(run):
+            speed.append(run.run_id)
         run_cards = sorted({card for (_, _, card) in groups})
         if len(run_cards) > 1:
             cards.append(f"{run.run_id} ran on {len(run_cards)} GPU models ({', '.join(run_cards)})")
@@ -125,6 +128,8 @@ def headline_section(runs: list[RunData], gpu_hour_usd: float | None,
             "gpu.jsonl, else run.yaml's; formats on different cards are not ranked together.")
     if cards:
         note += " " + "; ".join(cards) + ": each card is ranked on its own."
+    if speed:
+        note += f" {', '.join(speed)}: speed only (the matrix has no evals), so its formats show no quality."
     if any(TOP in row[5] for row in rows) or any(TOP in line for line in lines):
         note += (f" '{TOP.strip()}': every step of that sweep met the SLO, so the engine's limit lies beyond "
                  "the sweep's highest load and the figure is a lower bound.")
