@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
-from bench.load.runner import run_load_async
+from bench.load.executor import Job
+from bench.load.runner import Prepared, run_load_async
 from bench.metrics import LoadSummary
 
 TTFT_MS, ITL_MS = 20.0, 4.0  # what the calibration server scripts in the load-generator tests
@@ -61,14 +64,15 @@ async def burner(stop: asyncio.Event, busy_s: float = 0.08, idle_s: float = 0.03
         await asyncio.sleep(idle_s)
 
 
-def starved_run_load(config: LoadConfig, out: Path, console: Console | None = None) -> LoadSummary:
+def starved_run_load(config: LoadConfig, out: Path, console: Console | None = None,
+                     prepared: Prepared | None = None) -> LoadSummary:
     """A real run whose single client process shares its event loop with a CPU burner (:func:`burner`)."""
 
     async def starved() -> LoadSummary:
         stop = asyncio.Event()
         task = asyncio.create_task(burner(stop))
         try:
-            return await run_load_async(config, out, console)
+            return await run_load_async(config, out, console, prepared=prepared)
         finally:
             stop.set()
             await task
@@ -128,3 +132,18 @@ def multi_turn_config(url: str, model: str, **workload: object) -> LoadConfig:
     return LoadConfig.model_validate({"url": url, "model": model, "workload": {**base, **workload},
                                       "arrival": {"kind": "concurrency", "n": 2}, "num_requests": 8,
                                       "scrape_interval_s": 0.2, "request_timeout_s": 300})
+
+
+# Modules a load worker process must not import: counting tokens needs only the ``tokenizers`` library.
+HEAVY_MODULES = ("torch", "transformers")
+
+
+def recording_worker_main(job: Job, path: str, ready: Any, start: Any, t0_box: Any) -> None:
+    """``runner._worker_main`` (a worker process's entry point), then which modules the process had imported, in
+    ``imports-<worker>.json`` beside the records (swap it in with ``monkeypatch.setattr(runner, "_worker_main",
+    ...)``: the parent pickles this function by name, so the spawned worker runs it)."""
+    from bench.load.runner import _worker_main
+
+    _worker_main(job, path, ready, start, t0_box)
+    loaded = {name: name in sys.modules for name in (*HEAVY_MODULES, "tokenizers")}
+    (Path(path).parent / f"imports-{job.worker}.json").write_text(json.dumps(loaded))

@@ -19,7 +19,6 @@ from bench.load.config import LoadConfig
 from bench.load.conversations import Conversation, TemplateCounts
 from bench.load.records import RequestRecord, make_record
 from bench.load.sessions import SessionDriver
-from bench.load.tokenizer import Tokenizer, token_counter
 from bench.load.workloads import Prompt
 
 Sink = Callable[[RequestRecord], None]
@@ -36,7 +35,9 @@ def share(total: int, workers: int, worker: int) -> int:
 class Job:
     """A worker's share of a run (picklable, so it can cross into a worker process).
 
-    ``tokenizer``, when known, counts the output tokens of responses that came without ``usage``.
+    ``counter``, when a tokenizer is known, counts the output tokens of responses that came without ``usage`` (and a
+    multi-turn reply's tokens): a :class:`bench.load.tokenizer.TokenCounter`, which crosses into a worker process
+    without transformers or torch.
     """
 
     config: LoadConfig
@@ -45,7 +46,7 @@ class Job:
     worker: int = 0
     workers: int = 1
     bodies: list[bytes] = field(default_factory=list)
-    tokenizer: Tokenizer | None = None
+    counter: Callable[[str], int] | None = None
     conversations: list[Conversation] = field(default_factory=list)  # multi-turn: the sessions' user messages
     template: TemplateCounts | None = None  # multi-turn: the chat template's tokens, for counting prompts
 
@@ -84,7 +85,7 @@ class Executor:
         self._sem: asyncio.Semaphore | None = None
         self._sender: Sender | None = None
         self._deadline: float | None = None
-        self._count_tokens = token_counter(job.tokenizer)
+        self._count_tokens = job.counter
 
     async def run(self, t0: float) -> None:
         """Send every request of the job, starting at ``t0``; returns when all have finished."""

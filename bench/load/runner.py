@@ -2,8 +2,9 @@
 
 Stable API (called by ``bench run`` and the CLI)::
 
-    run_load(config: LoadConfig, out_dir: Path, console: Console | None = None) -> LoadSummary
-    await run_load_async(config, out_dir, console=None, clock=None) -> LoadSummary
+    run_load(config: LoadConfig, out_dir: Path, console: Console | None = None,
+             prepared: Prepared | None = None) -> LoadSummary
+    await run_load_async(config, out_dir, console=None, clock=None, prepared=None) -> LoadSummary
     rebuild_summary(out_dir: Path, slo: SLO | None = None) -> LoadSummary
 
 ``out_dir`` receives ``load_config.json``, ``requests.jsonl`` (appended as each request ends),
@@ -38,7 +39,7 @@ from bench.load.executor import Executor, Job
 from bench.load.health import HEALTH_FILE, read_health, watch_client
 from bench.load.records import JsonlAppender, RequestRecord, read_records, token_source_warning
 from bench.load.sessions import session_inputs
-from bench.load.tokenizer import Tokenizer, load_tokenizer
+from bench.load.tokenizer import Tokenizer, load_tokenizer, token_counter
 from bench.load.workloads import MultiTurnWorkload, Prompt, TextBuilder, materialize
 from bench.metrics import SLO, LoadSummary, measured_window, summarize
 from bench.metrics.health import behind_advice, client_health, sessions_behind_reason, with_reason
@@ -55,9 +56,10 @@ START_LEAD_S = 0.25
 MEASURED_MARK = "measured"
 
 
-def run_load(config: LoadConfig, out_dir: Path, console: Console | None = None) -> LoadSummary:
+def run_load(config: LoadConfig, out_dir: Path, console: Console | None = None,
+             prepared: Prepared | None = None) -> LoadSummary:
     """Synchronous wrapper around :func:`run_load_async` (uses uvloop when installed)."""
-    coro = run_load_async(config, out_dir, console)
+    coro = run_load_async(config, out_dir, console, prepared=prepared)
     try:
         import uvloop
     except ImportError:
@@ -66,12 +68,16 @@ def run_load(config: LoadConfig, out_dir: Path, console: Console | None = None) 
 
 
 async def run_load_async(
-    config: LoadConfig, out_dir: Path, console: Console | None = None, clock: Clock | None = None
+    config: LoadConfig, out_dir: Path, console: Console | None = None, clock: Clock | None = None,
+    prepared: Prepared | None = None,
 ) -> LoadSummary:
-    """Run ``config`` against its endpoint, write the results to ``out_dir`` and return the summary."""
+    """Run ``config`` against its endpoint, write the results to ``out_dir`` and return the summary.
+
+    ``prepared``: the tokenizer and prompts of earlier runs, reused where this run asks for the same (a sweep).
+    """
     clock = clock or MonotonicClock()
     records_path = await asyncio.to_thread(_fresh_records_file, out_dir)
-    prompts, tokenizer = await asyncio.to_thread(prepare, config, console)
+    prompts, tokenizer = await asyncio.to_thread(prepare, config, console, prepared)
     conversations, template = await asyncio.to_thread(prepare_sessions, config, tokenizer)
     run_id = uuid.uuid4().hex[:8]
     _raise_nofile_limit()
@@ -82,7 +88,8 @@ async def run_load_async(
     # Written first so that a killed run can still be summarised with its SLOs.
     _write_json(out_dir / "load_config.json", {"config": config.model_dump(mode="json"), "run": meta})
     workers = config.processes()
-    jobs = [Job(config, prompts, run_id, w, workers, tokenizer=tokenizer, conversations=conversations,
+    counter = token_counter(tokenizer)
+    jobs = [Job(config, prompts, run_id, w, workers, counter=counter, conversations=conversations,
                 template=template) for w in range(workers)]  # fmt: skip
     try:
         if len(jobs) == 1:
@@ -138,17 +145,49 @@ def prepare_prompts(config: LoadConfig, console: Console | None = None) -> list[
     return prepare(config, console)[0]
 
 
-def prepare(config: LoadConfig, console: Console | None = None) -> tuple[list[Prompt], Tokenizer | None]:
-    """Every prompt of the run, and the tokenizer (also used to count tokens when usage is missing)."""
-    tokenizer, where = load_tokenizer(config.tokenizer, config.model)
+class Prepared:
+    """What runs prepared before their clocks started, for the next run that asks for the same: the tokenizer of
+    each (tokenizer, model), and the last run's prompts.
+
+    A sweep's steps differ only in their arrival, so every step after the first prepares nothing: the same
+    prompts, and no tokenizer loaded again (a GGUF's, which transformers converts, takes seconds for a 128k
+    vocabulary; 388 prompts of 512 tokens about a second).
+    """
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[tuple[str | None, str], tuple[Tokenizer | None, str]] = {}
+        self._prompts: tuple[tuple[Any, ...], list[Prompt]] | None = None
+
+    def tokenizer(self, config: LoadConfig) -> tuple[Tokenizer | None, str]:
+        """:func:`load_tokenizer` for ``config``, loaded once."""
+        key = (config.tokenizer, config.model)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = load_tokenizer(*key)
+        return self._tokenizers[key]
+
+    def prompts(self, config: LoadConfig, tokenizer: Tokenizer | None) -> list[Prompt]:
+        """Every prompt of ``config``'s run; the last run's when it had the same workload, count and seed."""
+        key = (config.tokenizer, config.model, config.api, config.workload.model_dump_json(),
+               config.total_requests(), config.seed)  # fmt: skip
+        if self._prompts is None or self._prompts[0] != key:
+            builder = TextBuilder(tokenizer, config.api)
+            self._prompts = key, materialize(config.workload, config.total_requests(), builder, config.seed)
+        return list(self._prompts[1])
+
+
+def prepare(config: LoadConfig, console: Console | None = None,
+            prepared: Prepared | None = None) -> tuple[list[Prompt], Tokenizer | None]:
+    """Every prompt of the run, and the tokenizer (also used to count tokens when usage is missing); from
+    ``prepared`` where it holds them."""
+    prepared = prepared or Prepared()
+    tokenizer, where = prepared.tokenizer(config)
     if tokenizer is None:
         _warn(
             console,
             f"no tokenizer for {config.model!r} ({where}); input lengths are approximate. "
             "Token counts come from the server's usage.",
         )
-    builder = TextBuilder(tokenizer, config.api)
-    prompts = materialize(config.workload, config.total_requests(), builder, config.seed)
+    prompts = prepared.prompts(config, tokenizer)
     inexact = sum(1 for p in prompts if not p.exact)
     if tokenizer is not None and inexact:
         _warn(console, f"{inexact} prompts could not be made exactly {config.workload.kind} length")

@@ -37,7 +37,6 @@ from bench.load.workloads import MultiTurnWorkload, TextBuilder
 if TYPE_CHECKING:
     from bench.load.config import LoadConfig
     from bench.load.executor import Executor
-    from bench.load.tokenizer import Tokenizer
 
 
 def session_inputs(config: LoadConfig, builder: TextBuilder) -> tuple[list[Conversation], TemplateCounts | None]:
@@ -71,7 +70,6 @@ class SessionDriver:
         self.workload = w
         self.indices: Iterator[int] = itertools.count(self.job.worker, self.job.workers)
         self.stopped = False
-        self._tok: Tokenizer | None = self.job.tokenizer
         self._frames: dict[int, tuple[bytes, bytes]] = {}
 
     async def run(self, t0: float, cap: int | None) -> None:
@@ -161,10 +159,10 @@ class SessionDriver:
         return rng.expovariate(1.0 / mean) if self.workload.think == "exponential" else mean
 
     async def _count(self, text: str) -> int | None:
-        tok = self._tok
-        if tok is None:
+        count = self.ex.count_tokens
+        if count is None:
             return None
-        return await asyncio.to_thread(lambda: len(tok.encode(text, add_special_tokens=False)))
+        return await asyncio.to_thread(count, text)
 
     def _prompt_tokens(self, history: ChatHistory) -> int | None:
         template = self.job.template

@@ -25,6 +25,7 @@ exits with :data:`CLIENT_BEHIND_EXIT`: its latencies include the client's own la
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from rich.console import Console
 from bench.load.arrivals import ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig, RepeatSpec, SweepMode, SweepSpec
 from bench.load.repeats import run_repeats
-from bench.load.runner import run_load
+from bench.load.runner import Prepared, run_load
 from bench.metrics import LoadSummary
 from bench.metrics.spread import Spread
 
@@ -112,31 +113,33 @@ def median_run(runs: list[LoadSummary]) -> LoadSummary:
 
 
 def _measure(cfg: LoadConfig, out: Path, repeat: RepeatSpec | None,
-             console: Console | None) -> dict[str, object]:
+             console: Console | None, prepared: Prepared) -> dict[str, object]:
     """One step's run, or its repeated runs: the SweepPoint fields they give."""
     if repeat is None or not repeat.repeating:
-        summary = run_load(cfg, out, console)
+        summary = run_load(cfg, out, console, prepared)
         return {"summary": summary, "runs_behind": int(summary.client is not None and summary.client.behind)}
-    result = run_repeats(cfg, repeat, out, run_load, console)
+    result = run_repeats(cfg, repeat, out, functools.partial(run_load, prepared=prepared), console)
     return {"summary": median_run(result.runs), "repeats": result.repeats, "spread": result.spread,
             "runs_behind": result.client_behind}  # fmt: skip
 
 
 def run_sweep(
     base: LoadConfig, spec: SweepSpec, out_dir: Path, console: Console | None = None,
-    repeat: RepeatSpec | None = None,
+    repeat: RepeatSpec | None = None, prepared: Prepared | None = None,
 ) -> SweepResult:
     """Walk up the load axis, then bisect; writes ``sweep.json`` and ``sweep.png`` to ``out_dir``.
 
-    ``repeat``: run every step that many times (after its warm-up runs) and keep the spread.
+    ``repeat``: run every step that many times (after its warm-up runs) and keep the spread. The steps share
+    their tokenizer and (same workload and seed) their prompts, in ``prepared`` when given.
     """
     points: list[SweepPoint] = []
+    prepared = prepared or Prepared()
 
     def step(value: float) -> SweepPoint:
         label = f"{spec.mode}-{value:g}"
         if console is not None:
             console.rule(f"sweep step {label}")
-        measured = _measure(_config_at(base, spec, value), out_dir / label, repeat, console)
+        measured = _measure(_config_at(base, spec, value), out_dir / label, repeat, console, prepared)
         summary = measured["summary"]
         assert isinstance(summary, LoadSummary)
         previous = max((p for p in points if p.value < value), key=lambda p: p.value, default=None)

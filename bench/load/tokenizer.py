@@ -9,7 +9,6 @@ authoritative count either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,13 +88,52 @@ def chat_overhead(tokenizer: Any) -> int:
     return len(ids)
 
 
-def token_counter(tokenizer: Tokenizer | None) -> Callable[[str], int] | None:
+class TokenCounter:
+    """``text -> number of tokens`` (no special tokens), by the tokenizer's own ``encode``.
+
+    A worker process gets it in its :class:`bench.load.executor.Job`. Pickled, a fast tokenizer travels as the
+    ``tokenizers`` Tokenizer it wraps (:class:`BackendCounter`), so the worker imports neither transformers nor,
+    through it, torch: seconds per process at every point of a sweep. A tokenizer without that backend (a slow
+    one) travels whole.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._crossing: tuple[Any, ...] | None = None  # what pickles, made once for all the run's workers
+
+    def __call__(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._crossing is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            split = bool(getattr(self.tokenizer, "split_special_tokens", False))
+            self._crossing = ((TokenCounter, (self.tokenizer,)) if backend is None
+                              else (BackendCounter, (backend.to_str(), split)))  # fmt: skip
+        return self._crossing
+
+
+class BackendCounter:
+    """:class:`TokenCounter` over a fast tokenizer's ``tokenizers`` backend, set as transformers sets it to encode
+    one text without special tokens (no truncation, no padding, special-token text split or not), so the counts
+    are the same; built from the backend's JSON."""
+
+    def __init__(self, spec: str, split_special_tokens: bool) -> None:
+        from tokenizers import Tokenizer as RustTokenizer
+
+        self.spec, self.split_special_tokens = spec, split_special_tokens
+        self.backend = RustTokenizer.from_str(spec)
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.backend.encode_special_tokens = split_special_tokens
+
+    def __call__(self, text: str) -> int:
+        return len(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return BackendCounter, (self.spec, self.split_special_tokens)
+
+
+def token_counter(tokenizer: Tokenizer | None) -> TokenCounter | None:
     """``text -> number of tokens`` (no special tokens), or ``None`` without a tokenizer."""
-    if tokenizer is None:
-        return None
-    tok = tokenizer
-
-    def count(text: str) -> int:
-        return len(tok.encode(text, add_special_tokens=False))
-
-    return count
+    return None if tokenizer is None else TokenCounter(tokenizer)

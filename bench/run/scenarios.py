@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from backends.checkpoints import weight_file_bytes
 from backends.weightbytes import weight_bytes_at_load
 from bench.load.arrivals import Arrival, ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig, LoadOptions
-from bench.load.runner import run_load
+from bench.load.runner import Prepared, run_load
 from bench.load.sweep import run_sweep
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
@@ -53,6 +53,8 @@ class CellRun:
     progress: Progress
     memory: MemorySampler
     model_gpus: int = 1  # GPUs one copy of the model is split over (tensor × pipeline parallel), for MBU
+    # The tokenizer (and a sweep's prompts) every point of the cell shares: loaded once, not once a point.
+    prepared: Prepared = field(default_factory=Prepared)
 
     @cached_property
     def tokenizer(self) -> str | None:
@@ -101,7 +103,7 @@ class CellRun:
         # Each folder draws its own prompts: the same seed everywhere would repeat the first prompts of an
         # earlier point, and a prefix cache would then hit where the workload promises unique prompts.
         config = config.model_copy(update={"seed": self.seed * 1_000_003 + zlib.crc32(folder.name.encode())})
-        summary = run_load(config, folder)
+        summary = run_load(config, folder, prepared=self.prepared)
         return self.point(summary, folder)
 
     def config(self, *, api: Api, workload: Workload, arrival: ConcurrencyArrival | PoissonArrival,
@@ -154,7 +156,7 @@ def run_load_scenario(scenario: LoadScenario, run: CellRun) -> dict[str, Any]:
         run.check_alive()
         run.say(f"{scenario.name} · sweep by {scenario.sweep.mode}")
         base = run.scenario_config(scenario, ConcurrencyArrival(n=1))
-        result = run_sweep(base, scenario.sweep, out)
+        result = run_sweep(base, scenario.sweep, out, prepared=run.prepared)
         points = {f"{p.value:g}": run.point(p.summary, out / f"{result.mode}-{p.value:g}") | {
             "passed": p.passed, "saturated": p.saturated} for p in result.points}
         return {"kind": "load", "mode": result.mode, "best": result.best, "points": points}
