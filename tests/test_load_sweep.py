@@ -205,3 +205,17 @@ def test_a_step_whose_client_fell_behind_fails_the_sweep(slow_url: str, tmp_path
     assert "the client fell behind at concurrency 2" in result.output and "--workers 2" in result.output
     assert "--workers auto" in result.output
     assert load_sweep(tmp_path / "sweep.json").behind_steps == [2.0]
+
+
+def test_each_step_draws_its_own_prompts() -> None:
+    """Steps are seeded apart (as ``bench run``'s fixed points): a server with a prefix cache could otherwise
+    serve a later step's prompts from an earlier step's, and its TTFT would not be a cold prefill's."""
+    from bench.load.runner import prepare
+
+    base = calibration_config("http://127.0.0.1:9", tokenizer="smollm2-135m-instruct-hf", api="completions",
+                              num_requests=4, workload={"kind": "random", "input_tokens": 64, "output_tokens": 8})
+    spec = SweepSpec(mode=SweepMode.concurrency, start=1, max_value=8)
+    one, two = (sweep._config_at(base, spec, v) for v in (1, 2))
+    assert one.seed != two.seed and one.seed == sweep._config_at(base, spec, 1).seed  # apart, and repeatable
+    first, second = prepare(one)[0], prepare(two)[0]
+    assert {p.text for p in first}.isdisjoint(p.text for p in second)

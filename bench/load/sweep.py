@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -72,14 +73,21 @@ class SweepResult(BaseModel):
     behind_steps: list[float] = Field(default_factory=list, description="steps whose client fell behind")
 
 
+def step_seed(seed: int, label: str) -> int:
+    """A step's own seed, from the sweep's and the step's label (as ``bench run`` seeds its fixed points): every
+    step draws other prompts, so a server's prefix cache cannot serve a later step from an earlier one's."""
+    return seed * 1_000_003 + zlib.crc32(label.encode())
+
+
 def _config_at(base: LoadConfig, spec: SweepSpec, value: float) -> LoadConfig:
-    """The base config at one step; a rate step keeps the base arrival's ``max_concurrency``."""
+    """The base config at one step, with the step's seed; a rate step keeps the base arrival's
+    ``max_concurrency``."""
     if spec.mode is SweepMode.concurrency:
         arrival: ConcurrencyArrival | PoissonArrival = ConcurrencyArrival(n=max(1, round(value)))
     else:
         cap = None if base.arrival.closed_loop else base.arrival.in_flight_limit
         arrival = PoissonArrival(rate=value, max_concurrency=cap)
-    return base.model_copy(update={"arrival": arrival})
+    return base.model_copy(update={"arrival": arrival, "seed": step_seed(base.seed, f"{spec.mode}-{value:g}")})
 
 
 def slo_met(summary: LoadSummary, spec: SweepSpec) -> bool:
@@ -130,7 +138,7 @@ def run_sweep(
     """Walk up the load axis, then bisect; writes ``sweep.json`` and ``sweep.png`` to ``out_dir``.
 
     ``repeat``: run every step that many times (after its warm-up runs) and keep the spread. The steps share
-    their tokenizer and (same workload and seed) their prompts, in ``prepared`` when given.
+    their tokenizer, in ``prepared`` when given; each draws its own prompts (:func:`step_seed`).
     """
     points: list[SweepPoint] = []
     prepared = prepared or Prepared()
