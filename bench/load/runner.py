@@ -149,9 +149,10 @@ class Prepared:
     """What runs prepared before their clocks started, for the next run that asks for the same: the tokenizer of
     each (tokenizer, model), and the last run's prompts.
 
-    A sweep's steps differ only in their arrival, so every step after the first prepares nothing: the same
-    prompts, and no tokenizer loaded again (a GGUF's, which transformers converts, takes seconds for a 128k
-    vocabulary; 388 prompts of 512 tokens about a second).
+    A sweep's steps (and a ``bench run`` cell's points) load no tokenizer again: a GGUF's, which transformers
+    converts, takes seconds for a 128k vocabulary. Each step has its own seed
+    (:func:`bench.load.sweep.step_seed`), so it draws its own prompts, about a second for 388 prompts of 512 tokens;
+    a run repeated with the same seed and workload reuses them.
     """
 
     def __init__(self) -> None:
