@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SERVEBENCH_CACHE", Path.home() / ".cache/servebench"))
@@ -68,7 +69,7 @@ def bundled_gguf() -> str:
 
 # ---------------------------------------------------------------- 1. sampler chain on the host
 
-def _sampler_chain(llama, n_vocab: int, only_top_k: bool):
+def _sampler_chain(llama: Any, n_vocab: int, only_top_k: bool) -> Any:
     chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
     if only_top_k:
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_k(40))
@@ -112,14 +113,14 @@ def sampler_ms(n_vocab: int, only_top_k: bool, iters: int = 400) -> float:
     return statistics.median(times[20:]) * 1e3
 
 
-def sampler_rows() -> list[dict]:
+def sampler_rows() -> list[dict[str, Any]]:
     return [{"n_vocab": v, "chain": "top_k only" if k else "server default",
              "ms_per_sequence": round(sampler_ms(v, k), 3)} for v in (49152, 128256) for k in (False, True)]
 
 
 # ---------------------------------------------------------------- 2. llama-batched-bench
 
-def batched_bench_rows(binary: Path, gguf: str, threads: int) -> list[dict]:
+def batched_bench_rows(binary: Path, gguf: str, threads: int) -> list[dict[str, Any]]:
     cmd = [str(binary), "-m", gguf, "-c", "16384", "-b", "2048", "-ub", "512", "-npp", "64,1024", "-ntg", "32",
            "-npl", ",".join(map(str, BATCHES)), "-kvu", "-t", str(threads), "--output-format", "jsonl"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
@@ -173,7 +174,7 @@ def _prompt(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(1000, 40000) for _ in range(n)]
 
 
-def _complete(body: dict, stamps: list[float]) -> None:
+def _complete(body: dict[str, Any], stamps: list[float]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=600)
     conn.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -203,9 +204,11 @@ def steady_gaps_ms(stamps: list[list[float]]) -> list[float]:
     return [1e3 * (b - a) for s in stamps for a, b in itertools.pairwise(s) if a >= start and b <= end]
 
 
-def server_condition(binary: Path, gguf: str, threads: int, cond: tuple, work: Path) -> list[dict]:
+def server_condition(binary: Path, gguf: str, threads: int, cond: tuple[str, int, int, bool], work: Path,
+                     ) -> list[dict[str, Any]]:
     name, prompt_tokens, fill, unified = cond
-    rng, rows, server = random.Random(0), [], None
+    rng, rows = random.Random(0), []
+    server: Server | None = None
     held = 0  # KV cells left by finished requests (idle slots keep their cells)
     for batch in BATCHES:
         if server is None or not fill:  # fresh server per point, except the stale pool, filled once
@@ -215,6 +218,7 @@ def server_condition(binary: Path, gguf: str, threads: int, cond: tuple, work: P
             if fill:
                 wave(rng, fill, FILL_TOKENS, 1)
                 held = fill * (FILL_TOKENS + 1)
+        assert server is not None
         t0 = time.perf_counter()
         gaps = steady_gaps_ms(wave(rng, batch, prompt_tokens, N_PREDICT))
         rows.append({"condition": name, "unified_kv": unified, "batch": batch, "prompt_tokens": prompt_tokens,
@@ -223,7 +227,8 @@ def server_condition(binary: Path, gguf: str, threads: int, cond: tuple, work: P
                      "wall_s": round(time.perf_counter() - t0, 1), "debug_timings": server.debug_timings()})
         held += batch * (prompt_tokens + N_PREDICT - 1)
         print(json.dumps(rows[-1]), flush=True)
-    server.stop()
+    if server is not None:
+        server.stop()
     return rows
 
 
@@ -234,7 +239,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="server/bench threads (one core is left to the client)")
     args = ap.parse_args()
     gguf = bundled_gguf()
-    result: dict = {"command": "benchmarks/llamacpp_batch_scaling.py", "server_binary": str(args.server),
+    result: dict[str, Any] = {"command": "benchmarks/llamacpp_batch_scaling.py", "server_binary": str(args.server),
                     "gguf": Path(gguf).name, "threads": args.threads, "slots": SLOTS, "per_slot": PER_SLOT}
     result["sampler"] = sampler_rows()
     print(json.dumps(result["sampler"]), flush=True)
