@@ -10,9 +10,19 @@ import pytest
 from backends.base import EngineOptions
 from backends.checkpoints import Registry, load_registry
 from backends.net import free_port
+from bench.load.tokenizer import Tokenizer, load_tokenizer
 from servers.launch import ServerHandle, build_spec, running_server
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer() -> Tokenizer:
+    """The bundled model's tokenizer, as ``bench load`` finds it for the model name alone."""
+    tok, where = load_tokenizer(None, "smollm2-135m-instruct")
+    if tok is None:
+        pytest.skip(f"no tokenizer for the bundled model: {where}")
+    return tok
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from bench.load.records import RequestRecord, StreamObservation, make_record, read_records, token_source_warning
 from bench.load.runner import run_load_async
-from bench.load.tokenizer import Tokenizer, load_tokenizer
+from bench.load.tokenizer import Tokenizer
 from tests.helpers import calibration_config, scripted_server
 
 NO_USAGE = {"stream_options": {"include_usage": False}}
@@ -22,14 +22,6 @@ BUNDLED = "smollm2-135m-instruct"
 def chunky_url() -> Iterator[str]:
     """16 tokens per response in chunks of 1, 4, 4, 4, 3."""
     yield from scripted_server(tokens_per_chunk=4)
-
-
-@pytest.fixture(scope="module")
-def bundled_tokenizer() -> Tokenizer:
-    tok, where = load_tokenizer(None, BUNDLED)
-    if tok is None:
-        pytest.skip(f"no tokenizer for the bundled model: {where}")
-    return tok
 
 
 def observation(texts: list[str], usage: dict[str, int] | None = None) -> StreamObservation:

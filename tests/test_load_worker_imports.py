@@ -34,14 +34,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def bundled_tokenizer() -> Tokenizer:
-    tok, where = load_tokenizer(None, BUNDLED)
-    if tok is None:
-        pytest.skip(f"no tokenizer for the bundled model: {where}")
-    return tok
-
-
-@pytest.fixture(scope="module")
 def no_usage_url() -> Iterator[str]:
     yield from scripted_server(tokens_per_chunk=4)
 
@@ -93,7 +85,7 @@ def test_two_workers_import_no_torch_and_count_as_one(
 
 def test_a_sweep_prepares_its_prompts_once(bundled_tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = runner.load_tokenizer
+    real = load_tokenizer
 
     def counting(spec: str | None, model: str) -> tuple[Tokenizer | None, str]:
         calls.append(spec)
