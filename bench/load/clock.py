@@ -27,7 +27,10 @@ class MonotonicClock:
         return time.perf_counter()
 
     async def sleep_until(self, t: float) -> None:
-        """Sleep until ``t``; the event loop wakes within about a millisecond."""
+        """Sleep until ``t``, never returning before it. uvloop's timers have millisecond resolution and start from
+        the loop's cached time, so one ``asyncio.sleep`` can wake up to about a millisecond early: a request due at
+        the run's start was then sent before it."""
         delay = t - time.perf_counter()
-        if delay > 0:
+        while delay > 0:  # at most one more round, of under a millisecond
             await asyncio.sleep(delay)
+            delay = t - time.perf_counter()
