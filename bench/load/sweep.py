@@ -74,8 +74,9 @@ class SweepResult(BaseModel):
 
 
 def step_seed(seed: int, label: str) -> int:
-    """A step's own seed, from the sweep's and the step's label (as ``bench run`` seeds its fixed points): every
-    step draws other prompts, so a server's prefix cache cannot serve a later step from an earlier one's."""
+    """A load point's own seed, from its run's seed and its label (a sweep step's ``concurrency-8``, a ``bench run``
+    point's folder name): every point draws other prompts, so a server's prefix cache cannot serve a later point
+    from an earlier one's."""
     return seed * 1_000_003 + zlib.crc32(label.encode())
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +21,7 @@ from backends.weightbytes import weight_bytes_at_load
 from bench.load.arrivals import Arrival, ConcurrencyArrival, PoissonArrival
 from bench.load.config import LoadConfig, LoadOptions
 from bench.load.runner import Prepared, run_load
-from bench.load.sweep import run_sweep
+from bench.load.sweep import run_sweep, step_seed
 from bench.load.workloads import JsonlWorkload, RandomWorkload, SharedPrefixWorkload, Workload
 from bench.metrics import SLO, LoadSummary
 from bench.run.probes import KVInfo, MemorySampler, kv_info
@@ -102,7 +101,7 @@ class CellRun:
         self.memory.take_peak()
         # Each folder draws its own prompts: the same seed everywhere would repeat the first prompts of an
         # earlier point, and a prefix cache would then hit where the workload promises unique prompts.
-        config = config.model_copy(update={"seed": self.seed * 1_000_003 + zlib.crc32(folder.name.encode())})
+        config = config.model_copy(update={"seed": step_seed(self.seed, folder.name)})
         summary = run_load(config, folder, prepared=self.prepared)
         return self.point(summary, folder)
 
