@@ -79,6 +79,16 @@ def test_cli_targets_match_the_target_table() -> None:
     assert [t.value for t in To] == list(TARGETS)
 
 
+def test_description_names_the_group_size_the_recipe_used() -> None:
+    """GPTQ's group follows the model's width (64 for SmolLM2's 576), so the entry says which, not the target."""
+    from bench.quantize.run import describe
+
+    gptq = TARGETS["gptq-4bit"].summary
+    assert describe(gptq, {"group_size": 64}, HF_MODEL) == f"GPTQ int4 (GPTQModel), group size 64, from {HF_MODEL}"
+    fp8 = describe(TARGETS["fp8"].summary, {"scheme": "FP8_DYNAMIC"}, HF_MODEL)
+    assert fp8.endswith(f"data-free), from {HF_MODEL}")
+
+
 def test_bad_target_is_refused_with_the_valid_names(tmp_path: Path) -> None:
     code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "int3", "--registry", str(tmp_registry(tmp_path)))
     assert code == 2

@@ -120,8 +120,15 @@ def quantize(model: str, to: str, registry_file: Path | None = None, *, name: st
     labels = {8: "fp8"} if spec.params.get("scheme") == "FP8_DYNAMIC" else None
     recipe = {**recipe, **(plan.recipe(labels) if plan else {}), "to": to, "seconds": round(seconds, 1)}
     entry = register(registry_file or registry.source, name=entry_name, fmt=spec.format, path=path,
-                     derived_from=model, recipe=recipe, description=f"{spec.summary}, from {model}")
+                     derived_from=model, recipe=recipe, description=describe(spec.summary, recipe, model))
     return QuantizeResult(entry, path, seconds)
+
+
+def describe(summary: str, recipe: dict[str, Any], model: str) -> str:
+    """The registry entry's description: the target's summary, the group size the recipe used (it follows the
+    model's width, so the target cannot name it), and the source."""
+    group = recipe.get("group_size")
+    return f"{summary}{f', group size {group}' if group else ''}, from {model}"
 
 
 __all__ = ["ArtifactError", "QuantizeError", "QuantizeResult", "quantize", "target"]
