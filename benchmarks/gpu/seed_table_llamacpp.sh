@@ -12,7 +12,8 @@
 #     that leaves time to pack the run folder into $OUT (seed-table-run.tar.gz).
 # Settings: PHASES ("base variants" by default; "variants" alone skips the base cells), RUN_ID, and RESUME_FROM,
 # a run folder in the working tree (e.g. reports/gpu-seed-table-h100/gpu-seed-table) that is copied in
-# and continued with --resume instead of starting a new run.
+# and continued with --resume instead of starting a new run; RERUN, cell ids (globs) in it to measure again;
+# QUANT_STAGE, checkpoints made by `bench quantize` on the CPU machine, with their registry entries.
 # ENGINE (llamacpp by default; vllm, transformers) picks whose cells run, MODEL (a glob, default *) which models,
 # BASE_SETS / VARIANT_SETS which option sets (defaults per engine below). STAGE is the staged folder
 # (.stage/seed-table); for vLLM it holds only the gguf wheel, since the staged vLLM bundle in /tmp/site
@@ -53,6 +54,15 @@ cd "$SRC" || exit 1
 export PYTHONPATH=/tmp/site:$W/py:$W/olmo:$SRC
 cp models.yaml "$W/models.yaml"
 export SERVEBENCH_MODELS=$W/models.yaml
+# Checkpoints `bench quantize` made on the CPU machine (QUANT_STAGE: models.tar.xz, their folders as they lie under
+# the cache's models/, and models.quant.yaml, the entries it appended to the registry there): the folders go
+# where the entries point ({cache} is $SERVEBENCH_CACHE here), the entries are appended to this machine's registry.
+QS=$REPO/${QUANT_STAGE:-.stage/seed-quant}
+if [ -f "$QS/models.quant.yaml" ]; then
+    mkdir -p "$SERVEBENCH_CACHE/models" && tar -xJf "$QS/models.tar.xz" -C "$SERVEBENCH_CACHE/models"
+    cat "$QS/models.quant.yaml" >> "$W/models.yaml"
+    say "quantized checkpoints registered: $(grep -c '^  - name:' "$QS/models.quant.yaml") entries"
+fi
 GG=$SERVEBENCH_CACHE/models/smollm2-135m-instruct/r2/gguf
 if [ ! -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
     say "bench models prepare (HF bf16 -> GGUF F16 -> Q8_0, Q4_K_M) on this machine"
@@ -68,6 +78,12 @@ RUN_DIR=$RUNS/$RUN_ID
 mkdir -p "$RUNS"
 if [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ]; then
     cp -r "$REPO/$RESUME_FROM" "$RUN_DIR" && say "continuing $RESUME_FROM"
+fi
+# RERUN: ids (globs) of cells to measure again after a fix (e.g. the llama.cpp launcher's KV layout): their
+# folders are removed from the copied run folder once per machine, so a later call keeps what an earlier one re-made.
+if [ -n "${RERUN:-}" ] && [ -d "$RUN_DIR" ] && [ ! -f "$W/rerun.done" ]; then
+    for glob in $RERUN; do rm -rf "$RUN_DIR/cells/"$glob; done
+    touch "$W/rerun.done" && say "measuring again: $RERUN"
 fi
 MATRIX=benchmarks/gpu/seed-table.yaml
 # 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
