@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from types import MappingProxyType
 
@@ -58,6 +59,26 @@ _SIGNAL_CAUSES = MappingProxyType({
     "SIGABRT": "aborted: an assertion or fatal error inside the engine",
     "SIGFPE": "arithmetic fault inside the engine",
 })
+
+
+# A Python exception line as a server logs it, after any process tag or logger prefix:
+# "(EngineCore pid=1) ERROR 12-06 19:52:59 [core.py:1231] RuntimeError: expected scalar type Half ...".
+_EXCEPTION_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s+)?(?:[A-Z]+ [\d-]+ [\d:.]+ \[[^\]]*\]\s+)?"
+                             r"((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception): .+)$")
+
+
+def first_exception(log: str) -> str | None:
+    """The first exception line of a server's log (``RuntimeError: ...``), or None.
+
+    A server that dies while starting usually logs the root cause first and its wrappers after it (vLLM's API
+    server ends with "Engine core initialization failed. See root cause above."), so the first one is the one a
+    user needs; the log's last lines are often only the wrapper's traceback.
+    """
+    for line in log.splitlines():
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match:
+            return match.group(1).strip()
+    return None
 
 
 def describe_exit(what: str, returncode: int, hint: str = "") -> str:

@@ -23,7 +23,7 @@ from typing import Any
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
 from backends.checkpoints import Registry, remote_code
-from backends.errors import BackendError, describe_exit
+from backends.errors import BackendError, describe_exit, first_exception
 from backends.llamacpp.build import REBUILD_HINT
 from servers.settings import ServerSettings
 
@@ -53,6 +53,9 @@ _NO_MAX_QUEUE = MappingProxyType({
 
 # Backends that pass trust_remote_code on (transformers' from_pretrained, vLLM's --trust-remote-code).
 _REMOTE_CODE_BACKENDS = ("transformers", "vllm")
+# How much of a dead server's log is searched for the exception that killed it (its root cause can lie far
+# above the last lines: vLLM prints each process's traceback after it).
+LOG_SCAN_CHARS = 200_000
 
 
 # What to do when a native server is killed by SIGILL (its binary uses instructions this CPU lacks).
@@ -250,6 +253,8 @@ class ServerHandle:
         """Why the server's process ended (exit code or signal, what that usually means, what to do) and its log."""
         code = self.process.returncode if self.process.returncode is not None else 0
         what = describe_exit(f"{self.spec.backend} server", code, _SIGILL_HINTS.get(self.spec.backend, ""))
+        cause = first_exception(self.log_tail(LOG_SCAN_CHARS))
+        what = f"{what}: {cause}" if cause else what
         tail = self.log_tail()
         return f"{what}\nlast lines of its log ({self.log_path}):\n{tail}" if tail else f"{what} (its output is above)"
 

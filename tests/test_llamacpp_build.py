@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backends.base import EngineOptions, ServerSpec
-from backends.errors import describe_exit
+from backends.errors import describe_exit, first_exception
 from backends.llamacpp import cpu, smoke
 from backends.llamacpp.build import BuildError, cmake_flags, prove_runs
 from servers.launch import LaunchError, ServerHandle
@@ -115,6 +115,34 @@ def test_describe_exit_names_the_signal_and_its_usual_cause() -> None:
     assert describe_exit("vllm server", 1) == "vllm server exited with code 1"
     assert "killed by SIGKILL (usually the kernel's out-of-memory killer" in describe_exit("x", -9)
     assert describe_exit("x", -4, "Rebuild it.").endswith("cannot run). Rebuild it.")
+
+
+def test_the_first_exception_of_a_dead_servers_log_is_its_root_cause() -> None:
+    log = "\n".join([
+        "(APIServer pid=1) WARNING 12-06 19:52:22 [system_utils.py:299] Found ulimit ... like `OSError: [Errno 24]`",
+        "(EngineCore pid=2) ERROR 12-06 19:52:59 [core.py:1231] RuntimeError: mutable_data_ptr<c10::Half>, "
+        "expected scalar type Half but found BFloat16",
+        "(APIServer pid=1)   File \"/tmp/site/vllm/v1/engine/utils.py\", line 1272, in wait_for_engine_startup",
+        "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above.",
+    ])
+    assert first_exception(log) == ("RuntimeError: mutable_data_ptr<c10::Half>, expected scalar type Half but "
+                                    "found BFloat16")
+    assert first_exception("Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory") == (
+        "torch.OutOfMemoryError: CUDA out of memory")
+    assert first_exception("loading model\nready in 3 s\nerror: nothing here") is None
+
+
+def test_a_dead_server_names_the_exception_that_killed_it(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    script = "echo 'ValueError: max_model_len 9000 is larger than the model allows'; echo wrapper; exit 1"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=fh, stderr=subprocess.STDOUT)
+    proc.wait(30)
+    spec = ServerSpec(backend="vllm", model_name="m", model_path=tmp_path, options=EngineOptions())
+    with pytest.raises(LaunchError) as caught:
+        ServerHandle(spec=spec, process=proc, log_path=log).wait_ready(5)
+    assert str(caught.value).startswith(
+        "vllm server exited with code 1: ValueError: max_model_len 9000 is larger than the model allows\n")
 
 
 def test_a_native_server_killed_by_sigill_says_why(tmp_path: Path) -> None:
