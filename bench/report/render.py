@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.evals.config import EvalSummary
+from bench.load.sweep import CONCURRENCY_GAIN
 from bench.metrics import LoadSummary
 from bench.metrics.spread import spread
 from bench.report import plots
@@ -66,8 +67,8 @@ class Section:
 
 
 def _meets(row: LoadRow) -> str:
-    """The "meets SLO" cell: ``yes``; ``no``; or, for a sweep step that met the SLO but delivered less than the
-    step before (saturated: the sweep stops there and does not count it), ``SLO met, saturated``."""
+    """The "meets SLO" cell: ``yes``; ``no``; or, for a sweep step that met the SLO but was saturated (the sweep
+    stops there and does not count it: :func:`bench.load.sweep.is_saturated`), ``SLO met, saturated``."""
     if row.meets_slo():
         return "yes"
     return "SLO met, saturated" if row.summary.saturated and row.slo_met_itself() else "no"
@@ -215,8 +216,10 @@ def load_section(runs: list[RunData], gpu_hour_usd: float | None) -> Section:
                 *health_cells(s),
             ])
     note = ("meets SLO: yes where ≥90% of requests met every SLO and, in a sweep, the step was not saturated; "
-            "'SLO met, saturated': the step met the SLO but delivered less than the step before, so the sweep "
-            "stopped there and its best-at-SLO figure does not count it.") if any(
+            "'SLO met, saturated': the step met the SLO but was saturated (a concurrency step whose completion rate "
+            f"grew less than {CONCURRENCY_GAIN - 1:.0%} over the step before; a rate step whose completions fell "
+            "behind the offered rate), so the sweep stopped there and its best-at-SLO figure does not count "
+            "it.") if any(
         _meets(r) == "SLO met, saturated" for run in runs for r in run.loads) else ""
     return Section("Latency and throughput", LOAD_HEADER, rows, note)
 
