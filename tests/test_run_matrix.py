@@ -213,6 +213,38 @@ def test_unknown_backend_and_model_are_skipped_with_the_reason(registry: Registr
     assert "no-such-model" in (reasons["transformers__no-such-model__default__s0"] or "")
 
 
+def test_an_option_set_with_models_makes_cells_only_for_those_models(registry: Registry) -> None:
+    m = validate_matrix(_matrix(models=[MODEL, "other-awq-4bit", "third"],
+                                option_sets=[{"name": "all"}, {"name": "fp16", "models": ["*-awq-*", "third"],
+                                                               "options": {"dtype": "float16"}}],
+                                scenarios=[{"kind": "load"}, {"kind": "kv-cache", "kv_cache_dtypes": ["auto", "q8"]}],
+                                seeds=[0, 1]))
+    pairs = {(c.model, c.option_set.name, c.seed) for c in expand(m, registry)}
+    for seed in (0, 1):
+        assert {(model, name) for model, name, s in pairs if s == seed and name.startswith("fp16")} == {
+            ("other-awq-4bit", "fp16"), ("other-awq-4bit", "fp16+kv-q8"), ("third", "fp16"), ("third", "fp16+kv-q8")}
+        assert {model for model, name, s in pairs if s == seed and name.startswith("all")} == {
+            MODEL, "other-awq-4bit", "third"}
+    assert len(pairs) == 2 * (3 * 2 + 2 * 2)  # no cell at all (not even a skipped one) for the excluded model
+    assert m.option_sets[1].applies_to("third") and not m.option_sets[1].applies_to(MODEL)
+    assert m.option_sets[0].applies_to(MODEL)  # no models: every model
+
+
+def test_an_option_set_glob_that_matches_no_model_is_refused() -> None:
+    with pytest.raises(MatrixError, match=r"option set 'fp16': models glob '\*-awq\*' matches none of the matrix"):
+        validate_matrix(_matrix(option_sets=[{"name": "gpu"}, {"name": "fp16", "models": [MODEL, "*-awq*"]}]))
+
+
+def test_the_gpu_seed_table_runs_fp16_only_on_the_awq_model(registry: Registry) -> None:
+    m = load_matrix(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "seed-table.yaml")
+    fp16 = next(o for o in m.option_sets if o.name == "gpu-fp16")
+    assert fp16.options.dtype == "float16" and fp16.options.device == "cuda"
+    cells = expand(m, registry.with_models(m.models))
+    assert {c.model for c in cells if c.base_option_set == "gpu-fp16"} == {"smollm2-135m-instruct-hf-awq-4bit"}
+    assert {c.option_set.name for c in cells if c.base_option_set == "gpu-fp16"} >= {"gpu-fp16"}
+    assert len({c.model for c in cells if c.base_option_set == "gpu"}) == len(m.models)
+
+
 def test_loglikelihood_eval_is_skipped_on_an_engine_without_prompt_logprobs(registry: Registry) -> None:
     assert backends.capabilities("llamacpp").prompt_logprobs is False
     assert backends.capabilities("transformers").prompt_logprobs is True

@@ -57,7 +57,8 @@ def resolve(option_set: OptionSet, overrides: dict[str, Any]) -> OptionSet:
     """The option set with a scenario variant's overrides applied (validated like any option set)."""
     options = EngineOptions.model_validate({**option_set.options.model_dump(), **overrides})
     label = variant_label(option_set.options, options)
-    return OptionSet(name=f"{option_set.name}+{label}" if label else option_set.name, options=options)
+    return OptionSet(name=f"{option_set.name}+{label}" if label else option_set.name, options=options,
+                     models=option_set.models)
 
 
 def server_configs(matrix: Matrix) -> list[tuple[OptionSet, OptionSet, tuple[str, ...]]]:
@@ -116,7 +117,11 @@ def _skip_reason(registry: Registry, backend: str, model: str, option_set: Optio
 
 
 def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
-    """Every cell of the matrix, each marked with why it is skipped if it cannot run."""
+    """Every cell of the matrix, each marked with why it is skipped if it cannot run.
+
+    An option set with ``models`` makes cells only for the matrix models its globs match (its variants
+    likewise); the others get no cell of that set.
+    """
     configs = server_configs(matrix)
     cells = []
     for seed in matrix.seeds:
@@ -124,6 +129,8 @@ def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
             for backend in matrix.backends:
                 model = native_variant(registry, backend, base_model) if matrix.native_variants else base_model
                 for base, option_set, names in configs:
+                    if not base.applies_to(base_model):  # no cell at all, not even a skipped one
+                        continue
                     scenarios = [s for s in matrix.scenarios if s.name in names]
                     reason = _skip_reason(registry, backend, model, option_set, scenarios)
                     cells.append(Cell(model, backend, option_set, seed, reason, names, base.name))

@@ -8,6 +8,7 @@ its own cell. Scenarios that need no override share the option set's own cell (o
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -277,12 +278,19 @@ Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | Eval
 
 
 class OptionSet(BaseModel):
-    """A named set of engine options (``name`` appears in the report)."""
+    """A named set of engine options (``name`` appears in the report), for every model or only some."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "default"
     options: EngineOptions = Field(default_factory=EngineOptions)
+    models: tuple[str, ...] = Field(
+        default=(), description="fnmatch globs over the matrix's models: the set makes cells only for the models "
+        "one of them matches (e.g. an option set only one format needs); empty: every model")
+
+    def applies_to(self, model: str) -> bool:
+        """Whether this set makes cells for ``model`` (a name of the matrix's ``models``)."""
+        return not self.models or any(fnmatch.fnmatchcase(model, glob) for glob in self.models)
 
 
 class QualityTarget(BaseModel):
@@ -351,6 +359,15 @@ class Matrix(BaseModel):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+    @model_validator(mode="after")
+    def _option_set_models(self) -> Matrix:
+        for option_set in self.option_sets:
+            for glob in option_set.models:
+                if not any(fnmatch.fnmatchcase(model, glob) for model in self.models):
+                    raise ValueError(f"option set {option_set.name!r}: models glob {glob!r} matches none of the "
+                                     f"matrix's models ({', '.join(self.models)})")
         return self
 
     def headline(self) -> str | None:
