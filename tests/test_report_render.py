@@ -116,6 +116,25 @@ def make_run(root: Path, run_id: str, scale: float = 1.0) -> Path:
     return run
 
 
+def test_each_option_set_s_speculation_is_compared_with_its_own_baseline(tmp_path: Path) -> None:
+    """Two option sets speculating on one model (bf16 and fp8 weights): each row shows its own speed-up."""
+    run = tmp_path / "spec2"
+    matrix = {"name": "t", "models": ["m"], "backends": ["vllm"],
+              "scenarios": [{"kind": "speculative", "methods": ["none", "ngram"]}]}
+    run.mkdir()
+    (run / "run.yaml").write_text(yaml.safe_dump({"run_id": "spec2", "matrix": matrix, "environment": {
+        "cpu": "test cpu", "cpu_count": 2, "gpus": [], "packages": {"servebench": "0"}, "git_sha": "abc"}}))
+    _cell(run, "vllm", "gpu", 0, {"speculative": _spec("none", 100, 400)})
+    _cell(run, "vllm", "gpu+spec-ngram", 0, {"speculative": _spec("ngram", 250, 600, accept=0.9)})
+    _cell(run, "vllm", "gpu-fp8", 0, {"speculative": _spec("none", 100, 200)})
+    _cell(run, "vllm", "gpu-fp8+spec-ngram", 0, {"speculative": _spec("ngram", 150, 500, accept=0.9)})
+    write_report([run], run)
+    rows = {(cells[4], cells[7]): cells[10] for line in (run / "report.md").read_text().splitlines()
+            if line.startswith("| spec2 | vllm |") and (cells := [c.strip() for c in line.split("|")])[6] == "ngram"}
+    assert rows == {("gpu+spec-ngram", "1"): "2.50×", ("gpu+spec-ngram", "4"): "1.50×",
+                    ("gpu-fp8+spec-ngram", "1"): "1.50×", ("gpu-fp8+spec-ngram", "4"): "2.50×"}
+
+
 def test_tables_and_statistics(tmp_path: Path) -> None:
     run = make_run(tmp_path, "r1")
     data = load_run(run)

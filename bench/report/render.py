@@ -330,15 +330,16 @@ def spec_section(runs: list[RunData]) -> tuple[Section, list[SpeedUp]]:
     for run in runs:
         found = speedups(run.spec)
         ups += found
-        index = {(s.backend, s.model, s.method, s.seed, s.concurrency): s for s in found}
-        groups: dict[tuple[str, str, str, int], list[SpeedUp]] = defaultdict(list)
+        # keyed by the baseline option set too: two option sets (bf16 and fp8 weights) may speculate on one model
+        index = {(s.backend, s.model, s.baseline, s.method, s.seed, s.concurrency): s for s in found}
+        groups: dict[tuple[str, str, str, str, int], list[SpeedUp]] = defaultdict(list)
         for s in found:
-            groups[(s.backend, s.model, s.method, s.seed)].append(s)
+            groups[(s.backend, s.model, s.baseline, s.method, s.seed)].append(s)
         for r in sorted(run.spec, key=lambda r: (r.key.backend, r.key.model, r.method != "none", r.method,
                                                  r.key.seed, r.concurrency)):
-            up = index.get((r.key.backend, r.key.model, r.method, r.key.seed, r.concurrency))
+            up = index.get((r.key.backend, r.key.model, r.baseline, r.method, r.key.seed, r.concurrency))
             server = r.summary.server
-            stop = stops_paying(groups.get((r.key.backend, r.key.model, r.method, r.key.seed), []))
+            stop = stops_paying(groups.get((r.key.backend, r.key.model, r.baseline, r.method, r.key.seed), []))
             rows.append([run.run_id, r.key.backend, r.key.model, r.key.options, str(r.key.seed), r.method,
                          str(r.concurrency), _fmt(r.summary.output_throughput_tok_s), _fmt(r.summary.tpot_ms.p50),
                          f"{up.speedup:.2f}×" if up and up.speedup else ("1.00×" if r.method == "none" else "–"),
