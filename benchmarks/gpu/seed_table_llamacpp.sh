@@ -40,7 +40,9 @@ LOG=$OUTDIR/seed-table.log
 # shellcheck source=benchmarks/gpu/seed_common.sh
 source "$(dirname "$0")/seed_common.sh"
 
-[ "$ENGINE" = vllm ] && WITH_VLLM=1
+# The vLLM bundle also carries the server stack (transformers, fastapi, ...) at versions that work together: the
+# Transformers cells use it too.
+case $ENGINE in vllm|transformers) WITH_VLLM=1 ;; esac
 stage_unpack
 [ -f "$ST/derived.sha256" ] && cp "$ST/derived.sha256" "$W/"
 restore_llamacpp

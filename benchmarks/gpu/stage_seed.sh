@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Here, on the CPU machine: stage and pack what benchmarks/gpu/seed_table_llamacpp.sh needs on the device for the
+# GPU seed table's part 1 (benchmarks/gpu/seed-table.yaml), the way session 8 carried it: one tar in parts of
+# 64 MiB less the working tree *without* reports/ (move reports/ out of the tree for the device calls; the run
+# folder to resume travels inside the tar instead). Run it after the last commit the device should run.
+#   .stage/seed-vllm/src.tar.gz          servebench at HEAD, without reports/ and tests/
+#   .stage/seed-quant/models.tar.xz      the checkpoints QUANT_MODELS name, as they lie under the cache's models/
+#   .stage/seed-quant/models.quant.yaml  their registry entries (recipes included), appended on the device
+#   RUN_DIR (default reports/gpu-seed-table-h100/gpu-seed-table), the run folder the device continues
+# Settings: QUANT_MODELS (registry names; default the four `bench quantize` outputs the matrix lists), QUANT_REGISTRY
+# (the models.yaml `bench quantize` appended them to; default the repository's), RUN_DIR, DEST (default .stage/xfer1).
+# Needs, staged before (benchmarks/gpu/README.md): .stage/vllm, .stage/seed-vllm/{whl,py.tar.gz,derived.sha256,tok},
+# .stage/llamacpp-cuda/{build,llama.cpp-src.tar.xz,gguf.part00,gguf.part01,gguf.sha256}.
+set -euo pipefail
+DEST=${DEST:-.stage/xfer1}
+RUN_DIR=${RUN_DIR:-reports/gpu-seed-table-h100/gpu-seed-table}
+QUANT_REGISTRY=${QUANT_REGISTRY:-models.yaml}
+QUANT_MODELS=${QUANT_MODELS:-smollm2-135m-instruct-hf-fp8 smollm2-135m-instruct-hf-w4a16 smollm2-135m-instruct-hf-gptq-4bit smollm2-135m-instruct-hf-awq-4bit}
+CACHE=${SERVEBENCH_CACHE:-$HOME/.cache/servebench}
+STAGED=(.stage/vllm .stage/seed-vllm/whl .stage/seed-vllm/py.tar.gz .stage/seed-vllm/derived.sha256 .stage/seed-vllm/tok
+        .stage/llamacpp-cuda/build .stage/llamacpp-cuda/llama.cpp-src.tar.xz .stage/llamacpp-cuda/gguf.part00
+        .stage/llamacpp-cuda/gguf.part01 .stage/llamacpp-cuda/gguf.sha256)
+for need in "${STAGED[@]}" "$RUN_DIR/run.yaml" "$QUANT_REGISTRY"; do
+    [ -e "$need" ] || { echo "missing $need (see benchmarks/gpu/README.md)" >&2; exit 1; }
+done
+
+git archive HEAD -- . ':(exclude)reports' ':(exclude)tests' | gzip -9 > .stage/seed-vllm/src.tar.gz
+Q=.stage/seed-quant
+rm -rf "$Q" && mkdir -p "$Q"
+# The entries, and each checkpoint's folder relative to the cache's models/ (an entry elsewhere cannot be carried:
+# the device resolves {cache} to its own cache).
+folders=$(.venv/bin/python - "$QUANT_REGISTRY" "$Q/models.quant.yaml" $QUANT_MODELS <<'EOF'
+import sys
+
+import yaml
+
+registry, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+entries = {e["name"]: e for e in yaml.safe_load(open(registry))["models"]}
+missing = [n for n in names if n not in entries]
+if missing:
+    sys.exit(f"not in {registry}: {', '.join(missing)} (make them with the bench quantize commands in "
+             "benchmarks/gpu/seed-table.yaml's header, or name QUANT_REGISTRY)")
+picked = [entries[n] for n in names]
+for e in picked:
+    if not str(e.get("path", "")).startswith("{cache}/models/"):
+        sys.exit(f"{e['name']}: path {e.get('path')!r} is not under {{cache}}/models/, so it cannot be carried")
+    print(e["path"].removeprefix("{cache}/models/"))
+text = yaml.safe_dump(picked, sort_keys=False, allow_unicode=True, width=120)
+open(out, "w").write("".join(f"  {line}\n" for line in text.splitlines()))
+EOF
+)
+# shellcheck disable=SC2086
+tar -C "$CACHE/models" -cf - $folders | xz -T2 -6 > "$Q/models.tar.xz"
+tree=$(git ls-files -z -- ':(exclude)reports' | du -c -B1 --files0-from=- | tail -1 | cut -f1)
+PART_BYTES=$((64 * 1048576 - tree - 262144)) bash benchmarks/gpu/xfer.sh pack "$DEST" .stage/seed-vllm/src.tar.gz \
+    "${STAGED[@]}" "$Q" "$RUN_DIR"
+echo "carry ${DEST}/manifest with one part a call, with reports/ moved out of the tree (benchmarks/gpu/README.md)"
