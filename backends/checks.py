@@ -3,7 +3,8 @@
 An engine refuses, with :class:`backends.errors.UnsupportedOptionError`, a format, KV-cache dtype or speculative
 method outside its :class:`backends.base.Capabilities`, prefix caching it lacks, parallelism of a kind it does
 not list, several HTTP frontends (``api_server_count``) where it has one, and any option it names in ``reasons``
-among those it takes no value for (:data:`FIXED_OPTIONS`).
+among those it takes no value for (:data:`FIXED_OPTIONS`), and ``device='cuda'`` on a machine where CUDA sees no GPU
+(:func:`refuse_cuda_without_gpu`).
 Checks only one engine makes stay in that engine's ``config.py``.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 
 from backends.base import Capabilities, EngineOptions
 from backends.errors import UnsupportedOptionError
+from backends.gpu import cuda_missing_reason
 
 # Options an engine may refuse outright, in the order they are checked, each with the values that leave it unset.
 FIXED_OPTIONS: tuple[tuple[str, tuple[object, ...]], ...] = (
@@ -60,3 +62,13 @@ def _refuse_outside_capabilities(engine: str, caps: Capabilities, options: Engin
         raise UnsupportedOptionError(engine, "api_server_count", options.api_server_count,
                                      reasons.get("api_server_count", "1 (one HTTP frontend, in the engine's own "
                                                  "process or server)"))
+
+
+def refuse_cuda_without_gpu(engine: str, options: EngineOptions) -> None:
+    """Refuse ``device='cuda'`` where CUDA sees no GPU (:func:`backends.gpu.cuda_missing_reason`), so a matrix's GPU
+    cells are skipped with the reason on a CPU machine instead of failing at load or in a CUDA build."""
+    if options.device != "cuda":
+        return
+    reason = cuda_missing_reason()
+    if reason:
+        raise UnsupportedOptionError(engine, "device", "cuda", f"cpu on this machine ({reason})")

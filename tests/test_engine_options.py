@@ -103,6 +103,21 @@ def test_engines_with_one_frontend_refuse_api_server_count(backend: str) -> None
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize("backend", ["transformers", "llamacpp"])
+def test_cuda_is_refused_where_cuda_sees_no_gpu(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU matrix's cells are skipped with the reason on a CPU machine, not tried (a CUDA build, a failed load)."""
+    import backends.checks
+
+    monkeypatch.setattr(backends.checks, "cuda_missing_reason", lambda: "needs CUDA: no NVIDIA GPU or driver")
+    with pytest.raises(UnsupportedOptionError) as info:
+        registry.validate(backend, EngineOptions(device="cuda"), FORMATS[backend])
+    assert str(info.value) == (f"backend {backend!r} does not support device='cuda'; supported: cpu on this machine "
+                               "(needs CUDA: no NVIDIA GPU or driver)")
+    registry.validate(backend, EngineOptions(device="cpu"), FORMATS[backend])
+    monkeypatch.setattr(backends.checks, "cuda_missing_reason", lambda: None)  # a GPU machine
+    registry.validate(backend, EngineOptions(device="cuda"), FORMATS[backend])
+
+
 def test_serve_cli_refuses_api_server_count_for_llamacpp() -> None:
     result = CliRunner().invoke(build_app(), ["serve", "--backend", "llamacpp", "--api-server-count", "2"],
                                 env={"COLUMNS": "250"})

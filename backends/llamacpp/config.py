@@ -6,7 +6,7 @@ import os
 import shutil
 
 from backends.base import Capabilities, EngineOptions
-from backends.checks import refuse_unsupported
+from backends.checks import refuse_cuda_without_gpu, refuse_unsupported
 
 NAME = "llamacpp"
 
@@ -55,6 +55,7 @@ def validate(options: EngineOptions, fmt: str) -> None:
     if options.quantization == "gguf":  # names the GGUF file's own quantization: nothing to refuse
         options = options.model_copy(update={"quantization": None})
     refuse_unsupported(NAME, CAPABILITIES, options, fmt, REFUSALS)
+    refuse_cuda_without_gpu(NAME, options)
 
 
 def default_threads() -> int:

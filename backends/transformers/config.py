@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends.base import Capabilities, EngineOptions
-from backends.checks import refuse_unsupported
+from backends.checks import refuse_cuda_without_gpu, refuse_unsupported
 from backends.errors import UnsupportedOptionError
 from backends.registry import module_available
 
@@ -67,3 +67,4 @@ def validate(options: EngineOptions, fmt: str) -> None:
     refuse_unsupported(NAME, CAPABILITIES, options, fmt, REFUSALS)
     if options.device == "cuda" and options.threads is not None:  # device=auto is checked at load, on the device
         raise UnsupportedOptionError(NAME, "threads", options.threads, "only on CPU; the model runs on cuda")
+    refuse_cuda_without_gpu(NAME, options)
