@@ -149,8 +149,12 @@ def _step(registry: Registry, entry: ModelEntry, target: Path) -> Callable[[Path
 
 
 def _order(registry: Registry, base: str) -> list[ModelEntry]:
-    """Derived entries of ``base`` in dependency order (sources before the entries made from them)."""
-    pending = list(registry.derived(base))
+    """Derived entries of ``base`` in dependency order (sources before the entries made from them).
+
+    Entries quantized at load (``recipe.load_time``: bitsandbytes, HQQ) are left out: their weights are their
+    source's, so there is nothing to make.
+    """
+    pending = [e for e in registry.derived(base) if not (e.recipe or {}).get("load_time")]
     done: set[str] = {base}
     ordered: list[ModelEntry] = []
     while pending:

@@ -42,6 +42,7 @@ CHECKPOINTS = (
     (f"{SOURCE}-w4a16", "w4a16", None),
     (f"{SOURCE}-gptq-4bit", "gptq-4bit", None),
     (f"{SOURCE}-awq-4bit", "awq-4bit", None),
+    (f"{SOURCE}-bnb-4bit", "bnb-4bit", None),  # an entry only: vLLM and Transformers quantize at load
     ("smollm2-135m-instruct-exl2-4.0bpw", "exl2", "exllamav2"),
 )
 

@@ -37,6 +37,16 @@ def test_every_cell_the_device_script_runs_is_a_cell_of_the_matrix() -> None:
     script = (GPU / "seed_table_8b.sh").read_text()
     ids = {m.replace("${BASE}", BASE).replace("$BASE", BASE)
            for m in re.findall(r'"((?:llamacpp|vllm|transformers)__[^"\s]+__s0)"', script)}
-    assert len(ids) == 6
+    assert len(ids) == 7
+    assert f"vllm__{BASE}-bnb-4bit__gpu__s0" in ids  # vLLM's 4-bit cell: bitsandbytes NF4 at load
     cells = expand(load_matrix(GPU / "seed-table-8b.yaml"), load_registry(GPU / "models-8b.yaml"))
     assert {c.cell_id for c in select(cells, sorted(ids))} == ids  # select() refuses an id that matches no cell
+
+
+def test_prepare_leaves_out_the_entry_quantized_at_load() -> None:
+    """The bnb-4bit entry names the base's own weights (vLLM quantizes them as it loads): nothing to make."""
+    registry = load_registry(GPU / "models-8b.yaml")
+    bnb = registry.get(f"{BASE}-bnb-4bit")
+    assert bnb.format == "bnb-4bit" and bnb.derived_from == BASE and (bnb.recipe or {}).get("load_time")
+    assert bnb.path == registry.get(BASE).path  # the same folder, resolved on the device
+    assert bnb.name not in [e.name for e in _order(registry, BASE)]

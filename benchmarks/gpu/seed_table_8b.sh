@@ -102,7 +102,8 @@ if [ -f "$GG/$BASE-q4_k_m.gguf" ]; then
 fi
 # the first vLLM start on a machine compiles its graphs and JITs kernels (~220 s on the H100)
 [ -d "${VLLM_CACHE_ROOT:-$HOME/.cache/vllm}" ] && VLLM_MIN=240 || VLLM_MIN=420
-[ -f "$HF/config.json" ] && phase vllm "${VLLM_MIN_S:-$VLLM_MIN}" "vllm__${BASE}__gpu__s0" "vllm__${BASE}__gpu-fp8__s0"
+[ -f "$HF/config.json" ] && phase vllm "${VLLM_MIN_S:-$VLLM_MIN}" "vllm__${BASE}__gpu__s0" "vllm__${BASE}__gpu-fp8__s0" \
+    "vllm__${BASE}-bnb-4bit__gpu__s0"
 [ -f "$HF/config.json" ] && phase transformers 200 "transformers__${BASE}__gpu__s0"
 if [ -d "$RUN_DIR" ]; then pack_run seed-table-8b-run.tar.gz; fi
 say done

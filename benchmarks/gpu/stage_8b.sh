@@ -6,7 +6,8 @@
 #   .stage/seed-8b/src.tar.gz               servebench at HEAD, without reports/ and tests/
 #   .stage/seed-8b/py.tar.gz                llama-cpp-python's Python part (llcpy/llama_cpp, no lib/): it runs over
 #                                           the CUDA build's libllama for llama_model_quantize
-#   .stage/seed-8b/whl/                     the gguf wheel (beside the vLLM bundle, which has the server stack)
+#   .stage/seed-8b/whl/                     the gguf and bitsandbytes wheels (beside the vLLM bundle, which has the
+#                                           server stack)
 #   .stage/seed-8b/tok.tar.xz               SmolLM2's HF tokenizer files, for the random model
 #   .stage/seed-8b/llama.cpp-convert.tar.xz convert_hf_to_gguf.py, conversion/ and gguf-py/ of llama.cpp (0.3.36's
 #                                           vendored tree: all that `bench models prepare` runs of it; 0.3 MB)
@@ -31,6 +32,10 @@ if ls .stage/seed-vllm/whl/gguf-"$GGUF_VERSION"-*.whl > /dev/null 2>&1; then
 else
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$S/whl" "gguf==$GGUF_VERSION"
 fi
+# bitsandbytes, for vLLM's 4-bit cell (NF4 at load; vLLM 0.25 wants >= 0.48.1; the wheel carries its CUDA 13 kernels)
+BNB=${BNB_VERSION:-0.50.2}
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_24_x86_64 -d "$S/whl" "bitsandbytes==$BNB"
 mkdir -p "$S/tmp/tok" && cp "$TOK"/tokenizer.json "$TOK"/tokenizer_config.json "$S/tmp/tok/"
 [ -f "$TOK/chat_template.jinja" ] && cp "$TOK/chat_template.jinja" "$S/tmp/tok/"
 tar -C "$S/tmp" -cJf "$S/tok.tar.xz" tok

@@ -6,8 +6,9 @@
 #   .stage/seed-vllm/src.tar.gz          servebench at HEAD, without reports/ and tests/
 #   .stage/seed-quant/models.tar.xz      the checkpoints QUANT_MODELS name, as they lie under the cache's models/
 #   .stage/seed-quant/models.quant.yaml  their registry entries (recipes included), appended on the device
+#   .stage/seed-vllm/whl/bitsandbytes-*  for the bnb-4bit cell
 #   RUN_DIR (default reports/gpu-seed-table-h100/gpu-seed-table), the run folder the device continues
-# Settings: QUANT_MODELS (registry names; default the four `bench quantize` outputs the matrix lists), QUANT_REGISTRY
+# Settings: QUANT_MODELS (registry names; default the five `bench quantize` outputs the matrix lists), QUANT_REGISTRY
 # (the models.yaml `bench quantize` appended them to; default the repository's), RUN_DIR, DEST (default .stage/xfer1).
 # Needs, staged before (benchmarks/gpu/README.md): .stage/vllm, .stage/seed-vllm/{whl,py.tar.gz,derived.sha256,tok},
 # .stage/llamacpp-cuda/{build,llama.cpp-src.tar.xz,gguf.part00,gguf.part01,gguf.sha256}.
@@ -15,7 +16,7 @@ set -euo pipefail
 DEST=${DEST:-.stage/xfer1}
 RUN_DIR=${RUN_DIR:-reports/gpu-seed-table-h100/gpu-seed-table}
 QUANT_REGISTRY=${QUANT_REGISTRY:-models.yaml}
-QUANT_MODELS=${QUANT_MODELS:-smollm2-135m-instruct-hf-fp8 smollm2-135m-instruct-hf-w4a16 smollm2-135m-instruct-hf-gptq-4bit smollm2-135m-instruct-hf-awq-4bit}
+QUANT_MODELS=${QUANT_MODELS:-smollm2-135m-instruct-hf-fp8 smollm2-135m-instruct-hf-w4a16 smollm2-135m-instruct-hf-gptq-4bit smollm2-135m-instruct-hf-awq-4bit smollm2-135m-instruct-hf-bnb-4bit}
 CACHE=${SERVEBENCH_CACHE:-$HOME/.cache/servebench}
 STAGED=(.stage/vllm .stage/seed-vllm/whl .stage/seed-vllm/py.tar.gz .stage/seed-vllm/derived.sha256 .stage/seed-vllm/tok
         .stage/llamacpp-cuda/build .stage/llamacpp-cuda/llama.cpp-src.tar.xz .stage/llamacpp-cuda/gguf.part00
@@ -27,8 +28,12 @@ done
 git archive HEAD -- . ':(exclude)reports' ':(exclude)tests' | gzip -9 > .stage/seed-vllm/src.tar.gz
 Q=.stage/seed-quant
 rm -rf "$Q" && mkdir -p "$Q"
+# bitsandbytes, for the bnb-4bit cell (vLLM quantizes the bf16 weights to NF4 as it loads them)
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_24_x86_64 -d .stage/seed-vllm/whl "bitsandbytes==${BNB_VERSION:-0.50.2}"
 # The entries, and each checkpoint's folder relative to the cache's models/ (an entry elsewhere cannot be carried:
-# the device resolves {cache} to its own cache).
+# the device resolves {cache} to its own cache). An entry quantized at load names its source's weights, which the
+# device derives itself: it travels as an entry only.
 folders=$(.venv/bin/python - "$QUANT_REGISTRY" "$Q/models.quant.yaml" $QUANT_MODELS <<'EOF'
 import sys
 
@@ -42,6 +47,8 @@ if missing:
              "benchmarks/gpu/seed-table.yaml's header, or name QUANT_REGISTRY)")
 picked = [entries[n] for n in names]
 for e in picked:
+    if (e.get("recipe") or {}).get("load_time"):
+        continue
     if not str(e.get("path", "")).startswith("{cache}/models/"):
         sys.exit(f"{e['name']}: path {e.get('path')!r} is not under {{cache}}/models/, so it cannot be carried")
     print(e["path"].removeprefix("{cache}/models/"))
