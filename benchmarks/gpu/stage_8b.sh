@@ -33,7 +33,7 @@ else
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$S/whl" "gguf==$GGUF_VERSION"
 fi
 # bitsandbytes, for vLLM's 4-bit cell (NF4 at load; vLLM 0.25 wants >= 0.48.1; the wheel carries its CUDA 13 kernels)
-BNB=${BNB_VERSION:-0.50.2}
+BNB=$(.venv/bin/python -c "from backends.vllm.venv import BITSANDBYTES_VERSION as v; print(v)")  # the venv's pin
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_24_x86_64 -d "$S/whl" "bitsandbytes==$BNB"
 mkdir -p "$S/tmp/tok" && cp "$TOK"/tokenizer.json "$TOK"/tokenizer_config.json "$S/tmp/tok/"

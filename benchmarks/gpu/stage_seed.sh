@@ -29,8 +29,9 @@ git archive HEAD -- . ':(exclude)reports' ':(exclude)tests' | gzip -9 > .stage/s
 Q=.stage/seed-quant
 rm -rf "$Q" && mkdir -p "$Q"
 # bitsandbytes, for the bnb-4bit cell (vLLM quantizes the bf16 weights to NF4 as it loads them)
+BNB=$(.venv/bin/python -c "from backends.vllm.venv import BITSANDBYTES_VERSION as v; print(v)")  # the venv's pin
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_24_x86_64 -d .stage/seed-vllm/whl "bitsandbytes==${BNB_VERSION:-0.50.2}"
+    --platform manylinux_2_24_x86_64 -d .stage/seed-vllm/whl "bitsandbytes==$BNB"
 # The entries, and each checkpoint's folder relative to the cache's models/ (an entry elsewhere cannot be carried:
 # the device resolves {cache} to its own cache). An entry quantized at load names its source's weights, which the
 # device derives itself: it travels as an entry only.
