@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -144,3 +147,70 @@ def test_quantized_checkpoint_is_registered_and_answers(target: str, backend: st
     words = answer.split()
     assert len(words) >= 3 and len(set(words)) >= max(2, len(words) // 2), answer
     assert ppl is not None and ppl < 4.0 * base_perplexity, (ppl, base_perplexity, answer)
+
+
+def test_bits_is_refused_for_targets_that_fix_theirs(tmp_path: Path) -> None:
+    registry = tmp_registry(tmp_path)
+    code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "gptq-4bit", "--bits", "6.0", "--registry",
+                           str(registry))
+    assert code == 2 and "--bits applies to exl2 and exl3 only" in output and "4-bit" in output
+    code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "exl2", "--bits", "9", "--registry",
+                           str(registry))
+    assert code == 2 and "2.0 to 8.0" in output
+    assert registry.read_text() == load_registry().source.read_text()
+
+
+def test_exl2_command_sizes_calibration_and_reuses_a_measurement(tmp_path: Path) -> None:
+    from bench.quantize.exllama import _command
+
+    src, out, work = tmp_path / "src", tmp_path / "out", tmp_path / "work"
+    first = _command("exl2", src, out, work, 6.0)
+    assert first[1:] == ["-m", "exllamav2.conversion.convert_exl2", "-i", str(src), "-o", str(work), "-cf", str(out),
+                         "-b", "6.0", "-r", "40", "-l", "1024", "-mr", "8", "-ml", "1024"]
+    again = _command("exl2", src, out, work, 6.0, tmp_path / "measurement.json")
+    assert again == [*first, "-m", str(tmp_path / "measurement.json")]
+    assert "-m" not in _command("exl3", src, out, work, 3.0)[3:]
+
+
+def fake_converter(calls: list[list[str]]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Stands in for exllamav2's converter: records its command line, writes the config it would copy, and a
+    measurement in its work folder unless one was passed with -m."""
+    def run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        arg = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+        out = Path(arg["-cf"])
+        (out / "config.json").write_text((Path(arg["-i"]) / "config.json").read_text())
+        if "-m" not in arg:
+            (Path(arg["-o"]) / "measurement.json").write_text('{"measurement": {}, "last_module_idx": 0}')
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_exl2_entries_name_their_bits_and_the_second_rate_reuses_the_measurement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.quantize import exllama
+
+    registry = tmp_registry(tmp_path)
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "rope_parameters": {"rope_theta": 1e5}}))
+    (src / "model.safetensors").write_bytes(b"")
+    registry.write_text(registry.read_text().replace("{cache}/models/smollm2-135m-instruct/r2/hf-bf16", str(src)))
+    calls: list[list[str]] = []
+    monkeypatch.setenv("SERVEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(exllama, "require_cuda", lambda fmt: None)
+    monkeypatch.setattr(subprocess, "run", fake_converter(calls))
+    for bits in ("4.0", "6.0"):
+        code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "exl2", "--bits", bits, "--registry",
+                               str(registry))
+        assert code == 0, output
+    four, six = (load_registry(registry).get(f"{HF_MODEL}-exl2-{b}bpw") for b in ("4.0", "6.0"))
+    assert four.recipe and four.recipe["bits_per_weight"] == 4.0 and four.recipe["measurement"] == "measured"
+    assert six.recipe and six.recipe["bits_per_weight"] == 6.0 and six.recipe["measurement"] == "reused"
+    assert four.description == f"ExLlamaV2 EXL2 (CUDA only), 4.0 bits per weight, from {HF_MODEL}"
+    kept = exllama.measurement_file(src)
+    assert kept.is_file() and kept.is_relative_to(tmp_path / "cache")
+    assert "-m" not in calls[0][3:] and calls[1][-2:] == ["-m", str(kept)]
+    # the converter read a config with the top-level rope_theta exllamav2 0.3.2 needs; the source is untouched
+    converted = json.loads((tmp_path / "cache/models/quantized" / four.name / "config.json").read_text())
+    assert converted["rope_theta"] == 1e5 and "rope_theta" not in json.loads((src / "config.json").read_text())

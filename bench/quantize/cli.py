@@ -38,7 +38,8 @@ class To(StrEnum):
 def quantize_command(
     model: str = typer.Option(..., "--model", help="Source checkpoint: an HF entry of models.yaml, or ORG/NAME."),
     to: To = typer.Option(..., "--to", help="Target format."),
-    name: str | None = typer.Option(None, "--name", help="Entry to write (default MODEL-TARGET)."),
+    name: str | None = typer.Option(None, "--name", help="Entry to write (default MODEL-TARGET, with --bits "
+                                    "MODEL-TARGET-BITSbpw)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Default: {cache}/models/quantized/NAME."),
     samples: int = typer.Option(32, "--calibration-samples", help="GPTQ/AWQ/W4A16/W8A8 calibration texts."),
     registry: Path | None = typer.Option(None, "--registry", help="models.yaml to append to."),
@@ -46,6 +47,8 @@ def quantize_command(
                                         "(repeatable: lm_head, '*.self_attn.*', 'model.layers.0.*')."),
     layers_bits: str | None = typer.Option(None, "--layers-bits", help="Weight bits per decoder layer span, "
                                            "e.g. '0-3:8,4-:4' (gptq-4bit, w4a16)."),
+    bits: float | None = typer.Option(None, "--bits", help="Bits per weight of exl2 (2-8) or exl3 (1-8); "
+                                      "default 4.0. The other targets fix theirs."),
 ) -> None:
     """Quantize a checkpoint (GGUF, GPTQ, AWQ, W4A16, FP8, W8A8, bnb, torchao, HQQ, EXL2/3) and register it."""
     from bench.quantize.run import ArtifactError, QuantizeError, quantize
@@ -54,7 +57,7 @@ def quantize_command(
     try:
         with console.status(f"quantizing {model} to {to.value} ..."):
             result = quantize(model, to.value, registry, name=name, output_dir=output_dir, samples=samples,
-                              keep_bf16=tuple(keep_bf16), layers_bits=layers_bits)
+                              keep_bf16=tuple(keep_bf16), layers_bits=layers_bits, bits=bits)
     except (ArtifactError, QuantizeError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -59,7 +59,7 @@ def _plan(spec: Target, src: Path, keep_bf16: tuple[str, ...], layers_bits: str 
 
 
 def _make(spec: Target, src: Path, out_dir: Path, name: str, samples: int,
-          plan: Plan | None = None) -> tuple[Path, dict[str, Any]]:
+          plan: Plan | None = None, bits: float | None = None) -> tuple[Path, dict[str, Any]]:
     """Run the tool for ``spec``; returns the artifact path and its recipe."""
     if spec.format == "hqq":
         from bench.quantize.groups import group_size_for
@@ -75,7 +75,7 @@ def _make(spec: Target, src: Path, out_dir: Path, name: str, samples: int,
 
         require_cuda(spec.format)
         out = fresh_dir(out_dir)
-        return out, convert_exllama(spec.format, src, out, float(spec.params["bits"]))
+        return out, convert_exllama(spec.format, src, out, float(spec.params["bits"] if bits is None else bits))
     out = fresh_dir(out_dir)
     if spec.tool == "gguf":
         from bench.quantize.gguf import quantize_to_gguf
@@ -93,12 +93,14 @@ def _make(spec: Target, src: Path, out_dir: Path, name: str, samples: int,
 
 def quantize(model: str, to: str, registry_file: Path | None = None, *, name: str | None = None,
              output_dir: Path | None = None, samples: int = 32, keep_bf16: tuple[str, ...] = (),
-             layers_bits: str | None = None) -> QuantizeResult:
+             layers_bits: str | None = None, bits: float | None = None) -> QuantizeResult:
     """Make ``to`` from the HF checkpoint ``model`` and append its entry to models.yaml.
 
     ``keep_bf16`` (module name patterns) and ``layers_bits`` (``"0-3:8,4-:4"``) ask for mixed precision; the
-    entry's recipe then lists every linear module under the precision it got."""
+    entry's recipe then lists every linear module under the precision it got. ``bits`` is the bits per weight of
+    an EXL2/EXL3 target (default 4.0); the other targets fix theirs."""
     spec = target(to)
+    _check_bits(spec, bits)
     if spec.gpu_only:
         from bench.quantize.exllama import ExllamaError, require_cuda
 
@@ -107,7 +109,7 @@ def quantize(model: str, to: str, registry_file: Path | None = None, *, name: st
         except ExllamaError as exc:
             raise QuantizeError(str(exc)) from None
     registry, src = hf_source(registry_file, model)
-    entry_name = name or f"{model}-{to}"
+    entry_name = name or (f"{model}-{to}-{bits}bpw" if bits is not None else f"{model}-{to}")
     check_new_name(registry, entry_name)
     try:
         plan = _plan(spec, src, tuple(keep_bf16), layers_bits)
@@ -115,7 +117,7 @@ def quantize(model: str, to: str, registry_file: Path | None = None, *, name: st
         raise QuantizeError(str(exc)) from None
     start = time.monotonic()
     path, recipe = _make(spec, src, output_dir or default_output_dir("quantized", entry_name), entry_name, samples,
-                         plan)
+                         plan, bits)
     seconds = time.monotonic() - start
     labels = {8: "fp8"} if spec.params.get("scheme") == "FP8_DYNAMIC" else None
     recipe = {**recipe, **(plan.recipe(labels) if plan else {}), "to": to, "seconds": round(seconds, 1)}
@@ -124,11 +126,30 @@ def quantize(model: str, to: str, registry_file: Path | None = None, *, name: st
     return QuantizeResult(entry, path, seconds)
 
 
+def _check_bits(spec: Target, bits: float | None) -> None:
+    """``--bits`` is for the EXL2/EXL3 targets only, within what their converter reaches."""
+    if bits is None:
+        return
+    if spec.tool != "exllama":
+        fixed = f"its weights are {spec.bits}-bit" if spec.bits else "its precision is fixed"
+        raise QuantizeError(f"--bits applies to exl2 and exl3 only; {spec.name} takes none ({fixed}: pick "
+                            "another target for another width)")
+    from bench.quantize.exllama import ExllamaError, check_bits
+
+    try:
+        check_bits(spec.format, bits)
+    except ExllamaError as exc:
+        raise QuantizeError(str(exc)) from None
+
+
 def describe(summary: str, recipe: dict[str, Any], model: str) -> str:
-    """The registry entry's description: the target's summary, the group size the recipe used (it follows the
-    model's width, so the target cannot name it), and the source."""
+    """The registry entry's description: the target's summary, the bits per weight or group size the recipe used
+    (an EXL2/EXL3 rate is asked for, a group follows the model's width, so the target cannot name either), and
+    the source."""
+    bpw = recipe.get("bits_per_weight")
     group = recipe.get("group_size")
-    return f"{summary}{f', group size {group}' if group else ''}, from {model}"
+    extra = (f", {bpw} bits per weight" if bpw else "") + (f", group size {group}" if group else "")
+    return f"{summary}{extra}, from {model}"
 
 
 __all__ = ["ArtifactError", "QuantizeError", "QuantizeResult", "quantize", "target"]

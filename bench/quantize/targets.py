@@ -47,6 +47,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            summary="torchao int8 dynamic activations + int8 weights at load"),
     Target("hqq-4bit", "hqq", "load-time", {"nbits": 4}, summary="HQQ 4-bit at load (data-free)", bits=4),
     Target("hqq-8bit", "hqq", "load-time", {"nbits": 8}, summary="HQQ 8-bit at load (data-free)", bits=8),
+    # bits: the default bits per weight; `bench quantize --bits` asks for another rate.
     Target("exl2", "exl2", "exllama", {"bits": 4.0}, gpu_only=True, summary="ExLlamaV2 EXL2 (CUDA only)"),
     Target("exl3", "exl3", "exllama", {"bits": 4.0}, gpu_only=True, summary="ExLlamaV3 EXL3 (CUDA only)"),
 )}
