@@ -235,6 +235,26 @@ def test_an_option_set_glob_that_matches_no_model_is_refused() -> None:
         validate_matrix(_matrix(option_sets=[{"name": "gpu"}, {"name": "fp16", "models": [MODEL, "*-awq*"]}]))
 
 
+def test_an_option_set_with_backends_makes_cells_only_for_those_backends(registry: Registry) -> None:
+    m = validate_matrix(_matrix(backends=["transformers", "llamacpp", "exllamav2"],
+                                option_sets=[{"name": "all"}, {"name": "b1", "backends": ["exl*"],
+                                                               "options": {"max_batch": 1}}],
+                                scenarios=[{"kind": "load"}, {"kind": "kv-cache", "kv_cache_dtypes": ["auto", "q8"]}]))
+    pairs = {(c.backend, c.option_set.name) for c in expand(m, registry)}
+    assert {p for p in pairs if p[1].startswith("b1")} == {("exllamav2", "b1"), ("exllamav2", "b1+kv-q8")}
+    assert {b for b, name in pairs if name.startswith("all")} == {"transformers", "llamacpp", "exllamav2"}
+    assert len(pairs) == 3 * 2 + 2  # no cell at all (not even a skipped one) for the other backends
+    b1 = m.option_sets[1]
+    assert b1.applies_to(MODEL, "exllamav2") and not b1.applies_to(MODEL, "llamacpp") and b1.applies_to(MODEL)
+    assert m.option_sets[0].applies_to(MODEL, "llamacpp")  # no backends: every backend
+
+
+def test_an_option_set_backends_glob_that_matches_no_backend_is_refused() -> None:
+    with pytest.raises(MatrixError, match=r"option set 'b1': backends glob 'vllm' matches none of the matrix's "
+                                          r"backends \(transformers\)"):
+        validate_matrix(_matrix(option_sets=[{"name": "gpu"}, {"name": "b1", "backends": ["vllm"]}]))
+
+
 def test_the_gpu_seed_table_runs_fp16_only_on_the_awq_model(registry: Registry) -> None:
     m = load_matrix(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "seed-table.yaml")
     fp16 = next(o for o in m.option_sets if o.name == "gpu-fp16")

@@ -58,7 +58,7 @@ def resolve(option_set: OptionSet, overrides: dict[str, Any]) -> OptionSet:
     options = EngineOptions.model_validate({**option_set.options.model_dump(), **overrides})
     label = variant_label(option_set.options, options)
     return OptionSet(name=f"{option_set.name}+{label}" if label else option_set.name, options=options,
-                     models=option_set.models)
+                     models=option_set.models, backends=option_set.backends)
 
 
 def server_configs(matrix: Matrix) -> list[tuple[OptionSet, OptionSet, tuple[str, ...]]]:
@@ -119,8 +119,8 @@ def _skip_reason(registry: Registry, backend: str, model: str, option_set: Optio
 def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
     """Every cell of the matrix, each marked with why it is skipped if it cannot run.
 
-    An option set with ``models`` makes cells only for the matrix models its globs match (its variants
-    likewise); the others get no cell of that set.
+    An option set with ``models`` or ``backends`` makes cells only for the matrix models and backends its globs
+    match (its variants likewise); the others get no cell of that set.
     """
     configs = server_configs(matrix)
     cells = []
@@ -129,7 +129,7 @@ def expand(matrix: Matrix, registry: Registry) -> list[Cell]:
             for backend in matrix.backends:
                 model = native_variant(registry, backend, base_model) if matrix.native_variants else base_model
                 for base, option_set, names in configs:
-                    if not base.applies_to(base_model):  # no cell at all, not even a skipped one
+                    if not base.applies_to(base_model, backend):  # no cell at all, not even a skipped one
                         continue
                     scenarios = [s for s in matrix.scenarios if s.name in names]
                     reason = _skip_reason(registry, backend, model, option_set, scenarios)

@@ -278,7 +278,7 @@ Scenario = Annotated[LoadScenario | KVCacheScenario | SpeculativeScenario | Eval
 
 
 class OptionSet(BaseModel):
-    """A named set of engine options (``name`` appears in the report), for every model or only some."""
+    """A named set of engine options (``name`` appears in the report), for every model and backend or only some."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -287,10 +287,19 @@ class OptionSet(BaseModel):
     models: tuple[str, ...] = Field(
         default=(), description="fnmatch globs over the matrix's models: the set makes cells only for the models "
         "one of them matches (e.g. an option set only one format needs); empty: every model")
+    backends: tuple[str, ...] = Field(
+        default=(), description="fnmatch globs over the matrix's backends: the set makes cells only for the "
+        "backends one of them matches (e.g. batch 1 for an engine that cannot batch); empty: every backend")
 
-    def applies_to(self, model: str) -> bool:
-        """Whether this set makes cells for ``model`` (a name of the matrix's ``models``)."""
-        return not self.models or any(fnmatch.fnmatchcase(model, glob) for glob in self.models)
+    def applies_to(self, model: str, backend: str | None = None) -> bool:
+        """Whether this set makes cells for ``model`` (a name of the matrix's ``models``) and, if given,
+        ``backend`` (one of its ``backends``)."""
+        return _matches(model, self.models) and (backend is None or _matches(backend, self.backends))
+
+
+def _matches(name: str, globs: tuple[str, ...]) -> bool:
+    """No globs match everything; otherwise one of them must match ``name``."""
+    return not globs or any(fnmatch.fnmatchcase(name, glob) for glob in globs)
 
 
 class QualityTarget(BaseModel):
@@ -364,10 +373,12 @@ class Matrix(BaseModel):
     @model_validator(mode="after")
     def _option_set_models(self) -> Matrix:
         for option_set in self.option_sets:
-            for glob in option_set.models:
-                if not any(fnmatch.fnmatchcase(model, glob) for model in self.models):
-                    raise ValueError(f"option set {option_set.name!r}: models glob {glob!r} matches none of the "
-                                     f"matrix's models ({', '.join(self.models)})")
+            for what, globs, names in (("models", option_set.models, self.models),
+                                       ("backends", option_set.backends, self.backends)):
+                for glob in globs:
+                    if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+                        raise ValueError(f"option set {option_set.name!r}: {what} glob {glob!r} matches none of "
+                                         f"the matrix's {what} ({', '.join(names)})")
         return self
 
     def headline(self) -> str | None:
