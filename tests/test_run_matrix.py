@@ -265,6 +265,18 @@ def test_the_gpu_seed_table_runs_fp16_only_on_the_awq_model(registry: Registry) 
     assert len({c.model for c in cells if c.base_option_set == "gpu"}) == len(m.models)
 
 
+def test_the_gpu_seed_table_runs_exllamav2_one_sequence_at_a_time(registry: Registry) -> None:
+    """exllamav2 without flash-attn refuses max_batch > 1: its cells of the table are the gpu-b1 set's."""
+    m = load_matrix(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "seed-table.yaml")
+    b1 = next(o for o in m.option_sets if o.name == "gpu-b1")
+    assert b1.options.max_batch == 1 and b1.options.device == "cuda" and b1.backends == ("exllamav2",)
+    cells = [c for c in expand(m, registry.with_models(m.models)) if c.base_option_set == "gpu-b1"]
+    assert {c.backend for c in cells} == {"exllamav2"}
+    assert {c.model for c in cells} == {"smollm2-135m-instruct-hf", "smollm2-135m-instruct-exl2-4.0bpw",
+                                        "smollm2-135m-instruct-exl2-6.0bpw"}
+    assert {c.option_set.name for c in cells} >= {"gpu-b1", "gpu-b1+kv-q8", "gpu-b1+kv-q4", "gpu-b1+spec-ngram"}
+
+
 def test_loglikelihood_eval_is_skipped_on_an_engine_without_prompt_logprobs(registry: Registry) -> None:
     assert backends.capabilities("llamacpp").prompt_logprobs is False
     assert backends.capabilities("transformers").prompt_logprobs is True
