@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced (not run) by the seed-table device scripts, seed_table_llamacpp.sh and seed_table_8b.sh: the staging
 # they share and the one way they run `bench run` under a time limit. The caller sets W (work folder in /tmp),
 # OUTDIR (what comes back: $OUT), LIMIT (seconds this call may use, from its start), ST (the staged folder),
@@ -48,9 +49,14 @@ prepare_ggufs() {
 # run_cells LABEL RESERVE GLOB...: `bench run --only GLOB...`, a new run in $RUNS/$RUN_ID or a --resume of it,
 # stopped with SIGINT RESERVE seconds before the limit, and killed 30 s later if it has not ended (so the caller
 # can still pack the run folder); its log is $OUTDIR/bench-run-LABEL.log. Returns bench run's status.
+# DETACH=1: for cells longer than a call, see detached_cells.
 run_cells() {
     local label=$1 reserve=$2 only=() rc glob
     shift 2
+    if [ "${DETACH:-0}" = 1 ]; then
+        detached_cells "$label" "$reserve" "$@"
+        return
+    fi
     for glob in "$@"; do only+=(--only "$glob"); done
     local where=(--out "$RUNS" --run-id "$RUN_ID")
     [ -d "$RUN_DIR" ] && where=(--resume "$RUN_DIR")
@@ -62,9 +68,109 @@ run_cells() {
     return "$rc"
 }
 
-# pack_run TARNAME: the run folder (with the device's models.yaml) into $OUTDIR/TARNAME.
+# detached_cells LABEL RESERVE GLOB...: run_cells for cells longer than one call (ExLlamaV2's at batch 1). bench run
+# goes on in a process of its own (setsid) past the call's end, while the machine stays warm (call again right
+# away), bounded by DETACH_LIMIT_S (default 1500 s, then SIGINT). The call waits on it until RESERVE seconds before
+# its limit; a later call waits on the same process instead of starting another (one server on the GPU at a time),
+# and once it has ended starts the next LABEL's. Returns 124 while it runs, else 0; its log is $W/bench-run-LABEL.log
+# (copied to $OUTDIR) and its status $W/detached.rc.
+detached_cells() {
+    local label=$1 reserve=$2 only=() glob pid
+    shift 2
+    pid=$(cat "$W/detached.pid" 2>/dev/null)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        for glob in "$@"; do only+=(--only "$glob"); done
+        local where=(--out "$RUNS" --run-id "$RUN_ID")
+        [ -d "$RUN_DIR" ] && where=(--resume "$RUN_DIR")
+        say "bench run ${where[0]} ($label, detached) ${only[*]}"
+        rm -f "$W/detached.rc"
+        # shellcheck disable=SC2016  # expanded by the inner bash
+        setsid nohup bash -c 'timeout -s INT -k 30 "$1" python3 -m bench run "${@:3}"; echo $? > "$2"' _ \
+            "${DETACH_LIMIT_S:-1500}" "$W/detached.rc" "$MATRIX" "${where[@]}" "${only[@]}" \
+            > "$W/bench-run-$label.log" 2>&1 < /dev/null &
+        pid=$!
+        echo "$pid" > "$W/detached.pid" && echo "$label" > "$W/detached.label"
+    else
+        say "waiting on the detached bench run ($(cat "$W/detached.label"), pid $pid)"
+    fi
+    while kill -0 "$pid" 2>/dev/null && [ $((LIMIT - SECONDS - reserve)) -gt 0 ]; do sleep 5; done
+    cp "$W/bench-run-$(cat "$W/detached.label").log" "$OUTDIR/"
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$label cells: still running (pid $pid): call again right away"
+        return 124
+    fi
+    rm -f "$W/detached.pid"
+    say "$(cat "$W/detached.label") cells (detached): rc $(cat "$W/detached.rc" 2>/dev/null || echo unknown)"
+    return 0
+}
+
+# pack_run TARNAME: the run folder (with the device's models.yaml) into $OUTDIR/TARNAME, without the folder of a cell
+# still running (one without cell.json: a resume here would run it anyway).
 pack_run() {
+    local dir skip=()
     cp "$SERVEBENCH_MODELS" "$RUN_DIR/models.device.yaml" 2>/dev/null
-    tar -C "$RUNS" -czf "$OUTDIR/$1" "$RUN_ID" && say "packed: $(du -h "$OUTDIR/$1" | cut -f1)"
+    for dir in "$RUN_DIR"/cells/*/; do
+        [ -d "$dir" ] && [ ! -f "$dir/cell.json" ] && skip+=(--exclude "$RUN_ID/cells/$(basename "$dir")")
+    done
+    tar -C "$RUNS" -czf "$OUTDIR/$1" "${skip[@]}" "$RUN_ID" && say "packed: $(du -h "$OUTDIR/$1" | cut -f1)"
     (cd "$W/llcuda-out" && tar -czf "$OUTDIR/llcuda-logs.tar.gz" . 2>/dev/null)
+}
+
+# --- ExLlamaV2 (seed_table_llamacpp.sh, ENGINE=exllamav2) ---
+
+# exl2_install: exllamav2 and its two small dependencies ($ST/whl-exl2, staged by stage_seed.sh) into /tmp/site,
+# over the vLLM bundle's server stack, once per machine.
+exl2_install() {
+    local whl=$ST/whl-exl2
+    [[ $whl = /* ]] || whl=$REPO/$whl
+    [ -f /tmp/site/.exl2.done ] && return 0
+    if ! ls "$whl"/exllamav2-*.whl > /dev/null 2>&1; then
+        say "no exllamav2 wheel in $whl (benchmarks/gpu/stage_seed.sh stages it)"
+        return 1
+    fi
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$whl"/*.whl 2>&1 | tee -a "$LOG" && touch /tmp/site/.exl2.done && say "exllamav2 wheels installed"
+}
+
+# exl2_build RESERVE: exllamav2's kernels (the JIT extension it compiles on first import: 2-3 min with 16 jobs),
+# built once per machine by a process of its own (setsid) that goes on past the call's end while the machine stays
+# warm; waits on it until RESERVE seconds before the limit. Returns 0 once built (marker $W/exl2.built).
+exl2_build() {
+    local pid
+    [ -f "$W/exl2.built" ] && return 0
+    pid=$(cat "$W/exl2.build.pid" 2>/dev/null)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        [ -n "$pid" ] && say "the last kernel build ended unfinished: $(tail -3 "$W/exl2-build.log")"
+        say "building exllamav2's kernels (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST; detached)"
+        # shellcheck disable=SC2016  # expanded by the inner bash
+        setsid nohup bash -c 'python3 -c "import exllamav2.ext" && touch "$1"' _ "$W/exl2.built" \
+            > "$W/exl2-build.log" 2>&1 < /dev/null &
+        pid=$!
+        echo "$pid" > "$W/exl2.build.pid"
+    fi
+    while [ ! -f "$W/exl2.built" ] && kill -0 "$pid" 2>/dev/null && [ $((LIMIT - SECONDS - $1)) -gt 0 ]; do sleep 5; done
+    tail -c 20000 "$W/exl2-build.log" > "$OUTDIR/exl2-build.log"
+    [ -f "$W/exl2.built" ] && say "exllamav2 kernels built" && return 0
+    say "exllamav2 kernels not built yet: call again right away"
+    return 1
+}
+
+# exl2_quantize BITS NEED: `bench quantize` the HF bf16 checkpoint to EXL2 at BITS bits per weight under the name
+# seed-table.yaml lists, unless the registry has it; only when NEED seconds are left besides packing (else the next
+# call does it: a cut-off conversion leaves nothing). The entry it appends to $W/models.yaml, which every call
+# copies afresh, is kept in $W/models.exl2.yaml and appended again by later calls. The second rate reuses the
+# first's measurement pass (bench/quantize/exllama.py).
+exl2_quantize() {
+    local name=smollm2-135m-instruct-exl2-${1}bpw lines
+    grep -q "^  - name: $name\$" "$W/models.yaml" && return 0
+    if [ $((LIMIT - SECONDS - 45)) -lt "$2" ]; then
+        say "$name: needs about $2 s, less is left: call again"
+        return 1
+    fi
+    lines=$(wc -l < "$W/models.yaml")
+    say "bench quantize --to exl2 --bits $1 --name $name"
+    timeout -s INT -k 20 $((LIMIT - SECONDS - 45)) python3 -m bench quantize --model smollm2-135m-instruct-hf \
+        --to exl2 --bits "$1" --name "$name" --registry "$W/models.yaml" 2>&1 | tail -20 | tee -a "$LOG"
+    tail -n +$((lines + 1)) "$W/models.yaml" >> "$W/models.exl2.yaml"
+    grep -q "^  - name: $name\$" "$W/models.yaml"
 }

@@ -14,10 +14,15 @@
 # a run folder in the working tree (e.g. reports/gpu-seed-table-h100/gpu-seed-table) that is copied in
 # and continued with --resume instead of starting a new run; RERUN, cell ids (globs) in it to measure again;
 # QUANT_STAGE, checkpoints made by `bench quantize` on the CPU machine, with their registry entries.
-# ENGINE (llamacpp by default; vllm, transformers) picks whose cells run, MODEL (a glob, default *) which models,
-# BASE_SETS / VARIANT_SETS which option sets (defaults per engine below). STAGE is the staged folder
+# ENGINE (llamacpp by default; vllm, transformers, exllamav2) picks whose cells run, MODEL (a glob, default *) which
+# models, BASE_SETS / VARIANT_SETS which option sets (defaults per engine below). STAGE is the staged folder
 # (.stage/seed-table); for vLLM it holds only the gguf wheel, since the staged vLLM bundle in /tmp/site
 # (shared/device/README.md) already has the server stack at the versions vLLM wants.
+# ENGINE=exllamav2 (batch 1: the gpu-b1 option set) also installs $STAGE/whl-exl2 into /tmp/site, builds the
+# library's kernels (exl2_build: detached, once per machine), makes the two EXL2 checkpoints with `bench quantize`
+# (exl2_quantize: each only when the call has time for it; their entries are kept in $W/models.exl2.yaml and
+# appended to the registry in every later call), and runs its cells detached (DETACH=1 by default: the HF bf16
+# base cell at batch 1 takes longer than one call; see seed_common.sh's run_cells).
 # See reports/gpu-seed-table-h100/README.md for the calls and what they carried.
 set -uo pipefail
 REPO=$PWD
@@ -29,11 +34,12 @@ ST=${STAGE:-.stage/seed-table}
 ENGINE=${ENGINE:-llamacpp}
 MODEL=${MODEL:-*}
 case $ENGINE in
-    llamacpp) DEF_VARIANTS="gpu+kv-q8 gpu+kv-q4 gpu+spec-ngram" ;;
-    vllm) DEF_VARIANTS="gpu+kv-fp8 gpu+spec-ngram" ;;
-    *) DEF_VARIANTS="" ;;
+    llamacpp) DEF_BASE="gpu"; DEF_VARIANTS="gpu+kv-q8 gpu+kv-q4 gpu+spec-ngram" ;;
+    vllm) DEF_BASE="gpu"; DEF_VARIANTS="gpu+kv-fp8 gpu+spec-ngram" ;;
+    exllamav2) DEF_BASE="gpu-b1"; DEF_VARIANTS="gpu-b1+kv-q8 gpu-b1+kv-q4 gpu-b1+spec-ngram"; DETACH=${DETACH:-1} ;;
+    *) DEF_BASE="gpu"; DEF_VARIANTS="" ;;
 esac
-BASE_SETS=${BASE_SETS:-gpu}
+BASE_SETS=${BASE_SETS:-$DEF_BASE}
 VARIANT_SETS=${VARIANT_SETS:-$DEF_VARIANTS}
 mkdir -p "$W" "$OUTDIR"
 LOG=$OUTDIR/seed-table.log
@@ -42,7 +48,7 @@ source "$(dirname "$0")/seed_common.sh"
 
 # The vLLM bundle also carries the server stack (transformers, fastapi, ...) at versions that work together: the
 # Transformers cells use it too.
-case $ENGINE in vllm|transformers) WITH_VLLM=1 ;; esac
+case $ENGINE in vllm|transformers|exllamav2) WITH_VLLM=1 ;; esac
 stage_unpack
 [ -f "$ST/derived.sha256" ] && cp "$ST/derived.sha256" "$W/"
 restore_llamacpp
@@ -76,6 +82,20 @@ if [ ! -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
     (cd "$GG" && sha256sum -c "$W/derived.sha256") 2>&1 | tee -a "$LOG" "$OUTDIR/derived-sha256-check.txt"
 fi
 ls -l "$GG" | tee -a "$LOG"
+if [ "$ENGINE" = exllamav2 ]; then
+    # EXLLAMA_NO_SDPA: exllamav2 0.3.2's SDPA path is not causal (backends/exllamav2/README.md); the engine switches
+    # it off itself, the converter's calibration pass only through this variable.
+    MAX_JOBS=$(nproc)
+    TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)
+    export EXLLAMA_NO_SDPA=1 MAX_JOBS TORCH_CUDA_ARCH_LIST
+    [ -f "$W/models.exl2.yaml" ] && cat "$W/models.exl2.yaml" >> "$W/models.yaml"
+    exl2_install || exit 1
+    # The conversions need the kernels, and the cells both EXL2 checkpoints (one server on the GPU at a time): until
+    # then each call does what it can and returns; the next one goes on.
+    if ! { exl2_build 120 && exl2_quantize 4.0 300 && exl2_quantize 6.0 200; }; then
+        PHASES="" && say "ExLlamaV2 cells wait for the kernels and both EXL2 checkpoints"
+    fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
 
 RUNS=$W/runs
@@ -106,5 +126,5 @@ fi
 if [[ " $PHASES " == *" variants "* ]] && [ ${#VARIANTS[@]} -gt 0 ] && [ $((LIMIT - SECONDS)) -gt 90 ]; then
     run_cells variants 40 "${VARIANTS[@]}"
 fi
-pack_run seed-table-run.tar.gz
+[ -d "$RUN_DIR" ] && pack_run seed-table-run.tar.gz
 say done

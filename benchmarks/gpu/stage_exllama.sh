@@ -8,21 +8,21 @@
 set -euo pipefail
 dest=${1:-.stage/exllama}
 python=${PYTHON:-.venv/bin/python}
+# shellcheck source=benchmarks/gpu/exllama_wheels.sh
+source "$(dirname "$0")/exllama_wheels.sh"
 mkdir -p "$dest/whl" "$dest/whl-v3" "$dest/gguf"
 grep -qx '/.stage/' .git/info/exclude 2>/dev/null || echo '/.stage/' >> .git/info/exclude
 
 # Versions: the ExLlama pins from pyproject's extras; the server stack as in our .venv.
 v3_wheels=(exllamav3==1.6.5 marisa-trie==1.3.1)  # apart, so a V2-only call 1 fits the 64 MiB carry
 wheels=(
-  exllamav2==0.3.2 fastparquet==2024.11.0 cramjam==2.11.0
+  "${EXL2_WHEELS[@]}"
   fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
   typing-inspection==0.4.5 typing-extensions==4.16.0 uvicorn==0.54.0 openai==3.57.0 jiter==0.19.0
   distro==1.9.0 sniffio==1.3.1 pytest-asyncio==1.5.0 gguf==0.19.0
   httpx2==2.16.2 httpcore2==2.16.2 truststore opentelemetry-api==1.45.2 importlib-metadata
 )
-"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$dest/whl" "${wheels[@]}"
+PYTHON=$python download_wheels "$dest/whl" "${wheels[@]}"
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$dest/whl-v3" "${v3_wheels[@]}"

@@ -7,6 +7,8 @@
 #   .stage/seed-quant/models.tar.xz      the checkpoints QUANT_MODELS name, as they lie under the cache's models/
 #   .stage/seed-quant/models.quant.yaml  their registry entries (recipes included), appended on the device
 #   .stage/seed-vllm/whl/bitsandbytes-*  for the bnb-4bit cell
+#   .stage/seed-vllm/whl-exl2/           exllamav2 and its two small dependencies (exllama_wheels.sh), for the
+#                                        ExLlamaV2 cells (ENGINE=exllamav2; installed only by those calls)
 #   RUN_DIR (default reports/gpu-seed-table-h100/gpu-seed-table), the run folder the device continues
 # Settings: QUANT_MODELS (registry names; default the five `bench quantize` outputs the matrix lists), QUANT_REGISTRY
 # (the models.yaml `bench quantize` appended them to; default the repository's), RUN_DIR, DEST (default .stage/xfer1).
@@ -32,6 +34,9 @@ rm -rf "$Q" && mkdir -p "$Q"
 BNB=$(.venv/bin/python -c "from backends.vllm.venv import BITSANDBYTES_VERSION as v; print(v)")  # the venv's pin
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_24_x86_64 -d .stage/seed-vllm/whl "bitsandbytes==$BNB"
+# shellcheck source=benchmarks/gpu/exllama_wheels.sh
+source "$(dirname "$0")/exllama_wheels.sh"
+rm -rf .stage/seed-vllm/whl-exl2 && download_wheels .stage/seed-vllm/whl-exl2 "${EXL2_WHEELS[@]}"
 # The entries, and each checkpoint's folder relative to the cache's models/ (an entry elsewhere cannot be carried:
 # the device resolves {cache} to its own cache). An entry quantized at load names its source's weights, which the
 # device derives itself: it travels as an entry only.
@@ -61,5 +66,5 @@ EOF
 tar -C "$CACHE/models" -cf - $folders | xz -T2 -6 > "$Q/models.tar.xz"
 tree=$(git ls-files -z -- ':(exclude)reports' | du -c -B1 --files0-from=- | tail -1 | cut -f1)
 PART_BYTES=$((64 * 1048576 - tree - 262144)) bash benchmarks/gpu/xfer.sh pack "$DEST" .stage/seed-vllm/src.tar.gz \
-    "${STAGED[@]}" "$Q" "$RUN_DIR"
+    "${STAGED[@]}" .stage/seed-vllm/whl-exl2 "$Q" "$RUN_DIR"
 echo "carry ${DEST}/manifest with one part a call, with reports/ moved out of the tree (benchmarks/gpu/README.md)"

@@ -1,0 +1,46 @@
+"""The GPU seed table's part 1 (issue #15): the device script's default cells per engine are cells of the matrix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from backends.checkpoints import load_registry
+from bench.run.cells import Cell, expand, select
+from bench.run.schema import load_matrix
+
+GPU = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu"
+SCRIPT = (GPU / "seed_table_llamacpp.sh").read_text()
+DEFAULTS = re.compile(r'^\s*(\w+)\) DEF_BASE="([^"]*)"; DEF_VARIANTS="([^"]*)"', re.MULTILINE)
+
+
+def matrix_cells() -> list[Cell]:
+    matrix = load_matrix(GPU / "seed-table.yaml")
+    return expand(matrix, load_registry().with_models(matrix.models))
+
+
+def script_defaults() -> dict[str, tuple[list[str], list[str]]]:
+    """ENGINE -> (default base sets, default variant sets), as the script's case statement sets them."""
+    return {engine: (base.split(), variants.split()) for engine, base, variants in DEFAULTS.findall(SCRIPT)}
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "vllm", "exllamav2"])
+def test_every_default_cell_glob_of_an_engine_is_a_cell_of_the_matrix(engine: str) -> None:
+    base, variants = script_defaults()[engine]
+    globs = [f"{engine}__*__{name}__s0" for name in base + variants]  # MODEL defaults to *
+    picked = select(matrix_cells(), globs)  # select() refuses a glob that matches no cell
+    assert {c.backend for c in picked} == {engine}
+    for glob in globs:
+        assert select(picked, [glob])
+
+
+def test_exllamav2_runs_the_batch_1_cells_on_the_checkpoints_it_makes() -> None:
+    base, variants = script_defaults()["exllamav2"]
+    assert base == ["gpu-b1"] and variants == ["gpu-b1+kv-q8", "gpu-b1+kv-q4", "gpu-b1+spec-ngram"]
+    picked = select(matrix_cells(), [f"exllamav2__*__{name}__s0" for name in base + variants])
+    made = {f"smollm2-135m-instruct-exl2-{bits}bpw" for bits in re.findall(r"exl2_quantize (\d\.\d) ", SCRIPT)}
+    assert made == {"smollm2-135m-instruct-exl2-4.0bpw", "smollm2-135m-instruct-exl2-6.0bpw"}
+    assert {c.model for c in picked} == made | {"smollm2-135m-instruct-hf"}
+    assert {c.option_set.options.max_batch for c in picked} == {1}
