@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,27 @@ def test_exllamav2_runs_the_batch_1_cells_on_the_checkpoints_it_makes() -> None:
     assert made == {"smollm2-135m-instruct-exl2-4.0bpw", "smollm2-135m-instruct-exl2-6.0bpw"}
     assert {c.model for c in picked} == made | {"smollm2-135m-instruct-hf"}
     assert {c.option_set.options.max_batch for c in picked} == {1}
+
+
+def rerun_block() -> str:
+    """The script's RERUN step, as it stands in the script (from its comment to its ``fi``)."""
+    match = re.search(r"^# RERUN:.*?^fi$", SCRIPT, re.MULTILINE | re.DOTALL)
+    assert match, "the RERUN step is gone from seed_table_llamacpp.sh"
+    return match.group(0)
+
+
+def run_rerun(tmp_path: Path, rerun: str) -> list[str]:
+    """Run the RERUN step once against tmp_path's run folder; returns the cells left."""
+    script = f'say() {{ :; }}\nW={tmp_path}\nRUN_DIR={tmp_path}/run\nRERUN="{rerun}"\n{rerun_block()}\n'
+    subprocess.run(["bash", "-c", script], check=True)
+    return sorted(p.name for p in (tmp_path / "run" / "cells").iterdir())
+
+
+def test_rerun_removes_cells_once_per_value_and_a_new_value_applies_on_the_same_machine(tmp_path: Path) -> None:
+    cells = tmp_path / "run" / "cells"
+    for name in ("llamacpp__a__gpu+kv-q8__s0", "llamacpp__b__gpu+kv-q8__s0", "vllm__a__gpu__s0"):
+        (cells / name).mkdir(parents=True)
+    assert run_rerun(tmp_path, "llamacpp__a__gpu+*") == ["llamacpp__b__gpu+kv-q8__s0", "vllm__a__gpu__s0"]
+    (cells / "llamacpp__a__gpu+kv-q8__s0").mkdir()  # re-made by that call's bench run
+    assert "llamacpp__a__gpu+kv-q8__s0" in run_rerun(tmp_path, "llamacpp__a__gpu+*")  # same value: kept
+    assert run_rerun(tmp_path, "llamacpp__b__gpu+*") == ["llamacpp__a__gpu+kv-q8__s0", "vllm__a__gpu__s0"]

@@ -106,10 +106,11 @@ if [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ]; then
     cp -r "$REPO/$RESUME_FROM" "$RUN_DIR" && say "continuing $RESUME_FROM"
 fi
 # RERUN: ids (globs) of cells to measure again after a fix (e.g. the llama.cpp launcher's KV layout): their
-# folders are removed from the copied run folder once per machine, so a later call keeps what an earlier one re-made.
-if [ -n "${RERUN:-}" ] && [ -d "$RUN_DIR" ] && [ ! -f "$W/rerun.done" ]; then
+# folders are removed from the copied run folder once per machine and RERUN value (the values done are listed in
+# $W/rerun.done), so a later call with the same RERUN keeps what an earlier one re-made, and a new value applies.
+if [ -n "${RERUN:-}" ] && [ -d "$RUN_DIR" ] && ! grep -qxF "$RERUN" "$W/rerun.done" 2>/dev/null; then
     for glob in $RERUN; do rm -rf "$RUN_DIR/cells/"$glob; done
-    touch "$W/rerun.done" && say "measuring again: $RERUN"
+    echo "$RERUN" >> "$W/rerun.done" && say "measuring again: $RERUN"
 fi
 MATRIX=benchmarks/gpu/seed-table.yaml
 # 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
