@@ -35,15 +35,16 @@ RECORD = "gpu-setup.json"  # in the main venv's folder, beside setup-times.json
 TAIL_LINES = 20
 # The HF checkpoint every quantized cell of the seed table is made from (bench models prepare writes it).
 SOURCE = "smollm2-135m-instruct-hf"
-# The seed table's quantized checkpoints bench quantize can make: (entry name, --to, needs this GPU step).
-# EXL2 at 6.0 bpw is not among them: bench quantize writes EXL2 at 4.0 bits only, so that cell stays skipped.
+# The seed table's quantized checkpoints bench quantize can make: (entry name, --to, needs this GPU step, the
+# rate in bits per weight for EXL2). The 6.0 bpw conversion reuses the 4.0 one's measurement pass.
 CHECKPOINTS = (
-    (f"{SOURCE}-fp8", "fp8", None),
-    (f"{SOURCE}-w4a16", "w4a16", None),
-    (f"{SOURCE}-gptq-4bit", "gptq-4bit", None),
-    (f"{SOURCE}-awq-4bit", "awq-4bit", None),
-    (f"{SOURCE}-bnb-4bit", "bnb-4bit", None),  # an entry only: vLLM and Transformers quantize at load
-    ("smollm2-135m-instruct-exl2-4.0bpw", "exl2", "exllamav2"),
+    (f"{SOURCE}-fp8", "fp8", None, None),
+    (f"{SOURCE}-w4a16", "w4a16", None, None),
+    (f"{SOURCE}-gptq-4bit", "gptq-4bit", None, None),
+    (f"{SOURCE}-awq-4bit", "awq-4bit", None, None),
+    (f"{SOURCE}-bnb-4bit", "bnb-4bit", None, None),  # an entry only: vLLM and Transformers quantize at load
+    ("smollm2-135m-instruct-exl2-4.0bpw", "exl2", "exllamav2", "4.0"),
+    ("smollm2-135m-instruct-exl2-6.0bpw", "exl2", "exllamav2", "6.0"),
 )
 
 
@@ -138,8 +139,8 @@ def gpu_steps(python: str, venv: Path, registry: Path, stamp: str, choice: Devic
         _exllama_step(python, venv, stamp, "exllamav3", "1.6.5", "from exllamav3.ext import exllamav3_ext", kernels,
                       "440 s, once over 12 min, on an H100 machine"),
     ]
-    for name, target, needs in CHECKPOINTS:
-        naming = ("--name", name) if target == "exl2" else ()
+    for name, target, needs, bits in CHECKPOINTS:
+        naming = ("--bits", bits, "--name", name) if bits else ()
         steps.append(GpuStep(
             f"checkpoint {name}", f"bench quantize {SOURCE} to {target}, registered in models.yaml as {name}",
             ((python, "-m", "bench", "quantize", "--model", SOURCE, "--to", target, *naming),),

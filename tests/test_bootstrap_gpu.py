@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 H100 = SmiReport((GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "580.159.04", 81559),), "13.0")
 CPU_STEPS = ["venv", "python packages", "chromium", "llama.cpp build + engine venvs", "models prepare"]
 GPU_STEPS = ["vllm-cuda venv", "llama.cpp cuda build", "exllamav2", "exllamav3",
-             *(f"checkpoint {name}" for name, _, _ in bootstrap_gpu.CHECKPOINTS)]
+             *(f"checkpoint {name}" for name, *_ in bootstrap_gpu.CHECKPOINTS)]
 
 
 def plan(tmp_path: Path, *args: str, smi: bool, **env: str) -> subprocess.CompletedProcess[str]:
@@ -66,7 +66,8 @@ def test_a_fake_nvidia_smi_plans_the_gpu_steps_and_matrix(tmp_path: Path) -> Non
     for command in ("-m backends.vllm.venv --cuda", "-m backends.llamacpp.build --flavor cuda",
                     "pip install -q -e '.[exllamav2]'", "-c 'import exllamav2.ext'",
                     "-c 'from exllamav3.ext import exllamav3_ext'",
-                    "--to exl2 --name smollm2-135m-instruct-exl2-4.0bpw"):
+                    "--to exl2 --bits 4.0 --name smollm2-135m-instruct-exl2-4.0bpw",
+                    "--to exl2 --bits 6.0 --name smollm2-135m-instruct-exl2-6.0bpw"):
         assert command in result.stdout
     assert result.stdout.rstrip().endswith("-m bench run benchmarks/gpu/seed-table.yaml  (writes reports/<run-id>/)")
 
@@ -155,3 +156,11 @@ def test_a_failed_gpu_step_is_recorded_and_the_others_go_on(tmp_path: Path) -> N
     for step in steps:
         again.run(step)
     assert [r["status"] for r in again.results.values()] == ["cached", "failed", "failed", "cached"]
+
+
+def test_every_checkpoint_the_gpu_path_makes_is_a_model_of_the_gpu_matrix() -> None:
+    from bench.run.schema import load_matrix
+
+    matrix = load_matrix(ROOT / bootstrap_gpu.GPU_MATRIX)
+    quantized = {m for m in matrix.models if m.startswith(("smollm2-135m-instruct-hf-", "smollm2-135m-instruct-exl2-"))}
+    assert {name for name, *_ in bootstrap_gpu.CHECKPOINTS} == quantized

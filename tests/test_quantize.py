@@ -175,7 +175,8 @@ def test_exl2_command_sizes_calibration_and_reuses_a_measurement(tmp_path: Path)
 def fake_converter(calls: list[list[str]]) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Stands in for exllamav2's converter: records its command line, writes the config it would copy, and a
     measurement in its work folder unless one was passed with -m."""
-    def run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+    def run(cmd: list[str], env: dict[str, str] | None = None, **_: object) -> subprocess.CompletedProcess[str]:
+        assert env is not None and env.get("EXLLAMA_NO_SDPA") == "1"  # no flash-attn or xformers here
         calls.append(cmd)
         arg = dict(zip(cmd[3::2], cmd[4::2], strict=False))
         out = Path(arg["-cf"])
@@ -214,3 +215,14 @@ def test_exl2_entries_name_their_bits_and_the_second_rate_reuses_the_measurement
     # the converter read a config with the top-level rope_theta exllamav2 0.3.2 needs; the source is untouched
     converted = json.loads((tmp_path / "cache/models/quantized" / four.name / "config.json").read_text())
     assert converted["rope_theta"] == 1e5 and "rope_theta" not in json.loads((src / "config.json").read_text())
+
+
+def test_exl2_converter_runs_causal_without_flash_attn_or_xformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.quantize import exllama
+
+    monkeypatch.delenv("EXLLAMA_NO_SDPA", raising=False)
+    monkeypatch.setattr(exllama, "module_available", lambda module: False)
+    assert exllama.converter_env("exl2")["EXLLAMA_NO_SDPA"] == "1"
+    assert "EXLLAMA_NO_SDPA" not in exllama.converter_env("exl3")  # exllamav3 has no such fallback
+    monkeypatch.setattr(exllama, "module_available", lambda module: module == "flash_attn")
+    assert "EXLLAMA_NO_SDPA" not in exllama.converter_env("exl2")  # flash-attn's path is causal

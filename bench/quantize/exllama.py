@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.paths import cache_dir
+from backends.registry import module_available
 
 # (module run with ``python -m``, pip package); the converters' own CLIs.
 CONVERTERS = {"exl2": ("exllamav2.conversion.convert_exl2", "exllamav2"),
@@ -91,6 +93,19 @@ def converter_input(src: Path, work: Path) -> Path:
     return view
 
 
+def converter_env(fmt: str) -> dict[str, str]:
+    """The converter's environment: for EXL2 without flash-attn or xformers, ``EXLLAMA_NO_SDPA=1``.
+
+    exllamav2 0.3.2's SDPA fallback drops the causal mask (backends/exllamav2/README.md, "SDPA"), so its
+    calibration forward would let every token see the ones after it; the variable is the library's switch to
+    its matmul path, which is causal (the engine sets the same switch, ``config.no_sdpa``, when it serves).
+    """
+    env = dict(os.environ)
+    if fmt == "exl2" and not (module_available("flash_attn") or module_available("xformers")):
+        env["EXLLAMA_NO_SDPA"] = "1"
+    return env
+
+
 def _convert(fmt: str, src: Path, out: Path, bits: float, measured: Path | None) -> bool:
     """Run the converter; for EXL2, pass ``measured`` back if it exists, else keep the measurement it makes
     there. Returns whether a kept measurement was reused."""
@@ -100,7 +115,7 @@ def _convert(fmt: str, src: Path, out: Path, bits: float, measured: Path | None)
         work.mkdir()
         source = converter_input(src, Path(tmp)) if fmt == "exl2" else src
         result = subprocess.run(_command(fmt, source, out, work, bits, reuse), capture_output=True, text=True,
-                                check=False)
+                                check=False, env=converter_env(fmt))
         if result.returncode != 0:
             raise ExllamaError(f"{fmt} conversion failed:\n{(result.stderr or result.stdout)[-3000:]}")
         if measured is not None and reuse is None and (work / "measurement.json").is_file():
