@@ -69,3 +69,19 @@ def test_rerun_removes_cells_once_per_value_and_a_new_value_applies_on_the_same_
     (cells / "llamacpp__a__gpu+kv-q8__s0").mkdir()  # re-made by that call's bench run
     assert "llamacpp__a__gpu+kv-q8__s0" in run_rerun(tmp_path, "llamacpp__a__gpu+*")  # same value: kept
     assert run_rerun(tmp_path, "llamacpp__b__gpu+*") == ["llamacpp__a__gpu+kv-q8__s0", "vllm__a__gpu__s0"]
+
+
+def test_the_wide_vllm_matrix_sweeps_the_main_tables_vllm_formats_past_its_cap_with_the_same_workload() -> None:
+    main = load_matrix(GPU / "seed-table.yaml")
+    wide = load_matrix(GPU / "seed-table-vllm-wide.yaml")
+    assert set(wide.models) <= set(main.models) and wide.backends == ("vllm",)
+    main_load, wide_load = (next(s for s in m.scenarios if s.kind == "load") for m in (main, wide))
+    assert (wide_load.workload, wide_load.slo, wide_load.api) == (main_load.workload, main_load.slo, main_load.api)
+    cap = max(s.options.max_batch or 0 for s in main.option_sets)
+    assert main_load.sweep and wide_load.sweep and wide_load.sweep.start == main_load.sweep.max_value == cap
+    assert all((s.options.max_batch or 0) >= wide_load.sweep.max_value for s in wide.option_sets)
+    # every vLLM format of the main table that ran gets exactly one wide cell, in the same dtype
+    cells = expand(wide, load_registry().with_models(wide.models))
+    assert sorted(c.model for c in cells) == sorted([*wide.models, "smollm2-135m-instruct-hf"])  # + FP8 at load
+    assert {c.option_set.options.dtype for c in cells if "awq" in c.model} == {"float16"}
+    assert f'MATRIX=${{MATRIX:-{GPU.relative_to(GPU.parents[1])}/seed-table.yaml}}' in SCRIPT

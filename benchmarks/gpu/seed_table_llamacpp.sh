@@ -112,7 +112,8 @@ if [ -n "${RERUN:-}" ] && [ -d "$RUN_DIR" ] && ! grep -qxF "$RERUN" "$W/rerun.do
     for glob in $RERUN; do rm -rf "$RUN_DIR/cells/"$glob; done
     echo "$RERUN" >> "$W/rerun.done" && say "measuring again: $RERUN"
 fi
-MATRIX=benchmarks/gpu/seed-table.yaml
+# MATRIX: another matrix of the table (benchmarks/gpu/seed-table-vllm-wide.yaml: vLLM past 64 sequences) into its own RUN_ID
+MATRIX=${MATRIX:-benchmarks/gpu/seed-table.yaml}
 # 1. The base cells of every GGUF present (SLO sweep, evals), then 2. the KV-dtype and n-gram cells.
 BASE=(); VARIANTS=()
 for set in $BASE_SETS; do BASE+=("${ENGINE}__${MODEL}__${set}__s0"); done
