@@ -10,7 +10,7 @@ import pytest
 
 from backends.checkpoints import load_registry
 from bench.run.cells import Cell, expand, select
-from bench.run.schema import load_matrix
+from bench.run.schema import EvalScenario, load_matrix
 
 GPU = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu"
 SCRIPT = (GPU / "seed_table_llamacpp.sh").read_text()
@@ -85,3 +85,18 @@ def test_the_wide_vllm_matrix_sweeps_the_main_tables_vllm_formats_past_its_cap_w
     assert sorted(c.model for c in cells) == sorted([*wide.models, "smollm2-135m-instruct-hf"])  # + FP8 at load
     assert {c.option_set.options.dtype for c in cells if "awq" in c.model} == {"float16"}
     assert f'MATRIX=${{MATRIX:-{GPU.relative_to(GPU.parents[1])}/seed-table.yaml}}' in SCRIPT
+
+
+def test_the_quality_matrix_evaluates_every_document_on_the_main_tables_cells() -> None:
+    main = load_matrix(GPU / "seed-table.yaml")
+    quality = load_matrix(GPU / "seed-table-quality.yaml")
+    assert set(quality.models) <= set(main.models) and quality.quality_reference == main.quality_reference
+    evals = {s.task: s for s in quality.scenarios if isinstance(s, EvalScenario)}
+    assert len(evals) == len(quality.scenarios)  # quality only
+    assert set(evals) == {"arc-easy", "squad"} and all(s.limit is None for s in evals.values())
+    main_sets = {s.name: s.options for s in main.option_sets}
+    assert all(main_sets[s.name] == s.options for s in quality.option_sets)  # the cells the main table timed
+    cells = expand(quality, load_registry().with_models(quality.models))
+    ran = {(c.backend, c.model, c.option_set.name) for c in cells}
+    assert {("vllm", "smollm2-135m-instruct-hf", "gpu-fp8"), ("llamacpp", "smollm2-135m-instruct", "gpu")} <= ran
+    assert ("llamacpp", "smollm2-135m-instruct-hf", "gpu-fp8") not in ran  # FP8 at load is vLLM's alone
