@@ -46,22 +46,29 @@ prepare_ggufs() {
         python3 -m bench models prepare "$1" --registry "$2" 2>&1 | tail -30 | tee -a "$LOG"
 }
 
+# bench_run_args GLOB...: what follows `bench run` for these cells, in BENCH_ARGS: the matrix, a new run in
+# $RUNS/$RUN_ID or a --resume of $RUN_DIR once it exists, and --only GLOB for each.
+bench_run_args() {
+    local glob
+    BENCH_ARGS=("$MATRIX" --out "$RUNS" --run-id "$RUN_ID")
+    [ -d "$RUN_DIR" ] && BENCH_ARGS=("$MATRIX" --resume "$RUN_DIR")
+    for glob in "$@"; do BENCH_ARGS+=(--only "$glob"); done
+}
+
 # run_cells LABEL RESERVE GLOB...: `bench run --only GLOB...`, a new run in $RUNS/$RUN_ID or a --resume of it,
 # stopped with SIGINT RESERVE seconds before the limit, and killed 30 s later if it has not ended (so the caller
 # can still pack the run folder); its log is $OUTDIR/bench-run-LABEL.log. Returns bench run's status.
 # DETACH=1: for cells longer than a call, see detached_cells.
 run_cells() {
-    local label=$1 reserve=$2 only=() rc glob
+    local label=$1 reserve=$2 rc
     shift 2
     if [ "${DETACH:-0}" = 1 ]; then
         detached_cells "$label" "$reserve" "$@"
         return
     fi
-    for glob in "$@"; do only+=(--only "$glob"); done
-    local where=(--out "$RUNS" --run-id "$RUN_ID")
-    [ -d "$RUN_DIR" ] && where=(--resume "$RUN_DIR")
-    say "bench run ${where[0]} ($label) ${only[*]}"
-    timeout -s INT -k 30 $((LIMIT - SECONDS - reserve)) python3 -m bench run "$MATRIX" "${where[@]}" "${only[@]}" \
+    bench_run_args "$@"
+    say "bench run ${BENCH_ARGS[*]:1} ($label)"
+    timeout -s INT -k 30 $((LIMIT - SECONDS - reserve)) python3 -m bench run "${BENCH_ARGS[@]}" \
         2>&1 | tee "$OUTDIR/bench-run-$label.log" | grep -vE '^\s*$' | tail -40
     rc=${PIPESTATUS[0]}
     say "$label cells: rc $rc"
@@ -75,18 +82,16 @@ run_cells() {
 # and once it has ended starts the next LABEL's. Returns 124 while it runs, else 0; its log is $W/bench-run-LABEL.log
 # (copied to $OUTDIR) and its status $W/detached.rc.
 detached_cells() {
-    local label=$1 reserve=$2 only=() glob pid
+    local label=$1 reserve=$2 pid
     shift 2
     pid=$(cat "$W/detached.pid" 2>/dev/null)
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-        for glob in "$@"; do only+=(--only "$glob"); done
-        local where=(--out "$RUNS" --run-id "$RUN_ID")
-        [ -d "$RUN_DIR" ] && where=(--resume "$RUN_DIR")
-        say "bench run ${where[0]} ($label, detached) ${only[*]}"
+        bench_run_args "$@"
+        say "bench run ${BENCH_ARGS[*]:1} ($label, detached)"
         rm -f "$W/detached.rc"
         # shellcheck disable=SC2016  # expanded by the inner bash
         setsid nohup bash -c 'timeout -s INT -k 30 "$1" python3 -m bench run "${@:3}"; echo $? > "$2"' _ \
-            "${DETACH_LIMIT_S:-1500}" "$W/detached.rc" "$MATRIX" "${where[@]}" "${only[@]}" \
+            "${DETACH_LIMIT_S:-1500}" "$W/detached.rc" "${BENCH_ARGS[@]}" \
             > "$W/bench-run-$label.log" 2>&1 < /dev/null &
         pid=$!
         echo "$pid" > "$W/detached.pid" && echo "$label" > "$W/detached.label"
