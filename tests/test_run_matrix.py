@@ -113,6 +113,16 @@ def test_eval_scenario_takes_bench_evals_options_and_passes_them_through(tmp_pat
         validate_matrix(_matrix(scenarios=[{"kind": "eval", "task": "math-absdiff", "math_source": "aime"}]))
 
 
+def test_an_eval_scenarios_limit_is_a_count_all_or_the_default() -> None:
+    scenarios = [{"kind": "eval", "name": name, "task": "squad", "limit": limit}
+                 for name, limit in (("n", 30), ("all", "all"), ("default", None))]
+    counted, every, default = validate_matrix(_matrix(scenarios=scenarios)).scenarios
+    assert [s.eval_config("http://h", "m", 0).limit for s in (counted, every, default)] == [30, None, 200]
+    for bad in ("every", 0):  # bench eval's None means every document; a matrix says so in words
+        with pytest.raises(MatrixError, match="limit"):
+            validate_matrix(_matrix(scenarios=[{"kind": "eval", "task": "squad", "limit": bad}]))
+
+
 class _Captured(Exception):
     """Stops ``run_eval`` before it sends anything, carrying the config it was given."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from backends.checkpoints import load_registry
+from bench.evals.tasks import build_task
 from bench.run.cells import Cell, expand, select
 from bench.run.schema import EvalScenario, load_matrix
 
@@ -91,9 +92,22 @@ def test_the_quality_matrix_evaluates_every_document_on_the_main_tables_cells() 
     main = load_matrix(GPU / "seed-table.yaml")
     quality = load_matrix(GPU / "seed-table-quality.yaml")
     assert set(quality.models) <= set(main.models) and quality.quality_reference == main.quality_reference
-    evals = {s.task: s for s in quality.scenarios if isinstance(s, EvalScenario)}
+    evals = [s for s in quality.scenarios if isinstance(s, EvalScenario)]
     assert len(evals) == len(quality.scenarios)  # quality only
-    assert set(evals) == {"arc-easy", "squad"} and all(s.limit is None for s in evals.values())
+    assert {s.task for s in evals} == {"arc-easy", "squad"}
+    # every document of each task (session 10 ran `limit: null`, which is bench run's default of 500 / 200)
+    sizes = {"arc-easy": 2376, "squad": 1000}
+    main_evals = {s.task: s.eval_config("http://127.0.0.1", "m", 0, prompt_logprobs=True)
+                  for s in main.scenarios if isinstance(s, EvalScenario)}
+    for scenario in evals:
+        config = scenario.eval_config("http://127.0.0.1", "m", 0, prompt_logprobs=True)
+        docs = build_task(config).load(config.limit, 0)
+        assert config.limit is None and len(docs) == sizes[scenario.task]
+        first = main_evals[scenario.task]  # its first documents are the main run's, so the two pair
+        assert [d.id for d in build_task(first).load(first.limit, 0)] == [d.id for d in docs[:first.limit]]
+    # SQuAD again as it was (the noise floor of a repeat) and one request at a time (no batch to disturb it)
+    squad = {s.name: s.model_dump(exclude={"name"}) for s in evals if s.task == "squad"}
+    assert squad["squad-again"] == squad["squad"] and squad["squad-c1"] == {**squad["squad"], "concurrency": 1}
     main_sets = {s.name: s.options for s in main.option_sets}
     assert all(main_sets[s.name] == s.options for s in quality.option_sets)  # the cells the main table timed
     cells = expand(quality, load_registry().with_models(quality.models))

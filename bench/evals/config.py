@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,7 +36,8 @@ class EvalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: TaskName = Field(description="math-absdiff | arc-challenge | arc-easy | squad | humaneval")
-    limit: int | None = Field(default=50, ge=1, description="documents to evaluate, a seeded sample (None: all)")
+    limit: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
+        default=50, description="documents to evaluate, a seeded sample ('all' or None: every document)")
     shots: int | None = Field(default=None, ge=0, description="few-shot examples per prompt (default: 5 for ARC "
                               "generate in completion mode, else 0)")
     api: Api = "completions"
@@ -70,6 +71,14 @@ class EvalConfig(EvalOptions):
     model: str = Field(description="model name to put in requests")
     seed: int = Field(default=0, description="sampling and few-shot seed")
     api_key: str | None = Field(default=None, exclude=True, repr=False, description="bearer token for the endpoint")
+    # None here, as the tasks' load() takes it; 'all' is read as None
+    limit: Annotated[int, Field(ge=1)] | None = Field(default=50, description="documents to evaluate, a seeded "
+                                                      "sample (None: every document)")
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _all_documents(cls, limit: object) -> object:
+        return None if limit == "all" else limit
 
     @field_validator("url")
     @classmethod

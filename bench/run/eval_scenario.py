@@ -54,7 +54,7 @@ def run_eval_scenario(scenario: EvalScenario, run: CellRun) -> dict[str, Any]:
         return {"status": "skipped", "reason": reason}
     run.check_alive()
     config = scenario.eval_config(run.handle.url, run.handle.model, run.seed, engine_prompt_logprobs(backend))
-    run.say(f"{scenario.name} · {scenario.task} ({config.mode}, {config.limit} documents)")
+    run.say(f"{scenario.name} · {scenario.task} ({config.mode}, {config.limit or 'all'} documents)")
     out = run.cell_dir / scenario.name
     idle = run_eval(config, out)
     record: dict[str, Any] = {"kind": "eval", "result": idle.model_dump(mode="json"),

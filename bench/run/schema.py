@@ -180,8 +180,9 @@ class EvalScenario(_Scenario, EvalOptions):
 
     kind: Literal["eval"] = "eval"
     name: str = "eval"
-    limit: int | None = Field(default=None, ge=1, description=f"None: {DEFAULT_ARC_LOGLIKELIHOOD_LIMIT} for ARC "
-                              f"loglikelihood, else {DEFAULT_EVAL_LIMIT} (HumanEval has 164)")
+    limit: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
+        default=None, description=f"documents, a seeded sample; 'all': every document of the task; None: "
+        f"{DEFAULT_ARC_LOGLIKELIHOOD_LIMIT} for ARC loglikelihood, else {DEFAULT_EVAL_LIMIT} (HumanEval has 164)")
     under_load: UnderLoad | None = Field(default=None, description="also run the eval under this load and "
                                          "report both scores")
 
