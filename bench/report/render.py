@@ -30,6 +30,7 @@ from bench.report.headline import (
     slo_text,
     speed_only,
 )
+from bench.report.repeat import REPEAT_HEADER, REPEAT_NOTE, repeat_table
 from bench.report.tables import (
     QUALITY_COLUMNS,
     KVRow,
@@ -408,6 +409,13 @@ def reference_section(runs: list[RunData], references: list[str] | None = None) 
     return Section("Each format against the reference", REFERENCE_HEADER, rows, note)
 
 
+def repeat_section(runs: list[RunData]) -> Section:
+    """Two evals of one configuration in one cell (a repeat, or the same at another concurrency), paired on
+    documents: the noise floor of the verdicts above (bench.report.repeat); no rows when no cell has such a pair."""
+    rows = repeat_table([(run.run_dir, run.run_id) for run in runs])
+    return Section("Repeatability", REPEAT_HEADER, rows, REPEAT_NOTE)
+
+
 def problems_section(runs: list[RunData]) -> Section:
     """Cells skipped or failed, and scenarios skipped inside cells that ran, with the reason."""
     rows = [[p.run, p.cell, p.scenario or "–", p.status, p.reason] for run in runs for p in run.problems]
@@ -520,7 +528,7 @@ def write_report(run_dirs: list[Path], out: Path, gpu_hour_usd: float | None = N
                 prefix_section(runs), spec, replay_section(runs), knee_section(runs),
                 turn_section(runs), eval_section(runs),
                 verdict_section(runs, quality_reference), reference_section(runs, quality_reference),
-                problems_section(runs)]
+                repeat_section(runs), problems_section(runs)]
     sections = [s for s in sections if s.rows]
     multi = len(runs) > 1
     loads = [r for run in runs for r in run.loads]

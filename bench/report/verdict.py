@@ -76,6 +76,7 @@ class EvalCell(CellKey):
     samples: Path
     rss_peak_gib: float | None
     engine_options: EngineOptions | None = field(default=None, compare=False)
+    config: dict[str, object] = field(default_factory=dict, compare=False)  # the eval's recorded EvalConfig
 
     def same_eval(self, other: EvalCell) -> bool:
         """The same eval (scenario, task, mode) under the same seed, in the same run."""
@@ -220,7 +221,18 @@ def eval_cells(run_dir: Path, run_id: str) -> Iterator[EvalCell]:
             if isinstance(scenario, EvalResult):
                 yield EvalCell(run_id, cell.cell_id, cell.backend, cell.model, cell.option_set, cell.seed, name,
                                scenario.result.task, scenario.result.mode, path.parent / name / SAMPLES_FILE,
-                               cell.rss_peak_gib, cell.options)
+                               cell.rss_peak_gib, cell.options, scenario.result.config)
+
+
+def answered_samples(samples: Path) -> Iterator[dict[str, Any]]:
+    """The samples of ``samples.jsonl`` (or its ``.gz`` twin) whose request did not fail; none when neither
+    file exists."""
+    if not archived.exists(samples):
+        return
+    for line in archived.read_bytes(samples).decode("utf-8").splitlines():
+        sample = json.loads(line)
+        if sample.get("error") is None:
+            yield sample
 
 
 def doc_scores(samples: Path, task: str) -> dict[str, float]:
@@ -228,12 +240,7 @@ def doc_scores(samples: Path, task: str) -> dict[str, float]:
     unscored documents are left out, so they are never paired."""
     field = VERDICT_FIELD.get(task)
     scores: dict[str, float] = {}
-    if not archived.exists(samples):
-        return scores
-    for line in archived.read_bytes(samples).decode("utf-8").splitlines():
-        sample = json.loads(line)
-        if sample.get("error") is not None:
-            continue
+    for sample in answered_samples(samples):
         value = (sample.get("fields") or {}).get(field) if field else sample.get("score")
         if value is not None:
             scores[str(sample["doc_id"])] = float(value)
@@ -346,11 +353,16 @@ def _sorted(rows: list[VerdictRow]) -> list[VerdictRow]:
                                        r.quant.seed))
 
 
-def compare(source: EvalCell, quant: EvalCell) -> PairedChange | None:
-    """The paired change of ``quant`` against ``source`` over the documents both scored."""
+def paired_scores(source: EvalCell, quant: EvalCell) -> tuple[list[float], list[float]]:
+    """The two cells' scores (:func:`doc_scores`) on the documents both scored, in document-id order."""
     before, after = doc_scores(source.samples, source.task), doc_scores(quant.samples, quant.task)
     docs = sorted(before.keys() & after.keys())
-    return paired_change([before[d] for d in docs], [after[d] for d in docs])
+    return [before[d] for d in docs], [after[d] for d in docs]
+
+
+def compare(source: EvalCell, quant: EvalCell) -> PairedChange | None:
+    """The paired change of ``quant`` against ``source`` over the documents both scored."""
+    return paired_change(*paired_scores(source, quant))
 
 
 # ---- the table ----------------------------------------------------------------------------------
@@ -443,8 +455,12 @@ def _cells(r: VerdictRow, options: bool = False) -> list[str]:
     source = "–" if r.source is None else f"{r.source.backend}/{r.source.options} ({r.matched})"
     return [q.run, metric, q.backend, q.model, *([q.options] if options else []), r.source_model, source,
             str(c.n) if c else "–", _num(c.source_mean if c else None), _num(c.quant_mean if c else None),
-            _with_ci(c.change if c else None, c.change_ci if c else None, "{:+.3f}"),
-            relative_text(c), _weights(r), _num(q.rss_peak_gib, "{:.2f}"), r.verdict]
+            change_text(c), relative_text(c), _weights(r), _num(q.rss_peak_gib, "{:.2f}"), r.verdict]
+
+
+def change_text(change: PairedChange | None) -> str:
+    """The absolute change and its 95% interval, ``-0.012 (-0.030 to +0.006)``, or ``–``."""
+    return _with_ci(change.change if change else None, change.change_ci if change else None, "{:+.3f}")
 
 
 def relative_text(change: PairedChange | None) -> str:
