@@ -72,6 +72,35 @@ def test_rerun_removes_cells_once_per_value_and_a_new_value_applies_on_the_same_
     assert run_rerun(tmp_path, "llamacpp__b__gpu+*") == ["llamacpp__a__gpu+kv-q8__s0", "vllm__a__gpu__s0"]
 
 
+def run_resume_from(tmp_path: Path, resume_from: str) -> subprocess.CompletedProcess[str]:
+    """Run the script's RESUME_FROM step (from its ``if`` to its ``fi``) with tmp_path/repo as the tree."""
+    match = re.search(r'^if \[ -n "\$\{RESUME_FROM:-\}" \].*?^fi$', SCRIPT, re.MULTILINE | re.DOTALL)
+    assert match, "the RESUME_FROM step is gone from seed_table_llamacpp.sh"
+    script = (f'say() {{ echo "$*"; }}\nREPO={tmp_path}/repo\nRUN_DIR={tmp_path}/run\n'
+              f'RESUME_FROM="{resume_from}"\n{match.group(0)}\n')
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+
+
+def test_resume_from_takes_the_staged_copy_when_the_tree_lost_the_run_folder(tmp_path: Path) -> None:
+    folder = "reports/x-h100/run"
+    # the device's copy of the working tree keeps the folders but not the tracked files, as in session 10
+    (tmp_path / "repo" / folder / "cells" / "a").mkdir(parents=True)
+    kept = tmp_path / "repo" / ".stage" / "kept" / folder
+    (kept / "cells" / "a").mkdir(parents=True)
+    (kept / "run.yaml").write_text("resumes: [1]\n")
+    (kept / "cells" / "a" / "cell.json").write_text("{}")
+    done = run_resume_from(tmp_path, folder)
+    assert done.returncode == 0 and "from .stage/kept/" in done.stdout
+    assert (tmp_path / "run" / "run.yaml").read_text() == "resumes: [1]\n"
+    assert (tmp_path / "run" / "cells" / "a" / "cell.json").exists()
+
+
+def test_resume_from_refuses_a_folder_without_run_yaml_rather_than_starting_the_record_anew(tmp_path: Path) -> None:
+    (tmp_path / "repo" / "reports" / "x" / "cells").mkdir(parents=True)
+    done = run_resume_from(tmp_path, "reports/x")
+    assert done.returncode == 1 and "no run.yaml" in done.stdout and not (tmp_path / "run").exists()
+
+
 def test_the_wide_vllm_matrix_sweeps_the_main_tables_vllm_formats_past_its_cap_with_the_same_workload() -> None:
     main = load_matrix(GPU / "seed-table.yaml")
     wide = load_matrix(GPU / "seed-table-vllm-wide.yaml")

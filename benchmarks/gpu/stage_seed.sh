@@ -64,7 +64,11 @@ EOF
 )
 # shellcheck disable=SC2086
 tar -C "$CACHE/models" -cf - $folders | xz -T2 -6 > "$Q/models.tar.xz"
+# The run folder travels as .stage/kept/$RUN_DIR: under reports/ it would be removed by the next call's copy of the
+# working tree (reports/ is out of the tree for these calls), and a later call's RESUME_FROM would find no run.yaml
+# (session 10 lost run.yaml's history so). seed_table_llamacpp.sh looks for RESUME_FROM there.
+rm -rf ".stage/kept/$RUN_DIR" && mkdir -p ".stage/kept/$(dirname "$RUN_DIR")" && cp -r "$RUN_DIR" ".stage/kept/$RUN_DIR"
 tree=$(git ls-files -z -- ':(exclude)reports' | du -c -B1 --files0-from=- | tail -1 | cut -f1)
 PART_BYTES=$((64 * 1048576 - tree - 262144)) bash benchmarks/gpu/xfer.sh pack "$DEST" .stage/seed-vllm/src.tar.gz \
-    "${STAGED[@]}" .stage/seed-vllm/whl-exl2 "$Q" "$RUN_DIR"
+    "${STAGED[@]}" .stage/seed-vllm/whl-exl2 "$Q" ".stage/kept/$RUN_DIR"
 echo "carry ${DEST}/manifest with one part a call, with reports/ moved out of the tree (benchmarks/gpu/README.md)"
