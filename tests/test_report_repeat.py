@@ -86,7 +86,7 @@ def make_repeat_run(root: Path) -> Path:
 
 
 def test_a_repeat_counts_changed_outputs_and_scores(tmp_path: Path) -> None:
-    found = repeat_pairs(make_repeat_run(tmp_path), "rp")
+    found = repeat_pairs([(make_repeat_run(tmp_path), "rp")])
     pairs = {(p.first.backend, p.first.scenario, p.second.scenario): p for p in found}
     assert set(pairs) == {("vllm", "squad", "squad-again"), ("vllm", "squad", "squad-c1"),
                           ("vllm", "squad-again", "squad-c1"), ("llamacpp", "arc", "arc-again")}
@@ -107,7 +107,7 @@ def test_a_repeat_counts_changed_outputs_and_scores(tmp_path: Path) -> None:
 
 
 def test_a_pair_at_another_concurrency_is_labelled_so(tmp_path: Path) -> None:
-    pairs = {(p.first.scenario, p.second.scenario): p for p in repeat_pairs(make_repeat_run(tmp_path), "rp")}
+    pairs = {(p.first.scenario, p.second.scenario): p for p in repeat_pairs([(make_repeat_run(tmp_path), "rp")])}
     c1 = pairs[("squad", "squad-c1")]
     assert c1.differs == "concurrency 64 → 1"
     assert (c1.answered, c1.outputs_differ, c1.scores_changed) == (10, 0, 0)
@@ -145,10 +145,27 @@ def test_no_pair_no_section(tmp_path: Path) -> None:
                               "squad-2shot": ("squad", "generate", SQUAD_A, _config("squad", "hf", shots=2)),
                               "old": ("squad", "generate", SQUAD_A, {}),
                               "old-again": ("squad", "generate", SQUAD_A, {})})
-    assert repeat_pairs(run, "np") == []
+    assert repeat_pairs([(run, "np")]) == []
     write_report([run], run)
     assert "## Quality" in (run / "report.md").read_text()
     assert "Repeatability" not in (run / "report.md").read_text()
     verdict_run = make_verdict_run(tmp_path)
     write_report([verdict_run], verdict_run)
     assert "Repeatability" not in (verdict_run / "report.md").read_text()
+
+
+def test_the_same_cell_and_scenario_in_two_runs_reported_together_pair_as_another_run(tmp_path: Path) -> None:
+    first = make_repeat_run(tmp_path)
+    second = tmp_path / "rp2"  # the vLLM cell measured again: its SQuAD as the first run's repeat answered it
+    second.mkdir()
+    _cell(second, "vllm", "hf", {"squad": ("squad", "generate", SQUAD_B, _config("squad", "hf", concurrency=32)),
+                                 "other": ("squad", "generate", SQUAD_B, _config("squad", "hf"))})
+    across = [p for p in repeat_pairs([(first, "rp"), (second, "rp2")]) if p.first.run != p.second.run]
+    assert [(p.first.run, p.first.scenario, p.second.run, p.second.scenario) for p in across] == \
+        [("rp", "squad", "rp2", "squad")]  # the same scenario only, in the order the runs were given
+    assert across[0].differs == "another run, concurrency 64 → 32"
+    assert (across[0].answered, across[0].outputs_differ, across[0].scores_changed) == (9, 3, 2)
+    write_report([first, second], tmp_path / "both")
+    md = (tmp_path / "both" / "report.md").read_text()
+    row = "| rp → rp2 | vllm | hf | gpu | 0 | squad (F1) | squad | squad | another run, concurrency 64 → 32 | 9 |"
+    assert row in md

@@ -9,7 +9,9 @@ A *repeat pair* is two eval scenarios of one cell (so the same server, model, op
 the same: the same task and mode, and every field of the eval's recorded config (``result.config``: limit,
 shots, api, max_tokens, math_source, seed, ...) equal except :data:`MAY_DIFFER` (named in the row: concurrency
 changes the batches, so such a pair measures the batch-size noise) and :data:`SAME_SERVER` (the cell's own
-endpoint). A record without its config is never paired: nothing says its two evals asked the same.
+endpoint). Runs reported together (``bench report RUN RUN2``) pair the same way across runs: the same cell and
+scenario in each (the cell measured again, e.g. in another session). A record without its config is never
+paired: nothing says its two evals asked the same.
 
 Each pair is compared as the verdict compares a format with its source (:func:`~bench.report.verdict.compare`,
 the same paired interval), the second scenario against the first, and counts the documents whose reply (the
@@ -19,7 +21,7 @@ samples' ``output``) and whose score changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations, groupby
 from pathlib import Path
@@ -39,6 +41,7 @@ from bench.report.verdict import (
 MAY_DIFFER: tuple[str, ...] = ("concurrency",)  # config fields a pair may differ in; the row names them
 SAME_SERVER: tuple[str, ...] = ("url", "model")  # the cell's endpoint: the same server for all its scenarios
 REPEAT = "nothing: a repeat"
+ANOTHER_RUN = "another run"
 
 REPEAT_HEADER = ("run", "backend", "model", "options", "seed", "task (metric)", "scenario A", "scenario B",
                  "what differs", "docs paired", "outputs differ", "scores changed", "score A", "score B",
@@ -68,19 +71,27 @@ def eval_key(cell: EvalCell) -> str | None:
 
 
 def differences(a: EvalCell, b: EvalCell) -> str:
-    """What differs between two paired evals, ``concurrency 64 → 1``, or :data:`REPEAT`."""
+    """What differs between two paired evals: ``another run``, ``concurrency 64 → 1``, or :data:`REPEAT`."""
     changed = [f"{k} {a.config.get(k)} → {b.config.get(k)}" for k in MAY_DIFFER
                if a.config.get(k) != b.config.get(k)]
-    return ", ".join(changed) or REPEAT
+    return ", ".join([ANOTHER_RUN] * (a.run != b.run) + changed) or REPEAT
 
 
 def same_eval_pairs(cells: Sequence[EvalCell]) -> Iterator[tuple[EvalCell, EvalCell]]:
-    """Every two evals of one cell (in the cell's scenario order) with the same :func:`eval_key`."""
+    """Every two evals with the same :func:`eval_key` of one cell (in the cell's scenario order), then of the same
+    cell and scenario in two runs reported together (in the order the runs were given)."""
     for _, group in groupby(cells, key=lambda c: (c.run, c.cell)):
-        for a, b in combinations(list(group), 2):
-            key = eval_key(a)
-            if key is not None and key == eval_key(b):
-                yield a, b
+        yield from _asked_the_same(combinations(list(group), 2))
+    across = sorted(cells, key=lambda c: (c.cell, c.scenario))  # stable: the runs' order within a group
+    for _, group in groupby(across, key=lambda c: (c.cell, c.scenario)):
+        yield from _asked_the_same((a, b) for a, b in combinations(list(group), 2) if a.run != b.run)
+
+
+def _asked_the_same(pairs: Iterable[tuple[EvalCell, EvalCell]]) -> Iterator[tuple[EvalCell, EvalCell]]:
+    for a, b in pairs:
+        key = eval_key(a)
+        if key is not None and key == eval_key(b):
+            yield a, b
 
 
 def doc_outputs(samples: Path) -> dict[str, str]:
@@ -99,9 +110,9 @@ def compare_pair(a: EvalCell, b: EvalCell) -> RepeatPair:
                       paired_change(first, second))
 
 
-def repeat_pairs(run_dir: Path, run_id: str) -> list[RepeatPair]:
-    """Every repeat pair of the run's cells."""
-    cells = list(eval_cells(run_dir, run_id))
+def repeat_pairs(runs: Sequence[tuple[Path, str]]) -> list[RepeatPair]:
+    """Every repeat pair of the runs' cells (runs given as (folder, run id)): within a cell, and across runs."""
+    cells = [cell for run_dir, run_id in runs for cell in eval_cells(run_dir, run_id)]
     pairs = [compare_pair(a, b) for a, b in same_eval_pairs(cells)]
     return sorted(pairs, key=lambda p: (p.first.run, p.first.backend, p.first.model, p.first.options,
                                         p.first.seed, p.first.task))
@@ -110,7 +121,8 @@ def repeat_pairs(run_dir: Path, run_id: str) -> list[RepeatPair]:
 # ---- the table ----------------------------------------------------------------------------------
 
 REPEAT_NOTE = ("The run-to-run noise of one configuration, to read the verdicts' changes against: two evals in "
-               "one cell (same server, model, options and seed) that asked the same (task, mode, documents, "
+               "one cell (same server, model, options and seed), or the same cell's scenario in two runs reported "
+               "together (another run), that asked the same (task, mode, documents, "
                "shots, API, generation budget, seed: every field of the eval's recorded config but "
                "concurrency), B against A on the same documents. Greedy decoding should change nothing, but the "
                "batch a request lands in changes the floating-point reductions (batch nondeterminism), so a "
@@ -124,14 +136,15 @@ REPEAT_NOTE = ("The run-to-run noise of one configuration, to read the verdicts'
 
 def repeat_table(runs: Sequence[tuple[Path, str]]) -> list[list[str]]:
     """The rows of the repeatability table for runs given as (folder, run id); none without a repeat pair."""
-    return [_cells(p) for run_dir, run_id in runs for p in repeat_pairs(run_dir, run_id)]
+    return [_cells(p) for p in repeat_pairs(runs)]
 
 
 def _cells(p: RepeatPair) -> list[str]:
     a, c = p.first, p.change
     metric = f"{a.task} ({VERDICT_METRIC.get(a.task, 'score')})"
     scored = c.n if c else 0
-    return [a.run, a.backend, a.model, a.options, str(a.seed), metric, a.scenario, p.second.scenario, p.differs,
+    run = a.run if a.run == p.second.run else f"{a.run} → {p.second.run}"
+    return [run, a.backend, a.model, a.options, str(a.seed), metric, a.scenario, p.second.scenario, p.differs,
             str(scored), f"{p.outputs_differ} / {p.answered}", f"{p.scores_changed} / {scored}",
             _score(c.source_mean if c else None), _score(c.quant_mean if c else None), change_text(c),
             relative_text(c)]
