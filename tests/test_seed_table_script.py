@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,33 @@ def test_resume_from_refuses_a_folder_without_run_yaml_rather_than_starting_the_
     (tmp_path / "repo" / "reports" / "x" / "cells").mkdir(parents=True)
     done = run_resume_from(tmp_path, "reports/x")
     assert done.returncode == 1 and "no run.yaml" in done.stdout and not (tmp_path / "run").exists()
+
+
+def test_pack_run_cuts_a_run_too_large_to_come_back_into_parts_that_join_again(tmp_path: Path) -> None:
+    common = (GPU / "seed_common.sh").read_text()
+    match = re.search(r"^pack_run\(\) \{.*?^\}$", common, re.MULTILINE | re.DOTALL)
+    assert match, "pack_run is gone from seed_common.sh"
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (runs / "r" / "cells" / "done").mkdir(parents=True)
+    (runs / "r" / "cells" / "done" / "cell.json").write_bytes(random.Random(0).randbytes(5000))  # incompressible
+    (runs / "r" / "cells" / "running").mkdir()  # no cell.json: left out
+    (tmp_path / "llcuda-out").mkdir()
+    out.mkdir()
+
+    def pack(part_bytes: int) -> list[str]:
+        script = (f'say() {{ :; }}\nW={tmp_path}\nRUNS={runs}\nRUN_ID=r\nRUN_DIR={runs}/r\nOUTDIR={out}\n'
+                  f'SERVEBENCH_MODELS={tmp_path}/none\nPACK_PART_BYTES={part_bytes}\n{match.group(0)}\n'
+                  'pack_run run.tar.gz')
+        subprocess.run(["bash", "-c", script], check=True)
+        return sorted(p.name for p in out.glob("run.tar.gz*"))
+
+    assert pack(1 << 20) == ["run.tar.gz"]
+    parts = pack(2000)
+    assert parts == ["run.tar.gz.partaa", "run.tar.gz.partab", "run.tar.gz.partac"]  # the whole one is gone
+    joined = tmp_path / "joined.tar.gz"
+    joined.write_bytes(b"".join((out / p).read_bytes() for p in parts))
+    with tarfile.open(joined) as tar:
+        assert sorted(tar.getnames()) == ["r", "r/cells", "r/cells/done", "r/cells/done/cell.json"]
 
 
 def test_the_wide_vllm_matrix_sweeps_the_main_tables_vllm_formats_past_its_cap_with_the_same_workload() -> None:

@@ -110,14 +110,23 @@ detached_cells() {
 }
 
 # pack_run TARNAME: the run folder (with the device's models.yaml) into $OUTDIR/TARNAME, without the folder of a cell
-# still running (one without cell.json: a resume here would run it anyway).
+# still running (one without cell.json: a resume here would run it anyway). A file over 16 MiB does not come back
+# from the device (session 10's wide vLLM run packed 20 MB), so a larger tar is cut into TARNAME.partaa, .partab,
+# ... of PACK_PART_BYTES; back here: cat TARNAME.part* | tar -xz.
 pack_run() {
-    local dir skip=()
+    local dir skip=() part=${PACK_PART_BYTES:-15000000}
     cp "$SERVEBENCH_MODELS" "$RUN_DIR/models.device.yaml" 2>/dev/null
     for dir in "$RUN_DIR"/cells/*/; do
         [ -d "$dir" ] && [ ! -f "$dir/cell.json" ] && skip+=(--exclude "$RUN_ID/cells/$(basename "$dir")")
     done
-    tar -C "$RUNS" -czf "$OUTDIR/$1" "${skip[@]}" "$RUN_ID" && say "packed: $(du -h "$OUTDIR/$1" | cut -f1)"
+    rm -f "$OUTDIR/$1" "$OUTDIR/$1".part*
+    tar -C "$RUNS" -czf "$OUTDIR/$1" "${skip[@]}" "$RUN_ID" || return 1
+    if [ "$(stat -c %s "$OUTDIR/$1")" -gt "$part" ]; then
+        split -b "$part" "$OUTDIR/$1" "$OUTDIR/$1.part" && rm "$OUTDIR/$1"
+        say "packed: $(cat "$OUTDIR/$1".part* | wc -c) bytes in $(ls "$OUTDIR/$1".part* | wc -l) parts ($1.part*)"
+    else
+        say "packed: $(du -h "$OUTDIR/$1" | cut -f1)"
+    fi
     (cd "$W/llcuda-out" && tar -czf "$OUTDIR/llcuda-logs.tar.gz" . 2>/dev/null)
 }
 
