@@ -1,5 +1,6 @@
-"""The committed GPU seed tables (issue #15: reports/gpu-seed-table-h100, SmolLM2 in every format, and
-reports/gpu-seed-table-8b-h100, the 8B shape's speed) recompute from their raw records."""
+"""The committed GPU seed tables (issue #15: reports/gpu-seed-table-h100, SmolLM2 in every format, with vLLM past 64
+and the evals repeated beside it, and reports/gpu-seed-table-8b-h100, the 8B shape's speed) recompute from their raw
+records."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import pytest
 from bench.load.config import LoadConfig
 from bench.load.runner import rebuild_summary
 from bench.report.render import write_report
+from bench.report.repeat import repeat_pairs
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 # Each committed run and the quality references its report was rendered with (none: a speed-only run).
 RUNS = {
     REPORTS / "gpu-seed-table-h100" / "gpu-seed-table": ["smollm2-135m-instruct-hf", "smollm2-135m-instruct-f16"],
     REPORTS / "gpu-seed-table-8b-h100" / "gpu-seed-table-8b": None,
+    REPORTS / "gpu-seed-table-h100" / "gpu-seed-table-vllm-wide": None,
+    REPORTS / "gpu-seed-table-h100" / "gpu-seed-table-quality": None,  # its matrix's references
 }
 SWEEP_POINTS = sorted(p for run in RUNS for p in run.glob("cells/*/load/*/summary.json"))
 # The weights a decode step read, for MBU, where a point's load_config.json does not say (bench run has written
@@ -65,3 +69,27 @@ def test_every_sweep_point_recomputes_from_its_requests(summary: Path, tmp_path:
         saved = saved.model_copy(update={"model_bytes": DEVICE_MODEL_BYTES[saved.model]})
     rebuilt = rebuild_summary(point, config=saved).model_dump(mode="json")
     _same(json.loads(summary.read_text()), rebuilt, summary.parent.name)
+
+
+def test_the_evals_repeated_in_session_10_changed_as_the_report_readme_says() -> None:
+    """The quality matrix of session 10 evaluated the main run's documents again (limit: null was the default
+    size): `bench report MAIN QUALITY` pairs each of its cells with the main run's (another run, concurrency 32 ->
+    64), and the report's README quotes these rows."""
+    main, quality = (REPORTS / "gpu-seed-table-h100" / name for name in ("gpu-seed-table", "gpu-seed-table-quality"))
+    pairs = {(p.first.model, p.first.options, p.first.task): p
+             for p in repeat_pairs([(main, "gpu-seed-table"), (quality, "gpu-seed-table-quality")])}
+    assert len(pairs) == 9 and {p.differs for p in pairs.values()} == {"another run, concurrency 32 → 64"}
+
+    def row(model: str, options: str, task: str) -> tuple[int, int, int, float, float]:
+        p = pairs[(f"smollm2-135m-instruct{model}", options, task)]
+        assert p.change is not None
+        return p.answered, p.outputs_differ, p.scores_changed, round(p.change.source_mean, 3), \
+            round(p.change.quant_mean, 3)
+
+    assert row("", "gpu", "squad") == (200, 136, 43, 0.134, 0.150)  # llama.cpp Q4_1
+    assert row("-q8_0", "gpu", "squad") == (200, 64, 21, 0.153, 0.151)
+    assert row("-f16", "gpu", "squad") == (200, 18, 4, 0.141, 0.143)
+    assert row("-hf", "gpu", "squad") == (200, 32, 6, 0.147, 0.141)  # vLLM bf16
+    assert row("-hf", "gpu", "arc-easy") == (500, 0, 0, 0.522, 0.522)
+    assert row("-hf", "gpu-fp8", "squad")[1:3] == (75, 14) and row("-hf-fp8", "gpu", "squad")[1:3] == (106, 23)
+    assert row("-hf", "gpu-fp8", "arc-easy")[1:3] == (78, 2) and row("-hf-fp8", "gpu", "arc-easy")[1:3] == (67, 4)
