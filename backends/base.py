@@ -82,6 +82,10 @@ class EngineOptions(BaseModel):
     data_parallel_size: int = Field(default=1, ge=1, description="Model replicas (vLLM).")
     api_server_count: int = Field(default=1, ge=1, description="HTTP frontend processes in front of the engine "
                                   "(vLLM on GPU): more than 1 tells a frontend limit from an engine limit.")
+    batch_invariant: bool = Field(
+        default=False, description="Outputs independent of the batch: vLLM's VLLM_BATCH_INVARIANT, with Triton "
+        "attention on GPU (FlashAttention 3 is not invariant on Hopper); for repeatable quality evals; slower. "
+        "NVIDIA compute capability 8.0+; other engines refuse it (serve them at eval concurrency 1).")
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1,
                                               description="Bytes reserved for the KV cache (vLLM).")
 
@@ -129,6 +133,8 @@ class Capabilities:
     parallelism: tuple[str, ...] = ()
     # The engine can put several HTTP frontend processes in front of one engine (``api_server_count``).
     api_servers: bool = False
+    # The engine has batch-invariant kernels: a reply does not depend on the rest of its batch (``batch_invariant``).
+    batch_invariant: bool = False
     notes: str = ""
     # Logprobs of the prompt's own tokens (``echo=true`` with ``logprobs`` on ``/v1/completions``):
     # loglikelihood evals (``bench eval --mode loglikelihood``, lm-eval) need them.

@@ -2,7 +2,8 @@
 
 An engine refuses, with :class:`backends.errors.UnsupportedOptionError`, a format, KV-cache dtype or speculative
 method outside its :class:`backends.base.Capabilities`, prefix caching it lacks, parallelism of a kind it does
-not list, several HTTP frontends (``api_server_count``) where it has one, and any option it names in ``reasons``
+not list, several HTTP frontends (``api_server_count``) where it has one, batch-invariant outputs
+(``batch_invariant``) without such kernels, and any option it names in ``reasons``
 among those it takes no value for (:data:`FIXED_OPTIONS`), and ``device='cuda'`` on a machine where CUDA sees no GPU
 (:func:`refuse_cuda_without_gpu`).
 Checks only one engine makes stay in that engine's ``config.py``.
@@ -23,6 +24,9 @@ FIXED_OPTIONS: tuple[tuple[str, tuple[object, ...]], ...] = (
     ("threads", (None,)),
     ("quantization", (None, "none")),
 )
+# Why an engine without batch-invariant kernels refuses ``batch_invariant``, and what gives repeatable replies instead.
+NOT_BATCH_INVARIANT = ("no batch-invariant kernels: the batch a request lands in changes its reductions; serve one "
+                       "request at a time (eval concurrency 1) for repeatable replies")
 # The parallelism kinds of ``Capabilities.parallelism``, in the order of the three size options.
 PARALLEL_KINDS = ("tensor", "pipeline", "data")
 
@@ -62,6 +66,9 @@ def _refuse_outside_capabilities(engine: str, caps: Capabilities, options: Engin
         raise UnsupportedOptionError(engine, "api_server_count", options.api_server_count,
                                      reasons.get("api_server_count", "1 (one HTTP frontend, in the engine's own "
                                                  "process or server)"))
+    if options.batch_invariant and not caps.batch_invariant:
+        raise UnsupportedOptionError(engine, "batch_invariant", True,
+                                     reasons.get("batch_invariant", f"False ({NOT_BATCH_INVARIANT})"))
 
 
 def refuse_cuda_without_gpu(engine: str, options: EngineOptions) -> None:

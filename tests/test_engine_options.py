@@ -103,6 +103,31 @@ def test_engines_with_one_frontend_refuse_api_server_count(backend: str) -> None
     assert expected in str(info.value)
 
 
+# What each engine without batch-invariant kernels says when asked for them (its own reason, not the generic one).
+NOT_BATCH_INVARIANT = {"transformers": "no batch-invariant kernels: the padded batch", "llamacpp": "llama.cpp has no "
+                       "batch-invariant kernels", "exllamav2": "ExLlama has no batch-invariant kernels",
+                       "exllamav3": "ExLlama has no batch-invariant kernels"}
+
+
+@pytest.mark.parametrize("backend", sorted(NOT_BATCH_INVARIANT))
+def test_engines_without_batch_invariant_kernels_refuse_batch_invariant(backend: str) -> None:
+    with pytest.raises(UnsupportedOptionError) as info:
+        registry.validate(backend, EngineOptions(device="cuda", batch_invariant=True), FORMATS[backend])
+    assert info.value.option == "batch_invariant"
+    message = str(info.value)
+    assert message.startswith(f"backend {backend!r} does not support batch_invariant=True; supported: False (")
+    assert NOT_BATCH_INVARIANT[backend] in message
+    assert "serve one request at a time (eval concurrency 1) for repeatable replies" in message
+    assert not registry.capabilities(backend).batch_invariant
+
+
+def test_serve_cli_has_a_batch_invariant_flag_and_llamacpp_refuses_it() -> None:
+    result = CliRunner().invoke(build_app(), ["serve", "--backend", "llamacpp", "--batch-invariant"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 2
+    assert "backend 'llamacpp' does not support batch_invariant=True" in result.output
+
+
 @pytest.mark.parametrize("backend", ["transformers", "llamacpp"])
 def test_cuda_is_refused_where_cuda_sees_no_gpu(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU matrix's cells are skipped with the reason on a CPU machine, not tried (a CUDA build, a failed load)."""

@@ -168,7 +168,7 @@ NON_DEFAULTS: dict[str, Any] = {
     "kv_cache_dtype": "q8", "speculative": "draft:tiny", "num_speculative_tokens": 7, "prefix_caching": True,
     "max_batch": 3, "max_model_len": 256, "dtype": "bfloat16", "quantization": "gptq", "device": "cpu",
     "threads": 5, "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "data_parallel_size": 2,
-    "kv_cache_memory_bytes": 1 << 20, "api_server_count": 2,
+    "kv_cache_memory_bytes": 1 << 20, "api_server_count": 2, "batch_invariant": True,
 }
 
 

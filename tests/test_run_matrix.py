@@ -17,6 +17,7 @@ from rich.progress import Progress
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
 from backends.checkpoints import Registry, load_registry
+from backends.vllm.launcher import VllmLauncher
 from bench.evals.config import EvalConfig
 from bench.load.config import LoadOptions
 from bench.run.cells import default_matrix, expand, resolve, scenario_skip_reason, select, variant_label
@@ -238,6 +239,33 @@ def test_an_option_set_with_models_makes_cells_only_for_those_models(registry: R
     assert len(pairs) == 2 * (3 * 2 + 2 * 2)  # no cell at all (not even a skipped one) for the excluded model
     assert m.option_sets[1].applies_to("third") and not m.option_sets[1].applies_to(MODEL)
     assert m.option_sets[0].applies_to(MODEL)  # no models: every model
+
+
+def test_a_batch_invariant_option_set_reaches_its_cells_and_vllms_environment(registry: Registry) -> None:
+    m = validate_matrix(_matrix(backends=["vllm", "llamacpp"], models=["smollm2-135m-instruct-hf"],
+                                option_sets=[{"name": "gpu", "options": {"device": "cuda"}},
+                                             {"name": "gpu-bi", "backends": ["vllm"],
+                                              "options": {"device": "cuda", "batch_invariant": True}}],
+                                scenarios=[{"kind": "eval", "task": "squad"}]))
+    assert m.option_sets[1].options.batch_invariant and not m.option_sets[0].options.batch_invariant
+    cells = {(c.backend, c.option_set.name): c for c in expand(m, registry)}
+    assert set(cells) == {("vllm", "gpu"), ("llamacpp", "gpu"), ("vllm", "gpu-bi")}
+    options = cells[("vllm", "gpu-bi")].option_set.options
+    assert options.batch_invariant and options.device == "cuda"
+    spec = ServerSpec(backend="vllm", model_name="smol", model_path=Path("/models/smol"), options=options)
+    assert VllmLauncher(free_cores=2).environment(spec)["VLLM_BATCH_INVARIANT"] == "1"
+    assert "VLLM_BATCH_INVARIANT" not in VllmLauncher(free_cores=2).environment(
+        ServerSpec(backend="vllm", model_name="smol", model_path=Path("/models/smol"),
+                   options=cells[("vllm", "gpu")].option_set.options))
+
+
+def test_a_batch_invariant_cell_is_skipped_with_the_engines_reason(registry: Registry) -> None:
+    m = validate_matrix(_matrix(backends=["transformers", "vllm"], models=["smollm2-135m-instruct-hf"],
+                                option_sets=[{"name": "bi", "options": {"device": "cpu", "batch_invariant": True}}]))
+    reasons = {c.backend: c.skip_reason or "" for c in expand(m, registry)}
+    assert "does not support batch_invariant=True" in reasons["transformers"]
+    assert "eval concurrency 1" in reasons["transformers"]
+    assert "batch_invariant=True; supported: False on CPU" in reasons["vllm"]
 
 
 def test_an_option_set_glob_that_matches_no_model_is_refused() -> None:

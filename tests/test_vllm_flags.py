@@ -227,6 +227,17 @@ def test_gpu_environment_turns_nvlink_multicast_off(launcher: VllmLauncher) -> N
     assert env == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
+def test_batch_invariant_sets_vllms_variable_and_triton_attention_on_gpu(launcher: VllmLauncher) -> None:
+    env = launcher.environment(gpu(batch_invariant=True))
+    assert env[flags.BATCH_INVARIANT_ENV] == "1" and flags.BATCH_INVARIANT_ENV == "VLLM_BATCH_INVARIANT"
+    assert env.items() >= flags.NO_NVLINK_MULTICAST.items()
+    assert flags.BATCH_INVARIANT_ENV not in launcher.environment(gpu())
+    assert flags.BATCH_INVARIANT_ENV not in launcher.environment(gpu(batch_invariant=False))
+    # FlashAttention 3, vLLM's choice on Hopper, is not batch invariant (vLLM #51902): Triton attention is
+    assert flag_value(launcher.command(gpu(batch_invariant=True)), "--attention-backend") == "TRITON_ATTN"
+    assert "--attention-backend" not in launcher.command(gpu())
+
+
 # --- validation ---------------------------------------------------------------------------------------------
 
 def test_registry_entry_and_capabilities() -> None:
@@ -262,6 +273,21 @@ def test_api_server_count_refused_on_cpu() -> None:
 
 def test_api_server_count_accepted_on_gpu(with_vllm: None) -> None:
     backends.validate("vllm", EngineOptions(device="cuda", api_server_count=4, data_parallel_size=2), "hf")
+
+
+def test_batch_invariant_refused_on_cpu() -> None:
+    with pytest.raises(UnsupportedOptionError, match=r"batch_invariant=True; supported: False on CPU \(vLLM's "
+                                                     r"batch-invariant kernels are Triton kernels for .*GPUs.*"
+                                                     r"device=cuda"):
+        backends.validate("vllm", EngineOptions(device="cpu", batch_invariant=True), "hf")
+    backends.validate("vllm", EngineOptions(device="cpu"), "hf")
+
+
+@pytest.mark.parametrize("quantization", [None, "fp8"])
+def test_batch_invariant_accepted_on_gpu(with_vllm: None, quantization: str | None) -> None:
+    backends.validate("vllm", EngineOptions(device="cuda", batch_invariant=True, quantization=quantization), "hf")
+    backends.validate("vllm", EngineOptions(device="cuda", batch_invariant=True), "compressed-tensors")
+    assert backends.capabilities("vllm").batch_invariant
 
 
 def test_parallelism_accepted_on_gpu(with_vllm: None) -> None:

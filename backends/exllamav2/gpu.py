@@ -18,6 +18,8 @@ def refuse_common(name: str, caps: Capabilities, options: EngineOptions, fmt: st
         "kv_cache_memory_bytes": "the cache holds max_batch x max_model_len tokens; size it with those",
         "threads": "none (a GPU engine)",
         "quantization": "the checkpoint's own format from models.yaml",
+        "batch_invariant": "False (ExLlama has no batch-invariant kernels; serve one request at a time (eval "
+                           "concurrency 1) for repeatable replies)",
     })
     if options.device == "cpu":
         raise UnsupportedOptionError(name, "device", "cpu", "cuda (the kernels are CUDA-only)")

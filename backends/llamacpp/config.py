@@ -35,6 +35,8 @@ REFUSALS = {
     "dtype": "the weights' dtype is fixed by the GGUF file; pick another GGUF from models.yaml",
     "kv_cache_memory_bytes": "llama-server sizes its KV cache in tokens; set max_model_len and max_batch",
     "quantization": "the quantization is the GGUF file's own; pick the GGUF in models.yaml",
+    "batch_invariant": "False (llama.cpp has no batch-invariant kernels; serve one request at a time (eval "
+                       "concurrency 1) for repeatable replies)",
 }
 
 

@@ -31,6 +31,8 @@ REFUSALS = {
     "parallelism": "single device only",
     "kv_cache_memory_bytes": "the cache grows with the batch; bound it with max_batch",
     "quantization": "formats from models.yaml",
+    "batch_invariant": "False (no batch-invariant kernels: the padded batch a request joins changes its "
+                       "reductions; serve one request at a time (eval concurrency 1) for repeatable replies)",
 }
 
 

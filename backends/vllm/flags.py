@@ -29,6 +29,13 @@ GPU_ENTRYPOINT = "vllm.entrypoints.cli.main"
 # uses it can take the host's GPUs out of service (the device machines' KINDS.md).
 NO_NVLINK_MULTICAST = MappingProxyType({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                                         "NVSHMEM_DISABLE_NVLS": "1"})
+# The batch_invariant option: vLLM's switch for batch-invariant kernels (docs: features/batch_invariance).
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
+# ...and the attention backend it runs with on GPU. vLLM would pick FlashAttention 3 on Hopper, which keeps its
+# batch-invariant flag but is not: a prefill beside a decode changes FA3's tiling and the decode's bits (vLLM
+# issues #47069 and #51902, the latter on vLLM 0.25.1 and an H100; the fix, PR #48694, is unmerged). Triton
+# attention declares batch invariance and runs each sequence alone in that mode (vLLM PR #33688).
+BATCH_INVARIANT_ATTENTION = "TRITON_ATTN"
 
 
 def entrypoint(python: Path | str, model_path: Path, target: Platform) -> list[str]:
@@ -97,6 +104,8 @@ def server_args(spec: ServerSpec, target: Platform, tokenizer: Path | None = Non
         args += ["--tokenizer", str(tokenizer)]
     if spec.trust_remote_code:
         args.append("--trust-remote-code")
+    if options.batch_invariant and target == "cuda":
+        args += ["--attention-backend", BATCH_INVARIANT_ATTENTION]
     speculative = speculative_config(spec)
     if speculative:
         args += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
@@ -141,6 +150,8 @@ def environment(options: EngineOptions, target: Platform, free_cores: int) -> di
         env = dict(NO_NVLINK_MULTICAST)
         if options.threads:
             env["OMP_NUM_THREADS"] = str(options.threads)
+        if options.batch_invariant:
+            env[BATCH_INVARIANT_ENV] = "1"
         return env
     # nobind: leave placement to the OS on a shared box; vLLM then keeps OMP_NUM_THREADS as given.
     env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(cpu_threads(options, free_cores)),

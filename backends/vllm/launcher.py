@@ -72,7 +72,7 @@ class VllmLauncher:
         return program + flags.server_args(spec, target, self._tokenizer(spec))
 
     def environment(self, spec: ServerSpec) -> dict[str, str]:
-        """KV-cache budget and threads on CPU; NVLink multicast off on GPU; the API key, if any."""
+        """KV-cache budget and threads on CPU; NVLink multicast off and batch invariance on GPU; the API key, if any."""
         target = config.resolve_platform(spec.options)
         env = flags.environment(spec.options, target, self._free_cores) | flags.key_environment(spec)
         if target == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in env and os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
