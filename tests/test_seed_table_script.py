@@ -167,8 +167,13 @@ def test_the_quality_matrix_evaluates_every_document_on_the_main_tables_cells() 
     squad = {s.name: s.model_dump(exclude={"name"}) for s in evals if s.task == "squad"}
     assert squad["squad-again"] == squad["squad"] and squad["squad-c1"] == {**squad["squad"], "concurrency": 1}
     main_sets = {s.name: s.options for s in main.option_sets}
-    assert all(main_sets[s.name] == s.options for s in quality.option_sets)  # the cells the main table timed
+    for option_set in quality.option_sets:  # the cells the main table timed, and each batch-invariant
+        base = main_sets[option_set.name.removesuffix("-bi")]
+        assert option_set.options == base.model_copy(update={"batch_invariant": option_set.name.endswith("-bi")})
     cells = expand(quality, load_registry().with_models(quality.models))
     ran = {(c.backend, c.model, c.option_set.name) for c in cells}
     assert {("vllm", "smollm2-135m-instruct-hf", "gpu-fp8"), ("llamacpp", "smollm2-135m-instruct", "gpu")} <= ran
     assert ("llamacpp", "smollm2-135m-instruct-hf", "gpu-fp8") not in ran  # FP8 at load is vLLM's alone
+    assert {(c.model, c.option_set.name) for c in cells if c.option_set.options.batch_invariant} == {
+        ("smollm2-135m-instruct-hf", "gpu-bi"), ("smollm2-135m-instruct-hf-fp8", "gpu-bi"),
+        ("smollm2-135m-instruct-hf", "gpu-fp8-bi")} and all(c.backend == "vllm" for c in cells if "-bi" in c.cell_id)
