@@ -75,11 +75,14 @@ def test_rerun_removes_cells_once_per_value_and_a_new_value_applies_on_the_same_
 
 
 def run_resume_from(tmp_path: Path, resume_from: str) -> subprocess.CompletedProcess[str]:
-    """Run the script's RESUME_FROM step (from its ``if`` to its ``fi``) with tmp_path/repo as the tree."""
-    match = re.search(r'^if \[ -n "\$\{RESUME_FROM:-\}" \].*?^fi$', SCRIPT, re.MULTILINE | re.DOTALL)
-    assert match, "the RESUME_FROM step is gone from seed_table_llamacpp.sh"
+    """Run seed_common.sh's continue_run as the seed scripts do, with tmp_path/repo as the tree."""
+    common = (GPU / "seed_common.sh").read_text()
+    match = re.search(r"^continue_run\(\) \{.*?^\}$", common, re.MULTILINE | re.DOTALL)
+    assert match, "continue_run is gone from seed_common.sh"
+    for script in ("seed_table_llamacpp.sh", "seed_table_8b.sh"):
+        assert "continue_run || exit 1" in (GPU / script).read_text(), script
     script = (f'say() {{ echo "$*"; }}\nREPO={tmp_path}/repo\nRUN_DIR={tmp_path}/run\n'
-              f'RESUME_FROM="{resume_from}"\n{match.group(0)}\n')
+              f'RESUME_FROM="{resume_from}"\n{match.group(0)}\ncontinue_run || exit 1\n')
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
 
 

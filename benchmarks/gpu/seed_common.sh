@@ -109,6 +109,19 @@ detached_cells() {
     return 0
 }
 
+# continue_run: with RESUME_FROM (a run folder's path in the tree, e.g. reports/gpu-seed-table-h100/gpu-seed-table),
+# copy it to $RUN_DIR once per machine, to be continued with --resume. It is taken from the tree, or from where
+# stage_seed.sh / stage_8b.sh pack it (.stage/kept/RESUME_FROM: reports/ is out of the tree for the device calls,
+# and a tracked path unpacked into the tree is gone after the next call's copy of the working tree; session 10
+# lost run.yaml's history so). Never a folder without run.yaml, which would start the run's record anew.
+continue_run() {
+    [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ] || return 0
+    local from=$REPO/$RESUME_FROM
+    [ -f "$from/run.yaml" ] || from=$REPO/.stage/kept/$RESUME_FROM
+    [ -f "$from/run.yaml" ] || { say "RESUME_FROM: no run.yaml in $RESUME_FROM or .stage/kept/$RESUME_FROM"; return 1; }
+    cp -r "$from" "$RUN_DIR" && say "continuing $RESUME_FROM (from ${from#"$REPO"/})"
+}
+
 # pack_run TARNAME: the run folder (with the device's models.yaml) into $OUTDIR/TARNAME, without the folder of a cell
 # still running (one without cell.json: a resume here would run it anyway). A file over 16 MiB does not come back
 # from the device (session 10's wide vLLM run packed 20 MB), so a larger tar is cut into TARNAME.partaa, .partab,

@@ -70,9 +70,7 @@ RUN_ID=${RUN_ID:-gpu-seed-table-8b}
 RUN_DIR=$RUNS/$RUN_ID
 MATRIX=benchmarks/gpu/seed-table-8b.yaml
 mkdir -p "$RUNS"
-if [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ]; then
-    cp -r "$REPO/$RESUME_FROM" "$RUN_DIR" && say "continuing $RESUME_FROM"
-fi
+continue_run || exit 1
 # pending CELL...: the cells not run yet: no cell.json, or skipped (--resume looks again at why); with RETRY=1
 # also the failed ones (else a cell that fails would be retried first in every call).
 pending() {

@@ -102,14 +102,7 @@ RUNS=$W/runs
 RUN_ID=${RUN_ID:-gpu-seed-table-llamacpp}
 RUN_DIR=$RUNS/$RUN_ID
 mkdir -p "$RUNS"
-if [ -n "${RESUME_FROM:-}" ] && [ ! -d "$RUN_DIR" ]; then
-    # in the tree, or where stage_seed.sh packs it (.stage/kept/: a tracked path in the tree is gone after the next
-    # call's copy of the working tree); never a folder without run.yaml, which would start the run's record anew
-    from=$REPO/$RESUME_FROM
-    [ -f "$from/run.yaml" ] || from=$REPO/.stage/kept/$RESUME_FROM
-    [ -f "$from/run.yaml" ] || { say "RESUME_FROM: no run.yaml in $RESUME_FROM or .stage/kept/$RESUME_FROM"; exit 1; }
-    cp -r "$from" "$RUN_DIR" && say "continuing $RESUME_FROM (from ${from#"$REPO"/})"
-fi
+continue_run || exit 1
 # RERUN: ids (globs) of cells to measure again after a fix (e.g. the llama.cpp launcher's KV layout): their
 # folders are removed from the copied run folder once per machine and RERUN value (the values done are listed in
 # $W/rerun.done), so a later call with the same RERUN keeps what an earlier one re-made, and a new value applies.

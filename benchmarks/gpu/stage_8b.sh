@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Here, on the CPU machine: stage what benchmarks/gpu/seed_table_8b.sh needs on the device (the GPU seed table's
 # part 2, benchmarks/gpu/seed-table-8b.yaml) and pack it, with the vLLM bundle and the llama.cpp CUDA build, into
-# parts that fit beside the working tree (benchmarks/gpu/xfer.sh). Run it after the last commit the device should
-# run (the parts' size follows the tree's, and src.tar.gz is `git archive HEAD`).
+# parts that fit beside the working tree without reports/ (benchmarks/gpu/xfer.sh; move reports/ out of the tree for the
+# calls). Run it after the last commit the device should run (src.tar.gz is `git archive HEAD`).
 #   .stage/seed-8b/src.tar.gz               servebench at HEAD, without reports/ and tests/
 #   .stage/seed-8b/py.tar.gz                llama-cpp-python's Python part (llcpy/llama_cpp, no lib/): it runs over
 #                                           the CUDA build's libllama for llama_model_quantize
@@ -43,4 +43,10 @@ tar -C "$VENDOR" --exclude=__pycache__ --exclude=./llama.cpp/gguf-py/tests -cJf 
     ./llama.cpp/convert_hf_to_gguf.py ./llama.cpp/conversion ./llama.cpp/gguf-py
 rm -rf "$S/tmp"
 du -ab "$S" | sort -k2
-bash benchmarks/gpu/xfer.sh pack .stage/xfer-8b .stage/vllm .stage/llamacpp-cuda/build "$S"
+# The run folder travels as .stage/kept/$RUN_DIR (seed_common.sh's continue_run): the tree with reports/ is more than
+# a call carries (80 MB in December 2026), so reports/ is out of the tree for the device calls, as for part 1.
+RUN_DIR=${RUN_DIR:-reports/gpu-seed-table-8b-h100/gpu-seed-table-8b}
+rm -rf ".stage/kept/$RUN_DIR" && mkdir -p ".stage/kept/$(dirname "$RUN_DIR")" && cp -r "$RUN_DIR" ".stage/kept/$RUN_DIR"
+tree=$(git ls-files -z -- ':(exclude)reports' | du -c -B1 --files0-from=- | tail -1 | cut -f1)
+PART_BYTES=$((64 * 1048576 - tree - 262144)) bash benchmarks/gpu/xfer.sh pack .stage/xfer-8b .stage/vllm \
+    .stage/llamacpp-cuda/build "$S" ".stage/kept/$RUN_DIR"
