@@ -180,3 +180,56 @@ def test_the_quality_matrix_evaluates_every_document_on_the_main_tables_cells() 
     assert {(c.model, c.option_set.name) for c in cells if c.option_set.options.batch_invariant} == {
         ("smollm2-135m-instruct-hf", "gpu-bi"), ("smollm2-135m-instruct-hf-fp8", "gpu-bi"),
         ("smollm2-135m-instruct-hf", "gpu-fp8-bi")} and all(c.backend == "vllm" for c in cells if "-bi" in c.cell_id)
+
+
+def run_prepare_step(tmp_path: Path, engine: str, built: bool) -> tuple[list[str], str]:
+    """Run the script's GGUF step (from ``GG=`` to its ``fi``) with prepare stubbed; returns (prepare's arguments
+    per call, PHASES after it)."""
+    match = re.search(r'^GG=.*?^fi$', SCRIPT, re.MULTILINE | re.DOTALL)
+    assert match, "the GGUF step is gone from seed_table_llamacpp.sh"
+    dest = tmp_path / "build"
+    dest.mkdir(parents=True)
+    if built:
+        (dest / "llama-server").write_text("#!/bin/sh\n")
+        (dest / "llama-server").chmod(0o755)
+    calls = tmp_path / "calls"
+    script = (f'say() {{ :; }}\nprepare_ggufs() {{ echo "$*" >> {calls}; }}\nSERVEBENCH_CACHE={tmp_path}/cache\n'
+              f'W={tmp_path}\nOUTDIR={tmp_path}\nLOG=/dev/null\nDEST={dest}\nENGINE={engine}\nPHASES=base\n'
+              f'{match.group(0)}\necho "PHASES=$PHASES"')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    made = calls.read_text().splitlines() if calls.exists() else []
+    return made, done.stdout.strip().splitlines()[-1]
+
+
+def test_without_the_cuda_build_vllm_cells_derive_only_the_hf_checkpoint_and_llamacpp_cells_wait(
+        tmp_path: Path) -> None:
+    """A fresh checkout carries no CUDA build: the device compiles it while vLLM's cells run on the HF bf16."""
+    made, phases = run_prepare_step(tmp_path / "vllm", "vllm", built=False)
+    assert made == [f"smollm2-135m-instruct {tmp_path}/vllm/models.yaml 200 --only smollm2-135m-instruct-hf"]
+    assert phases == "PHASES=base"
+    made, phases = run_prepare_step(tmp_path / "llamacpp", "llamacpp", built=False)
+    assert made == [] and phases == "PHASES="
+    made, phases = run_prepare_step(tmp_path / "built", "llamacpp", built=True)
+    assert made == [f"smollm2-135m-instruct {tmp_path}/built/models.yaml 200"] and phases == "PHASES=base"
+
+
+def test_stage_seed_leaves_the_build_source_for_call_1_when_no_build_is_staged() -> None:
+    """Without a CUDA build the llama.cpp source and the GGUF's first part go in call 1 (which starts the build),
+    not in the tar that arrives last; with one they travel in the tar."""
+    script = (GPU / "stage_seed.sh").read_text()
+    block = re.search(r"^STAGED=\(.*?^fi$", script, re.MULTILINE | re.DOTALL)
+    assert block, "the staged list is gone from stage_seed.sh"
+
+    def lists(with_build: bool) -> tuple[list[str], list[str]]:
+        test = "true" if with_build else "false"
+        body = block.group(0).replace("[ -f .stage/llamacpp-cuda/build/llamacpp-cuda-build.tar.xz.sha256 ]", test)
+        out = subprocess.run(["bash", "-c", f'{body}\necho "${{STAGED[*]}}"\necho "${{FIRST[*]}}"'],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        return out[0].split(), out[1].split() if len(out) > 1 else []
+
+    staged, first = lists(with_build=False)
+    assert first == [".stage/llamacpp-cuda/llama.cpp-src.tar.xz", ".stage/llamacpp-cuda/gguf.part00",
+                     ".stage/llamacpp-cuda/gguf.sha256"]
+    assert not set(first[:2]) & set(staged) and ".stage/llamacpp-cuda/gguf.part01" in staged
+    staged, first = lists(with_build=True)
+    assert first == [] and set(staged) >= {".stage/llamacpp-cuda/build", *lists(False)[1]}

@@ -32,8 +32,9 @@ stage_unpack() {
 
 # restore_llamacpp: the CUDA build (.stage/llamacpp-cuda/build) restored by llamacpp_cuda.sh, and the GGUF parts
 # it stashes (its own output goes to $W/llcuda-out, its log here). Then the environment every cell runs in.
+# BUILD_WAIT_S (default 60) bounds the wait for a build still compiling (started by an earlier call).
 restore_llamacpp() {
-    OUT=$W/llcuda-out CALL_LIMIT_S=60 bash benchmarks/gpu/llamacpp_cuda.sh 2>&1 | tee -a "$LOG"
+    OUT=$W/llcuda-out CALL_LIMIT_S=${BUILD_WAIT_S:-60} bash benchmarks/gpu/llamacpp_cuda.sh 2>&1 | tee -a "$LOG"
     export SERVEBENCH_CACHE=$W/cache PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
     DEST=$SERVEBENCH_CACHE/bin/llama.cpp-0.3.36-cuda-dl1
 }
@@ -41,9 +42,10 @@ restore_llamacpp() {
 # prepare_ggufs BASE REGISTRY RESERVE: `bench models prepare BASE` on this machine, with llama-cpp-python's Python
 # part over the CUDA build's libllama (the same 0.3.36 source) for llama_model_quantize; stopped RESERVE seconds
 # before the limit (a stopped step leaves no half-written file, and the next call makes what is missing).
+# Further arguments go to prepare (--only NAME).
 prepare_ggufs() {
     PYTHONPATH=$PYTHONPATH:$W/llcpy LLAMA_CPP_LIB_PATH=$DEST timeout -s INT $((LIMIT - SECONDS - $3)) \
-        python3 -m bench models prepare "$1" --registry "$2" 2>&1 | tail -30 | tee -a "$LOG"
+        python3 -m bench models prepare "$1" --registry "$2" "${@:4}" 2>&1 | tail -30 | tee -a "$LOG"
 }
 
 # bench_run_args GLOB...: what follows `bench run` for these cells, in BENCH_ARGS: the matrix, a new run in

@@ -76,10 +76,20 @@ if [ -f "$QS/models.quant.yaml" ]; then
     say "quantized checkpoints registered: $(grep -c '^  - name:' "$QS/models.quant.yaml") entries"
 fi
 GG=$SERVEBENCH_CACHE/models/smollm2-135m-instruct/r2/gguf
-if [ ! -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
+if [ -f "$GG/smollm2-135m-instruct-q4_k_m.gguf" ]; then
+    :
+elif [ -x "$DEST/llama-server" ]; then
     say "bench models prepare (HF bf16 -> GGUF F16 -> Q8_0, Q4_K_M) on this machine"
     prepare_ggufs smollm2-135m-instruct "$W/models.yaml" 200
     (cd "$GG" && sha256sum -c "$W/derived.sha256") 2>&1 | tee -a "$LOG" "$OUTDIR/derived-sha256-check.txt"
+elif [ "$ENGINE" != llamacpp ]; then
+    # The CUDA build (started by call 1 where none was carried) is still compiling: the quantized GGUFs need its
+    # libllama, the HF bf16 checkpoint only the gguf package, so the other engines' cells need not wait.
+    say "llama.cpp's CUDA build is not ready: only the HF bf16 checkpoint now (the GGUFs in a later call)"
+    prepare_ggufs smollm2-135m-instruct "$W/models.yaml" 200 --only smollm2-135m-instruct-hf
+else
+    say "the llama.cpp cells wait for the CUDA build (BUILD_WAIT_S bounds each call's wait): call again"
+    PHASES=""
 fi
 ls -l "$GG" | tee -a "$LOG"
 if [ "$ENGINE" = exllamav2 ]; then
