@@ -1,6 +1,6 @@
 """The committed GPU seed tables (issue #15: reports/gpu-seed-table-h100, SmolLM2 in every format, with vLLM past 64
-and the evals repeated beside it, and reports/gpu-seed-table-8b-h100, the 8B shape's speed) recompute from their raw
-records."""
+and the evals repeated beside it; reports/gpu-seed-table-8b-h100, the 8B shape's speed; reports/gpu-seed-table-h200,
+the full-size quality verdicts and batch invariance) recompute from their raw records."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ RUNS = {
     REPORTS / "gpu-seed-table-8b-h100" / "gpu-seed-table-8b": None,
     REPORTS / "gpu-seed-table-h100" / "gpu-seed-table-vllm-wide": None,
     REPORTS / "gpu-seed-table-h100" / "gpu-seed-table-quality": None,  # its matrix's references
+    REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-quality-full": None,
+    REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-bi-probe": None,
+    REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-bi-probe-c1": None,
 }
+H200 = REPORTS / "gpu-seed-table-h200"
 SWEEP_POINTS = sorted(p for run in RUNS for p in run.glob("cells/*/load/*/summary.json"))
 # The weights a decode step read, for MBU, where a point's load_config.json does not say (bench run has written
 # them there since the 8B run): the checkpoints exist only on the device. The GGUFs' sizes are those its log lists
@@ -93,3 +97,31 @@ def test_the_evals_repeated_in_session_10_changed_as_the_report_readme_says() ->
     assert row("-hf", "gpu", "arc-easy") == (500, 0, 0, 0.522, 0.522)
     assert row("-hf", "gpu-fp8", "squad")[1:3] == (75, 14) and row("-hf-fp8", "gpu", "squad")[1:3] == (106, 23)
     assert row("-hf", "gpu-fp8", "arc-easy")[1:3] == (78, 2) and row("-hf-fp8", "gpu", "arc-easy")[1:3] == (67, 4)
+
+
+def _pairs(*runs: str) -> dict[tuple[str, str, str, str, str], Any]:
+    """Repeatability pairs of H200 runs, by (run A, model, options, scenario A, scenario B)."""
+    return {(p.first.run, p.first.model, p.first.options, p.first.scenario, p.second.scenario): p
+            for p in repeat_pairs([(H200 / run, run) for run in runs])}
+
+
+def test_full_size_evals_on_vllm_change_replies_between_repeats_as_the_report_readme_says() -> None:
+    """Session 11 (H200): every ARC-Easy and SQuAD document; the same SQuAD eval again at 64 in flight and at 1."""
+    pairs = _pairs("gpu-seed-table-quality-full")
+    by_cell = {key[1:]: (p.answered, p.outputs_differ, p.scores_changed) for key, p in pairs.items()}
+    assert len(by_cell) == 9
+    assert by_cell[("smollm2-135m-instruct-hf", "gpu", "squad", "squad-again")] == (1000, 152, 30)
+    assert by_cell[("smollm2-135m-instruct-hf", "gpu", "squad", "squad-c1")] == (1000, 158, 34)
+    assert by_cell[("smollm2-135m-instruct-hf", "gpu-fp8", "squad", "squad-again")] == (1000, 370, 89)
+    assert by_cell[("smollm2-135m-instruct-hf-fp8", "gpu", "squad", "squad-again")] == (1000, 444, 102)
+    assert by_cell[("smollm2-135m-instruct-hf-fp8", "gpu", "squad", "squad-c1")] == (1000, 503, 127)
+
+
+def test_batch_invariant_vllm_repeats_every_reply_at_any_concurrency_and_across_server_starts() -> None:
+    """batch_invariant (VLLM_BATCH_INVARIANT=1, Triton attention): two probe runs, each a fresh server, SQuAD's
+    first 200 documents at 64 in flight twice (and at 1 in the second run): no reply changed anywhere."""
+    pairs = _pairs("gpu-seed-table-bi-probe", "gpu-seed-table-bi-probe-c1")
+    kinds = sorted(p.differs for p in pairs.values())
+    assert kinds == ["another run", "another run", "concurrency 64 → 1", "concurrency 64 → 1", "nothing: a repeat",
+                     "nothing: a repeat"]
+    assert all(p.answered == 200 and p.outputs_differ == 0 and p.scores_changed == 0 for p in pairs.values())

@@ -233,3 +233,28 @@ def test_stage_seed_leaves_the_build_source_for_call_1_when_no_build_is_staged()
     assert not set(first[:2]) & set(staged) and ".stage/llamacpp-cuda/gguf.part01" in staged
     staged, first = lists(with_build=True)
     assert first == [] and set(staged) >= {".stage/llamacpp-cuda/build", *lists(False)[1]}
+
+
+def test_a_call_waiting_on_another_detached_run_starts_its_own_cells_once_that_one_ends(tmp_path: Path) -> None:
+    """Session 11: the call that waited on the gpu/gpu-fp8 cells returned when they ended, without starting its
+    own batch-invariant ones, and the session's time ran out first. Now it starts them in the same call; a call
+    for the same cells does not start them twice."""
+    common = (GPU / "seed_common.sh").read_text()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/runs.txt\nsleep 8\n')
+    (bin_dir / "python3").chmod(0o755)
+    (tmp_path / "out").mkdir()
+
+    def call(limit: int, *globs: str) -> int:
+        script = (f'export PATH={bin_dir}:$PATH\nLOG=/dev/null\nW={tmp_path}\nOUTDIR={tmp_path}/out\n'
+                  f'LIMIT={limit}\nMATRIX=m.yaml\nRUNS={tmp_path}/runs\nRUN_ID=r\nRUN_DIR={tmp_path}/runs/r\n'
+                  f'DETACH=1\n{common}\nrun_cells base 0 {" ".join(globs)}')
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True).returncode
+
+    def runs() -> list[str]:
+        return [line.split("--only ", 1)[1] for line in (tmp_path / "runs.txt").read_text().splitlines()]
+
+    assert call(1, "a") == 124  # still running at its limit
+    assert call(100, "b") == 0 and runs() == ["a", "b"]  # waited on a, then ran b
+    assert call(1, "c") == 124 and call(100, "c") == 0 and runs() == ["a", "b", "c"]  # the same cells: once

@@ -81,34 +81,44 @@ run_cells() {
 # goes on in a process of its own (setsid) past the call's end, while the machine stays warm (call again right
 # away), bounded by DETACH_LIMIT_S (default 1500 s, then SIGINT). The call waits on it until RESERVE seconds before
 # its limit; a later call waits on the same process instead of starting another (one server on the GPU at a time),
-# and once it has ended starts the next LABEL's. Returns 124 while it runs, else 0; its log is $W/bench-run-LABEL.log
-# (copied to $OUTDIR) and its status $W/detached.rc.
+# and once it has ended starts its own cells in the same call where they differ (and a minute is left). Returns 124
+# while a run goes on, else 0; its log is $W/bench-run-LABEL.log (copied to $OUTDIR), its status $W/detached.rc.
 detached_cells() {
     local label=$1 reserve=$2 pid
     shift 2
     pid=$(cat "$W/detached.pid" 2>/dev/null)
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-        bench_run_args "$@"
-        say "bench run ${BENCH_ARGS[*]:1} ($label, detached)"
-        rm -f "$W/detached.rc"
-        # shellcheck disable=SC2016  # expanded by the inner bash
-        setsid nohup bash -c 'timeout -s INT -k 30 "$1" python3 -m bench run "${@:3}"; echo $? > "$2"' _ \
-            "${DETACH_LIMIT_S:-1500}" "$W/detached.rc" "${BENCH_ARGS[@]}" \
-            > "$W/bench-run-$label.log" 2>&1 < /dev/null &
-        pid=$!
-        echo "$pid" > "$W/detached.pid" && echo "$label" > "$W/detached.label"
-    else
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         say "waiting on the detached bench run ($(cat "$W/detached.label"), pid $pid)"
+        wait_detached "$pid" "$reserve" || return 124
+        # its cells are done: this call's own start now, unless they were the same cells (session 11 gave the
+        # rest of a call away by returning here)
+        [ "$(cat "$W/detached.globs")" = "$*" ] && return 0
+        [ $((LIMIT - SECONDS - reserve)) -gt 60 ] || return 124
     fi
-    while kill -0 "$pid" 2>/dev/null && [ $((LIMIT - SECONDS - reserve)) -gt 0 ]; do sleep 5; done
+    bench_run_args "$@"  # after any wait: the run folder may exist now (--resume)
+    say "bench run ${BENCH_ARGS[*]:1} ($label, detached)"
+    rm -f "$W/detached.rc"
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    setsid nohup bash -c 'timeout -s INT -k 30 "$1" python3 -m bench run "${@:3}"; echo $? > "$2"' _ \
+        "${DETACH_LIMIT_S:-1500}" "$W/detached.rc" "${BENCH_ARGS[@]}" \
+        > "$W/bench-run-$label.log" 2>&1 < /dev/null &
+    pid=$!
+    echo "$pid" > "$W/detached.pid" && echo "$label" > "$W/detached.label" && echo "$*" > "$W/detached.globs"
+    wait_detached "$pid" "$reserve" || return 124
+}
+
+# wait_detached PID RESERVE: wait on the detached bench run until RESERVE seconds before the limit; copy its log to
+# $OUTDIR. 1 while it still runs, else 0 (its status then in $W/detached.rc).
+wait_detached() {
+    local pid=$1
+    while kill -0 "$pid" 2>/dev/null && [ $((LIMIT - SECONDS - $2)) -gt 0 ]; do sleep 5; done
     cp "$W/bench-run-$(cat "$W/detached.label").log" "$OUTDIR/"
     if kill -0 "$pid" 2>/dev/null; then
-        say "$label cells: still running (pid $pid): call again right away"
-        return 124
+        say "$(cat "$W/detached.label") cells: still running (pid $pid): call again right away"
+        return 1
     fi
     rm -f "$W/detached.pid"
     say "$(cat "$W/detached.label") cells (detached): rc $(cat "$W/detached.rc" 2>/dev/null || echo unknown)"
-    return 0
 }
 
 # continue_run: with RESUME_FROM (a run folder's path in the tree, e.g. reports/gpu-seed-table-h100/gpu-seed-table),
