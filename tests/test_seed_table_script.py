@@ -283,3 +283,16 @@ def test_the_task_folders_stage_base_carries_are_all_that_every_eval_task_reads(
     (tmp_path / "squad").unlink()  # a folder missing from the list fails here, as on the device
     with pytest.raises(data.EvalDataError):
         build_task(EvalConfig(url="http://127.0.0.1", model="m", task="squad", limit=2)).load(2, 0)
+
+
+def test_the_batch_invariance_probe_runs_the_quality_matrixs_batch_invariant_bf16_cell_on_its_first_documents() -> None:
+    """seed-table-bi-probe.yaml (session 11, reports/gpu-seed-table-h200) is a short form of the quality matrix's
+    gpu-bi cell: the same engine options, SQuAD's first 200 documents at 64 in flight twice and at 1."""
+    probe = load_matrix(GPU / "seed-table-bi-probe.yaml")
+    quality = load_matrix(GPU / "seed-table-quality.yaml")
+    sets = {s.name: s.options for s in quality.option_sets}
+    assert [(s.name, s.options) for s in probe.option_sets] == [("gpu-bi", sets["gpu-bi"])]
+    assert list(probe.models) == ["smollm2-135m-instruct-hf"] and list(probe.backends) == ["vllm"]
+    evals = [s for s in probe.scenarios if isinstance(s, EvalScenario)]
+    assert [(s.name, s.task, s.limit, s.concurrency) for s in evals] == [
+        ("squad", "squad", 200, 64), ("squad-again", "squad", 200, 64), ("squad-c1", "squad", 200, 1)]
