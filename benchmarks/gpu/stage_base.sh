@@ -14,7 +14,7 @@
 #                                         the vendored llama.cpp source (the device builds CUDA from it) and the
 #                                         bundled Q4_1 GGUF in two parts (benchmarks/gpu/README.md)
 # Not made here: .stage/llamacpp-cuda/build, the CUDA build's parts, which only the device can compile (call 1 of
-# the session starts it: benchmarks/gpu/README.md, "Seed table from a fresh checkout"), and the `bench quantize`
+# the session starts it: benchmarks/gpu/README.md, "From a fresh checkout"), and the `bench quantize`
 # checkpoints (QUANT_REGISTRY for stage_seed.sh).
 set -euo pipefail
 PY=.venv/bin/python
