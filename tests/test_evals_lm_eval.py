@@ -8,8 +8,8 @@ derives (``tokenizer_backend=huggingface,tokenizer=<local path>``) under ``HF_HU
 
 - ARC-Easy / ARC-Challenge, loglikelihood: every document's ``acc`` and ``acc_norm`` choice must be the
   same, and so the aggregates.
-- GSM8K, generation: the aggregate exact match of the extracted number within 1 point; lm-eval extracts
-  with its own filter (the last number, ``flexible-extract``), ours with ``bench.evals.extract``.
+- GSM8K, generation: the aggregate exact match of the extracted number within one document's score;
+  lm-eval extracts with its own filter (the last number, ``flexible-extract``), ours with ``bench.evals.extract``.
 
 ``docs/evals.md`` shows the table these tests print (run with ``-s``).
 """
@@ -32,7 +32,9 @@ from bench.evals.config import EvalConfig, EvalSummary
 from bench.evals.runner import SAMPLES_FILE, run_eval
 
 HF_MODEL = "smollm2-135m-instruct-hf"
-DOCS = 100
+# Documents per task: enough that every ARC choice and GSM8K completion is compared on real variety, few enough for
+# CI. docs/evals.md's table is the same test at 100 (SERVEBENCH_LM_EVAL_DOCS=100).
+DOCS = int(os.environ.get("SERVEBENCH_LM_EVAL_DOCS", "40"))
 ARC_TASK = """task: {name}
 dataset_path: json
 dataset_kwargs:
@@ -188,15 +190,16 @@ def test_arc_loglikelihood_choices_match_lm_eval(
                    ("acc_norm", ours.metrics["acc_norm"] or 0, results["acc_norm,none"],
                     f"{same_norm}/{DOCS} same choice")], (our_s, their_s))
     assert same_acc == DOCS and same_norm == DOCS
-    assert results["acc,none"] == pytest.approx(ours.metrics["acc"], abs=0.01)
-    assert results["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"], abs=0.01)
+    assert results["acc,none"] == pytest.approx(ours.metrics["acc"], abs=1e-3)  # same choices, same means
+    assert results["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"], abs=1e-3)
 
 
 @pytest.mark.slow
 def test_gsm8k_exact_match_within_a_point_of_lm_eval(
     transformers_server: Any, hf_registry: Registry, tmp_path: Path
 ) -> None:
-    """Greedy generation through the same endpoint: exact match of the extracted number within 1 point."""
+    """Greedy generation through the same endpoint: exact match of the extracted number within one document's
+    score (1 point at 100 documents), so one completion that batching changes cannot fail it."""
     fields = {"task": "math-absdiff", "max_tokens": 128}
     ours, samples, our_s = _ours(transformers_server, tmp_path / "ours", **fields)
     name = "servebench_gsm8k"
@@ -211,4 +214,4 @@ def test_gsm8k_exact_match_within_a_point_of_lm_eval(
     their_em = results["exact_match,flexible-extract"]
     _report("GSM8K", [("exact_match", ours.metrics["exact_match"] or 0, their_em,
                        f"{same_text}/{DOCS} identical completions")], (our_s, their_s))
-    assert their_em == pytest.approx(ours.metrics["exact_match"], abs=0.01)
+    assert their_em == pytest.approx(ours.metrics["exact_match"], abs=1 / DOCS + 1e-9)
