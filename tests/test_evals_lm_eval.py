@@ -34,7 +34,7 @@ from bench.evals.runner import SAMPLES_FILE, run_eval
 HF_MODEL = "smollm2-135m-instruct-hf"
 # Documents per task: enough that every ARC choice and GSM8K completion is compared on real variety, few enough for
 # CI. docs/evals.md's table is the same test at 100 (SERVEBENCH_LM_EVAL_DOCS=100).
-DOCS = int(os.environ.get("SERVEBENCH_LM_EVAL_DOCS", "40"))
+DOCS = int(os.environ.get("SERVEBENCH_LM_EVAL_DOCS", "20"))
 ARC_TASK = """task: {name}
 dataset_path: json
 dataset_kwargs:
