@@ -2,7 +2,8 @@
 
 It runs ``reports/examples/cpu-matrix.yaml`` (the bundled SmolLM2-135M, few requests, short contexts) with its evals
 cut to a few documents, since the committed example runs them at ``bench run``'s default sizes, and its load and
-KV-cache points to the fewest requests the checks below need (``SMALLER``); then it checks what the
+KV-cache points to the fewest requests the checks below need (``SMALLER``, which also drops the speculative
+scenario's concurrency 1); then it checks what the
 issue asks: every engine ran every scenario kind, a quantized KV cache (q8 on llama.cpp, fp8 on vLLM where the
 CPU has AVX-512 or AMX) holds more tokens per GiB, ngram speculation on repetitive prompts has its acceptance
 rate reported, the prefix cache hits on shared prefixes, and the report was written.
@@ -29,9 +30,10 @@ BASE = {"transformers": "transformers__smollm2-135m-instruct-hf", "llamacpp": "l
         "vllm": "vllm__smollm2-135m-instruct-hf"}
 
 EVAL_LIMITS = {"arc": 4, "squad": 2, "math": 2}  # documents: enough to show each eval runs on each engine
-# Requests per point of the load and KV-cache scenarios (the example has 6 and 2); the speculative scenario keeps
-# its 4, from which the acceptance rate is read.
-SMALLER = {"load": ("requests_per_point", 4), "kv-cache": ("requests_per_length", 1)}
+# Requests per point of the load and KV-cache scenarios (the example has 6 and 2), and the speculative scenario at
+# concurrency 4 only (the example adds 1); it keeps 4 requests per point, from which the acceptance rate is read.
+SMALLER: dict[str, tuple[str, object]] = {"load": ("requests_per_point", 4), "kv-cache": ("requests_per_length", 1),
+                                          "speculative": ("concurrencies", [4])}
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp, pytest.mark.vllm]
 
