@@ -50,6 +50,32 @@ def moderate_load() -> bool:
     return os.getloadavg()[0] < (os.cpu_count() or 1)
 
 
+def cpu_stall_us() -> int | None:
+    """The kernel's running total of microseconds in which some runnable task waited for a CPU (``some total``
+    of /proc/pressure/cpu, Linux PSI); None where the kernel does not expose it."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(some.rsplit("total=", 1)[1])
+
+
+class CpuPressure:
+    """The share of wall time in which some task waited for a CPU over a block (``with CpuPressure() as p``, then
+    ``p.share``): a millisecond timing check holds only where it stayed small. The 1-minute load average read
+    before a three-second run misses a neighbour that starts meanwhile; this measures the run itself."""
+
+    def __enter__(self) -> CpuPressure:
+        self.share: float | None = None
+        self._start = (time.perf_counter(), cpu_stall_us())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, stall = time.perf_counter() - self._start[0], cpu_stall_us()
+        if stall is not None and self._start[1] is not None and wall > 0:
+            self.share = (stall - self._start[1]) / 1e6 / wall
+
+
 def burn(seconds: float) -> None:
     """Hold the CPU (and the event loop) for ``seconds``."""
     end = time.perf_counter() + seconds

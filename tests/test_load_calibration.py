@@ -15,7 +15,7 @@ from bench.load.config import LoadConfig
 from bench.load.records import read_records
 from bench.load.runner import run_load_async
 from bench.metrics import itl, tpot
-from tests.helpers import ITL_MS, TTFT_MS, calibration_config, moderate_load, scripted_server
+from tests.helpers import ITL_MS, TTFT_MS, CpuPressure, calibration_config, moderate_load, scripted_server
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,38 @@ async def test_timings_match_what_the_server_did(calib_url: str, calib_log: Path
     assert abs(statistics.median(tpot_err)) * 1e3 < 1.0
 
 
-async def test_median_ttft_and_tpot_match_the_script(calib_url: str, tmp_path: Path) -> None:
+# The share of a run in which some task may wait for a CPU (PSI's "some") before the timing bound is not checked.
+MAX_CPU_STALL = 0.1
+
+
+def server_late_ms(calib_log: Path, records_file: Path) -> float:
+    """How late the calibration server was on its own script: the median of (first write - receipt) - TTFT_MS
+    over the run's measured requests, from the server's log."""
+    log = read_calibration_log(calib_log)
+    firsts = [log[r.request_id][1] - log[r.request_id][0] for r in read_records(records_file) if not r.warmup]
+    return statistics.median(firsts) * 1e3 - TTFT_MS
+
+
+async def test_median_ttft_and_tpot_match_the_script(calib_url: str, calib_log: Path, tmp_path: Path) -> None:
+    """The client's median TTFT and TPOT are the script's, where the machine let the server keep its script.
+
+    That precondition is measured, not assumed: the CPU pressure over the run itself (the load average read
+    before it missed a busy neighbour on a shared CI host, where the median came out 2.7 ms late) and the server's
+    own log of how late it was on its script. test_timings_match_what_the_server_did bounds the client against
+    the server's write times on any machine."""
     if not moderate_load():
         pytest.skip(
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: "
             "the server cannot keep a millisecond script"
         )
     cfg = config(calib_url, arrival={"kind": "poisson", "rate": 20}, num_requests=60)
-    s = await run_load_async(cfg, tmp_path)
+    with CpuPressure() as pressure:
+        s = await run_load_async(cfg, tmp_path)
+    await asyncio.sleep(0.2)  # the server logs a request after its last write
+    late = server_late_ms(calib_log, tmp_path / "requests.jsonl")
+    if late > 1.0 or (pressure.share or 0.0) > MAX_CPU_STALL:
+        pytest.skip(f"the machine was busy: the server ran {late:.1f} ms late on its script (median), and some "
+                    f"task waited for a CPU {pressure.share or 0.0:.0%} of the run")
     assert s.ttft_ms.p50 is not None and s.tpot_ms.p50 is not None
     assert abs(s.ttft_ms.p50 - TTFT_MS) < 2.0
     assert abs(s.tpot_ms.p50 - ITL_MS) < 1.0
