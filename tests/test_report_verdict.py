@@ -280,15 +280,15 @@ def test_report_has_the_verdict_table(tmp_path: Path) -> None:
     assert "qv: relative drop < 60%" in md
     rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| qv | ")]
     table = {f"{cells[3]}/{cells[1]}": cells for cells in rows if len(cells) == len(VERDICT_HEADER)}
-    q4_math = table["q4/math-absdiff (exact_match)"]
+    q4_math = table["q4/math-absdiff (exact_match), math"]
     assert q4_math[4:7] == ["bf16", "transformers/default (same engine/options)", "40"]
     assert q4_math[7:9] == ["0.500", "0.250"] and q4_math[9].startswith("-0.250 (")
     assert q4_math[10].startswith("-50.0% (") and q4_math[11] == "30 (0.30×)"
     assert q4_math[13].rstrip(" |") in ("within target", "inconclusive")
-    assert table["q4/arc-easy (acc)"][9] == "+0.000 (-0.048 to +0.048)"  # _newcombe(19, 0, 0, 20)
-    assert table["hqq/arc-easy (acc)"][11] == "quantized at load"
-    assert table["q4k/math-absdiff (exact_match)"][5] == "transformers/default (other engine)"
-    assert "bf16/arc-easy (acc)" not in table  # its source is not in the run: named in the note instead
+    assert table["q4/arc-easy (acc), arc"][9] == "+0.000 (-0.048 to +0.048)"  # _newcombe(19, 0, 0, 20)
+    assert table["hqq/arc-easy (acc), arc"][11] == "quantized at load"
+    assert table["q4k/math-absdiff (exact_match), math"][5] == "transformers/default (other engine)"
+    assert "bf16/arc-easy (acc), arc" not in table  # its source is not in the run: named in the note instead
     assert "Not compared (their source is not in the run): bf16 (from gguf-q4_1)." in md
     assert "inf" not in md.lower().replace("info", "") and "nan" not in md
 

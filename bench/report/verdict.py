@@ -452,6 +452,8 @@ def reference_table(runs: Sequence[tuple[Path, str, RunFile | None]],
 def _cells(r: VerdictRow, options: bool = False) -> list[str]:
     q, c = r.quant, r.change
     metric = f"{q.task} ({VERDICT_METRIC.get(q.task, 'score')})"
+    if q.scenario != q.task:  # a cell's several evals of one task (squad, squad-again, squad-c1) are told apart
+        metric += f", {q.scenario}"
     source = "–" if r.source is None else f"{r.source.backend}/{r.source.options} ({r.matched})"
     return [q.run, metric, q.backend, q.model, *([q.options] if options else []), r.source_model, source,
             str(c.n) if c else "–", _num(c.source_mean if c else None), _num(c.quant_mean if c else None),
