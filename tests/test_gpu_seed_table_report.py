@@ -16,6 +16,8 @@ from bench.load.config import LoadConfig
 from bench.load.runner import rebuild_summary
 from bench.report.render import write_report
 from bench.report.repeat import repeat_pairs
+from bench.report.verdict import reference_rows
+from bench.run.results import read_run_file
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 # Each committed run and the quality references its report was rendered with (none: a speed-only run).
@@ -27,6 +29,8 @@ RUNS = {
     REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-quality-full": None,
     REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-bi-probe": None,
     REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-bi-probe-c1": None,
+    REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-quality-bi": None,
+    REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-quality-llamacpp": None,
 }
 H200 = REPORTS / "gpu-seed-table-h200"
 SWEEP_POINTS = sorted(p for run in RUNS for p in run.glob("cells/*/load/*/summary.json"))
@@ -125,3 +129,45 @@ def test_batch_invariant_vllm_repeats_every_reply_at_any_concurrency_and_across_
     assert kinds == ["another run", "another run", "concurrency 64 → 1", "concurrency 64 → 1", "nothing: a repeat",
                      "nothing: a repeat"]
     assert all(p.answered == 200 and p.outputs_differ == 0 and p.scores_changed == 0 for p in pairs.values())
+
+
+def _verdicts(run: str) -> dict[tuple[str, str, str], tuple[str, float, float]]:
+    """An H200 run's reference rows by (model, options, scenario): the verdict and the relative change's 95%
+    interval in percent, rounded as the report prints it."""
+    meta = read_run_file(H200 / run)
+    assert meta is not None
+    out = {}
+    for r in reference_rows(H200 / run, run, meta, meta.matrix.quality_target, meta.matrix.quality_reference):
+        assert r.change is not None and r.change.relative_ci is not None
+        low, high = r.change.relative_ci
+        out[(r.quant.model, r.quant.options, r.quant.scenario)] = (r.verdict, round(low * 100, 1),
+                                                                    round(high * 100, 1))
+    return out
+
+
+def test_full_size_batch_invariant_cells_repeat_every_reply_and_settle_fp8_at_load_on_arc() -> None:
+    """Session 14 (H200): the full-size quality matrix's gpu-bi / gpu-fp8-bi cells. No reply of the 1,000 SQuAD
+    questions changed between the repeat at 64, at 1 in flight, for bf16 and both FP8 forms; FP8 at load is
+    within the 3% target on all of ARC-Easy, the FP8 checkpoint still inconclusive."""
+    pairs = _pairs("gpu-seed-table-quality-bi")
+    assert len(pairs) == 9
+    assert all(p.answered == 1000 and p.outputs_differ == 0 and p.scores_changed == 0 for p in pairs.values())
+    verdicts = _verdicts("gpu-seed-table-quality-bi")
+    assert verdicts[("smollm2-135m-instruct-hf", "gpu-fp8-bi", "arc-easy")] == ("within target", -1.5, 2.3)
+    assert verdicts[("smollm2-135m-instruct-hf-fp8", "gpu-bi", "arc-easy")] == ("inconclusive", -3.4, 0.3)
+    assert verdicts[("smollm2-135m-instruct-hf-fp8", "gpu-bi", "squad")] == ("inconclusive", -16.1, 1.8)
+    assert verdicts[("smollm2-135m-instruct-hf", "gpu-fp8-bi", "squad")] == ("inconclusive", -11.1, 8.4)
+
+
+def test_full_size_llamacpp_cells_settle_q8_0_on_arc_and_change_replies_with_the_batch() -> None:
+    """Session 14 (H200): llama.cpp (CUDA) F16, Q8_0 and the shipped Q4_1 on every ARC-Easy (5-shot generate)
+    and SQuAD document. Q8_0 is within target on ARC-Easy; greedy replies change between two identical evals at
+    64 in flight, the more the lower the bits."""
+    changed = {key[1]: p.outputs_differ for key, p in _pairs("gpu-seed-table-quality-llamacpp").items()
+               if key[3:] == ("squad", "squad-again")}
+    assert changed == {"smollm2-135m-instruct-f16": 102, "smollm2-135m-instruct-q8_0": 347,
+                       "smollm2-135m-instruct": 616}
+    verdicts = _verdicts("gpu-seed-table-quality-llamacpp")
+    assert verdicts[("smollm2-135m-instruct-q8_0", "gpu", "arc-easy")] == ("within target", -1.5, 4.7)
+    assert verdicts[("smollm2-135m-instruct", "gpu", "arc-easy")] == ("inconclusive", -3.2, 5.1)
+    assert {v[0] for k, v in verdicts.items() if k[2] != "arc-easy"} == {"inconclusive"}
