@@ -13,13 +13,27 @@ from typing import Any
 
 from rich.console import Console
 
+from backends.base import EngineOptions
+from backends.checkpoints import Registry
+from backends.net import free_port
 from bench.load.calibration import calibration_server
 from bench.load.config import LoadConfig
 from bench.load.executor import Job
 from bench.load.runner import Prepared, run_load_async
 from bench.metrics import LoadSummary
+from servers.launch import ServerHandle, build_spec, running_server
 
 TTFT_MS, ITL_MS = 20.0, 4.0  # what the calibration server scripts in the load-generator tests
+
+
+def serve(registry: Registry, backend: str, model: str, options: EngineOptions, log_dir: Path,
+          api_key: str | None = None, **launch: Any) -> Iterator[ServerHandle]:
+    """One real server on 127.0.0.1 for a fixture to yield (``yield from serve(...)``), stopped after it; its log is
+    ``log_dir/BACKEND-PORT.log``, ``launch`` goes to :func:`servers.launch.running_server` (max_queue, timeout_s)."""
+    spec = build_spec(registry, backend, model, options, port=free_port(), api_key=api_key)
+    with running_server(spec, registry, log_dir / f"{backend}-{spec.port}.log", **launch) as handle:
+        print(f"{backend} ready in {handle.startup_s:.1f}s; log {handle.log_path}")
+        yield handle
 
 
 def calibration_config(url: str, **overrides: object) -> LoadConfig:

