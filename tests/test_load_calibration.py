@@ -59,8 +59,14 @@ async def test_timings_match_what_the_server_did(calib_url: str, calib_log: Path
     assert abs(statistics.median(tpot_err)) * 1e3 < 1.0
 
 
-# The share of a run in which some task may wait for a CPU (PSI's "some") before the timing bound is not checked.
-MAX_CPU_STALL = 0.1
+# Above these the timing bound is not checked. The share of the run in which some task waited for a CPU (PSI's
+# "some"), measured on a 2-core machine: 0.04-3% alone, 10% in the full suite (idle session servers waking; the
+# server 0.1 ms late on its script), 37% beside two busy loops. The client's own lag probe does not tell a busy
+# machine: the share of its samples above its stall limit (0.5 x ITL) was 6-18% alone, 22% in the CI run whose median
+# came out 2.7 ms late.
+MAX_CPU_STALL = 0.25
+# How far over the script the client's median TTFT may come (see the assertion).
+MAX_TTFT_OVERHEAD_MS = 5.0
 
 
 def server_late_ms(calib_log: Path, records_file: Path) -> float:
@@ -75,7 +81,7 @@ async def test_median_ttft_and_tpot_match_the_script(calib_url: str, calib_log: 
     """The client's median TTFT and TPOT are the script's, where the machine let the server keep its script.
 
     That precondition is measured, not assumed: the CPU pressure over the run itself (the load average read
-    before it missed a busy neighbour on a shared CI host, where the median came out 2.7 ms late) and the server's
+    before it missed a busy neighbour on a shared CI host, where the median came out 2.7 ms late), the server's
     own log of how late it was on its script. test_timings_match_what_the_server_did bounds the client against
     the server's write times on any machine."""
     if not moderate_load():
@@ -92,7 +98,12 @@ async def test_median_ttft_and_tpot_match_the_script(calib_url: str, calib_log: 
         pytest.skip(f"the machine was busy: the server ran {late:.1f} ms late on its script (median), and some "
                     f"task waited for a CPU {pressure.share or 0.0:.0%} of the run")
     assert s.ttft_ms.p50 is not None and s.tpot_ms.p50 is not None
-    assert abs(s.ttft_ms.p50 - TTFT_MS) < 2.0
+    # TTFT runs from the client's send: it holds the request's write and the server's parse before the script's 20 ms
+    # start, and the client's read of the first chunk after them (test_timings_match_what_the_server_did bounds
+    # these at 5 ms and 2 ms medians). Measured on a quiet 2-core machine: 1.5-3.0 ms over the script (the same hour,
+    # run to run); 2.7 ms in the CI run that failed the old 2 ms bound. Never under it: no token is seen before the
+    # server writes one. A TTFT taken from the wrong chunk or clock is off by the script's 20 ms or an ITL (4 ms).
+    assert 0.0 <= s.ttft_ms.p50 - TTFT_MS < MAX_TTFT_OVERHEAD_MS
     assert abs(s.tpot_ms.p50 - ITL_MS) < 1.0
 
 
