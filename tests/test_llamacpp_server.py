@@ -26,6 +26,7 @@ from backends.checkpoints import Registry, load_registry
 from backends.llamacpp.build import ensure_server
 from backends.net import free_port
 from servers.launch import LaunchError, ServerHandle, build_spec, running_server, start_server
+from tests.helpers import serve
 
 pytestmark = pytest.mark.llamacpp
 
@@ -45,9 +46,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(registry: Registry, log_dir: Path, options: EngineOptions) -> Iterator[ServerHandle]:
-    spec = build_spec(registry, "llamacpp", MODEL, options, port=free_port())
-    with running_server(spec, registry, log_dir / f"llamacpp-{spec.port}.log", timeout_s=120) as handle:
-        yield handle
+    return serve(registry, "llamacpp", MODEL, options, log_dir, timeout_s=120)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ cases (about 4 minutes) answered 200 or 400/404 to every request.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +21,9 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 
 from backends.base import EngineOptions
 from backends.checkpoints import Registry
-from backends.net import free_port
-from servers.launch import ServerHandle, build_spec, running_server
+from servers.launch import ServerHandle
 from tests.conftest import DEFAULT_MODEL
+from tests.helpers import serve
 
 HF_MODEL = "smollm2-135m-instruct-hf"
 MAX_EXAMPLES = 100
@@ -37,11 +36,8 @@ def fuzz_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) ->
     from backends.prepare import prepare
 
     prepare(registry, DEFAULT_MODEL, only={HF_MODEL})
-    spec = build_spec(registry, "transformers", HF_MODEL, EngineOptions(max_batch=4, max_model_len=64),
-                      port=free_port())
-    log_path: Path = tmp_path_factory.mktemp("fuzz") / "server.log"
-    with running_server(spec, registry, log_path, max_queue=4) as handle:
-        yield handle
+    yield from serve(registry, "transformers", HF_MODEL, EngineOptions(max_batch=4, max_model_len=64),
+                     tmp_path_factory.mktemp("fuzz"), max_queue=4)
 
 
 def _check(case: Any) -> None:
