@@ -102,9 +102,13 @@ if [ "$ENGINE" = exllamav2 ]; then
     exl2_install || exit 1
     # The conversions need the kernels, and the cells both EXL2 checkpoints (one server on the GPU at a time): until
     # then each call does what it can and returns; the next one goes on.
-    if ! { exl2_build 120 && exl2_quantize 4.0 300 && exl2_quantize 6.0 200; }; then
-        PHASES="" && say "ExLlamaV2 cells wait for the kernels and both EXL2 checkpoints"
-    fi
+    # EXL2_BITS: the rates to make before any cell runs (both by default; "4.0" alone with MODEL naming its entry
+    # when a session's device time allows one cell, the other rate in a later call or session)
+    ok=0; exl2_build 120 && ok=1
+    for bits in ${EXL2_BITS:-4.0 6.0}; do
+        [ $ok = 1 ] && { exl2_quantize "$bits" "$([ "$bits" = 4.0 ] && echo 300 || echo 200)" || ok=0; }
+    done
+    [ $ok = 1 ] || { PHASES="" && say "ExLlamaV2 cells wait for the kernels and the EXL2 checkpoints (${EXL2_BITS:-4.0 6.0})"; }
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
 
