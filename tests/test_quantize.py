@@ -134,6 +134,39 @@ def test_restore_dtype_casts_only_float32_tensors_and_the_config(tmp_path: Path)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+def test_awq_clip_search_by_matmul_picks_gptqmodels_clips_and_is_undone() -> None:
+    """The matmul search scores the same candidates as GPTQModel's; it may break a near-tie differently (its error
+    is float32, not bf16 per product), never to a clip that reconstructs worse."""
+    from types import SimpleNamespace
+
+    import torch
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    from bench.quantize.awq_clip import best_clip, clip_search_by_matmul
+
+    proc = SimpleNamespace(qcfg=SimpleNamespace(group_size=64, sym=False, bits=4))
+    proc._pseudo_quantize_tensor_into = lambda src, dst: AWQProcessor._pseudo_quantize_tensor_into(proc, src, dst)
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(128, 256, generator=gen).bfloat16()
+    x = (torch.randn(40, 256, generator=gen) * torch.randn(256, generator=gen).exp()).bfloat16()
+
+    def error(clip: torch.Tensor) -> float:
+        groups = w.reshape(128, -1, 64)
+        q = torch.empty_like(groups)
+        proc._pseudo_quantize_tensor_into(torch.clamp(groups, -clip, clip), q)
+        xs = x.double().reshape(40, -1, 64).transpose(0, 1)
+        return float((torch.bmm(xs, (q.double() - groups.double()).permute(1, 2, 0))).pow(2).mean())
+
+    theirs, ours = AWQProcessor._compute_best_clip(proc, w, x), best_clip(proc, w, x)
+    assert ours.shape == theirs.shape == (128, 4, 1) and ours.dtype == theirs.dtype
+    assert (ours == theirs).float().mean() > 0.9
+    assert error(ours) <= error(theirs) * 1.001
+    original = AWQProcessor._compute_best_clip
+    with clip_search_by_matmul():
+        assert AWQProcessor._compute_best_clip is best_clip
+    assert AWQProcessor._compute_best_clip is original
+
+
 def test_bad_target_is_refused_with_the_valid_names(tmp_path: Path) -> None:
     code, output = run_cli("quantize", "--model", HF_MODEL, "--to", "int3", "--registry", str(tmp_registry(tmp_path)))
     assert code == 2
@@ -162,7 +195,8 @@ def test_non_hf_source_and_unknown_model_are_refused(tmp_path: Path) -> None:
 
 # Calibration texts per target (8 unless listed). AWQ's CPU time grows with the calibration tokens (its scale and
 # clip searches run on them in bf16): measured on a 2-core EPYC, 2 texts took 287 s against 447 s for 8, and gave
-# perplexity 17.3 against 21.0 (base 14.8).
+# perplexity 17.3 against 21.0 (base 14.8). That was before the clip search ran by matmul (bench.quantize.awq_clip):
+# 2 texts then took 334 s against 169 s with it (py-spy attached, the same machine).
 CALIBRATION_SAMPLES = {"awq-4bit": 2}
 # The GGUFs are served by llama.cpp, their engine: the Transformers engine's GGUF loading (dequantized at load, about a
 # minute) is what conftest.py's transformers_server does with the bundled Q4_1 GGUF.
