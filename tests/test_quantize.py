@@ -162,9 +162,22 @@ def test_awq_clip_search_by_matmul_picks_gptqmodels_clips_and_is_undone() -> Non
     assert (ours == theirs).float().mean() > 0.9
     assert error(ours) <= error(theirs) * 1.001
     original = AWQProcessor._compute_best_clip
-    with clip_search_by_matmul():
-        assert AWQProcessor._compute_best_clip is best_clip
+    with clip_search_by_matmul() as applied:
+        assert applied and AWQProcessor._compute_best_clip is best_clip
     assert AWQProcessor._compute_best_clip is original
+
+
+def test_awq_clip_search_keeps_another_gptqmodels_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPTQModel other than the pinned one keeps its own clip search, with a warning, not an error."""
+    import gptqmodel
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    from bench.quantize.awq_clip import clip_search_by_matmul
+
+    monkeypatch.setattr(gptqmodel, "__version__", "9.9.9")
+    original = AWQProcessor._compute_best_clip
+    with pytest.warns(UserWarning, match="9.9.9"), clip_search_by_matmul() as applied:
+        assert not applied and AWQProcessor._compute_best_clip is original
 
 
 def test_bad_target_is_refused_with_the_valid_names(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ rounded to the weight's bf16 at every product.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,18 +59,20 @@ def best_clip(processor: Any, w: Any, input_feat: Any, n_grid: int = 20, max_shr
 
 
 @contextmanager
-def clip_search_by_matmul() -> Iterator[None]:
-    """While active, GPTQModel's AWQ scores clip candidates with :func:`best_clip`. Refuses another GPTQModel, whose
-    method may differ."""
+def clip_search_by_matmul() -> Iterator[bool]:
+    """While active, GPTQModel's AWQ scores clip candidates with :func:`best_clip`; yields whether it does. Another
+    GPTQModel than :data:`PATCHED_VERSION`, whose method may differ, keeps its own search (with a warning)."""
     import gptqmodel
     from gptqmodel.looper.awq_processor import AWQProcessor
 
     if gptqmodel.__version__ != PATCHED_VERSION:
-        raise RuntimeError(f"bench.quantize.awq_clip matches GPTQModel {PATCHED_VERSION}, not "
-                           f"{gptqmodel.__version__}: check AWQProcessor._compute_best_clip and update it")
+        warnings.warn(f"bench.quantize.awq_clip matches GPTQModel {PATCHED_VERSION}, not {gptqmodel.__version__}: "
+                      "AWQ keeps GPTQModel's own clip search (slow on CPU)", stacklevel=3)
+        yield False
+        return
     original = AWQProcessor._compute_best_clip
     AWQProcessor._compute_best_clip = best_clip  # type: ignore[method-assign]
     try:
-        yield
+        yield True
     finally:
         AWQProcessor._compute_best_clip = original  # type: ignore[method-assign]

