@@ -209,7 +209,7 @@ def test_non_hf_source_and_unknown_model_are_refused(tmp_path: Path) -> None:
 # Calibration texts per target (8 unless listed). AWQ's CPU time grows with the calibration tokens (its scale and
 # clip searches run on them in bf16): measured on a 2-core EPYC, 2 texts took 287 s against 447 s for 8, and gave
 # perplexity 17.3 against 21.0 (base 14.8). That was before the clip search ran by matmul (bench.quantize.awq_clip):
-# 2 texts then took 334 s against 169 s with it (py-spy attached, the same machine).
+# 2 texts took 334 s without it and 169 s with it (py-spy attached, the same machine).
 CALIBRATION_SAMPLES = {"awq-4bit": 2}
 # The GGUFs are served by llama.cpp, their engine: the Transformers engine's GGUF loading (dequantized at load, about a
 # minute) is what conftest.py's transformers_server does with the bundled Q4_1 GGUF.
