@@ -16,6 +16,7 @@ from bench.load.config import LoadConfig
 from bench.load.runner import rebuild_summary
 from bench.report.render import write_report
 from bench.report.repeat import repeat_pairs
+from bench.report.tables import load_run, speedups
 from bench.report.verdict import reference_rows
 from bench.run.results import read_run_file
 
@@ -33,7 +34,9 @@ RUNS = {
     REPORTS / "gpu-seed-table-h200" / "gpu-seed-table-quality-llamacpp": None,
 }
 H200 = REPORTS / "gpu-seed-table-h200"
-SWEEP_POINTS = sorted(p for run in RUNS for p in run.glob("cells/*/load/*/summary.json"))
+# Every load point: the SLO sweeps', the KV-cache scenario's (one per context length) and the speculative one's.
+SWEEP_POINTS = sorted(p for run in RUNS for scenario in ("load", "kv", "spec")
+                      for p in run.glob(f"cells/*/{scenario}/*/summary.json"))
 # The weights a decode step read, for MBU, where a point's load_config.json does not say (bench run has written
 # them there since the 8B run): the checkpoints exist only on the device. The GGUFs' sizes are those its log lists
 # (device-logs/call6-seed-table-8b.log); the bf16 safetensors are the Llama-3.1-8B shape's 8,030,261,248
@@ -171,3 +174,22 @@ def test_full_size_llamacpp_cells_settle_q8_0_on_arc_and_change_replies_with_the
     assert verdicts[("smollm2-135m-instruct-q8_0", "gpu", "arc-easy")] == ("within target", -1.5, 4.7)
     assert verdicts[("smollm2-135m-instruct", "gpu", "arc-easy")] == ("inconclusive", -3.2, 5.1)
     assert {v[0] for k, v in verdicts.items() if k[2] != "arc-easy"} == {"inconclusive"}
+
+
+def test_fp8_checkpoint_variant_cells_of_session_15_are_as_the_readme_says() -> None:
+    """Session 15 (H100): the FP8 checkpoint's KV-fp8 and n-gram cells. The fp8 KV holds twice the tokens but
+    vLLM's own TPOT is 2.57 ms against the bf16-KV cell's 1.47 ms (session 8, another machine); n-gram speculation
+    gives 1.72x at c=1 and 1.07x at c=8 against that cell's baseline."""
+    run = load_run(REPORTS / "gpu-seed-table-h100" / "gpu-seed-table")
+    cells = REPORTS / "gpu-seed-table-h100" / "gpu-seed-table" / "cells"
+
+    def server_tpot(options: str) -> float:
+        summary = json.loads((cells / f"vllm__smollm2-135m-instruct-hf-fp8__{options}__s0/kv/ctx512/summary.json")
+                             .read_text())
+        return round(summary["server"]["server_tpot_mean_ms"], 2)
+
+    assert (server_tpot("gpu+kv-fp8"), server_tpot("gpu")) == (2.57, 1.47)
+    ups = {(s.concurrency, round(s.speedup or 0, 2), round(s.acceptance_rate or 0, 2))
+           for s in speedups(run.spec) if s.model == "smollm2-135m-instruct-hf-fp8"}
+    assert {(c, up) for c, up, _ in ups} == {(1, 1.72), (8, 1.07)}
+    assert all(0.97 <= rate <= 0.98 for _, _, rate in ups)
