@@ -45,10 +45,34 @@ def test_exllamav2_runs_the_batch_1_cells_on_the_checkpoints_it_makes() -> None:
     base, variants = script_defaults()["exllamav2"]
     assert base == ["gpu-b1"] and variants == ["gpu-b1+kv-q8", "gpu-b1+kv-q4", "gpu-b1+spec-ngram"]
     picked = select(matrix_cells(), [f"exllamav2__*__{name}__s0" for name in base + variants])
-    made = {f"smollm2-135m-instruct-exl2-{bits}bpw" for bits in re.findall(r"exl2_quantize (\d\.\d) ", SCRIPT)}
+    rates = re.search(r"EXL2_BITS=\$\{EXL2_BITS:-([\d. ]+)\}", SCRIPT)  # the rates converted by default
+    assert rates and "exl2_quantize \"$bits\"" in SCRIPT
+    made = {f"smollm2-135m-instruct-exl2-{bits}bpw" for bits in rates.group(1).split()}
     assert made == {"smollm2-135m-instruct-exl2-4.0bpw", "smollm2-135m-instruct-exl2-6.0bpw"}
     assert {c.model for c in picked} == made | {"smollm2-135m-instruct-hf"}
     assert {c.option_set.options.max_batch for c in picked} == {1}
+
+
+def exl2_conversions(tmp_path: Path, bits: str | None, built: bool = True) -> tuple[list[str], str]:
+    """Run the script's EXL2 step (from ``EXL2_BITS=`` to its PHASES line) with the build and the converter stubbed;
+    returns the conversions asked for (``BITS NEED_S``) and PHASES after it."""
+    match = re.search(r"^ *EXL2_BITS=.*?^ *\[ \$ok = 1 \] \|\|.*?$", SCRIPT, re.MULTILINE | re.DOTALL)
+    assert match, "the EXL2_BITS step is gone from seed_table_llamacpp.sh"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log = tmp_path / "asked"
+    stubs = (f'say() {{ :; }}\nexl2_build() {{ {"true" if built else "false"}; }}\n'
+             f'exl2_quantize() {{ echo "$1 $2" >> {log}; }}\nPHASES=base\n')
+    env = f"EXL2_BITS='{bits}'\n" if bits is not None else ""
+    out = subprocess.run(["bash", "-c", f"{stubs}{env}{match.group(0)}\necho \"PHASES=$PHASES\""], check=True,
+                         capture_output=True, text=True).stdout
+    return (log.read_text().splitlines() if log.exists() else []), out.strip()
+
+
+def test_exl2_bits_names_the_rates_converted_before_the_cells(tmp_path: Path) -> None:
+    assert exl2_conversions(tmp_path / "a", None) == (["4.0 300", "6.0 200"], "PHASES=base")
+    assert exl2_conversions(tmp_path / "b", "4.0") == (["4.0 300"], "PHASES=base")
+    assert exl2_conversions(tmp_path / "c", "6.0") == (["6.0 300"], "PHASES=base")  # no measurement to reuse
+    assert exl2_conversions(tmp_path / "d", None, built=False) == ([], "PHASES=")  # no kernels: no conversion
 
 
 def rerun_block() -> str:

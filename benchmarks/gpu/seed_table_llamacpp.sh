@@ -104,11 +104,14 @@ if [ "$ENGINE" = exllamav2 ]; then
     # then each call does what it can and returns; the next one goes on.
     # EXL2_BITS: the rates to make before any cell runs (both by default; "4.0" alone with MODEL naming its entry
     # when a session's device time allows one cell, the other rate in a later call or session)
+    EXL2_BITS=${EXL2_BITS:-4.0 6.0}
     ok=0; exl2_build 120 && ok=1
-    for bits in ${EXL2_BITS:-4.0 6.0}; do
-        [ $ok = 1 ] && { exl2_quantize "$bits" "$([ "$bits" = 4.0 ] && echo 300 || echo 200)" || ok=0; }
+    need=300  # seconds: the first rate also measures the model, a later one reuses that pass
+    for bits in $EXL2_BITS; do
+        [ $ok = 1 ] && { exl2_quantize "$bits" "$need" || ok=0; }
+        need=200
     done
-    [ $ok = 1 ] || { PHASES="" && say "ExLlamaV2 cells wait for the kernels and the EXL2 checkpoints (${EXL2_BITS:-4.0 6.0})"; }
+    [ $ok = 1 ] || { PHASES="" && say "ExLlamaV2 cells wait for the kernels and the EXL2 checkpoints ($EXL2_BITS)"; }
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
 
