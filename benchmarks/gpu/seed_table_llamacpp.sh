@@ -19,7 +19,8 @@
 # (.stage/seed-table); for vLLM it holds only the gguf wheel, since the staged vLLM bundle in /tmp/site
 # (shared/device/README.md) already has the server stack at the versions vLLM wants.
 # ENGINE=exllamav2 (batch 1: the gpu-b1 option set) also installs $STAGE/whl-exl2 into /tmp/site, builds the
-# library's kernels (exl2_build: detached, once per machine), makes the two EXL2 checkpoints with `bench quantize`
+# library's kernels (exl2_build: detached, once per machine), makes the EXL2 checkpoints (EXL2_BITS: 4.0 and 6.0 bpw
+# by default) with `bench quantize`
 # (exl2_quantize: each only when the call has time for it; their entries are kept in $W/models.exl2.yaml and
 # appended to the registry in every later call), and runs its cells detached (DETACH=1 by default: the HF bf16
 # base cell at batch 1 takes longer than one call; see seed_common.sh's run_cells).
@@ -100,7 +101,7 @@ if [ "$ENGINE" = exllamav2 ]; then
     export EXLLAMA_NO_SDPA=1 MAX_JOBS TORCH_CUDA_ARCH_LIST
     [ -f "$W/models.exl2.yaml" ] && cat "$W/models.exl2.yaml" >> "$W/models.yaml"
     exl2_install || exit 1
-    # The conversions need the kernels, and the cells both EXL2 checkpoints (one server on the GPU at a time): until
+    # The conversions need the kernels, and the cells the EXL2 checkpoints (one server on the GPU at a time): until
     # then each call does what it can and returns; the next one goes on.
     # EXL2_BITS: the rates to make before any cell runs (both by default; "4.0" alone with MODEL naming its entry
     # when a session's device time allows one cell, the other rate in a later call or session)
